@@ -1,0 +1,259 @@
+"""YAML config + command-line overrides -> one resolved, validated config (a plain nested dict).
+
+Order, as in big_vision/timm: package defaults (defaults.yaml) <- --config FILE <- --set k=v and
+named flags. Unknown keys fail with a did-you-mean; values must keep the type of their default.
+The resolved config is saved in the run directory, and a run refuses a different config unless
+--force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def defaults() -> dict:
+    return yaml.safe_load(DEFAULTS_FILE.read_text())
+
+
+# Settings whose value is a free-form mapping (checked by the component that takes them).
+FREEFORM = {"loss.params"}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name not in FREEFORM:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _unknown(key: str, known: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"{where}: unknown setting {key!r}{hint}")
+
+
+def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
+    """Keep each value the type of its default; strings from the command line are parsed as YAML."""
+    if isinstance(value, str) and not isinstance(default, str):
+        try:
+            value = _number(value) if isinstance(default, (int, float)) and not isinstance(default, bool) else yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{where}: {key}={value!r} is not a valid value ({err})") from None
+    if isinstance(value, str) and value.strip().startswith("["):
+        value = yaml.safe_load(value)  # a list given on the command line, e.g. data.classes=[A, B]
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(default, str) and isinstance(value, (str, int)) and not isinstance(value, bool):
+        return int(value) if isinstance(value, str) and value.isdigit() and key == "train.fold" else value
+    if isinstance(value, list) and isinstance(default, (list, str)):
+        return value
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
+        return value
+    if type(value) is type(default):
+        return value
+    raise ConfigError(f"{where}: {key} must be {type(default).__name__} like its default {default!r}, got {value!r}")
+
+
+def _number(text: str):
+    """'1e-3' is a float to a user, though YAML 1.1 reads it as a string."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
+def merge(base: dict, override: dict, where: str) -> dict:
+    """Apply `override` (nested or dotted keys) to a copy of `base`, checking names and types."""
+    out = copy.deepcopy(base)
+    flat_known = _flatten(base)
+    for key, value in _flatten(override).items():
+        if key not in flat_known:
+            # A section given as a whole value (e.g. data.classes: [list]) is a leaf, not a section.
+            head = key.rsplit(".", 1)[0]
+            if head in flat_known and isinstance(flat_known[head], (list, type(None))):
+                continue
+            raise _unknown(key, list(flat_known), where)
+        if key in FREEFORM and isinstance(value, dict):  # update, so one argument can be changed alone
+            parsed = {k: _number(v) if isinstance(v, str) else v for k, v in value.items()}
+            set_dotted(out, key, {**get_dotted(out, key), **parsed})
+            continue
+        set_dotted(out, key, _coerce(key, value, flat_known[key], where))
+    for key, value in override.items():  # whole-list leaves written as nested dicts stay as given
+        if key in flat_known and isinstance(value, list):
+            set_dotted(out, key, value)
+    return out
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def get_dotted(tree: dict, key: str) -> Any:
+    node = tree
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    cfg = defaults()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
+        try:
+            user = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        if not isinstance(user, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        cfg = merge(cfg, user, str(path))
+        if cfg.get("name") is None:
+            cfg["name"] = path.stem
+    cfg = merge(cfg, overrides or {}, "command line")
+    given = set(_flatten(overrides or {}))
+    if path is not None:
+        given |= set(_flatten(user))
+    if cfg["loss"]["name"] != defaults()["loss"]["name"] and "loss.params" not in given:
+        cfg["loss"]["params"] = {}  # another loss: its own defaults, not focal's arguments
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: dict) -> None:
+    """Impossible combinations fail here, before any TensorFlow work."""
+    t = cfg["train"]
+    if t["folds"] < 2:
+        raise ConfigError(f"train.folds must be >= 2 (K-fold), got {t['folds']}")
+    fold = t["fold"]
+    if fold != "all":
+        if not isinstance(fold, int) or not 0 <= fold < t["folds"]:
+            raise ConfigError(f"train.fold must be 'all' or an index in 0..{t['folds'] - 1}, got {fold!r}")
+    if t["epochs"] < 1:
+        raise ConfigError(f"train.epochs must be >= 1, got {t['epochs']}")
+    if t["batch_size"] < 1:
+        raise ConfigError(f"train.batch_size must be >= 1, got {t['batch_size']}")
+    size = cfg["input"]["size"]
+    if not isinstance(size, int) or size < 32:
+        raise ConfigError(f"input.size must be an integer >= 32, got {size!r}")
+    if cfg["input"]["resize"] not in ("stretch", "letterbox"):
+        raise ConfigError(f"input.resize must be stretch or letterbox, got {cfg['input']['resize']!r}")
+    if cfg["input"]["pixel_range"] not in ("0_255", "0_1"):
+        raise ConfigError(f"input.pixel_range must be '0_255' or '0_1', got {cfg['input']['pixel_range']!r}")
+    bad_tta = set(cfg["predict"]["tta"]) - {"identity", "hflip"}
+    if bad_tta or not cfg["predict"]["tta"]:
+        raise ConfigError(f"predict.tta must be a non-empty subset of [identity, hflip], got {cfg['predict']['tta']}")
+    if t["checkpoint"] not in ("best", "last"):
+        raise ConfigError(f"train.checkpoint must be best or last, got {t['checkpoint']!r}")
+    mix = cfg["mix"]
+    p_total = sum(mix[k] for k in ("mosaic", "mixup", "cutmix"))
+    if any(not 0 <= mix[k] <= 1 for k in ("mosaic", "mixup", "cutmix", "cutout")) or p_total > 1 + 1e-9:
+        raise ConfigError("mix probabilities must be in [0, 1] and mosaic + mixup + cutmix <= 1 (one mix op per batch)")
+    if mix["label_mode"] not in ("clip_sum", "convex"):
+        raise ConfigError(f"mix.label_mode must be clip_sum or convex, got {mix['label_mode']!r}")
+
+
+def dump(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def diff(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Settings that differ between two resolved configs (for the 'same run, other config' check)."""
+    a, b = _flatten(saved), _flatten(current)
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k) and not k.startswith(ignore)]
+
+
+# Named flags: flag -> dotted key. Everything else is reachable with --set key=value.
+FLAGS = {
+    "--size": "input.size",
+    "--backbone": "model.backbone",
+    "--weights": "model.weights",
+    "--fold": "train.fold",
+    "--folds": "train.folds",
+    "--epochs": "train.epochs",
+    "--batch-size": "train.batch_size",
+    "--lr": "optim.lr",
+    "--labels": "data.labels",
+    "--image-root": "data.image_root",
+    "--test-labels": "data.test_labels",
+    "--classes": "data.classes",
+    "--uncertain": "data.uncertain",
+    "--out": "out",
+    "--name": "name",
+    "--seed": "seed",
+    "--strategy": "distribute.strategy",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config (see configs/); flags override it")
+    for flag, key in FLAGS.items():
+        parser.add_argument(flag, dest=key, default=None, metavar=key.rsplit(".", 1)[-1].upper(),
+                            help=f"sets {key}")
+    parser.add_argument("--demo", action="store_true", help="use the embedded synthetic CXR-LT-format data")
+    parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 on GPU, mixed_bfloat16 on CPU")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any setting, e.g. --set loss.gamma=1.5 (repeatable)")
+
+
+def from_args(args: argparse.Namespace) -> dict:
+    overrides: dict[str, Any] = {}
+    for key in FLAGS.values():
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides[key] = value
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = value
+    if getattr(args, "demo", False):
+        overrides["data.demo"] = True
+    if getattr(args, "mixed_precision", False):
+        overrides["distribute.mixed_precision"] = True
+    nested: dict = {}
+    for key, value in overrides.items():
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    cfg = load(args.config, nested)
+    if cfg["train"]["fold"] != "all" and isinstance(cfg["train"]["fold"], str):
+        raise ConfigError(f"--fold must be an index or 'all', got {cfg['train']['fold']!r}")
+    if cfg.get("name") is None:
+        cfg["name"] = "demo" if cfg["data"]["demo"] else "run"
+    return cfg

@@ -1,0 +1,130 @@
+"""Backbone by name -> global average pooling -> dropout -> one logit per class (seed 002's head).
+
+The training model ends in logits (losses take `from_logits=True`: stable, and needed by the
+logit-based losses); the model that is saved and shipped ends in sigmoid probabilities, so a
+`.keras` file from cxrlt predicts probabilities wherever it is loaded. Both share one set of layers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+# name -> (keras.applications constructor name, preprocessing argument name)
+BACKBONES = {
+    "efficientnetv2-b0": "EfficientNetV2B0",
+    "efficientnetv2-b1": "EfficientNetV2B1",
+    "efficientnetv2-b2": "EfficientNetV2B2",
+    "efficientnetv2-b3": "EfficientNetV2B3",
+    "efficientnetv2-s": "EfficientNetV2S",
+    "efficientnetv2-m": "EfficientNetV2M",
+    "efficientnetv2-l": "EfficientNetV2L",
+    "convnext-tiny": "ConvNeXtTiny",
+    "convnext-small": "ConvNeXtSmall",
+    "convnext-base": "ConvNeXtBase",
+    "convnext-large": "ConvNeXtLarge",
+}
+
+# Grad-CAM / feature layer: the last feature map before pooling (G26).
+FEATURE_LAYER = {"efficientnetv2": "top_activation", "convnext": "convnext_{size}_stage_3_block_2_identity"}
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights that cannot be had; the message names the fix."""
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used; the message says why."""
+
+
+@dataclass
+class Built:
+    train_model: keras.Model    # image (0..255) -> logits; what `fit` trains
+    model: keras.Model          # image (0..255) -> probabilities; what is saved and predicts
+
+
+def backbone_names() -> list[str]:
+    return sorted(BACKBONES)
+
+
+def build(backbone: str, num_classes: int, image_size: int, *, weights: str | None = "none",
+          dropout: float = 0.3, pixel_range: str = "0_255") -> Built:
+    """Build the classifier. `weights`: none | imagenet | path to a backbone weights file."""
+    if backbone not in BACKBONES:
+        import difflib
+
+        close = difflib.get_close_matches(backbone, BACKBONES, n=1)
+        raise ValueError(f"unknown backbone {backbone!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                         + f" Offered: {', '.join(backbone_names())}")
+    constructor = getattr(keras.applications, BACKBONES[backbone])
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = inputs
+    # Keras backbones normalise 0..255 themselves; seed 002 fed 0..1, which needs their
+    # preprocessing off (EfficientNetV2 then sees 0..1 where it was pretrained on -1..1).
+    include_preprocessing = pixel_range == "0_255"
+    if not include_preprocessing:
+        x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit_range")(x)
+    base = _make_backbone(constructor, backbone, x, weights, include_preprocessing)
+    features = keras.layers.GlobalAveragePooling2D(name="gap")(base.output)
+    features = keras.layers.Dropout(dropout, name="head_dropout")(features)
+    logits = keras.layers.Dense(num_classes, name="logits", dtype="float32")(features)
+    probs = keras.layers.Activation("sigmoid", name="probabilities", dtype="float32")(logits)
+    name = backbone.replace("-", "_")
+    return Built(train_model=keras.Model(inputs, logits, name=f"{name}_logits"),
+                 model=keras.Model(inputs, probs, name=name))
+
+
+def _make_backbone(constructor, backbone: str, x, weights, include_preprocessing: bool) -> keras.Model:
+    weights = "none" if weights in (None, "", "none", "None") else weights
+    kwargs = dict(include_top=False, input_tensor=x, include_preprocessing=include_preprocessing)
+    if weights == "none":
+        return constructor(weights=None, **kwargs)
+    if weights == "imagenet":
+        try:
+            return constructor(weights="imagenet", **kwargs)
+        except Exception as err:  # URL/socket/HTTP errors differ by platform; all mean "no download"
+            raise WeightsError(
+                f"could not download ImageNet weights for {backbone} ({type(err).__name__}: {err}). "
+                "Without network access, pass --weights none (train from scratch) or --weights PATH to a "
+                f"local Keras weights file for {backbone} (include_top=False, e.g. the .h5 file Keras keeps in "
+                "~/.keras/models/ on a machine that can download it)."
+            ) from None
+    path = Path(os.path.expanduser(str(weights)))
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist (use --weights none|imagenet|PATH)")
+    model = constructor(weights=None, **kwargs)
+    try:
+        model.load_weights(str(path))
+    except Exception as err:
+        raise WeightsError(
+            f"{path} does not fit the {backbone} backbone ({type(err).__name__}: {str(err)[:300]}); "
+            "is it a weights file for another backbone, or a truncated download?"
+        ) from None
+    return model
+
+
+def load(path: str | os.PathLike, *, num_classes: int | None = None) -> keras.Model:
+    """Load a saved cxrlt model safely (Keras safe_mode: no code from the file is executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as err:
+        raise ModelFileError(f"{path} is not a loadable Keras model ({type(err).__name__}: {str(err)[:300]}); "
+                             "it may be truncated: retrain the fold or restore the file") from None
+    outputs = model.outputs[0].shape[-1]
+    if num_classes is not None and outputs != num_classes:
+        raise ModelFileError(f"{path} predicts {outputs} classes but the data has {num_classes}")
+    return model
+
+
+def save(model: keras.Model, path: str | os.PathLike) -> None:
+    """Save atomically: the previous good file survives a crash or a full disk."""
+    from .atomic import atomic_path
+
+    with atomic_path(path, suffix=".tmp.keras") as tmp:
+        model.save(tmp)

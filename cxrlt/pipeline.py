@@ -1,0 +1,71 @@
+"""tf.data input pipelines: file -> decoded grey image -> square 0..255 float RGB -> augment -> batch -> mix.
+
+Everything after the file list is TensorFlow ops, so tf.data runs it in parallel and under
+tf.distribute. Training streams forever (shuffle the path list, repeat, decode) and Keras cuts it
+into epochs with `steps_per_epoch`; evaluation keeps the CSV order so predictions line up with ids.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def decode_image(path: tf.Tensor, size: int, resize: str = "stretch") -> tf.Tensor:
+    """Any JPEG/PNG (8/16-bit, grey/RGB/RGBA) -> float32 [size, size, 3] in 0..255.
+
+    Radiographs are grey: decode to one channel (16-bit PNGs are scaled, not truncated) and
+    replicate it to the 3 channels ImageNet backbones expect (G33).
+    """
+    data = tf.io.read_file(path)
+    image = tf.io.decode_image(data, channels=1, dtype=tf.float32, expand_animations=False)  # 0..1
+    image.set_shape([None, None, 1])
+    if resize == "letterbox":
+        image = tf.image.resize_with_pad(image, size, size, antialias=True)
+    else:
+        image = tf.image.resize(image, (size, size), antialias=True)
+    image = tf.clip_by_value(image * 255.0, 0.0, 255.0)
+    return tf.tile(image, (1, 1, 3))
+
+
+def _element_seed(base_seed: int, index: tf.Tensor) -> tf.Tensor:
+    return tf.stack([tf.constant(base_seed, tf.int64), tf.cast(index, tf.int64)])
+
+
+def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int, batch_size: int,
+                  augment_fn=None, mixer=None) -> tf.data.Dataset:
+    """Infinite, shuffled, augmented and mixed batches of (images, labels) for `fit`.
+
+    `augment_fn(image, seed) -> image` runs per image; `mixer(step, images, labels)` per batch.
+    Both take stateless seeds derived from `seed` and the element/batch index: the same seed
+    gives the same stream.
+    """
+    size, resize = cfg["input"]["size"], cfg["input"]["resize"]
+    n = len(paths)
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=str), labels.astype(np.float32)))
+    decode = lambda p, y: (decode_image(p, size, resize), y)  # noqa: E731
+    if cfg["input"]["cache"]:
+        # Decode once, keep the resized images in RAM, shuffle the decoded images.
+        ds = ds.map(decode, num_parallel_calls=AUTOTUNE).cache()
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+    else:
+        # Shuffling the path list is cheap even for 264,849 images; decode after it.
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.map(decode, num_parallel_calls=AUTOTUNE)
+    if augment_fn is not None:
+        ds = ds.enumerate().map(lambda i, xy: (augment_fn(xy[0], _element_seed(seed, i)), xy[1]),
+                                num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if mixer is not None:
+        ds = ds.enumerate().map(lambda i, xy: mixer(i, xy[0], xy[1]), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def eval_dataset(paths: np.ndarray, cfg: dict, *, batch_size: int) -> tf.data.Dataset:
+    """Batches of images in file-list order (no randomness), for validation and prediction."""
+    size, resize = cfg["input"]["size"], cfg["input"]["resize"]
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray(paths, dtype=str))
+    ds = ds.map(lambda p: decode_image(p, size, resize), num_parallel_calls=AUTOTUNE)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)

@@ -1,0 +1,144 @@
+"""Inference: stream an image list through every fold model of a run with test-time augmentation.
+
+    python -m cxrlt.predict --run runs/effv2s_768 --labels test.csv [--tta identity hflip]
+
+Per-fold predictions are cached under runs/<name>/predictions/, so an interrupted prediction
+resumes at the next unfinished fold and a second ensemble of the same run costs nothing.
+Memory is flat in the number of images: images stream through tf.data, only the [N, C]
+probability matrix is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from . import dataset, models, pipeline, runs
+
+log = logging.getLogger(__name__)
+
+TTA = {
+    "identity": lambda x: x,
+    "hflip": lambda x: tf.reverse(x, axis=[2]),
+}
+
+
+def predict_images(model, paths, cfg: dict, *, tta=("identity", "hflip"), batch_size: int | None = None,
+                   label: str = "predict") -> np.ndarray:
+    """Mean probability over the TTA views, [N, C] in file-list order."""
+    batch_size = batch_size or cfg["predict"]["batch_size"]
+    ds = pipeline.eval_dataset(paths, cfg, batch_size=batch_size)
+    views = [TTA[name] for name in tta]
+
+    @tf.function(reduce_retracing=True)
+    def step(images):
+        return tf.add_n([tf.cast(model(view(images), training=False), tf.float32) for view in views]) / len(views)
+
+    out = []
+    bar = Progress(len(paths), label)
+    for images in ds:
+        out.append(step(images).numpy())
+        bar.add(int(images.shape[0]))
+    return np.concatenate(out) if out else np.zeros((0, model.outputs[0].shape[-1]), np.float32)
+
+
+class Progress:
+    """Keras' progress bar on a terminal; a few plain log lines otherwise (no carriage-return floods)."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.done, self.next_log = total, label, 0, 0.25
+        self.bar = __import__("keras").utils.Progbar(total, unit_name="image") if sys.stdout.isatty() else None
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.add(n)
+        elif self.total and self.done / self.total >= self.next_log:
+            log.info("%s: %d/%d images", self.label, self.done, self.total)
+            self.next_log += 0.25
+
+
+def _cache_key(run: runs.Run, table: dataset.LabelTable, tta, folds) -> str:
+    h = hashlib.sha256()
+    h.update("\n".join(table.ids).encode())
+    h.update("\n".join(table.paths).encode())
+    h.update(repr(list(tta)).encode())
+    for k in folds:
+        stat = run.model_path(k).stat()
+        h.update(f"{k}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return f"{table.source.stem}-{h.hexdigest()[:12]}"
+
+
+def predict_run(run: runs.Run, table: dataset.LabelTable, *, tta=None, batch_size: int | None = None) -> np.ndarray:
+    """Fold models of `run` averaged (equal weight), each TTA-averaged: [N, C] probabilities."""
+    cfg = run.config()
+    tta = tuple(tta or cfg["predict"]["tta"])
+    folds = run.finished_folds()
+    if not folds:
+        raise runs.RunError(f"{run.root}: no finished fold to predict with; train first")
+    classes = run.classes()
+    cache = run.root / "predictions" / _cache_key(run, table, tta, folds)
+    total = np.zeros((len(table), len(classes)), np.float64)
+    for k in folds:
+        fold_file = cache / f"fold{k}.csv"
+        if fold_file.exists():
+            ids, probs = runs.read_predictions(fold_file, classes)
+        else:
+            model = models.load(run.model_path(k), num_classes=len(classes))
+            probs = predict_images(model, table.paths, cfg, tta=tta, batch_size=batch_size,
+                                   label=f"{run.root.name} fold {k}")
+            runs.write_predictions(fold_file, table.ids, probs, classes)
+            ids = table.ids
+        if not np.array_equal(ids, table.ids):
+            raise runs.RunError(f"{fold_file}: cached ids do not match {table.source}; delete {cache}")
+        total += probs
+    return (total / len(folds)).astype(np.float32)
+
+
+def read_image_list(run: runs.Run, path, image_root=None) -> dataset.LabelTable:
+    """An image list to predict, with labels if it has the run's class columns."""
+    d = run.config()["data"]
+    if image_root is None and d.get("test_labels") and Path(path) == Path(d["test_labels"]):
+        image_root = d.get("test_image_root")
+    return dataset.read_labels(path, image_root=image_root, classes=list(run.classes()), require_labels=False,
+                               uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"])
+
+
+def main(argv=None) -> int:
+    from . import cli, metrics
+
+    parser = argparse.ArgumentParser(prog="python -m cxrlt.predict", description=__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, type=Path, help="run directory (runs/<name>)")
+    parser.add_argument("--labels", help="image list CSV (default: the run's data.test_labels)")
+    parser.add_argument("--image-root", help="folder the list's paths are relative to")
+    parser.add_argument("--tta", nargs="+", choices=sorted(TTA), help="TTA views (default: the run's predict.tta)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--out", type=Path, help="CSV to write (default: <run>/predictions/<list>.csv)")
+    cli.add_common(parser)
+    args = parser.parse_args(argv)
+    cli.setup(args)
+    with cli.errors():
+        run = runs.Run(args.run)
+        cfg = run.config()
+        labels = args.labels or cfg["data"]["test_labels"]
+        if labels is None:
+            raise runs.RunError("no image list: pass --labels LIST.csv")
+        table = read_image_list(run, labels, args.image_root)
+        probs = predict_run(run, table, tta=args.tta, batch_size=args.batch_size)
+        out = args.out or run.root / "predictions" / f"{table.source.stem}.csv"
+        runs.write_predictions(out, table.ids, probs, table.classes)
+        print(f"wrote {out} ({len(table)} images x {len(table.classes)} classes)")
+        if table.has_labels:
+            print(metrics.format_report(metrics.evaluate(table.labels, probs, list(table.classes),
+                                                          groups=run.groups()), title=f"{table.source.name}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
