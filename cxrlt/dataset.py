@@ -146,7 +146,7 @@ def _read_csv(csv_path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(csv_path, encoding="utf-8", dtype=str, keep_default_na=False, na_values=[""])
     except UnicodeDecodeError as err:
-        line = csv_path.read_bytes()[: err.start].count(b"\n") + 1
+        line = _first_non_utf8_line(csv_path)
         raise LabelFileError(f"{csv_path}: line {line} is not UTF-8 ({err.reason}); re-save the file as UTF-8") from None
     except pd.errors.EmptyDataError:
         raise LabelFileError(f"{csv_path}: the file is empty; expected a header row and one row per image") from None
@@ -156,6 +156,16 @@ def _read_csv(csv_path: Path) -> pd.DataFrame:
         raise LabelFileError(f"{csv_path}: has a header but no rows")
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
+
+
+def _first_non_utf8_line(path: Path) -> int:
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 0
 
 
 def _first_present(frame: pd.DataFrame, names: Sequence[str]) -> str | None:

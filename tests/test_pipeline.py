@@ -1,0 +1,65 @@
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from cxrlt import config, pipeline
+
+from .conftest import FULLRES, need, write_png
+
+
+def _cfg(size=32, cache=False, resize="stretch"):
+    cfg = config.load(overrides={"input": {"size": size, "cache": cache, "resize": resize}})
+    return cfg
+
+
+def test_decode_grey_jpeg_rgb_and_16bit_to_the_same_scale(tmp_path):
+    grey = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))
+    paths = [
+        write_png(tmp_path / "g.png", grey),
+        write_png(tmp_path / "rgb.png", np.stack([grey] * 3, -1)),
+        write_png(tmp_path / "rgba.png", np.dstack([grey] * 3 + [np.full_like(grey, 255)])),
+    ]
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    paths.append(tmp_path / "g16.png")
+    out = [pipeline.decode_image(tf.constant(str(p)), 32).numpy() for p in paths]
+    for image in out:
+        assert image.shape == (32, 32, 3) and image.dtype == np.float32
+        assert image.min() >= 0 and image.max() <= 255
+        np.testing.assert_array_equal(image[..., 0], image[..., 2])  # grey replicated
+        np.testing.assert_allclose(image[..., 0], out[0][..., 0], atol=1.5)  # 16-bit scaled, not truncated
+
+
+def test_letterbox_keeps_aspect_and_pads(tmp_path):
+    path = write_png(tmp_path / "wide.png", np.full((10, 40), 200, np.uint8))
+    image = pipeline.decode_image(tf.constant(str(path)), 40, "letterbox").numpy()
+    assert image.shape == (40, 40, 3)
+    assert image[0, 20, 0] == 0 and abs(image[20, 20, 0] - 200) < 1
+    stretched = pipeline.decode_image(tf.constant(str(path)), 40, "stretch").numpy()
+    assert abs(stretched[0, 20, 0] - 200) < 1
+
+
+def test_full_resolution_radiographs_decode_at_training_size():
+    rows = [line.split(",")[0] for line in (need(FULLRES) / "images.csv").read_text().splitlines()[1:4]]
+    for rel in rows:
+        image = pipeline.decode_image(tf.constant(str(FULLRES / rel)), 96).numpy()
+        assert image.shape == (96, 96, 3) and 10 < image.mean() < 245
+
+
+def test_train_stream_is_seeded_batched_and_infinite(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = [str(write_png(tmp_path / f"{i}.png", rng.integers(0, 255, (20, 20), dtype=np.uint8))) for i in range(10)]
+    labels = np.eye(10, dtype=np.float32)[:, :3]
+    for cache in (False, True):
+        cfg = _cfg(cache=cache)
+        a = list(pipeline.train_dataset(np.array(paths), labels, cfg, seed=1, batch_size=4).take(6))
+        b = list(pipeline.train_dataset(np.array(paths), labels, cfg, seed=1, batch_size=4).take(6))
+        assert len(a) == 6  # 24 images from 10: repeats across epochs
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert xa.shape == (4, 32, 32, 3) and ya.shape == (4, 3)
+            np.testing.assert_array_equal(xa.numpy(), xb.numpy())
+
+
+def test_eval_stream_keeps_file_order(tmp_path):
+    paths = [str(write_png(tmp_path / f"{i}.png", np.full((8, 8), i * 20, np.uint8))) for i in range(7)]
+    means = np.concatenate([x.numpy().mean(axis=(1, 2, 3)) for x in pipeline.eval_dataset(np.array(paths), _cfg(), batch_size=3)])
+    np.testing.assert_allclose(means, np.arange(7) * 20, atol=0.5)
