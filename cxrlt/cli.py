@@ -26,6 +26,7 @@ def setup(args) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.captureWarnings(True)
     warnings.filterwarnings("once")  # one copy of each warning, not one per batch
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # library internals, not actionable here
     if not getattr(args, "tf_log", False):
         for name in ("tensorflow", "absl", "h5py"):
             logging.getLogger(name).setLevel(logging.ERROR)

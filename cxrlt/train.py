@@ -98,11 +98,11 @@ def make_augment(cfg: dict):
 
 
 def make_mixer(cfg: dict, seed: int):
-    from . import mix
-
     m = cfg["mix"]
     if not any(m[k] for k in ("mosaic", "mixup", "cutmix", "cutout")):
         return None
+    from . import mix
+
     return mix.BatchMixer.from_config(m, seed=seed)
 
 

@@ -1,0 +1,135 @@
+"""The CXR-LT CodaLab submission: validated before it is written, written atomically, zipped.
+
+    python -m cxrlt.submission --check submissions/ens.csv [--labels test.csv]
+
+A submission is an id column (`dicom_id`) then one probability column per class in the official
+order, one row per test image, every id once, values finite in [0, 1]. A file that breaks any of
+these is never written; an existing good file is left as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import atomic, classes as cls
+
+
+class SubmissionError(ValueError):
+    """A submission that CodaLab would reject or score wrongly; the message names the problem."""
+
+
+def _some(values, n: int = 5) -> str:
+    values = list(values)
+    return f"{values[:n]}" + (f" (+{len(values) - n} more)" if len(values) > n else "")
+
+
+def validate_frame(frame: pd.DataFrame, *, classes, expected_ids=None, id_column: str = "dicom_id") -> None:
+    classes = list(classes)
+    columns = list(frame.columns)
+    if not columns or columns[0] != id_column:
+        raise SubmissionError(f"the first column must be {id_column!r}, found {columns[:1]}")
+    got = columns[1:]
+    if got != classes:
+        missing = [c for c in classes if c not in got]
+        extra = [c for c in got if c not in classes]
+        if missing or extra:
+            raise SubmissionError(f"class columns differ: missing {_some(missing)}, unexpected {_some(extra)}")
+        pos = next(i for i, (a, b) in enumerate(zip(got, classes)) if a != b)
+        raise SubmissionError(f"class columns are out of order: column {pos + 2} is {got[pos]!r}, "
+                              f"the official order has {classes[pos]!r} there")
+    ids = frame[id_column].astype(str)
+    dup = ids[ids.duplicated()].unique()
+    if len(dup):
+        raise SubmissionError(f"{len(dup)} duplicate ids: {_some(dup)}")
+    if expected_ids is not None:
+        expected = set(map(str, expected_ids))
+        missing, unexpected = sorted(expected - set(ids)), sorted(set(ids) - expected)
+        if missing or unexpected:
+            raise SubmissionError(f"the ids differ from the test list: {len(missing)} missing {_some(missing)}, "
+                                  f"{len(unexpected)} unexpected {_some(unexpected)}")
+    values = frame[classes].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values) | (values < 0) | (values > 1)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise SubmissionError(f"{int(bad.sum())} values are not finite probabilities in [0, 1]; first: id "
+                              f"{ids.iloc[r]!r}, column {classes[c]!r}, value {frame[classes[c]].iloc[r]!r}")
+
+
+def write_submission(path, ids, probs: np.ndarray, *, classes, id_column: str = "dicom_id", expected_ids=None,
+                     make_zip: bool = True) -> tuple[Path, Path | None]:
+    path = Path(path)
+    frame = pd.DataFrame(np.asarray(probs, dtype=np.float64), columns=list(classes))
+    frame.insert(0, id_column, [str(i) for i in ids])
+    validate_frame(frame, classes=classes, expected_ids=expected_ids, id_column=id_column)
+    atomic.write_csv(path, frame, float_format="%.6f")
+    zip_path = None
+    if make_zip:
+        zip_path = path.with_suffix(".zip")
+        with atomic.atomic_path(zip_path) as tmp:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                archive.write(path, arcname=path.name)
+    return path, zip_path
+
+
+def _read_frame(path: Path, id_column: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise SubmissionError(f"{path} does not exist")
+    try:
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith(".csv")]
+                if len(names) != 1:
+                    raise SubmissionError(f"{path}: the zip must hold exactly one CSV, found {names}")
+                with archive.open(names[0]) as fh:
+                    return pd.read_csv(fh, dtype={id_column: str})
+        return pd.read_csv(path, dtype={id_column: str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, zipfile.BadZipFile) as err:
+        raise SubmissionError(f"{path}: not a readable CSV ({err})") from None
+
+
+def read_submission(path, *, classes, id_column: str = "dicom_id") -> tuple[np.ndarray, np.ndarray]:
+    frame = _read_frame(Path(path), id_column)
+    missing = [c for c in [id_column, *classes] if c not in frame.columns]
+    if missing:
+        raise SubmissionError(f"{path}: missing columns {_some(missing)}")
+    return frame[id_column].astype(str).to_numpy(), frame[list(classes)].to_numpy(dtype=np.float32)
+
+
+def check_file(path, *, classes, expected_ids=None, id_column: str = "dicom_id") -> str:
+    path = Path(path)
+    frame = _read_frame(path, id_column)
+    try:
+        validate_frame(frame, classes=classes, expected_ids=expected_ids, id_column=id_column)
+    except SubmissionError as err:
+        raise SubmissionError(f"{path}: {err}") from None
+    return f"OK: {path} has {len(frame)} rows, {id_column} + {len(classes)} classes in order, values in [0, 1]"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cxrlt.submission", description=__doc__.split("\n")[0])
+    parser.add_argument("--check", required=True, type=Path, help="submission CSV (or .zip) to validate")
+    parser.add_argument("--labels", type=Path, help="test image list; its ids must each appear once")
+    parser.add_argument("--id-column", default="dicom_id")
+    args = parser.parse_args(argv)
+    expected = None
+    try:
+        if args.labels:
+            from .dataset import read_labels
+
+            expected = read_labels(args.labels, classes=cls.CXRLT2023, require_labels=False,
+                                   allow_outside_root=True).ids
+        print(check_file(args.check, classes=cls.CXRLT2023, expected_ids=expected, id_column=args.id_column))
+    except (SubmissionError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

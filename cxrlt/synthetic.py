@@ -1,0 +1,240 @@
+"""The embedded demo data: a CXR-LT-format set of chest radiograph phantoms, made from a seed.
+
+Same 26 classes, same CSV columns and MIMIC path layout as CXR-LT 2023, patients with several
+studies whose images share labels, and class frequencies that follow the real CXR-LT long tail
+(compressed, prevalence ~ real**0.5, so the rarest class still has a couple of dozen images in a
+1,000-image set). Each finding leaves its own visible trace in its own place (an enlarged heart,
+a meniscus, a tube, a dark crescent...), large enough to survive downscaling to 64 px, with
+jitter of position, size and intensity, so a small CNN can learn it but not trivially.
+
+    python -m cxrlt.synthetic --out demo_data
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageFilter
+
+from . import atomic, classes as cls
+
+VERSION = 1
+MIN_PREVALENCE = 0.03
+
+
+@dataclass(frozen=True)
+class DemoData:
+    root: Path       # image root; CSV paths are relative to it
+    train_csv: Path  # labelled training list
+    test_csv: Path   # labelled test list (labels kept so the demo can be scored offline)
+
+
+def prevalences() -> dict[str, float]:
+    """Per-class probability that a study carries the finding: the real long tail, compressed."""
+    real = {c: n / cls.CXRLT2023_TRAIN_IMAGES for c, n in cls.CXRLT2023_TRAIN_COUNTS.items()}
+    return {c: max(MIN_PREVALENCE, 0.55 * math.sqrt(p)) for c, p in real.items()}
+
+
+# class -> (shape, centre y, centre x, size, intensity); coordinates in units of the image side.
+TRACES = {
+    "Atelectasis": ("hline", 0.62, 0.30, 0.12, 70),
+    "Calcification of the Aorta": ("ring", 0.30, 0.56, 0.035, 90),
+    "Cardiomegaly": ("heart", 0.62, 0.55, 0.20, 60),
+    "Consolidation": ("blob", 0.58, 0.70, 0.07, 70),
+    "Edema": ("haze", 0.48, 0.50, 0.17, 40),
+    "Emphysema": ("dark_lungs", 0.45, 0.50, 0.0, -35),
+    "Enlarged Cardiomediastinum": ("rect", 0.33, 0.50, 0.08, 55),
+    "Fibrosis": ("stripes", 0.28, 0.30, 0.08, 55),
+    "Fracture": ("dline", 0.35, 0.16, 0.07, 110),
+    "Hernia": ("blob", 0.79, 0.40, 0.05, 90),
+    "Infiltration": ("patches", 0.45, 0.68, 0.06, 55),
+    "Lung Lesion": ("blob", 0.30, 0.72, 0.04, 85),
+    "Lung Opacity": ("blob", 0.63, 0.27, 0.08, 55),
+    "Mass": ("blob", 0.38, 0.30, 0.06, 100),
+    "Nodule": ("blob", 0.48, 0.78, 0.025, 120),
+    "Pleural Effusion": ("meniscus", 0.72, 0.70, 0.12, 90),
+    "Pleural Other": ("vstrip", 0.45, 0.83, 0.03, 75),
+    "Pleural Thickening": ("cap", 0.20, 0.32, 0.07, 80),
+    "Pneumomediastinum": ("vdark", 0.38, 0.45, 0.025, -70),
+    "Pneumonia": ("patches", 0.58, 0.35, 0.05, 70),
+    "Pneumoperitoneum": ("crescent", 0.79, 0.68, 0.08, -80),
+    "Pneumothorax": ("dark_apex", 0.20, 0.72, 0.08, -75),
+    "Subcutaneous Emphysema": ("vdark_stripes", 0.50, 0.10, 0.04, -70),
+    "Support Devices": ("tube", 0.40, 0.58, 0.30, 140),
+    "Tortuous Aorta": ("wave", 0.42, 0.57, 0.12, 70),
+}
+
+
+def _ellipse(yy, xx, cy, cx, ry, rx, soft=0.02):
+    d = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
+    return np.clip((1.0 - d) / (soft / min(ry, rx)) + 0.5, 0.0, 1.0)
+
+
+def _gauss(yy, xx, cy, cx, r):
+    return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+
+
+def _trace(shape, yy, xx, cy, cx, s, rng):
+    """A unit-intensity map of one finding's trace."""
+    if shape in ("blob", "haze"):
+        return _gauss(yy, xx, cy, cx, s)
+    if shape == "ring":
+        r = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+        return np.exp(-((r - s) ** 2) / (2 * (s / 3) ** 2))
+    if shape == "hline":
+        return np.exp(-((yy - cy) ** 2) / (2 * 0.012 ** 2)) * (np.abs(xx - cx) < s)
+    if shape == "vstrip":
+        return np.exp(-((xx - cx) ** 2) / (2 * s ** 2)) * (np.abs(yy - cy) < 0.2)
+    if shape == "rect":
+        return ((np.abs(yy - cy) < s) & (np.abs(xx - cx) < 0.09)).astype(float)
+    if shape == "stripes":
+        return _gauss(yy, xx, cy, cx, s * 1.5) * (np.sin(xx * 90 + yy * 40) > 0.3)
+    if shape == "dline":
+        return np.exp(-(((yy - cy) - (xx - cx)) ** 2) / (2 * 0.012 ** 2)) * (np.abs(xx - cx) < s)
+    if shape == "patches":
+        out = np.zeros_like(yy)
+        for _ in range(3):
+            out += _gauss(yy, xx, cy + rng.uniform(-0.06, 0.06), cx + rng.uniform(-0.05, 0.05), s)
+        return np.clip(out, 0, 1)
+    if shape == "meniscus":
+        return ((yy > cy) & (np.abs(xx - cx) < s) & (yy < 0.8)).astype(float) * np.clip((yy - cy) / 0.04, 0, 1)
+    if shape == "cap":
+        return np.exp(-((yy - cy) ** 2) / (2 * 0.02 ** 2)) * (np.abs(xx - cx) < s)
+    if shape == "vdark":
+        return np.exp(-((xx - cx) ** 2) / (2 * s ** 2)) * (np.abs(yy - cy) < 0.15)
+    if shape == "crescent":
+        r = np.sqrt(((yy - cy) / 0.5) ** 2 + (xx - cx) ** 2)
+        return ((r > s * 0.7) & (r < s) & (yy < cy)).astype(float)
+    if shape == "dark_apex":
+        return _ellipse(yy, xx, cy, cx, s * 1.2, s * 0.9)
+    if shape == "vdark_stripes":
+        return (np.abs(xx - cx) < s) * (np.abs(yy - cy) < 0.25) * (np.sin(yy * 120) > 0.2)
+    if shape == "tube":
+        tube = np.exp(-((xx - cx - 0.03 * np.sin(yy * 8)) ** 2) / (2 * 0.008 ** 2)) * (yy > 0.05) * (yy < cy + 0.2)
+        device = ((np.abs(yy - 0.22) < 0.035) & (np.abs(xx - 0.25) < 0.035)).astype(float)
+        return np.clip(tube + device, 0, 1)
+    if shape == "wave":
+        return np.exp(-((xx - cx - 0.04 * np.sin((yy - cy) * 25)) ** 2) / (2 * 0.012 ** 2)) * (np.abs(yy - cy) < s)
+    raise ValueError(shape)
+
+
+def render(labels: dict[str, int], size: int, rng: np.random.Generator) -> np.ndarray:
+    """One grey radiograph phantom (uint8 [size, size]) carrying the traces of `labels`."""
+    ax = (np.arange(size) + 0.5) / size
+    yy, xx = np.meshgrid(ax, ax, indexing="ij")
+    dy, dx = rng.uniform(-0.03, 0.03, 2)
+    yy, xx = yy - dy, xx - dx
+    img = np.full((size, size), 15.0)
+    img += 105 * _ellipse(yy, xx, 0.52, 0.5, 0.47, 0.43)                      # body
+    lung = _ellipse(yy, xx, 0.45, 0.31, 0.28, 0.14) + _ellipse(yy, xx, 0.45, 0.69, 0.28, 0.14)
+    img -= 55 * lung
+    img += 18 * lung * (np.sin(yy * 70 + np.abs(xx - 0.5) * 12) > 0.6)         # ribs
+    heart_r = 0.13 * (1.45 if labels.get("Cardiomegaly") else 1.0) * rng.uniform(0.93, 1.07)
+    img += 60 * _ellipse(yy, xx, 0.6, 0.55, heart_r * 0.85, heart_r)           # heart
+    img += 45 * (np.abs(xx - 0.5) < 0.025) * (yy > 0.08)                      # spine
+    img += 35 * (yy > 0.74 + 0.04 * np.cos((xx - 0.5) * 6)) * _ellipse(yy, xx, 0.52, 0.5, 0.47, 0.43)
+    for name, (shape, cy, cx, s, amp) in TRACES.items():
+        if not labels.get(name) or shape == "heart":
+            continue
+        if shape == "dark_lungs":
+            img += amp * lung
+            continue
+        j = rng.uniform(-0.025, 0.025, 2)
+        img += amp * rng.uniform(0.75, 1.25) * _trace(shape, yy, xx, cy + j[0], cx + j[1], s * rng.uniform(0.85, 1.15), rng)
+    img = (img - img.mean()) * rng.uniform(0.85, 1.15) + img.mean() + rng.uniform(-12, 12)
+    img += rng.normal(0, 7, img.shape)
+    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
+    return np.asarray(out)
+
+
+def _dicom_id(seed: int, index: int) -> str:
+    h = hashlib.sha1(f"cxrlt-demo-{seed}-{index}".encode()).hexdigest()
+    return "-".join(h[i:i + 8] for i in range(0, 40, 8))
+
+
+def _sample_studies(n_patients: int, rng: np.random.Generator) -> pd.DataFrame:
+    prev = prevalences()
+    findings = [c for c in cls.CXRLT2023 if c != "No Finding"]
+    p_nf = prev["No Finding"]
+    rows = []
+    subjects = 10000000 + rng.choice(9_000_000, n_patients, replace=False)
+    study_ids = iter(50000000 + rng.choice(9_000_000, n_patients * 4, replace=False))
+    for subject in subjects:
+        for _ in range(rng.integers(1, 4)):
+            labels = dict.fromkeys(cls.CXRLT2023, 0)
+            if rng.random() < p_nf:
+                labels["No Finding"] = 1
+            else:
+                for c in findings:
+                    labels[c] = int(rng.random() < prev[c] / (1 - p_nf))
+                if not any(labels.values()):
+                    labels[findings[rng.integers(len(findings))]] = 1
+            study = int(next(study_ids))
+            views = ["PA" if rng.random() < 0.6 else "AP"] + (["LATERAL"] if rng.random() < 0.3 else [])
+            for view in views:
+                rows.append({"subject": int(subject), "study_id": study, "ViewPosition": view, **labels})
+    return pd.DataFrame(rows)
+
+
+def make_demo(out_dir, *, n_patients: int = 400, image_size: int = 128, seed: int = 0,
+              test_fraction: float = 0.2) -> DemoData:
+    """Generate (or reuse, if already complete with these parameters) the demo set in `out_dir`."""
+    out = Path(out_dir)
+    params = {"version": VERSION, "n_patients": n_patients, "image_size": image_size, "seed": seed,
+              "test_fraction": test_fraction}
+    demo = DemoData(root=out, train_csv=out / "train.csv", test_csv=out / "test.csv")
+    manifest = out / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text()).get("params") == params:
+        return demo
+    rng = np.random.default_rng(seed)
+    frame = _sample_studies(n_patients, rng)
+    frame.insert(0, "dicom_id", [_dicom_id(seed, i) for i in range(len(frame))])
+    frame["path"] = [f"files/p{str(s)[:2]}/p{s}/s{st}/{d}.jpg"
+                     for s, st, d in zip(frame.subject, frame.study_id, frame.dicom_id)]
+    for i, row in enumerate(frame.itertuples(index=False)):
+        labels = {c: frame.at[i, c] for c in cls.CXRLT2023}
+        pixels = render(labels, image_size, np.random.default_rng([seed, i]))
+        if row.ViewPosition == "LATERAL":
+            pixels = np.ascontiguousarray(pixels[:, ::-1])  # a crude stand-in; labels are the study's
+        path = out / row.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+        with atomic.atomic_path(path) as tmp:
+            tmp.write_bytes(buffer.getvalue())
+    subjects = frame.subject.unique()
+    test_subjects = set(rng.choice(subjects, max(1, int(round(len(subjects) * test_fraction))), replace=False))
+    is_test = frame.subject.isin(test_subjects)
+    columns = ["dicom_id", "study_id", "ViewPosition", "path", *cls.CXRLT2023]
+    atomic.write_csv(demo.train_csv, frame.loc[~is_test, columns])
+    atomic.write_csv(demo.test_csv, frame.loc[is_test, columns])
+    atomic.write_json(manifest, {"params": params, "images": len(frame)})
+    return demo
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cxrlt.synthetic", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="demo_data")
+    parser.add_argument("--patients", type=int, default=400)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    demo = make_demo(args.out, n_patients=args.patients, image_size=args.size, seed=args.seed)
+    for split in (demo.train_csv, demo.test_csv):
+        frame = pd.read_csv(split)
+        print(f"{split}: {len(frame)} images")
+    counts = pd.read_csv(demo.train_csv)[list(cls.CXRLT2023)].sum().sort_values(ascending=False)
+    print(counts.to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

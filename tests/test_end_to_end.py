@@ -1,0 +1,127 @@
+"""train -> predict -> ensemble -> submission, for real, on the demo set and on NIH ChestX-ray (nih1000).
+
+Each run is trained once per session (EfficientNetV2-B0 from scratch, tiny images, few steps)
+and shared by the tests below.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrlt import classes as cls, ensemble, evaluate, train
+from cxrlt.submission import check_file
+
+from .conftest import NIH1000, need
+
+TINY = ["--backbone", "efficientnetv2-b0", "--weights", "none", "--size", "32", "--folds", "2",
+        "--batch-size", "16", "--set", "predict.batch_size=64", "--set", "train.verbose=0"]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    argv = ["--demo", "--out", str(root / "runs"), "--name", "demo", "--epochs", "2",
+            "--set", f"data.demo_dir={root / 'data'}", "--set", "data.demo_patients=120", *TINY]
+    assert train.main(argv) == 0
+    out = root / "submissions" / "demo.csv"
+    assert ensemble.main(["--runs", str(root / "runs" / "demo"), "--out", str(out)]) == 0
+    return root, argv, out
+
+
+@pytest.fixture(scope="session")
+def nih_run(tmp_path_factory):
+    """nih1000 split by patient into a training list and a held-out test list."""
+    root = tmp_path_factory.mktemp("nih")
+    frame = pd.read_csv(need(NIH1000) / "labels.csv")
+    test_patients = frame.patient_id.drop_duplicates().sample(frac=0.2, random_state=0)
+    frame[~frame.patient_id.isin(test_patients)].to_csv(root / "train.csv", index=False)
+    frame[frame.patient_id.isin(test_patients)].to_csv(root / "test.csv", index=False)
+    argv = ["--labels", str(root / "train.csv"), "--image-root", str(NIH1000), "--test-labels", str(root / "test.csv"),
+            "--set", f"data.test_image_root={NIH1000}", "--out", str(root / "runs"), "--name", "nih",
+            "--epochs", "1", *TINY]
+    assert train.main(argv) == 0
+    out = root / "nih.csv"
+    assert ensemble.main(["--runs", str(root / "runs" / "nih"), "--out", str(out)]) == 0
+    return root, out
+
+
+def test_demo_submission_is_complete_and_in_official_order(demo_run):
+    root, _, out = demo_run
+    sub = pd.read_csv(out)
+    test = pd.read_csv(root / "data" / "test.csv")
+    assert list(sub.columns) == ["dicom_id", *cls.CXRLT2023]
+    assert sorted(sub.dicom_id) == sorted(test.dicom_id.astype(str))
+    values = sub[list(cls.CXRLT2023)].to_numpy()
+    assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+    with zipfile.ZipFile(out.with_suffix(".zip")) as z:
+        assert z.namelist() == ["demo.csv"]
+    assert "OK" in check_file(out, classes=cls.CXRLT2023, expected_ids=test.dicom_id.astype(str).to_numpy())
+
+
+def test_demo_run_directory_describes_itself(demo_run):
+    root, _, _ = demo_run
+    run = root / "runs" / "demo"
+    for name in ("config.yaml", "folds.csv", "classes.json", "oof.csv", "metrics.json"):
+        assert (run / name).is_file(), name
+    folds = pd.read_csv(run / "folds.csv")
+    assert (folds.groupby("patient").fold.nunique() == 1).all()
+    oof = pd.read_csv(run / "oof.csv")
+    train_ids = pd.read_csv(root / "data" / "train.csv").dicom_id.astype(str)
+    assert sorted(oof.id.astype(str)) == sorted(train_ids)  # every training image exactly once
+    for k in (0, 1):
+        history = pd.read_csv(run / f"fold{k}" / "history.csv")
+        assert list(history.epoch) == [1, 2] and "val_mAP" in history
+        assert (run / f"fold{k}" / "model.keras").is_file() and (run / f"fold{k}" / "done.json").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["folds"]) >= {"mAP", "mAUC", "mF1"} and 0 <= metrics["oof"]["mAP"] <= 1
+
+
+def test_rerun_skips_finished_folds_and_refuses_another_config(demo_run, caplog):
+    root, argv, _ = demo_run
+    run = root / "runs" / "demo"
+    before = (run / "fold0" / "model.keras").stat().st_mtime_ns
+    with caplog.at_level("INFO"):
+        assert train.main(argv) == 0
+    assert (run / "fold0" / "model.keras").stat().st_mtime_ns == before
+    assert "fold 0 already finished" in caplog.text
+    with pytest.raises(SystemExit) as exc:
+        train.main([*argv, "--lr", "0.5"])
+    assert exc.value.code == 2
+
+
+def test_evaluate_scores_the_submission_against_the_labels(demo_run, tmp_path, capsys):
+    root, _, out = demo_run
+    assert evaluate.main(["--pred", str(out), "--labels", str(root / "data" / "test.csv"),
+                          "--classes", "cxrlt2023", "--json", str(tmp_path / "m.json")]) == 0
+    result = json.loads((tmp_path / "m.json").read_text())
+    saved = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert result["mAP"] == pytest.approx(saved["mAP"], abs=1e-5)  # same numbers via the CSV
+    assert {"mAP", "mAUC", "mF1", "per_class"} <= set(result)
+    broken = tmp_path / "broken.csv"
+    pd.read_csv(out).iloc[:-1].to_csv(broken, index=False)
+    assert evaluate.main(["--pred", str(broken), "--labels", str(root / "data" / "test.csv"), "--classes", "cxrlt2023"]) == 2
+    assert "no prediction" in capsys.readouterr().err
+
+
+def test_nih_submission_has_every_test_image_once(nih_run):
+    root, out = nih_run
+    sub = pd.read_csv(out)
+    test = pd.read_csv(root / "test.csv")
+    nih_classes = [c for c in test.columns if c not in ("path", "patient_id", "study_id", "view")]
+    assert list(sub.columns) == ["dicom_id", *nih_classes]  # generic data: the CSV's class order
+    assert sorted(sub.dicom_id) == sorted(test.path.map(lambda p: p.rsplit("/", 1)[1].rsplit(".", 1)[0]))
+    assert sub[nih_classes].notna().all().all()
+    assert len(list((root / "runs" / "nih" / "predictions").rglob("fold*.csv"))) == 2  # cached per fold
+
+
+def test_missing_data_says_what_to_do(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--out", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "PhysioNet" in err and "--demo" in err and "--labels" in err
