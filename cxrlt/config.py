@@ -177,6 +177,13 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"predict.tta must be a non-empty subset of [identity, hflip], got {cfg['predict']['tta']}")
     if t["checkpoint"] not in ("best", "last"):
         raise ConfigError(f"train.checkpoint must be best or last, got {t['checkpoint']!r}")
+    a = cfg["augment"]
+    from .augment import STRATEGIES  # noqa: PLC0415 - TensorFlow is loaded by every command that validates
+
+    if a["strategy"] != "none" and a["strategy"] not in STRATEGIES:
+        raise ConfigError(f"augment.strategy must be none or one of {sorted(STRATEGIES)}, got {a['strategy']!r}")
+    if not 0 < a["minority_share"] < 1 or not 0 <= a["tail_quantile"] <= 1:
+        raise ConfigError("augment.minority_share must be in (0, 1) and augment.tail_quantile in [0, 1]")
     mix = cfg["mix"]
     p_total = sum(mix[k] for k in ("mosaic", "mixup", "cutmix"))
     if any(not 0 <= mix[k] <= 1 for k in ("mosaic", "mixup", "cutmix", "cutout")) or p_total > 1 + 1e-9:
