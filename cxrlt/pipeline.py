@@ -34,29 +34,50 @@ def _element_seed(base_seed: int, index: tf.Tensor) -> tf.Tensor:
     return tf.stack([tf.constant(base_seed, tf.int64), tf.cast(index, tf.int64)])
 
 
+def _stream(paths, labels, flags, cfg: dict, seed: int) -> tf.data.Dataset:
+    """One infinite shuffled stream of (image, label, is_minority)."""
+    size, resize = cfg["input"]["size"], cfg["input"]["resize"]
+    n = len(paths)
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=str), labels.astype(np.float32), flags))
+    decode = lambda p, y, m: (decode_image(p, size, resize), y, m)  # noqa: E731
+    if cfg["input"]["cache"]:
+        # Decode once, keep the resized images in RAM, shuffle the decoded images.
+        ds = ds.map(decode, num_parallel_calls=AUTOTUNE).cache()
+        return ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+    # Shuffling the path list is cheap even for 264,849 images; decode after it.
+    ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+    return ds.map(decode, num_parallel_calls=AUTOTUNE)
+
+
 def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int, batch_size: int,
-                  augment_fn=None, mixer=None) -> tf.data.Dataset:
+                  augment_fn=None, mixer=None, minority: np.ndarray | None = None,
+                  minority_share: float | None = None, strategy_fn=None) -> tf.data.Dataset:
     """Infinite, shuffled, augmented and mixed batches of (images, labels) for `fit`.
 
     `augment_fn(image, seed) -> image` runs per image; `mixer(step, images, labels)` per batch.
     Both take stateless seeds derived from `seed` and the element/batch index: the same seed
-    gives the same stream.
+    gives the same stream. With `minority` flags, `strategy_fn(image, is_minority)` replaces
+    `augment_fn` (seed 000), and `minority_share` oversamples minority images by drawing from a
+    majority and a minority stream (streaming: no repeated copies are materialised).
     """
-    size, resize = cfg["input"]["size"], cfg["input"]["resize"]
-    n = len(paths)
-    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=str), labels.astype(np.float32)))
-    decode = lambda p, y: (decode_image(p, size, resize), y)  # noqa: E731
-    if cfg["input"]["cache"]:
-        # Decode once, keep the resized images in RAM, shuffle the decoded images.
-        ds = ds.map(decode, num_parallel_calls=AUTOTUNE).cache()
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+    paths, labels = np.asarray(paths, dtype=str), np.asarray(labels, dtype=np.float32)
+    flags = np.zeros(len(paths), bool) if minority is None else np.asarray(minority, bool)
+    if minority_share is not None:
+        if flags.all() or not flags.any():
+            raise ValueError(f"oversampling needs both minority and majority images; found {int(flags.sum())} "
+                             f"minority of {len(flags)} (change augment.tail_quantile)")
+        streams = [_stream(paths[~flags], labels[~flags], flags[~flags], cfg, seed),
+                   _stream(paths[flags], labels[flags], flags[flags], cfg, seed + 1)]
+        ds = tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 - minority_share, minority_share], seed=seed)
     else:
-        # Shuffling the path list is cheap even for 264,849 images; decode after it.
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
-        ds = ds.map(decode, num_parallel_calls=AUTOTUNE)
-    if augment_fn is not None:
-        ds = ds.enumerate().map(lambda i, xy: (augment_fn(xy[0], _element_seed(seed, i)), xy[1]),
+        ds = _stream(paths, labels, flags, cfg, seed)
+    if strategy_fn is not None:
+        ds = ds.map(lambda x, y, m: (strategy_fn(x, m), y), num_parallel_calls=AUTOTUNE)
+    elif augment_fn is not None:
+        ds = ds.enumerate().map(lambda i, xym: (augment_fn(xym[0], _element_seed(seed, i)), xym[1]),
                                 num_parallel_calls=AUTOTUNE)
+    else:
+        ds = ds.map(lambda x, y, m: (x, y))
     ds = ds.batch(batch_size, drop_remainder=True)
     if mixer is not None:
         ds = ds.enumerate().map(lambda i, xy: mixer(i, xy[0], xy[1]), num_parallel_calls=AUTOTUNE)

@@ -48,9 +48,15 @@ def resolve_data(cfg: dict) -> dataset.LabelTable:
     for key in ("labels", "image_root", "test_labels", "test_image_root"):
         if d[key]:
             d[key] = str(Path(d[key]).expanduser().resolve())
-    return dataset.read_labels(d["labels"], image_root=d["image_root"], classes=d["classes"],
-                               uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
-                               check_files=True)
+    table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=d["classes"],
+                                uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
+                                check_files=True)
+    if table.mask is not None:
+        raise config.ConfigError(
+            f"{d['labels']}: --uncertain ignore is accepted by the reader, but masking labels out of the loss is "
+            "not wired into training yet; use --uncertain zero or one"
+        )
+    return table
 
 
 def prepare_run(cfg: dict, table: dataset.LabelTable, force: bool) -> runs.Run:
@@ -91,10 +97,19 @@ def make_optimizer(cfg: dict, steps_per_epoch: int):
     raise config.ConfigError(f"optim.name must be adam, adamw or sgd, got {o['name']!r}")
 
 
-def make_augment(cfg: dict):
+def augment_options(cfg: dict, train: dataset.LabelTable, seed: int) -> dict:
+    """The per-image augmentation arguments of pipeline.train_dataset: basic set or a seed 000 strategy."""
     from . import augment
 
-    return augment.make_basic_augment(cfg["augment"])
+    a = cfg["augment"]
+    if a["strategy"] == "none":
+        return {"augment_fn": augment.make_basic_augment(a)}
+    minority = augment.minority_mask(train.labels, train.class_counts(), a["tail_quantile"], train.classes)
+    oversample = augment.STRATEGIES[a["strategy"]][2] if a["strategy"] in augment.STRATEGIES else False
+    log.info("augment strategy %s: %d of %d training images are minority%s", a["strategy"], int(minority.sum()),
+             len(minority), f", oversampled to {a['minority_share']:.0%}" if oversample else "")
+    return {"strategy_fn": augment.make_strategy_augment(a["strategy"], seed), "minority": minority,
+            "minority_share": a["minority_share"] if oversample else None}
 
 
 def make_mixer(cfg: dict, seed: int):
@@ -136,7 +151,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
         built.train_model.compile(optimizer=make_optimizer(cfg, steps), loss=loss,
                                   jit_compile=cfg["distribute"]["jit_compile"])
     train_ds = pipeline.train_dataset(train.paths, train.labels, cfg, seed=cfg["seed"] + k, batch_size=batch,
-                                      augment_fn=make_augment(cfg), mixer=make_mixer(cfg, cfg["seed"] + k))
+                                      mixer=make_mixer(cfg, cfg["seed"] + k), **augment_options(cfg, train, cfg["seed"] + k))
     val_ds = pipeline.eval_dataset(val.paths, cfg, batch_size=cfg["predict"]["batch_size"])
     verbose = cfg["train"]["verbose"]
     verbose = (1 if sys.stdout.isatty() else 2) if verbose == "auto" else int(verbose)
