@@ -1,14 +1,420 @@
-"""Losses by name. Every loss takes logits (the training model ends in logits) and soft labels."""
+"""Multi-label losses by name. Every loss takes LOGITS and (possibly soft) labels.
+
+    loss = get_loss("focal")                                             # seed 002's BFCE
+    loss = get_loss("weighted_bce", class_counts=counts, n_images=n)      # per-class w_pos = n_neg / n_pos
+    model.compile(optimizer, loss=loss)
+
+Contract (every loss here):
+
+* ``y_pred`` are logits ``[B, C]`` (any float dtype: bfloat16/float16 logits are cast to float32
+  inside, and every term is computed in float32 with log-sigmoid/softplus, so logits of +-100 give
+  finite values and gradients); ``y_true`` are float labels in [0, 1], soft labels allowed
+  (MixUp/CutMix/Mosaic mixing, label smoothing).
+* ``sample_weight`` may be ``[B, C]`` (an element mask: 1 = use, 0 = ignore, e.g. uncertain labels)
+  or ``[B]`` (per-image weights, broadcast over the classes).
+* Reduction ``"masked_mean"`` (the default): ``sum(l * w) / sum(w)`` with ``w`` broadcast to
+  ``[B, C]``, i.e. the mean over the unmasked elements for a 0/1 mask (0 when everything is masked).
+  Without ``sample_weight`` it is the mean over all ``B * C`` elements, which is exactly what Keras'
+  own losses give (mean over classes, then over the batch). ``"sum_over_batch_size"`` divides by
+  ``B * C`` whatever the weights (Keras' convention: masked elements still count in the
+  denominator), ``"sum"`` sums, ``"none"`` returns the weighted element losses ``[B, C]``.
+  Like Keras' mean reductions, the result is divided by the number of replicas under a
+  ``tf.distribute`` strategy (each replica normalises by its own unmasked count).
+
+Keras' built-in losses reduce over the class axis *before* the sample weight is applied, so a
+``[B, C]`` mask cannot be passed to them; this is why even ``focal`` and ``bce`` are implemented here
+(they equal ``keras.losses.BinaryFocalCrossentropy`` / ``BinaryCrossentropy(from_logits=True)`` up to
+Keras' 1e-7 probability clipping, which only matters for |logit| > ~15).
+
+Losses (``name``: parameters, defaults):
+
+* ``focal`` (seed 002): ``alpha=0.25, gamma=2.0, apply_class_balancing=True, label_smoothing=0.01``.
+  ``alpha="inverse_frequency"`` (decision G06 option c) gives a per-class alpha, see
+  :func:`inverse_frequency_alpha`; ``alpha`` may also be an explicit list of C floats.
+* ``bce``: ``label_smoothing=0.0``.
+* ``weighted_bce`` (seed 001, cost-sensitive BCE): ``power=1.0, max_weight=None, label_smoothing=0.0``;
+  see :func:`positive_weights`.
+* ``class_balanced`` (Cui et al. 2019, seed 003 baseline, G24): ``beta=0.999, base="focal"`` and the
+  base loss's parameters (focal base: ``gamma=2.0, alpha=0.25, apply_class_balancing=False,
+  label_smoothing=0.0``; bce base: ``label_smoothing=0.0``); see :func:`class_balanced_weights`.
+* ``asl`` (Ridnik et al. 2021; BEYOND THE SEEDS, G27): ``gamma_neg=4.0, gamma_pos=0.0, clip=0.05,
+  label_smoothing=0.0``.
+* ``logit_adjusted`` (Menon et al. 2021; BEYOND THE SEEDS, G27): ``tau=1.0, label_smoothing=0.0``.
+
+Every loss also takes ``reduction`` and ``name``. Losses that need the training-fold statistics
+(``weighted_bce``, ``class_balanced``, ``logit_adjusted``, ``focal`` with inverse-frequency alpha)
+take ``class_counts`` (positives per class, length C) and, where a prior is involved, ``n_images``;
+the derived per-class vectors are stored in ``get_config()`` as plain lists, so a compiled model's
+config round-trips without the counts.
+"""
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import keras
+import numpy as np
+from keras import ops
+
+REDUCTIONS = ("masked_mean", "sum_over_batch_size", "sum", "none")
+_TINY = 1e-30  # floor for the base of the focusing powers: keeps d/dx x**gamma finite for gamma < 1
+
+
+# ----------------------------------------------------------------------------- per-class statistics
+
+def _counts(class_counts, what: str) -> np.ndarray:
+    if class_counts is None:
+        raise ValueError(f"{what} needs class_counts (positives per class in the training fold)")
+    counts = np.asarray(class_counts, dtype=np.float64).reshape(-1)
+    if counts.size == 0 or not np.all(np.isfinite(counts)) or np.any(counts < 0):
+        raise ValueError(f"{what}: class_counts must be finite and >= 0, got {counts.tolist()}")
+    return counts
+
+
+def _n_images(n_images, counts: np.ndarray, what: str) -> float:
+    if n_images is None:
+        raise ValueError(f"{what} needs n_images (the number of training images) besides class_counts")
+    n = float(n_images)
+    if n <= 0 or n < counts.max():
+        raise ValueError(f"{what}: n_images={n_images} must be positive and >= every class count "
+                         f"(max {int(counts.max())})")
+    return n
+
+
+def prior(class_counts, n_images) -> np.ndarray:
+    """Per-class prevalence with add-one (Laplace) smoothing: (n_c + 1) / (N + 2), in (0, 1) for every class."""
+    counts = _counts(class_counts, "prior")
+    n = _n_images(n_images, counts, "prior")
+    return (counts + 1.0) / (n + 2.0)
+
+
+def inverse_frequency_alpha(class_counts, n_images) -> np.ndarray:
+    """Per-class focal alpha for ``alpha="inverse_frequency"`` (G06 option c).
+
+    ``alpha_c = 1 - prior_c`` (the smoothed prevalence of :func:`prior`). With Keras' class
+    balancing (positives weighted by alpha, negatives by 1 - alpha) the positive:negative weight
+    ratio is ``(1 - prior_c) / prior_c = n_neg_c / n_pos_c``, the inverse class frequency, so the
+    positives and negatives of every class carry the same total weight ("equal attention to both
+    classes"). Alpha stays in (0, 1) as Keras' semantics require; rare classes get alpha close to 1.
+    """
+    return 1.0 - prior(class_counts, n_images)
+
+
+def positive_weights(class_counts, n_images, *, power: float = 1.0, max_weight: float | None = None) -> np.ndarray:
+    """``w_pos_c = (n_neg_c / n_pos_c) ** power``, clipped at ``max_weight`` (negatives weigh 1).
+
+    ``power=1`` is seed 001's cost-sensitive rule (99:1 -> 99), ``power=0.5`` the square-root variant.
+    Counts are floored at 1, so a class without positives (or without negatives) gets a finite weight.
+    """
+    counts = _counts(class_counts, "weighted_bce")
+    n = _n_images(n_images, counts, "weighted_bce")
+    w = (np.maximum(n - counts, 1.0) / np.maximum(counts, 1.0)) ** float(power)
+    if max_weight is not None:
+        w = np.minimum(w, float(max_weight))
+    return w
+
+
+def class_balanced_weights(class_counts, beta: float = 0.999) -> np.ndarray:
+    """Cui et al.'s effective-number weights ``(1 - beta) / (1 - beta ** n_c)``, normalised to sum to C.
+
+    A class without positives is treated as having one (``n_c`` floored at 1), so its weight is the
+    largest one instead of infinite. ``beta = 0`` gives all-ones weights.
+    """
+    if not 0.0 <= float(beta) < 1.0:
+        raise ValueError(f"class_balanced: beta must be in [0, 1), got {beta}")
+    counts = np.maximum(_counts(class_counts, "class_balanced"), 1.0)
+    w = (1.0 - beta) / (1.0 - np.power(beta, counts)) if beta > 0 else np.ones_like(counts)
+    return w * (len(counts) / w.sum())
+
+
+# ----------------------------------------------------------------------------- base class
+
+def _scale_for_replicas(loss):
+    """Divide by the replicas in sync, as Keras' own mean reductions do (gradients are summed over replicas)."""
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss if replicas == 1 else loss * (1.0 / replicas)
+
+
+def _vector(value) -> list[float] | None:
+    return None if value is None else [float(v) for v in np.asarray(value, dtype=np.float64).reshape(-1)]
+
+
+def _smooth(y, label_smoothing: float):
+    return y * (1.0 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else y
+
+
+class MultiLabelLoss(keras.losses.Loss):
+    """Base: subclasses implement ``elementwise(y_true, logits) -> [B, C]`` in float32."""
+
+    def __init__(self, *, reduction: str = "masked_mean", name: str | None = None, label_smoothing: float = 0.0,
+                 class_weight=None):
+        if reduction is None:
+            reduction = "none"
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if not 0.0 <= float(label_smoothing) <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        super().__init__(name=name, reduction="sum_over_batch_size", dtype="float32")
+        self.reduction = reduction
+        self.label_smoothing = float(label_smoothing)
+        self.class_weight = _vector(class_weight)
+
+    def elementwise(self, y_true, logits):
+        raise NotImplementedError
+
+    def call(self, y_true, y_pred):
+        """Per-element losses ``[B, C]`` (class weights applied, sample weights not)."""
+        y_true = ops.cast(ops.convert_to_tensor(y_true), "float32")
+        logits = ops.cast(ops.convert_to_tensor(y_pred), "float32")
+        values = self.elementwise(y_true, logits)
+        if self.class_weight is not None:
+            values = values * ops.convert_to_tensor(np.asarray(self.class_weight, np.float32))
+        return values
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        with keras.name_scope(self.name):
+            values = self.call(y_true, y_pred)
+            if sample_weight is None:
+                weights = ops.ones_like(values)
+            else:
+                weights = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+                if len(weights.shape) == 1:
+                    weights = ops.expand_dims(weights, -1)
+                weights = ops.broadcast_to(weights, ops.shape(values))
+            values = values * weights
+            if self.reduction == "none":
+                return values
+            total = ops.sum(values)
+            if self.reduction == "sum":
+                return total
+            if self.reduction == "masked_mean":
+                loss = ops.divide_no_nan(total, ops.sum(weights))
+            else:  # sum_over_batch_size
+                loss = total / ops.cast(ops.size(values), "float32")
+            return _scale_for_replicas(loss)
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "reduction": self.reduction, "label_smoothing": self.label_smoothing,
+                "class_weight": self.class_weight}
+
+
+def _bce(y, logits, pos_weight=None):
+    """-(w_pos * y * log(sigmoid(z)) + (1 - y) * log(1 - sigmoid(z))), stable for any z."""
+    log_p = -ops.softplus(-logits)
+    log_not_p = -ops.softplus(logits)
+    pos = y * log_p if pos_weight is None else pos_weight * y * log_p
+    return -(pos + (1.0 - y) * log_not_p)
+
+
+@keras.saving.register_keras_serializable(package="cxrlt")
+class BinaryCrossentropy(MultiLabelLoss):
+    """BCE on logits, optionally with per-class positive weights (``weighted_bce``) and class weights.
+
+    ``pos_weight`` (length C) multiplies the positive term only (negatives weigh 1):
+    ``-(w_c * y * log p + (1 - y) * log(1 - p))``; label smoothing is Keras': ``y(1-e) + e/2``.
+    """
+
+    def __init__(self, *, pos_weight=None, **kwargs):
+        super().__init__(**kwargs)
+        self.pos_weight = _vector(pos_weight)
+
+    def elementwise(self, y_true, logits):
+        y = _smooth(y_true, self.label_smoothing)
+        w = None if self.pos_weight is None else ops.convert_to_tensor(np.asarray(self.pos_weight, np.float32))
+        return _bce(y, logits, w)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "pos_weight": self.pos_weight}
+
+
+@keras.saving.register_keras_serializable(package="cxrlt")
+class BinaryFocalCrossentropy(MultiLabelLoss):
+    """Keras' binary focal cross-entropy on logits, with a [B, C] sample_weight mask and per-class alpha.
+
+    As ``keras.losses.binary_focal_crossentropy``: labels are smoothed first, then
+    ``p_t = y p + (1 - y)(1 - p)``, loss ``(1 - p_t)^gamma * BCE(y, p)``, times
+    ``alpha y + (1 - alpha)(1 - y)`` (with the smoothed y) when ``apply_class_balancing``.
+    ``alpha`` is a float or a length-C list (per-class alpha, e.g. :func:`inverse_frequency_alpha`).
+    """
+
+    def __init__(self, *, alpha=0.25, gamma: float = 2.0, apply_class_balancing: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(alpha, str):
+            raise ValueError(f"alpha={alpha!r}: resolve it with get_loss (which has the class counts)")
+        alpha_arr = np.asarray(alpha, dtype=np.float64)
+        if np.any(alpha_arr < 0) or np.any(alpha_arr > 1):
+            raise ValueError(f"focal: alpha must be in [0, 1], got {alpha}")
+        self.alpha = float(alpha_arr) if alpha_arr.ndim == 0 else _vector(alpha_arr)
+        if float(gamma) < 0:
+            raise ValueError(f"focal: gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+        self.apply_class_balancing = bool(apply_class_balancing)
+
+    def elementwise(self, y_true, logits):
+        y = _smooth(y_true, self.label_smoothing)
+        bce = _bce(y, logits)
+        p, not_p = ops.sigmoid(logits), ops.sigmoid(-logits)
+        one_minus_pt = y * not_p + (1.0 - y) * p
+        values = ops.power(ops.maximum(one_minus_pt, _TINY), self.gamma) * bce
+        if self.apply_class_balancing:
+            alpha = self.alpha if isinstance(self.alpha, float) else ops.convert_to_tensor(np.asarray(self.alpha, np.float32))
+            values = (y * alpha + (1.0 - y) * (1.0 - alpha)) * values
+        return values
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "alpha": self.alpha, "gamma": self.gamma,
+                "apply_class_balancing": self.apply_class_balancing}
+
+
+@keras.saving.register_keras_serializable(package="cxrlt")
+class AsymmetricLoss(MultiLabelLoss):
+    """Asymmetric loss (Ridnik et al., ICCV 2021). BEYOND THE SEEDS (G27): no seed names it.
+
+    ``L = -[ y (1 - p)^gamma_pos log p + (1 - y) p_m^gamma_neg log(1 - p_m) ]`` with the shifted
+    probability ``p_m = max(p - clip, 0)`` (probability margin: easy negatives with p < clip are
+    discarded). Soft labels weight the two terms. Differences from the authors' PyTorch code: the mean
+    over elements instead of the sum (a constant factor), exact log-sigmoid instead of
+    ``log(clamp(p, 1e-8))``, and gradients flow through the focusing weights (their
+    ``disable_torch_grad_focal_loss=False``).
+    """
+
+    def __init__(self, *, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, **kwargs):
+        super().__init__(**kwargs)
+        if float(gamma_neg) < 0 or float(gamma_pos) < 0:
+            raise ValueError(f"asl: gammas must be >= 0, got gamma_neg={gamma_neg}, gamma_pos={gamma_pos}")
+        if not 0.0 <= float(clip) < 1.0:
+            raise ValueError(f"asl: clip must be in [0, 1), got {clip}")
+        self.gamma_neg, self.gamma_pos, self.clip = float(gamma_neg), float(gamma_pos), float(clip)
+
+    def elementwise(self, y_true, logits):
+        y = _smooth(y_true, self.label_smoothing)
+        p, not_p = ops.sigmoid(logits), ops.sigmoid(-logits)
+        log_p = -ops.softplus(-logits)
+        if self.clip > 0:
+            p_m = ops.maximum(p - self.clip, 0.0)
+            log_not_pm = ops.log(ops.minimum(not_p + self.clip, 1.0))  # 1 - p_m >= clip: finite
+        else:
+            p_m, log_not_pm = p, -ops.softplus(logits)
+        pos = ops.power(ops.maximum(not_p, _TINY), self.gamma_pos) * log_p
+        neg = ops.power(ops.maximum(p_m, _TINY), self.gamma_neg) * log_not_pm
+        if self.gamma_neg == 0:  # p_m == 0 -> 0**0 = 1 (plain BCE on the shifted probability)
+            neg = log_not_pm
+        return -(y * pos + (1.0 - y) * neg)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "gamma_neg": self.gamma_neg, "gamma_pos": self.gamma_pos, "clip": self.clip}
+
+
+@keras.saving.register_keras_serializable(package="cxrlt")
+class LogitAdjustedBCE(MultiLabelLoss):
+    """Logit-adjusted (balanced) BCE (Menon et al., ICLR 2021). BEYOND THE SEEDS (G27).
+
+    Training adds ``tau * log(prior_c / (1 - prior_c))`` to the logits before BCE, so the raw model
+    logit estimates the class-balanced log-odds: rare classes get pushed up at inference (which uses
+    the raw logits, unchanged). Per-class AP/AUC are unaffected by a per-class shift, but thresholded
+    metrics (mF1 at 0.5) change and probabilities are no longer calibrated to the prevalence.
+    ``log_prior_odds`` (length C) is the smoothed prior's log-odds (:func:`prior`).
+    """
+
+    def __init__(self, *, log_prior_odds, tau: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.log_prior_odds = _vector(log_prior_odds)
+        self.tau = float(tau)
+
+    def elementwise(self, y_true, logits):
+        y = _smooth(y_true, self.label_smoothing)
+        shift = ops.convert_to_tensor(np.asarray(self.log_prior_odds, np.float32) * np.float32(self.tau))
+        return _bce(y, logits + shift)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "log_prior_odds": self.log_prior_odds, "tau": self.tau}
+
+
+# ----------------------------------------------------------------------------- registry
+
+_COMMON = {"reduction": "masked_mean", "name": None}
+
+
+def _check_length(vector, class_counts, what):
+    if class_counts is not None and vector is not None and len(vector) != len(np.asarray(class_counts).reshape(-1)):
+        raise ValueError(f"{what}: has {len(vector)} values but class_counts has {len(class_counts)} classes")
+
+
+def _focal(p, class_counts, n_images):
+    alpha = p["alpha"]
+    if isinstance(alpha, str):
+        if alpha != "inverse_frequency":
+            raise ValueError(f"focal: alpha must be a float, a list of per-class floats or 'inverse_frequency', "
+                             f"got {alpha!r}")
+        alpha = inverse_frequency_alpha(class_counts, n_images)
+    elif np.ndim(alpha) == 1:
+        _check_length(alpha, class_counts, "focal alpha")
+    return BinaryFocalCrossentropy(**{**p, "alpha": alpha})
+
+
+def _weighted_bce(p, class_counts, n_images):
+    p = dict(p)
+    weights = positive_weights(class_counts, n_images, power=p.pop("power"), max_weight=p.pop("max_weight"))
+    return BinaryCrossentropy(pos_weight=weights, **p)
+
+
+def _class_balanced(p, class_counts, n_images):
+    p = dict(p)
+    weights = class_balanced_weights(class_counts, p.pop("beta"))
+    base = p.pop("base")
+    if base == "bce":
+        extra = {k: v for k, v in p.items() if k in ("gamma", "alpha", "apply_class_balancing") and v is not None}
+        if extra:
+            raise ValueError(f"class_balanced with base='bce' takes no focal parameters, got {sorted(extra)}")
+        keep = {k: v for k, v in p.items() if k not in ("gamma", "alpha", "apply_class_balancing")}
+        return BinaryCrossentropy(class_weight=weights, **keep)
+    if base == "focal":
+        focal = {"gamma": 2.0, "alpha": 0.25, "apply_class_balancing": False}
+        focal.update({k: v for k, v in p.items() if v is not None})
+        return BinaryFocalCrossentropy(class_weight=weights, **focal)
+    raise ValueError(f"class_balanced: base must be 'bce' or 'focal', got {base!r}")
+
+
+# name -> (parameter defaults, builder(params, class_counts, n_images))
+LOSSES: dict[str, tuple[dict[str, Any], Callable]] = {
+    "focal": ({"alpha": 0.25, "gamma": 2.0, "apply_class_balancing": True, "label_smoothing": 0.01}, _focal),
+    "bce": ({"label_smoothing": 0.0}, lambda p, c, n: BinaryCrossentropy(**p)),
+    "weighted_bce": ({"power": 1.0, "max_weight": None, "label_smoothing": 0.0}, _weighted_bce),
+    "class_balanced": (
+        # focal parameters left at None take the focal base's defaults (gamma 2, alpha 0.25, no alpha balancing)
+        {"beta": 0.999, "base": "focal", "gamma": None, "alpha": None, "apply_class_balancing": None,
+         "label_smoothing": 0.0},
+        _class_balanced,
+    ),
+    "asl": ({"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05, "label_smoothing": 0.0},
+            lambda p, c, n: AsymmetricLoss(**p)),
+    "logit_adjusted": (
+        {"tau": 1.0, "label_smoothing": 0.0},
+        lambda p, c, n: LogitAdjustedBCE(log_prior_odds=np.log(prior(c, n) / (1.0 - prior(c, n))), **p),
+    ),
+}
+
+
+def loss_names() -> list[str]:
+    return sorted(LOSSES)
 
 
 def get_loss(name: str, *, class_counts=None, n_images=None, **params) -> keras.losses.Loss:
-    if name == "focal":
-        defaults = dict(apply_class_balancing=True, alpha=0.25, gamma=2.0, label_smoothing=0.01)
-        return keras.losses.BinaryFocalCrossentropy(from_logits=True, **{**defaults, **params})
-    if name == "bce":
-        return keras.losses.BinaryCrossentropy(from_logits=True, **params)
-    raise ValueError(f"unknown loss {name!r}; use one of focal, bce")
+    """Build the loss ``name`` with ``params`` over its defaults (see the module docstring).
+
+    ``class_counts`` (positives per class in the training fold) and ``n_images`` (training images)
+    are used by the losses that need them and ignored by the others.
+    """
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; use one of {', '.join(loss_names())}")
+    defaults, build = LOSSES[name]
+    allowed = {**defaults, **_COMMON}
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"loss {name!r} got unknown parameter(s) {unknown}; it takes {sorted(allowed)}")
+    merged = {**defaults, **params}
+    if params.get("name") is None:
+        merged.pop("name", None)
+    return build(merged, class_counts, n_images)

@@ -1,0 +1,230 @@
+"""Class-frequency samplers for multi-hot labels (seed 003 eq. 2, decisions G11 and G28), streamed in tf.data.
+
+Every sampler yields int64 row indices into the training table; map them to paths/labels with
+``tf.gather`` or a lookup. The streams are infinite and built from stateless random ops keyed by
+``(seed, block)``, so the same seed gives the same stream whatever TensorFlow's global seed.
+
+* :func:`class_sampled_indices` - G11 "class first": pick class j with ``p_j = n_j^q / sum_k n_k^q``
+  (q in the PAPER's convention: 1 = instance-like, 0.5 = square root, 0 = class-balanced; the
+  ``balanced_mixup`` code inverts it), then an image positive for j uniformly at random. The positives
+  of all classes are stored once, CSR-style (one concatenated index array + per-class offsets and
+  counts, int32: about 2.5 MB for CXR-LT's ~636k positive labels), and a block of draws is a
+  ``searchsorted`` on the class CDF plus a modulo into the class's slice. No per-class copies, no
+  ``sample_from_datasets``. "No Finding" is a class like any other.
+* :func:`instance_sampled_indices` - ordinary shuffled epochs, forever.
+* :func:`random_oversample_indices` / :func:`random_undersample_indices` - one epoch of seed 000's
+  ROS / RUS as numpy index arrays; :func:`make_index_dataset` streams them epoch after epoch.
+* :func:`balanced_pair_indices` - (instance index, class index) pairs for Balanced-MixUp (seed 003).
+
+Note on the mix of the resulting image stream: under class-first sampling, an image with several
+positives can be reached through any of them, so the share of *images* positive for class j is
+above ``p_j`` for co-occurring classes; ``p_j`` is the distribution of the *picked* class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+BLOCK = 1024  # draws per stateless random call; part of the stream's definition (changing it changes the stream)
+SAMPLERS = ("instance", "class", "sqrt", "q", "ros", "rus")
+
+
+def _labels(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[0] == 0:
+        raise ValueError(f"labels must be a non-empty [N, C] array, got shape {labels.shape}")
+    return labels > 0.5 if labels.dtype.kind == "f" else labels > 0
+
+
+def class_probabilities(class_counts, q: float) -> np.ndarray:
+    """``p_j = n_j^q / sum_k n_k^q`` over the classes with positives; classes with none get 0."""
+    counts = np.asarray(class_counts, dtype=np.float64).reshape(-1)
+    if counts.size == 0 or np.any(counts < 0) or not np.all(np.isfinite(counts)):
+        raise ValueError(f"class_counts must be finite and >= 0, got {counts.tolist()}")
+    if not np.isfinite(q):
+        raise ValueError(f"q must be finite, got {q}")
+    present = counts > 0
+    if not present.any():
+        raise ValueError("no class has a positive image: nothing to sample")
+    weights = np.zeros_like(counts)
+    weights[present] = counts[present] ** float(q)
+    return weights / weights.sum()
+
+
+def _seed_pair(seed, block):
+    return tf.stack([tf.cast(seed, tf.int64), tf.cast(block, tf.int64)])
+
+
+def class_sampled_indices(labels, q: float, seed: int, *, with_class: bool = False) -> tf.data.Dataset:
+    """Infinite int64 image indices: a class with probability p_j (:func:`class_probabilities`), then
+    a uniformly random image positive for it. ``with_class=True`` yields ``(index, class)`` pairs."""
+    positive = _labels(labels)
+    n, num_classes = positive.shape
+    if n >= 2**31:
+        raise ValueError(f"{n} images: more than int32 indices can address")
+    counts = positive.sum(axis=0)
+    probs = class_probabilities(counts, q)
+    # CSR: rows of class 0's positives, then class 1's, ... (np.nonzero on the transpose is class-major).
+    _, rows = np.nonzero(positive.T)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    cdf = np.cumsum(probs)
+    cdf[np.flatnonzero(probs > 0)[-1]:] = 1.0  # exact top: u in [0, 1) always lands on a class with p > 0
+
+    rows_t = tf.constant(rows.astype(np.int32))
+    offsets_t = tf.constant(offsets.astype(np.int64))
+    counts_t = tf.constant(counts.astype(np.int64))
+    cdf_t = tf.constant(cdf, tf.float64)
+    seed = int(seed)
+
+    def block(b):
+        keys = tf.random.experimental.stateless_split(_seed_pair(seed, b), 2)
+        u = tf.random.stateless_uniform([BLOCK], keys[0], dtype=tf.float64)
+        cls = tf.minimum(tf.searchsorted(cdf_t, u, side="right", out_type=tf.int64), num_classes - 1)
+        r = tf.random.stateless_uniform([BLOCK], keys[1], minval=None, maxval=None, dtype=tf.int64)
+        within = tf.math.floormod(r, tf.gather(counts_t, cls))  # bias <= count / 2^64: negligible
+        index = tf.cast(tf.gather(rows_t, tf.gather(offsets_t, cls) + within), tf.int64)
+        return (index, cls) if with_class else index
+
+    return tf.data.Dataset.counter().map(block).unbatch()
+
+
+def instance_sampled_indices(n: int, seed: int, reshuffle_each_iteration: bool = True) -> tf.data.Dataset:
+    """Infinite int64 indices in shuffled epochs of ``range(n)`` (every image once per epoch).
+
+    With ``reshuffle_each_iteration=False`` every epoch repeats the first epoch's order.
+    """
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    seed = int(seed)
+    base = tf.range(n, dtype=tf.int64)
+
+    def epoch(e):
+        key = _seed_pair(seed, e if reshuffle_each_iteration else 0)
+        return tf.random.experimental.stateless_shuffle(base, key)
+
+    return tf.data.Dataset.counter().map(epoch).unbatch()
+
+
+def _image_mask(labels: np.ndarray, mask, what: str, any_of: bool) -> np.ndarray:
+    """An image mask [N] as given, or derived from a class mask [C] (when C != N)."""
+    mask = np.asarray(mask).reshape(-1).astype(bool)
+    n, c = labels.shape
+    if mask.size == n:
+        return mask
+    if mask.size == c:
+        if any_of:  # minority image: positive for any flagged class
+            return labels[:, mask].any(axis=1)
+        return ~labels[:, ~mask].any(axis=1)  # majority image: no positive outside the flagged classes
+    raise ValueError(f"{what} must have one flag per image ({n}) or per class ({c}), got {mask.size}")
+
+
+def random_oversample_indices(labels, minority_mask, target_share: float, seed: int, *,
+                              epoch_size: int | None = None) -> np.ndarray:
+    """One epoch of random oversampling (ROS, seed 000), shuffled int64 indices.
+
+    ``minority_mask``: one flag per image, or one per class (an image is minority if positive for any
+    flagged class; e.g. :func:`cxrlt.augment.minority_mask` gives image flags). Minority images make
+    ``target_share`` of the epoch:
+
+    * ``epoch_size=None`` (pure ROS): every image appears once, plus minority copies drawn uniformly
+      with replacement until the share is reached; the epoch has about ``n_majority / (1 - target_share)``
+      entries. A target at or below the current share adds nothing.
+    * ``epoch_size=k`` (seed 000's code, G28: ``len(train)`` draws with replacement): ``round(share*k)``
+      minority draws and the rest majority draws, each uniformly with replacement.
+    """
+    positive = _labels(labels)
+    minority = _image_mask(positive, minority_mask, "minority_mask", any_of=True)
+    if not 0.0 < float(target_share) < 1.0:
+        raise ValueError(f"target_share must be in (0, 1), got {target_share}")
+    mino, majo = np.flatnonzero(minority), np.flatnonzero(~minority)
+    if mino.size == 0 or majo.size == 0:
+        raise ValueError(f"oversampling needs minority and majority images; got {mino.size} minority, "
+                         f"{majo.size} majority")
+    rng = np.random.default_rng(seed)
+    if epoch_size is None:
+        wanted = int(np.ceil(target_share * majo.size / (1.0 - target_share)))
+        extra = rng.choice(mino, size=max(wanted - mino.size, 0), replace=True)
+        out = np.concatenate([majo, mino, extra])
+    else:
+        k = int(epoch_size)
+        n_min = int(round(target_share * k))
+        out = np.concatenate([rng.choice(majo, size=k - n_min, replace=True), rng.choice(mino, size=n_min, replace=True)])
+    return rng.permutation(out).astype(np.int64)
+
+
+def random_undersample_indices(labels, majority_mask, keep_fraction: float, seed: int) -> np.ndarray:
+    """One epoch of random undersampling (RUS), shuffled int64 indices: every non-majority image once,
+    and a random ``keep_fraction`` of the majority images (without replacement).
+
+    ``majority_mask``: one flag per image, or one per class (an image is majority if it has no
+    positive outside the flagged classes, e.g. "No Finding"-only images).
+    """
+    positive = _labels(labels)
+    majority = _image_mask(positive, majority_mask, "majority_mask", any_of=False)
+    if not 0.0 < float(keep_fraction) <= 1.0:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    rng = np.random.default_rng(seed)
+    majo = np.flatnonzero(majority)
+    kept = rng.choice(majo, size=int(round(keep_fraction * majo.size)), replace=False)
+    return rng.permutation(np.concatenate([np.flatnonzero(~majority), kept])).astype(np.int64)
+
+
+def _epochs(make_epoch, seed: int) -> tf.data.Dataset:
+    """Stream numpy epochs ``make_epoch(seed + e)`` for e = 0, 1, ... (host-side generator)."""
+    def gen():
+        e = 0
+        while True:
+            yield make_epoch(int(seed) + e)
+            e += 1
+
+    return tf.data.Dataset.from_generator(gen, output_signature=tf.TensorSpec([None], tf.int64)).unbatch()
+
+
+def make_index_dataset(labels, sampler_cfg: dict, seed: int, *, minority_mask=None,
+                       majority_mask=None) -> tf.data.Dataset:
+    """Infinite int64 index stream from a config, e.g.::
+
+        {"name": "instance"}                      # shuffled epochs
+        {"name": "class"} / {"name": "sqrt"}      # class-first sampling, q = 0 / 0.5
+        {"name": "q", "q": 0.25}                  # any q (paper convention)
+        {"name": "ros", "target_share": 0.5, "epoch_size": None}   # needs minority_mask=
+        {"name": "rus", "keep_fraction": 0.5}                      # needs majority_mask=
+    """
+    cfg = dict(sampler_cfg or {})
+    name = cfg.pop("name", "instance")
+    allowed = {"instance": {"reshuffle_each_iteration"}, "class": set(), "sqrt": set(), "q": {"q"},
+               "ros": {"target_share", "epoch_size"}, "rus": {"keep_fraction"}}
+    if name not in allowed:
+        raise ValueError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
+    unknown = sorted(set(cfg) - allowed[name])
+    if unknown:
+        raise ValueError(f"sampler {name!r} got unknown key(s) {unknown}; it takes {sorted(allowed[name]) or 'none'}")
+    labels = np.asarray(labels)
+    if name == "instance":
+        return instance_sampled_indices(len(labels), seed, cfg.get("reshuffle_each_iteration", True))
+    if name in ("class", "sqrt", "q"):
+        if name == "q" and "q" not in cfg:
+            raise ValueError("sampler 'q' needs a 'q' value (1 instance-like, 0.5 square root, 0 class-balanced)")
+        q = {"class": 0.0, "sqrt": 0.5}.get(name, cfg.get("q"))
+        return class_sampled_indices(labels, float(q), seed)
+    if name == "ros":
+        if minority_mask is None:
+            raise ValueError("sampler 'ros' needs minority_mask (image or class flags)")
+        share, size = cfg.get("target_share", 0.5), cfg.get("epoch_size")
+        return _epochs(lambda s: random_oversample_indices(labels, minority_mask, share, s, epoch_size=size), seed)
+    if majority_mask is None:
+        raise ValueError("sampler 'rus' needs majority_mask (image or class flags)")
+    keep = cfg.get("keep_fraction", 0.5)
+    return _epochs(lambda s: random_undersample_indices(labels, majority_mask, keep, s), seed)
+
+
+def balanced_pair_indices(labels, q_class: float = 0.0, seed: int = 0) -> tf.data.Dataset:
+    """Infinite ``(instance_index, class_index)`` int64 pairs for Balanced-MixUp (seed 003): one
+    instance-sampled stream (shuffled epochs) zipped with one class-sampled stream (``q_class``,
+    default 0 = class-balanced). The two streams use different seeds derived from ``seed``."""
+    labels = np.asarray(labels)
+    instance = instance_sampled_indices(len(labels), seed)
+    balanced = class_sampled_indices(labels, q_class, seed + 1_000_003)
+    return tf.data.Dataset.zip((instance, balanced))

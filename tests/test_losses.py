@@ -1,0 +1,294 @@
+"""cxrlt.losses against NumPy references written here (float64, straight from the papers' formulas)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cxrlt import losses
+
+B, C = 16, 26
+N_IMAGES = 5000
+
+
+# ----------------------------------------------------------------------------- NumPy references
+
+def sig(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def smooth(y, eps):
+    return y * (1.0 - eps) + 0.5 * eps
+
+
+def ref_bce(y, z, eps=0.0, pos_weight=1.0):
+    y, p = smooth(y, eps), sig(z)
+    return -(pos_weight * y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
+
+
+def ref_focal(y, z, alpha=0.25, gamma=2.0, apply_class_balancing=True, eps=0.0):
+    y, p = smooth(y, eps), sig(z)
+    bce = -(y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
+    p_t = y * p + (1.0 - y) * (1.0 - p)
+    out = (1.0 - p_t) ** gamma * bce
+    if apply_class_balancing:
+        out = (alpha * y + (1.0 - alpha) * (1.0 - y)) * out
+    return out
+
+
+def ref_asl(y, z, gamma_neg=4.0, gamma_pos=0.0, clip=0.05):
+    """Soft-label form used by cxrlt: linear in y between the positive and the negative term."""
+    p = sig(z)
+    p_m = np.maximum(p - clip, 0.0)
+    pos = (1.0 - p) ** gamma_pos * np.log(p)
+    neg = p_m ** gamma_neg * np.log(1.0 - p_m)
+    return -(y * pos + (1.0 - y) * neg)
+
+
+def ref_asl_ridnik(y, z, gamma_neg=4.0, gamma_pos=0.0, clip=0.05):
+    """The authors' code (AsymmetricLoss.forward, Alibaba-MIIL/ASL), per element, for 0/1 labels."""
+    xs_pos = sig(z)
+    xs_neg = 1.0 - xs_pos
+    if clip > 0:
+        xs_neg = np.minimum(xs_neg + clip, 1.0)
+    loss = y * np.log(np.maximum(xs_pos, 1e-8)) + (1 - y) * np.log(np.maximum(xs_neg, 1e-8))
+    pt = xs_pos * y + xs_neg * (1 - y)
+    gamma = gamma_pos * y + gamma_neg * (1 - y)
+    return -loss * (1.0 - pt) ** gamma
+
+
+def ref_prior(counts, n):
+    return (counts + 1.0) / (n + 2.0)
+
+
+def ref_cb_weights(counts, beta):
+    n = np.maximum(counts, 1)
+    w = (1.0 - beta) / (1.0 - beta ** n)
+    return w * len(w) / w.sum()
+
+
+def reduce_ref(values, weight=None):
+    """Mean over unmasked elements: sum(l * w) / sum(w), w broadcast to [B, C]."""
+    if weight is None:
+        return values.mean()
+    w = np.broadcast_to(weight if weight.ndim == 2 else weight[:, None], values.shape)
+    return (values * w).sum() / w.sum()
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0.0, 3.0, (B, C)).astype(np.float32)
+    y = rng.uniform(0.0, 1.0, (B, C)).astype(np.float32)
+    y[: B // 2] = (y[: B // 2] > 0.7).astype(np.float32)  # half hard labels, half soft (mixed)
+    counts = rng.integers(1, 2000, C).astype(np.float64)
+    counts[3] = 0  # a class without positives in the fold
+    mask = (rng.uniform(size=(B, C)) > 0.3).astype(np.float32)
+    per_image = rng.uniform(0.2, 2.0, B).astype(np.float32)
+    return dict(z=z, y=y, counts=counts, mask=mask, per_image=per_image)
+
+
+def cases(counts):
+    """(name, params, reference(y, z) -> [B, C])"""
+    pw = (np.maximum(N_IMAGES - counts, 1) / np.maximum(counts, 1))
+    prior = ref_prior(counts, N_IMAGES)
+    alpha_inv = 1.0 - prior
+    cb = ref_cb_weights(counts, 0.999)
+    cb99 = ref_cb_weights(counts, 0.99)
+    alpha_list = np.linspace(0.1, 0.9, C)
+    return [
+        ("focal", {}, lambda y, z: ref_focal(y, z, 0.25, 2.0, True, 0.01)),
+        ("focal", {"gamma": 0.0, "apply_class_balancing": False, "label_smoothing": 0.0}, lambda y, z: ref_bce(y, z)),
+        ("focal", {"alpha": 0.6, "gamma": 1.5, "label_smoothing": 0.1}, lambda y, z: ref_focal(y, z, 0.6, 1.5, True, 0.1)),
+        ("focal", {"alpha": "inverse_frequency"}, lambda y, z: ref_focal(y, z, alpha_inv, 2.0, True, 0.01)),
+        ("focal", {"alpha": alpha_list.tolist()}, lambda y, z: ref_focal(y, z, alpha_list, 2.0, True, 0.01)),
+        ("bce", {}, lambda y, z: ref_bce(y, z)),
+        ("bce", {"label_smoothing": 0.05}, lambda y, z: ref_bce(y, z, 0.05)),
+        ("weighted_bce", {}, lambda y, z: ref_bce(y, z, 0.0, pw)),
+        ("weighted_bce", {"power": 0.5, "max_weight": 5.0}, lambda y, z: ref_bce(y, z, 0.0, np.minimum(pw ** 0.5, 5.0))),
+        ("class_balanced", {}, lambda y, z: cb * ref_focal(y, z, 0.25, 2.0, False)),
+        ("class_balanced", {"base": "bce", "beta": 0.99}, lambda y, z: cb99 * ref_bce(y, z)),
+        ("class_balanced", {"gamma": 1.0, "apply_class_balancing": True, "alpha": 0.3},
+         lambda y, z: cb * ref_focal(y, z, 0.3, 1.0, True)),
+        ("asl", {}, lambda y, z: ref_asl(y, z)),
+        ("asl", {"gamma_pos": 1.0, "clip": 0.0}, lambda y, z: ref_asl(y, z, 4.0, 1.0, 0.0)),
+        ("asl", {"gamma_neg": 2.0, "clip": 0.1}, lambda y, z: ref_asl(y, z, 2.0, 0.0, 0.1)),
+        ("logit_adjusted", {}, lambda y, z: ref_bce(y, z + np.log(prior / (1 - prior)))),
+        ("logit_adjusted", {"tau": 0.5, "label_smoothing": 0.02},
+         lambda y, z: ref_bce(y, z + 0.5 * np.log(prior / (1 - prior)), 0.02)),
+    ]
+
+
+CASE_IDS = [f"{i}-{c[0]}" for i, c in enumerate(cases(np.ones(C)))]
+
+
+def build(name, params, counts):
+    return losses.get_loss(name, class_counts=counts, n_images=N_IMAGES, **params)
+
+
+# ----------------------------------------------------------------------------- equality with the references
+
+@pytest.mark.parametrize("case", range(len(CASE_IDS)), ids=CASE_IDS)
+def test_matches_numpy_reference_with_and_without_masks(data, case):
+    name, params, ref = cases(data["counts"])[case]
+    loss = build(name, params, data["counts"])
+    y, z = data["y"], data["z"]
+    elements = ref(y.astype(np.float64), z.astype(np.float64))
+    np.testing.assert_allclose(float(loss(y, z)), reduce_ref(elements), rtol=1e-5)
+    np.testing.assert_allclose(float(loss(y, z, sample_weight=data["mask"])), reduce_ref(elements, data["mask"]), rtol=1e-5)
+    np.testing.assert_allclose(float(loss(y, z, sample_weight=data["per_image"])),
+                               reduce_ref(elements, data["per_image"]), rtol=1e-5)
+    unreduced = build(name, {**params, "reduction": "none"}, data["counts"])(y, z, sample_weight=data["mask"])
+    np.testing.assert_allclose(unreduced.numpy(), elements * data["mask"], rtol=1e-4, atol=1e-6)
+
+
+def test_masking_ignores_the_masked_elements_entirely(data):
+    """Changing labels/logits where the mask is 0 changes nothing; an all-masked batch gives 0, not NaN."""
+    for name in losses.loss_names():
+        loss = build(name, {}, data["counts"])
+        y2, z2 = data["y"].copy(), data["z"].copy()
+        off = data["mask"] == 0
+        y2[off], z2[off] = 1.0 - y2[off], -50.0 * z2[off]
+        a = float(loss(data["y"], data["z"], sample_weight=data["mask"]))
+        b = float(loss(y2, z2, sample_weight=data["mask"]))
+        assert a == pytest.approx(b, rel=1e-6), name
+        assert float(loss(data["y"], data["z"], sample_weight=np.zeros((B, C), np.float32))) == 0.0, name
+
+
+def test_sum_over_batch_size_and_sum_reductions(data):
+    loss = build("bce", {"reduction": "sum_over_batch_size"}, data["counts"])
+    elements = ref_bce(data["y"].astype(np.float64), data["z"].astype(np.float64))
+    m = data["mask"]
+    np.testing.assert_allclose(float(loss(data["y"], data["z"], sample_weight=m)), (elements * m).sum() / (B * C), rtol=1e-5)
+    total = build("bce", {"reduction": "sum"}, data["counts"])(data["y"], data["z"], sample_weight=m)
+    np.testing.assert_allclose(float(total), (elements * m).sum(), rtol=1e-5)
+
+
+def test_asl_equals_the_authors_formula_on_hard_labels(data):
+    y = (data["y"] > 0.5).astype(np.float32)
+    for params in ({}, {"gamma_pos": 1.0}, {"clip": 0.0, "gamma_neg": 2.0}):
+        loss = build("asl", {**params, "reduction": "none"}, data["counts"])
+        ref = ref_asl_ridnik(y.astype(np.float64), data["z"].astype(np.float64),
+                             params.get("gamma_neg", 4.0), params.get("gamma_pos", 0.0), params.get("clip", 0.05))
+        np.testing.assert_allclose(loss(y, data["z"]).numpy(), ref, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- equality with Keras
+
+def test_focal_defaults_equal_keras_binary_focal_crossentropy(data):
+    ours = losses.get_loss("focal")
+    keras_loss = keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=0.25, gamma=2.0,
+                                                      label_smoothing=0.01, from_logits=True)
+    y, z = data["y"], data["z"]  # |z| < 15: inside Keras' 1e-7 probability clipping
+    np.testing.assert_allclose(float(ours(y, z)), float(keras_loss(y, z)), rtol=1e-5)
+    # per-image weights: Keras' sum_over_batch_size = ours with the same reduction
+    sw = data["per_image"]
+    ours_sobs = losses.get_loss("focal", reduction="sum_over_batch_size")
+    np.testing.assert_allclose(float(ours_sobs(y, z, sample_weight=sw)), float(keras_loss(y, z, sample_weight=sw)), rtol=1e-5)
+
+
+def test_bce_equals_keras_binary_crossentropy(data):
+    for eps in (0.0, 0.1):
+        ours = losses.get_loss("bce", label_smoothing=eps)
+        theirs = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=eps)
+        np.testing.assert_allclose(float(ours(data["y"], data["z"])), float(theirs(data["y"], data["z"])), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- numerics
+
+@pytest.mark.parametrize("name", losses.loss_names())
+def test_extreme_logits_give_finite_values_and_gradients(data, name):
+    loss = build(name, {}, data["counts"])
+    rng = np.random.default_rng(1)
+    z = tf.constant(rng.choice([-100.0, 100.0, -1e4, 1e4, 0.0], (B, C)).astype(np.float32))
+    for y in (data["y"], (data["y"] > 0.5).astype(np.float32)):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            value = loss(y, z, sample_weight=data["mask"])
+        grad = tape.gradient(value, z)
+        assert np.isfinite(float(value)), name
+        assert np.isfinite(grad.numpy()).all(), name
+    # confidently right -> about 0 (label smoothing off); confidently wrong -> large and finite
+    y = (data["y"] > 0.5).astype(np.float32)
+    right = build(name, {"label_smoothing": 0.0}, data["counts"])(y, 100.0 * (2 * y - 1))
+    wrong = build(name, {"label_smoothing": 0.0}, data["counts"])(y, -100.0 * (2 * y - 1))
+    assert float(right) < 1e-6 and 1.0 < float(wrong) < 1e5, (name, float(right), float(wrong))
+
+
+@pytest.mark.parametrize("name", losses.loss_names())
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_logits_close_to_float32(data, name, dtype):
+    loss = build(name, {}, data["counts"])
+    low = tf.cast(data["z"], dtype)
+    expected = float(loss(data["y"], tf.cast(low, tf.float32), sample_weight=data["mask"]))  # same rounded logits
+    value = loss(data["y"], low, sample_weight=data["mask"])
+    assert value.dtype == tf.float32
+    assert float(value) == pytest.approx(expected, rel=1e-5)
+    # and close to the float32 logits (bfloat16 keeps 8 bits of mantissa)
+    assert float(value) == pytest.approx(float(loss(data["y"], data["z"], sample_weight=data["mask"])), rel=3e-2)
+
+
+# ----------------------------------------------------------------------------- registry, statistics, config
+
+def test_registry_errors():
+    with pytest.raises(ValueError, match="asl, bce, class_balanced, focal, logit_adjusted, weighted_bce"):
+        losses.get_loss("ldam")
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['gama'\].*gamma"):
+        losses.get_loss("focal", gama=2.0)
+    with pytest.raises(ValueError, match="class_counts"):
+        losses.get_loss("weighted_bce")
+    with pytest.raises(ValueError, match="n_images"):
+        losses.get_loss("logit_adjusted", class_counts=[1, 2])
+    with pytest.raises(ValueError, match="n_images"):
+        losses.get_loss("focal", alpha="inverse_frequency", class_counts=[1, 2])
+    with pytest.raises(ValueError, match="inverse_frequency"):
+        losses.get_loss("focal", alpha="inverse")
+    with pytest.raises(ValueError, match="reduction"):
+        losses.get_loss("bce", reduction="mean_please")
+    with pytest.raises(ValueError, match="base"):
+        losses.get_loss("class_balanced", base="asl", class_counts=[1, 2])
+    with pytest.raises(ValueError, match="3 values"):
+        losses.get_loss("focal", alpha=[0.1, 0.2, 0.3], class_counts=[1, 2])
+
+
+def test_per_class_statistics():
+    counts = np.array([0, 1, 99, 500, 1000])
+    a = losses.inverse_frequency_alpha(counts, 1000)
+    np.testing.assert_allclose(a / (1 - a), (1000 - counts + 1) / (counts + 1))  # = smoothed n_neg / n_pos
+    assert np.all((a > 0) & (a < 1))
+    w = losses.class_balanced_weights(counts, 0.999)
+    assert w.sum() == pytest.approx(len(counts)) and np.all(np.isfinite(w)) and np.all(np.diff(w[1:]) < 0)
+    np.testing.assert_allclose(losses.class_balanced_weights(counts, 0.0), np.ones(5))
+    np.testing.assert_allclose(losses.positive_weights([1, 100], 101), [100.0, 0.01])  # n_neg / n_pos
+    np.testing.assert_allclose(losses.positive_weights([1, 100], 101, power=0.5, max_weight=5), [5.0, 0.1])
+
+
+@pytest.mark.parametrize("name", losses.loss_names())
+def test_config_round_trip(data, name):
+    loss = build(name, {}, data["counts"])
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(again) is type(loss) and again.get_config() == loss.get_config()
+    np.testing.assert_allclose(float(again(data["y"], data["z"], sample_weight=data["mask"])),
+                               float(loss(data["y"], data["z"], sample_weight=data["mask"])), rtol=1e-6)
+
+
+def test_compile_and_fit_with_an_element_mask():
+    """model.compile(loss=...) + fit with a [B, C] sample_weight: the masked labels do not move the model."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    y = (rng.uniform(size=(32, 3)) > 0.5).astype(np.float32)
+    mask = np.ones_like(y)
+    mask[:, 2] = 0.0  # class 2 is never seen by the loss
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    before = model.get_weights()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=losses.get_loss("focal"))
+    history = model.fit(x, y, sample_weight=mask, batch_size=8, epochs=1, verbose=0)
+    after = model.get_weights()
+    assert np.isfinite(history.history["loss"][-1])
+    np.testing.assert_array_equal(after[0][:, 2], before[0][:, 2])  # no gradient reached class 2
+    assert not np.allclose(after[0][:, :2], before[0][:, :2])
