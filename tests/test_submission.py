@@ -1,0 +1,86 @@
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrlt import classes as cls
+from cxrlt.submission import SubmissionError, check_file, main, read_submission, validate_frame, write_submission
+
+C = list(cls.CXRLT2023)
+IDS = [f"id{i}" for i in range(5)]
+
+
+def _frame():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.random((5, 26)), columns=C)
+    frame.insert(0, "dicom_id", IDS)
+    return frame
+
+
+def test_write_read_round_trip_and_zip(tmp_path):
+    probs = np.random.default_rng(1).random((5, 26))
+    csv, zipped = write_submission(tmp_path / "s.csv", IDS, probs, classes=C, expected_ids=IDS)
+    ids, back = read_submission(csv, classes=C)
+    assert list(ids) == IDS and np.allclose(back, probs, atol=1e-6)
+    with zipfile.ZipFile(zipped) as z:
+        assert z.namelist() == ["s.csv"]
+    assert check_file(zipped, classes=C, expected_ids=IDS).startswith("OK")
+
+
+def _broken(kind):
+    f = _frame()
+    if kind == "missing id":
+        return f.iloc[:-1], "1 missing.*id4"
+    if kind == "unexpected id":
+        f.loc[0, "dicom_id"] = "stranger"
+        return f, "unexpected.*stranger"
+    if kind == "duplicate":
+        f.loc[1, "dicom_id"] = "id0"
+        return f, "duplicate ids.*id0"
+    if kind == "nan":
+        f.loc[2, "Edema"] = np.nan
+        return f, "id2.*'Edema'"
+    if kind == "inf":
+        f.loc[2, "Mass"] = np.inf
+        return f, "id2.*'Mass'"
+    if kind == "out of range":
+        f.loc[3, "Hernia"] = 1.5
+        return f, "id3.*'Hernia'.*1.5"
+    if kind == "column order":
+        cols = ["dicom_id", C[1], C[0], *C[2:]]
+        return f[cols], "out of order.*column 2 is 'Calcification of the Aorta'"
+    if kind == "missing column":
+        return f.drop(columns=["Nodule"]), "missing \\['Nodule'\\]"
+    if kind == "extra column":
+        return f.assign(Extra=0.1), "unexpected \\['Extra'\\]"
+    if kind == "id column":
+        return f.rename(columns={"dicom_id": "id"}), "first column must be 'dicom_id'"
+    raise KeyError(kind)
+
+
+@pytest.mark.parametrize("kind", ["missing id", "unexpected id", "duplicate", "nan", "inf", "out of range",
+                                  "column order", "missing column", "extra column", "id column"])
+def test_every_kind_of_broken_submission_is_named(kind):
+    frame, match = _broken(kind)
+    with pytest.raises(SubmissionError, match=match):
+        validate_frame(frame, classes=C, expected_ids=IDS)
+
+
+def test_a_refused_submission_leaves_the_previous_file_intact(tmp_path):
+    good = np.full((5, 26), 0.5)
+    write_submission(tmp_path / "s.csv", IDS, good, classes=C)
+    before = (tmp_path / "s.csv").read_bytes()
+    with pytest.raises(SubmissionError):
+        write_submission(tmp_path / "s.csv", IDS, np.full((5, 26), np.nan), classes=C)
+    assert (tmp_path / "s.csv").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv", "s.zip"]  # no temp files left
+
+
+def test_check_cli_reports_ok_and_errors(tmp_path, capsys):
+    frame, _ = _broken("nan")
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    _frame().to_csv(tmp_path / "good.csv", index=False)
+    assert main(["--check", str(tmp_path / "good.csv")]) == 0
+    assert main(["--check", str(tmp_path / "bad.csv")]) == 1
+    assert "'Edema'" in capsys.readouterr().err

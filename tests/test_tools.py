@@ -1,0 +1,26 @@
+"""The preview and benchmark commands run on real radiographs and write what they promise."""
+
+import json
+
+from PIL import Image
+
+from cxrlt import bench, preview
+
+from .conftest import FULLRES, need
+
+
+def test_augmentation_preview_writes_one_row_per_op(tmp_path):
+    out = tmp_path / "preview.png"
+    assert preview.main(["--labels", str(need(FULLRES) / "images.csv"), "--label-column", "finding",
+                         "--n", "3", "--size", "64", "--out", str(out)]) == 0
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.height > 2 * image.width  # 9 rows of 3 tiles
+
+
+def test_pipeline_benchmark_reports_rates_and_ratios(tmp_path):
+    assert bench.main(["pipeline", "--images", str(need(FULLRES) / "images.csv"), "--sizes", "64",
+                       "--batch-size", "4", "--n", "8", "--json", str(tmp_path / "b.json")]) == 0
+    result = json.loads((tmp_path / "b.json").read_text())["sizes"]["64"]
+    assert result["decode+resize (ceiling)"]["ratio_to_ceiling"] == 1.0
+    assert all(entry["images_per_s"] > 0 for entry in result.values())
+    assert {"naive PIL generator", "seed 002 full (basic + mosaic p=0.5)", "albumentations strong (seed 000)"} <= set(result)
