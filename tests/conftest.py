@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -39,3 +40,41 @@ def grey_images(tmp_path):
     Image.fromarray(a).save(p2, quality=95)
     p3 = write_png(tmp_path / "img" / "c.png", np.stack([a] * 3, -1))
     return tmp_path, [p1, p2, p3]
+
+
+# Tiny but real: EfficientNetV2-B0 from scratch at 32 px, 2 folds. Shared by every test that needs a trained run.
+TINY = ["--backbone", "efficientnetv2-b0", "--weights", "none", "--size", "32", "--folds", "2",
+        "--batch-size", "16", "--set", "predict.batch_size=64", "--set", "train.verbose=0"]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """(root, train argv, submission path) of a 2-epoch, 2-fold demo run ensembled into a submission."""
+    from cxrlt import ensemble, train
+
+    root = tmp_path_factory.mktemp("demo")
+    argv = ["--demo", "--out", str(root / "runs"), "--name", "demo", "--epochs", "2",
+            "--set", f"data.demo_dir={root / 'data'}", "--set", "data.demo_patients=120", *TINY]
+    assert train.main(argv) == 0
+    out = root / "submissions" / "demo.csv"
+    assert ensemble.main(["--runs", str(root / "runs" / "demo"), "--out", str(out)]) == 0
+    return root, argv, out
+
+
+@pytest.fixture(scope="session")
+def nih_run(tmp_path_factory):
+    """nih1000 split by patient into a training list and a held-out test list; (root, submission path)."""
+    from cxrlt import ensemble, train
+
+    root = tmp_path_factory.mktemp("nih")
+    frame = pd.read_csv(need(NIH1000) / "labels.csv")
+    test_patients = frame.patient_id.drop_duplicates().sample(frac=0.2, random_state=0)
+    frame[~frame.patient_id.isin(test_patients)].to_csv(root / "train.csv", index=False)
+    frame[frame.patient_id.isin(test_patients)].to_csv(root / "test.csv", index=False)
+    argv = ["--labels", str(root / "train.csv"), "--image-root", str(NIH1000), "--test-labels", str(root / "test.csv"),
+            "--set", f"data.test_image_root={NIH1000}", "--out", str(root / "runs"), "--name", "nih",
+            "--epochs", "1", *TINY]
+    assert train.main(argv) == 0
+    out = root / "nih.csv"
+    assert ensemble.main(["--runs", str(root / "runs" / "nih"), "--out", str(out)]) == 0
+    return root, out

@@ -13,41 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlt import classes as cls, ensemble, evaluate, train
+from cxrlt import classes as cls, evaluate, train
 from cxrlt.submission import check_file
-
-from .conftest import NIH1000, need
-
-TINY = ["--backbone", "efficientnetv2-b0", "--weights", "none", "--size", "32", "--folds", "2",
-        "--batch-size", "16", "--set", "predict.batch_size=64", "--set", "train.verbose=0"]
-
-
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    argv = ["--demo", "--out", str(root / "runs"), "--name", "demo", "--epochs", "2",
-            "--set", f"data.demo_dir={root / 'data'}", "--set", "data.demo_patients=120", *TINY]
-    assert train.main(argv) == 0
-    out = root / "submissions" / "demo.csv"
-    assert ensemble.main(["--runs", str(root / "runs" / "demo"), "--out", str(out)]) == 0
-    return root, argv, out
-
-
-@pytest.fixture(scope="session")
-def nih_run(tmp_path_factory):
-    """nih1000 split by patient into a training list and a held-out test list."""
-    root = tmp_path_factory.mktemp("nih")
-    frame = pd.read_csv(need(NIH1000) / "labels.csv")
-    test_patients = frame.patient_id.drop_duplicates().sample(frac=0.2, random_state=0)
-    frame[~frame.patient_id.isin(test_patients)].to_csv(root / "train.csv", index=False)
-    frame[frame.patient_id.isin(test_patients)].to_csv(root / "test.csv", index=False)
-    argv = ["--labels", str(root / "train.csv"), "--image-root", str(NIH1000), "--test-labels", str(root / "test.csv"),
-            "--set", f"data.test_image_root={NIH1000}", "--out", str(root / "runs"), "--name", "nih",
-            "--epochs", "1", *TINY]
-    assert train.main(argv) == 0
-    out = root / "nih.csv"
-    assert ensemble.main(["--runs", str(root / "runs" / "nih"), "--out", str(out)]) == 0
-    return root, out
 
 
 def test_demo_submission_is_complete_and_in_official_order(demo_run):
