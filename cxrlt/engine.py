@@ -112,7 +112,8 @@ class Trainer:
             return history
         if initial_epoch:
             log.info("%s: resuming after epoch %d of %d (restored from %s)", label, initial_epoch, epochs, self._backup_dir)
-        cbs = keras.callbacks.CallbackList(list(callbacks), add_history=False, add_progbar=verbose != 0,
+        recorder = _EpochLogs()  # after the others: sees what they added to `logs` (CallbackList passes a copy)
+        cbs = keras.callbacks.CallbackList([*callbacks, recorder], add_history=False, add_progbar=verbose != 0,
                                            model=self.model, verbose=verbose, epochs=epochs, steps=steps_per_epoch)
         self.model.stop_training = False
         iterator = iter(dataset)
@@ -136,9 +137,8 @@ class Trainer:
                         "or turn off mixed precision")
                 total += value
                 cbs.on_train_batch_end(step, {"loss": total / (step + 1)})
-            logs = {"loss": total / steps_per_epoch}
-            cbs.on_epoch_end(epoch, logs)
-            for key, value in logs.items():
+            cbs.on_epoch_end(epoch, {"loss": total / steps_per_epoch})
+            for key, value in recorder.logs.items():
                 history.setdefault(key, []).append(value)
             self._epoch.assign(epoch + 1)
             self._save()
@@ -155,6 +155,15 @@ class Trainer:
             log.info("epoch %d state saved: %s", self.finished_epochs, path)
         else:  # saving is collective under MultiWorkerMirroredStrategy; only the chief keeps it
             shutil.rmtree(self._manager.directory, ignore_errors=True)
+
+
+class _EpochLogs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.logs: dict = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.logs = dict(logs or {})
 
 
 def make_predict_fn(model: keras.Model) -> Callable[[tf.data.Dataset], np.ndarray]:
