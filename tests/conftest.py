@@ -22,6 +22,16 @@ NIH1000 = SHARED_DATA / "nih1000"
 FULLRES = SHARED_DATA / "cxr_fullres"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under `pytest -n 2 --dist loadgroup` (make test) every test of one trained run goes to one worker,
+    so each session fixture below is trained once, not once per worker."""
+    for item in items:
+        for name in ("demo_run", "nih_run"):
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
+                break
+
+
 def need(path: Path) -> Path:
     """The real-data tests read ../shared/data beside the checkout; fail (not skip) when it is absent."""
     assert path.exists(), f"{path} is missing: the test data lives in ../shared/data beside the checkout"
