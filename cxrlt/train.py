@@ -50,7 +50,20 @@ def resolve_data(cfg: dict) -> dataset.LabelTable:
             d[key] = str(Path(d[key]).expanduser().resolve())
     table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=d["classes"],
                                 uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
-                                check_files=True)
+                                check_files=d["check_images"] == "off")
+    if d["check_images"] != "off":
+        # Pre-flight: every bad image is named now, not as a decode error hours into the run; with
+        # --skip-bad they are left out and listed in the run directory (nothing dropped unrecorded).
+        from . import check
+
+        record = Path(cfg["out"]) / cfg["name"]
+        deep = d["check_images"] == "deep"
+        table = check.screen_table(table, deep=deep, skip_bad=d["skip_bad"], record_dir=record)
+        if d["test_labels"]:  # the submission needs every test image: bad ones stop the run, never skipped
+            test = dataset.read_labels(d["test_labels"], image_root=d["test_image_root"], classes=list(table.classes),
+                                       require_labels=False, uncertain=d["uncertain"],
+                                       allow_outside_root=d["allow_outside_root"])
+            check.screen_table(test, deep=deep, record_dir=record / "test_images", what="test", can_skip=False)
     if table.mask is not None:
         raise config.ConfigError(
             f"{d['labels']}: --uncertain ignore is accepted by the reader, but masking labels out of the loss is "
