@@ -253,8 +253,8 @@ def _validate_names(cfg: dict) -> None:
     if cfg["predict"]["batch_size"] < 1:
         raise ConfigError(f"predict.batch_size must be >= 1, got {cfg['predict']['batch_size']}")
     _choice("distribute.strategy", cfg["distribute"]["strategy"], ("auto", "one", "mirrored"))
-    name = cfg.get("name")
-    if name is not None and (not str(name).strip() or "/" in str(name) or "\\" in str(name) or str(name) in (".", "..")):
+    name = None if cfg.get("name") is None else str(cfg["name"])
+    if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
         raise ConfigError(f"name {name!r} must be a plain folder name (the run goes to {cfg['out']}/<name>)")
 
 

@@ -115,10 +115,10 @@ def read_labels(
     path_col = _first_present(frame, PATH_COLUMNS)
     if path_col is None:
         header = ",".join(map(str, frame.columns))
-        hint = " (the header has tabs or semicolons: the file must be comma-separated)" if re.search(r"[\t;]", header) else ""
-        raise LabelFileError(
-            f"{where}: no image path column; expected one of {list(PATH_COLUMNS)}, found {list(frame.columns)[:12]}{hint}"
-        )
+        hint = (" (the header has tabs or semicolons: the file must be comma-separated)"
+                if re.search(r"[\t;]", header) else "")
+        raise LabelFileError(f"{where}: no image path column; expected one of {list(PATH_COLUMNS)}, "
+                             f"found {list(frame.columns)[:12]}{hint}")
     lines = frame.index.to_numpy()
     blank = frame[path_col].isna().to_numpy()
     if blank.any():
@@ -185,7 +185,8 @@ def _read_csv(csv_path: Path) -> pd.DataFrame:
         text = raw.decode("utf-8-sig")  # -sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the header
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise LabelFileError(f"{csv_path}: line {line} is not UTF-8 ({err.reason}); re-save the file as UTF-8") from None
+        raise LabelFileError(f"{csv_path}: line {line} is not UTF-8 ({err.reason}); "
+                             "re-save the file as UTF-8") from None
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
         raise LabelFileError(f"{csv_path}: line {line} holds a NUL byte; is this a binary file rather than a CSV?")
@@ -232,7 +233,8 @@ def _check_header(csv_path: Path, names: list[str]) -> None:
             dup.append(name)
         seen.add(name)
     if dup:
-        raise LabelFileError(f"{csv_path}: duplicate column names in the header: {dup[:5]}; each column must be named once")
+        raise LabelFileError(f"{csv_path}: duplicate column names in the header: {dup[:5]}; "
+                             "each column must be named once")
 
 
 def _first_present(frame: pd.DataFrame, names: Sequence[str]) -> str | None:

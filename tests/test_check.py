@@ -259,3 +259,13 @@ def test_check_images_off_falls_back_to_the_existence_check(corpus, tmp_path):
     cfg = _training_cfg(tmp_path, root, [*GOOD, "missing.png"], check_images="off")
     with pytest.raises(check.LabelFileError, match="1 of 6 image files do not exist"):
         train.resolve_data(cfg)
+
+
+def test_bench_times_both_modes_on_the_same_files(corpus, tmp_path, capsys):
+    root, _ = corpus
+    pd.DataFrame({"path": ["grey.jpg", "rgb.jpg", "grey16.png"]}).to_csv(tmp_path / "l.csv", index=False)
+    assert check.main(["--labels", str(tmp_path / "l.csv"), "--image-root", str(root), "--bench",
+                       "--out", str(tmp_path / "never.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "3 images" in printed and "images/s" in printed and "x faster" in printed
+    assert not (tmp_path / "never.csv").exists()
