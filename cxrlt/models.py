@@ -7,6 +7,7 @@ logit-based losses); the model that is saved and shipped ends in sigmoid probabi
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import warnings
@@ -118,21 +119,35 @@ def _make_backbone(constructor, backbone: str, x, weights, include_preprocessing
     return model
 
 
-# What a cxrlt model file may name (config.json "module" fields). Anything else (builtins, os,
-# a custom package, keras.utils...) is refused before Keras sees the file.
-SAFE_MODULES = ("keras", "keras.layers", "keras.initializers", "keras.regularizers", "keras.constraints",
-                "keras.activations", "keras.models", "keras.src.models.functional", "keras.src.models.model",
-                "keras.src.models.sequential", "keras.optimizers", "keras.losses", "keras.metrics")
+# What a cxrlt model file may name (config.json "module"/"class_name" pairs): Keras' own classes of
+# these kinds, nothing else (not builtins, os, a custom package, or a Keras function such as
+# keras.utils.get_file). Checked before Keras sees the file.
 CODE_CLASSES = {"Lambda", "__lambda__", "TFOpLambda", "function"}
+
+
+def _safe_bases() -> tuple[type, ...]:
+    return (keras.Operation, keras.initializers.Initializer, keras.regularizers.Regularizer,
+            keras.constraints.Constraint, keras.DTypePolicy, keras.losses.Loss, keras.metrics.Metric,
+            keras.optimizers.Optimizer, keras.optimizers.schedules.LearningRateSchedule)
+
+
+def _is_keras_class(module: str, name: str) -> bool:
+    if module != "keras" and not module.startswith("keras."):
+        return False  # never import a module outside Keras because a file names it
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return False
+    return isinstance(obj, type) and issubclass(obj, _safe_bases())
 
 
 def check_model_file(path: Path) -> None:
     """Refuse a file that is not a whole .keras archive, or whose config names code.
 
-    Keras' safe_mode already refuses Lambda layers; this adds an allow-list of the modules a
-    cxrlt model is made of (defence in depth against deserialisation tricks such as
-    CVE-2025-1550), checks every member's CRC (a truncated or bit-flipped file), and never
-    accepts the legacy .h5 format, which has no safe mode for everything it can hold.
+    Keras' safe_mode already refuses Lambda layers; this adds an allow-list (Keras' own layer,
+    operation, initializer... classes: defence in depth against deserialisation tricks such as
+    CVE-2025-1550 and CVE-2025-8747), checks every member's CRC (a truncated or bit-flipped file),
+    and never accepts the legacy .h5 format, which has no safe mode for everything it can hold.
     """
     if not zipfile.is_zipfile(path):
         head = path.read_bytes()[:8]
@@ -155,11 +170,13 @@ def check_model_file(path: Path) -> None:
         if name in CODE_CLASSES:
             raise ModelFileError(f"{path} holds a {name} layer, i.e. Python code; cxrlt never runs code from a "
                                  "model file (refused)")
-        if module is not None and module not in SAFE_MODULES:
-            raise ModelFileError(f"{path} names {module}.{name}, which a cxrlt model does not contain; refused "
-                                 "(cxrlt never imports or runs code named in a model file)")
+        if module is None:
+            continue
+        if not isinstance(module, str) or not isinstance(name, str) or not _is_keras_class(module, name):
+            raise ModelFileError(f"{path} names {module}.{name}, which is not one of Keras' own layer or "
+                                 "operation classes; refused (cxrlt never imports or runs code named in a model file)")
         registered = node.get("registered_name")
-        if module is not None and registered not in (None, name):
+        if registered not in (None, name):
             raise ModelFileError(f"{path} names the custom object {registered!r}; refused (cxrlt models hold "
                                  "only built-in Keras layers)")
 

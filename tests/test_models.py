@@ -22,6 +22,12 @@ def test_every_offered_backbone_builds_with_the_seed_002_head(name):
     np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-6)  # one set of weights
     names = [layer.name for layer in built.model.layers[-4:]]
     assert names == ["gap", "head_dropout", "logits", "probabilities"]
+    if name in ("efficientnetv2-b0", "convnext-tiny"):  # each family's layer types, once
+        # what models.load's allow-list will see in a saved file (ConvNeXt names
+        # keras.src.applications.convnext.LayerScale and keras.src.ops.numpy.Add): all accepted
+        for node in models._walk(keras.saving.serialize_keras_object(built.model)):
+            if "module" in node:
+                assert models._is_keras_class(node["module"], node["class_name"]), node
     keras.backend.clear_session()
 
 
@@ -125,6 +131,13 @@ def test_model_files_that_hold_code_are_refused_before_keras_reads_them(tmp_path
     _rewrite_config(tmp_path / "plain.keras", tmp_path / "smuggled.keras", smuggle)
     with pytest.raises(models.ModelFileError, match="names os.system.*refused"):
         models.load(tmp_path / "smuggled.keras")
+
+    def keras_function(config):  # a Keras function rather than a class (the shape of CVE-2025-8747)
+        config["config"]["layers"][1].update(module="keras.utils", class_name="get_file")
+
+    _rewrite_config(tmp_path / "plain.keras", tmp_path / "function.keras", keras_function)
+    with pytest.raises(models.ModelFileError, match="names keras.utils.get_file, which is not one of Keras' own"):
+        models.load(tmp_path / "function.keras")
 
     def custom(config):
         config["config"]["layers"][1]["registered_name"] = "evil>Dense"
