@@ -24,6 +24,7 @@ import concurrent.futures as futures
 import logging
 import math
 import os
+import re
 import struct
 import sys
 import time
@@ -139,6 +140,10 @@ def inspect_header(path: str, limits: Limits = LIMITS) -> Finding:
             try:
                 mode, (found.width, found.height), bits, transparent = _header_fields(kind, fh)
             except Exception as err:  # noqa: BLE001 - PIL raises SyntaxError/OSError/struct errors on broken headers
+                precision = re.search(r"(\d+)-bit", str(err)) if kind == "JPEG" else None
+                if precision:  # PIL refuses what TensorFlow refuses too: name it as such
+                    return found.add("bad", f"{precision.group(1)}-bit JPEG: tf.io.decode_jpeg reads 8-bit JPEGs "
+                                            "only (convert to a 16-bit PNG)")
                 return found.add("bad", f"corrupt {kind} header ({type(err).__name__}: {str(err)[:120]})")
     except OSError as err:
         return found.add("bad", f"cannot be read ({err.strerror})")
@@ -227,8 +232,6 @@ def inspect_deep(path: str, limits: Limits = LIMITS) -> Finding:
 
 def _decoder_words(err: Exception) -> str:
     """The decoder's own sentence from a TensorFlow error, without the graph-node decoration."""
-    import re
-
     text = (getattr(err, "message", None) or str(err)).strip()
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text.splitlines()[0] if text else type(err).__name__)
     return text[:160] or type(err).__name__
