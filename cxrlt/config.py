@@ -263,8 +263,11 @@ def dump(cfg: dict) -> str:
 
 
 def diff(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Settings that differ between two resolved configs (for the 'same run, other config' check)."""
-    a, b = _flatten(saved), _flatten(current)
+    """Settings that differ between two resolved configs (for the 'same run, other config' check).
+
+    A setting missing from `saved` (a run made before the setting existed) counts as its default,
+    so adding a setting to cxrlt does not make every older run directory "another config"."""
+    a, b = {**_flatten(defaults()), **_flatten(saved)}, _flatten(current)
     keys = sorted(set(a) | set(b))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k) and not k.startswith(ignore)]
 

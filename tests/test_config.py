@@ -138,3 +138,11 @@ def test_a_run_directory_with_another_config_is_refused_unless_forced(tmp_path):
     assert (tmp_path / "runs" / "r" / "config.yaml").read_text() == saved  # refused: nothing rewritten
     train.prepare_run(other, table, force=True)
     assert "size: 512" in (tmp_path / "runs" / "r" / "config.yaml").read_text()
+
+
+def test_a_run_saved_before_a_setting_existed_is_not_another_config():
+    current = _parse()
+    old = _parse()
+    del old["data"]["skip_bad"], old["data"]["check_images"]  # as written by an older cxrlt
+    assert config.diff(old, current) == []
+    assert config.diff(old, _parse("--skip-bad")) == ["data.skip_bad: False -> True"]
