@@ -33,12 +33,13 @@ def setup(args) -> None:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
+    from .atomic import DiskFullError
     from .config import ConfigError
     from .dataset import LabelFileError
     from .folds import FoldError
     from .runs import RunError
 
-    kinds = [ConfigError, LabelFileError, FoldError, RunError, FileNotFoundError]
+    kinds = [ConfigError, LabelFileError, FoldError, RunError, DiskFullError, FileNotFoundError]
     for module, name in (("cxrlt.models", "WeightsError"), ("cxrlt.models", "ModelFileError"),
                          ("cxrlt.submission", "SubmissionError"), ("cxrlt.engine", "TrainingError"),
                          ("cxrlt.distribute", "DistributeError")):

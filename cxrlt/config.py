@@ -29,6 +29,9 @@ def defaults() -> dict:
 
 # Settings whose value is a free-form mapping (checked by the component that takes them).
 FREEFORM = {"loss.params"}
+# Settings whose default is null, and the type a value must have.
+NULLABLE = {"name": str, "data.labels": str, "data.image_root": str, "data.test_labels": str,
+            "data.test_image_root": str, "train.steps_per_epoch": int}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -43,6 +46,10 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _unknown(key: str, known: list[str], where: str) -> ConfigError:
+    section = [k for k in known if k.startswith(key + ".")]
+    if section:  # `input: 5` where `input:` is a section
+        return ConfigError(f"{where}: {key} is a section, not a value; set its keys ({', '.join(section[:4])}"
+                           f"{', ...' if len(section) > 4 else ''})")
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return ConfigError(f"{where}: unknown setting {key!r}{hint}")
@@ -56,9 +63,21 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
         except yaml.YAMLError as err:
             raise ConfigError(f"{where}: {key}={value!r} is not a valid value ({err})") from None
     if isinstance(value, str) and value.strip().startswith("["):
-        value = yaml.safe_load(value)  # a list given on the command line, e.g. data.classes=[A, B]
-    if default is None or value is None:
-        return value
+        try:
+            value = yaml.safe_load(value)  # a list given on the command line, e.g. data.classes=[A, B]
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{where}: {key}={value!r} is not a valid list ({err})") from None
+    if default is None:
+        kind = NULLABLE.get(key)
+        if value is None or kind is None:
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is str and isinstance(value, (str, Path)):
+            return str(value)
+        raise ConfigError(f"{where}: {key} must be {kind.__name__} or null, got {value!r}")
+    if value is None:
+        raise ConfigError(f"{where}: {key} cannot be empty (null); its default is {default!r}")
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
@@ -190,6 +209,53 @@ def validate(cfg: dict) -> None:
         raise ConfigError("mix probabilities must be in [0, 1] and mosaic + mixup + cutmix <= 1 (one mix op per batch)")
     if mix["label_mode"] not in ("clip_sum", "convex"):
         raise ConfigError(f"mix.label_mode must be clip_sum or convex, got {mix['label_mode']!r}")
+    from .mix import BatchMixer  # noqa: PLC0415 - its own checks (alphas, centre range, variants, CutOut size)
+
+    try:
+        BatchMixer.from_config(mix)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"mix: {err}") from None
+    _validate_names(cfg)
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}"
+                          + (f"; did you mean {close[0]!r}?" if close else ""))
+
+
+def _validate_names(cfg: dict) -> None:
+    """Names that are otherwise only looked up when a fold starts (after data and folds are prepared)."""
+    from . import classes, dataset, losses, models  # noqa: PLC0415
+
+    d, o, t = cfg["data"], cfg["optim"], cfg["train"]
+    _choice("data.uncertain", d["uncertain"], dataset.UNCERTAIN_POLICIES)
+    _choice("data.check_images", d["check_images"], ("header", "deep", "off"))
+    if isinstance(d["classes"], str) and d["classes"] != "auto":
+        _choice("data.classes", d["classes"], ["auto", *sorted(classes.SCHEMAS)])
+    if isinstance(d["classes"], list) and (not d["classes"] or len(set(map(str, d["classes"]))) != len(d["classes"])):
+        raise ConfigError(f"data.classes must list each class once, got {d['classes']}")
+    _choice("model.backbone", cfg["model"]["backbone"], models.backbone_names())
+    weights = cfg["model"]["weights"]
+    if weights not in ("none", "imagenet") and not Path(str(weights)).expanduser().is_file():
+        raise ConfigError(f"model.weights must be none, imagenet or an existing weights file, got {weights!r} "
+                          "(no such file)")
+    if not 0 <= cfg["model"]["dropout"] < 1:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {cfg['model']['dropout']}")
+    _choice("loss.name", cfg["loss"]["name"], losses.loss_names())
+    _choice("optim.name", o["name"], ("adam", "adamw", "sgd"))
+    _choice("optim.schedule", o["schedule"], ("constant", "cosine"))
+    if not o["lr"] > 0 or o["weight_decay"] < 0:
+        raise ConfigError(f"optim.lr must be > 0 and optim.weight_decay >= 0, got {o['lr']} and {o['weight_decay']}")
+    if t["steps_per_epoch"] is not None and t["steps_per_epoch"] < 1:
+        raise ConfigError(f"train.steps_per_epoch must be null (one pass) or >= 1, got {t['steps_per_epoch']}")
+    if cfg["predict"]["batch_size"] < 1:
+        raise ConfigError(f"predict.batch_size must be >= 1, got {cfg['predict']['batch_size']}")
+    _choice("distribute.strategy", cfg["distribute"]["strategy"], ("auto", "one", "mirrored"))
+    name = None if cfg.get("name") is None else str(cfg["name"])
+    if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
+        raise ConfigError(f"name {name!r} must be a plain folder name (the run goes to {cfg['out']}/<name>)")
 
 
 def dump(cfg: dict) -> str:
@@ -197,8 +263,11 @@ def dump(cfg: dict) -> str:
 
 
 def diff(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Settings that differ between two resolved configs (for the 'same run, other config' check)."""
-    a, b = _flatten(saved), _flatten(current)
+    """Settings that differ between two resolved configs (for the 'same run, other config' check).
+
+    A setting missing from `saved` (a run made before the setting existed) counts as its default,
+    so adding a setting to cxrlt does not make every older run directory "another config"."""
+    a, b = {**_flatten(defaults()), **_flatten(saved)}, _flatten(current)
     keys = sorted(set(a) | set(b))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k) and not k.startswith(ignore)]
 
@@ -222,6 +291,7 @@ FLAGS = {
     "--name": "name",
     "--seed": "seed",
     "--strategy": "distribute.strategy",
+    "--check-images": "data.check_images",
 }
 
 
@@ -233,6 +303,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo", action="store_true", help="use the embedded synthetic CXR-LT-format data")
     parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 on GPU, mixed_bfloat16 on CPU")
     parser.add_argument("--jit-compile", action="store_true", help="XLA-compile the train step (GPU; 3-5x slower on CPU)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="train without the images the pre-flight check finds bad (listed in the run directory)")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="accept label paths that point outside the image root ('..')")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any setting, e.g. --set loss.gamma=1.5 (repeatable)")
 
@@ -254,6 +328,10 @@ def from_args(args: argparse.Namespace) -> dict:
         overrides["distribute.mixed_precision"] = True
     if getattr(args, "jit_compile", False):
         overrides["distribute.jit_compile"] = True
+    if getattr(args, "skip_bad", False):
+        overrides["data.skip_bad"] = True
+    if getattr(args, "allow_outside_root", False):
+        overrides["data.allow_outside_root"] = True
     nested: dict = {}
     for key, value in overrides.items():
         node = nested

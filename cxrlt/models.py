@@ -7,7 +7,11 @@ logit-based losses); the model that is saved and shipped ends in sigmoid probabi
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,21 +100,103 @@ def _make_backbone(constructor, backbone: str, x, weights, include_preprocessing
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist (use --weights none|imagenet|PATH)")
     model = constructor(weights=None, **kwargs)
-    try:
-        model.load_weights(str(path))
-    except Exception as err:
-        raise WeightsError(
-            f"{path} does not fit the {backbone} backbone ({type(err).__name__}: {str(err)[:300]}); "
-            "is it a weights file for another backbone, or a truncated download?"
-        ) from None
+    # Keras reports layers it could not fill only as warnings ("Skipping ... Affected layers will
+    # retain their freshly-initialized weights"): a partial load must not pass as a pretrained model.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(str(path))
+        except Exception as err:
+            raise WeightsError(
+                f"{path} does not fit the {backbone} backbone ({type(err).__name__}: {str(err)[:300]}); "
+                "is it a weights file for another backbone, or a truncated download?"
+            ) from None
+    skipped = [str(w.message) for w in caught if "skipping" in str(w.message).lower()
+               or "could not be loaded" in str(w.message).lower()]
+    if skipped:
+        raise WeightsError(f"{path} fills the {backbone} backbone only in part ({len(skipped)} parts skipped, e.g. "
+                           f"{skipped[0][:200]}); is it a weights file for another backbone?")
     return model
 
 
+# What a cxrlt model file may name (config.json "module"/"class_name" pairs): Keras' own classes of
+# these kinds, nothing else (not builtins, os, a custom package, or a Keras function such as
+# keras.utils.get_file). Checked before Keras sees the file.
+CODE_CLASSES = {"Lambda", "__lambda__", "TFOpLambda", "function"}
+
+
+def _safe_bases() -> tuple[type, ...]:
+    return (keras.Operation, keras.initializers.Initializer, keras.regularizers.Regularizer,
+            keras.constraints.Constraint, keras.DTypePolicy, keras.losses.Loss, keras.metrics.Metric,
+            keras.optimizers.Optimizer, keras.optimizers.schedules.LearningRateSchedule)
+
+
+def _is_keras_class(module: str, name: str) -> bool:
+    if module != "keras" and not module.startswith("keras."):
+        return False  # never import a module outside Keras because a file names it
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return False
+    return isinstance(obj, type) and issubclass(obj, _safe_bases())
+
+
+def check_model_file(path: Path) -> None:
+    """Refuse a file that is not a whole .keras archive, or whose config names code.
+
+    Keras' safe_mode already refuses Lambda layers; this adds an allow-list (Keras' own layer,
+    operation, initializer... classes: defence in depth against deserialisation tricks such as
+    CVE-2025-1550 and CVE-2025-8747), checks every member's CRC (a truncated or bit-flipped file),
+    and never accepts the legacy .h5 format, which has no safe mode for everything it can hold.
+    """
+    if not zipfile.is_zipfile(path):
+        head = path.read_bytes()[:8]
+        kind = "a legacy HDF5 (.h5) model, which cxrlt does not load" if head.startswith(b"\x89HDF") else \
+            "not a .keras (zip) archive"
+        raise ModelFileError(f"{path} is {kind}; it may be truncated or another kind of file: retrain the fold "
+                             "or restore the file (cxrlt writes .keras files)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+            if broken is not None:
+                raise ModelFileError(f"{path}: member {broken!r} fails its CRC check; the file is corrupt or "
+                                     "truncated: retrain the fold or restore the file")
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelFileError(f"{path} is not a whole .keras archive ({type(err).__name__}: {str(err)[:200]}); "
+                             "it may be truncated: retrain the fold or restore the file") from None
+    for node in _walk(config):
+        module, name = node.get("module"), node.get("class_name")
+        if name in CODE_CLASSES:
+            raise ModelFileError(f"{path} holds a {name} layer, i.e. Python code; cxrlt never runs code from a "
+                                 "model file (refused)")
+        if module is None:
+            continue
+        if not isinstance(module, str) or not isinstance(name, str) or not _is_keras_class(module, name):
+            raise ModelFileError(f"{path} names {module}.{name}, which is not one of Keras' own layer or "
+                                 "operation classes; refused (cxrlt never imports or runs code named in a model file)")
+        registered = node.get("registered_name")
+        if registered not in (None, name):
+            raise ModelFileError(f"{path} names the custom object {registered!r}; refused (cxrlt models hold "
+                                 "only built-in Keras layers)")
+
+
+def _walk(node):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
 def load(path: str | os.PathLike, *, num_classes: int | None = None) -> keras.Model:
-    """Load a saved cxrlt model safely (Keras safe_mode: no code from the file is executed)."""
+    """Load a saved cxrlt model safely: checked first (check_model_file), then Keras safe_mode."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist")
+    check_model_file(path)
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as err:

@@ -28,7 +28,7 @@ NO_DATA = (
     "(or set data.labels in a config). " + dataset.CXRLT_HELP
 )
 # Settings that may change between invocations of one run without making it another run.
-RESUMABLE_CHANGES = ("train.fold", "train.verbose", "distribute.", "predict.batch_size", "data.demo_dir")
+RESUMABLE_CHANGES = ("train.fold", "train.verbose", "distribute.", "predict.batch_size", "data.demo_dir", "data.check_images")
 
 
 def resolve_data(cfg: dict) -> dataset.LabelTable:
@@ -47,7 +47,20 @@ def resolve_data(cfg: dict) -> dataset.LabelTable:
             d[key] = str(Path(d[key]).expanduser().resolve())
     table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=d["classes"],
                                 uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
-                                check_files=True)
+                                check_files=d["check_images"] == "off")
+    if d["check_images"] != "off":
+        # Pre-flight: every bad image is named now, not as a decode error hours into the run; with
+        # --skip-bad they are left out and listed in the run directory (nothing dropped unrecorded).
+        from . import check
+
+        record = Path(cfg["out"]) / cfg["name"]
+        deep = d["check_images"] == "deep"
+        table = check.screen_table(table, deep=deep, skip_bad=d["skip_bad"], record_dir=record)
+        if d["test_labels"]:  # the submission needs every test image: bad ones stop the run, never skipped
+            test = dataset.read_labels(d["test_labels"], image_root=d["test_image_root"], classes=list(table.classes),
+                                       require_labels=False, uncertain=d["uncertain"],
+                                       allow_outside_root=d["allow_outside_root"])
+            check.screen_table(test, deep=deep, record_dir=record / "test_images", what="test", can_skip=False)
     return table
 
 

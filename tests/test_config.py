@@ -57,3 +57,92 @@ def test_unknown_key_in_file_is_named(tmp_path):
 def test_diff_lists_changed_settings():
     a, b = _parse(), _parse("--size", "512")
     assert config.diff(a, b) == ["input.size: 768 -> 512"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    # wrong types
+    (["--epochs", "2.5"], "train.epochs must be int"),
+    (["--set", "train.epochs=true"], "train.epochs must be int"),
+    (["--set", "augment.hflip=maybe"], "augment.hflip must be true or false"),
+    (["--set", "input.size=[1, 2]"], "input.size must be int"),
+    (["--set", "train.epochs=null"], "train.epochs cannot be empty"),
+    (["--set", "train.steps_per_epoch=ten"], "train.steps_per_epoch must be int or null"),
+    (["--set", "mix.mosaic_center=[0.2, 0.8"], "mix.mosaic_center=.*is not a valid value"),
+    (["--set", "data.classes=[A, B"], "data.classes=.*is not a valid list"),
+    (["--set", "input=5"], "input is a section, not a value"),
+    # names looked up only when a fold starts, now checked up front
+    (["--backbone", "efficientnetv2-xl"], "model.backbone must be one of.*did you mean 'efficientnetv2-l'"),
+    (["--set", "loss.name=focall"], "loss.name must be one of.*did you mean 'focal'"),
+    (["--set", "optim.name=rmsprop"], "optim.name must be one of adam, adamw, sgd"),
+    (["--set", "optim.schedule=step"], "optim.schedule must be one of constant, cosine"),
+    (["--uncertain", "maybe"], "data.uncertain must be one of error, zero, one, ignore"),
+    (["--classes", "cxrlt2030"], "data.classes must be one of auto, cxrlt2023, nih14"),
+    (["--set", "data.classes=[A, A]"], "each class once"),
+    (["--check-images", "full"], "data.check_images must be one of header, deep, off"),
+    (["--strategy", "multiworker"], "distribute.strategy must be one of auto, one, mirrored"),
+    (["--weights", "/nowhere/b0.weights.h5"], "model.weights must be none, imagenet or an existing weights file"),
+    # impossible values and combinations
+    (["--set", "train.folds=0"], "folds must be >= 2"),
+    (["--fold", "-1"], "0..4"),
+    (["--folds", "3", "--fold", "3"], "0..2"),
+    (["--lr", "0"], "optim.lr must be > 0"),
+    (["--set", "model.dropout=1.0"], "model.dropout must be in \\[0, 1\\)"),
+    (["--set", "train.steps_per_epoch=0"], "steps_per_epoch must be null \\(one pass\\) or >= 1"),
+    (["--set", "predict.batch_size=0"], "predict.batch_size must be >= 1"),
+    (["--set", "mix.mixup_alpha=0"], "mix: mixup_alpha must be > 0"),
+    (["--set", "mix.mosaic_center=[0.8, 0.2]"], "mosaic_center must satisfy"),
+    (["--set", "mix.mosaic_variant=diagonal"], "mosaic_variant must be both, crop, resize"),
+    (["--set", "mix.cutout_size=0"], "cutout_size must be in \\(0, 1\\]"),
+    (["--size", "16"], "input.size must be an integer >= 32"),
+    (["--name", "../elsewhere"], "must be a plain folder name"),
+])
+def test_every_bad_setting_is_named_before_any_work(argv, match):
+    with pytest.raises(config.ConfigError, match=match):
+        _parse(*argv)
+
+
+def test_flags_for_the_reliability_switches():
+    cfg = _parse("--skip-bad", "--allow-outside-root", "--check-images", "deep", "--uncertain", "ignore")
+    assert cfg["data"]["skip_bad"] is True and cfg["data"]["allow_outside_root"] is True
+    assert cfg["data"]["check_images"] == "deep" and cfg["data"]["uncertain"] == "ignore"
+    defaults = _parse()
+    assert defaults["data"]["skip_bad"] is False and defaults["data"]["check_images"] == "header"
+
+
+def test_wrong_types_in_a_config_file_name_the_file(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train:\n  epochs: many\n")
+    with pytest.raises(config.ConfigError, match="bad.yaml: train.epochs must be int"):
+        _parse("--config", str(tmp_path / "bad.yaml"))
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(config.ConfigError, match="list.yaml: expected a mapping"):
+        _parse("--config", str(tmp_path / "list.yaml"))
+    (tmp_path / "broken.yaml").write_text("train: [\n")
+    with pytest.raises(config.ConfigError, match="broken.yaml: not valid YAML"):
+        _parse("--config", str(tmp_path / "broken.yaml"))
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        _parse("--config", str(tmp_path / "nope.yaml"))
+
+
+def test_a_run_directory_with_another_config_is_refused_unless_forced(tmp_path):
+    from cxrlt import dataset, train
+
+    (tmp_path / "l.csv").write_text("path,A\nx.png,1\ny.png,0\n")
+    table = dataset.read_labels(tmp_path / "l.csv")
+    first = _parse("--out", str(tmp_path / "runs"), "--name", "r", "--weights", "none")
+    train.prepare_run(first, table, force=False)
+    saved = (tmp_path / "runs" / "r" / "config.yaml").read_text()
+    train.prepare_run(first, table, force=False)  # the same config resumes
+    other = _parse("--out", str(tmp_path / "runs"), "--name", "r", "--weights", "none", "--size", "512")
+    with pytest.raises(config.ConfigError, match="another config \\(input.size: 768 -> 512\\).*--force"):
+        train.prepare_run(other, table, force=False)
+    assert (tmp_path / "runs" / "r" / "config.yaml").read_text() == saved  # refused: nothing rewritten
+    train.prepare_run(other, table, force=True)
+    assert "size: 512" in (tmp_path / "runs" / "r" / "config.yaml").read_text()
+
+
+def test_a_run_saved_before_a_setting_existed_is_not_another_config():
+    current = _parse()
+    old = _parse()
+    del old["data"]["skip_bad"], old["data"]["check_images"]  # as written by an older cxrlt
+    assert config.diff(old, current) == []
+    assert config.diff(old, _parse("--skip-bad")) == ["data.skip_bad: False -> True"]

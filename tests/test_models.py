@@ -1,5 +1,10 @@
+import json
+import shutil
 import time
+import warnings
+import zipfile
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -17,6 +22,12 @@ def test_every_offered_backbone_builds_with_the_seed_002_head(name):
     np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-6)  # one set of weights
     names = [layer.name for layer in built.model.layers[-4:]]
     assert names == ["gap", "head_dropout", "logits", "probabilities"]
+    if name in ("efficientnetv2-b0", "convnext-tiny"):  # each family's layer types, once
+        # what models.load's allow-list will see in a saved file (ConvNeXt names
+        # keras.src.applications.convnext.LayerScale and keras.src.ops.numpy.Add): all accepted
+        for node in models._walk(keras.saving.serialize_keras_object(built.model)):
+            if "module" in node:
+                assert models._is_keras_class(node["module"], node["class_name"]), node
     keras.backend.clear_session()
 
 
@@ -36,16 +47,34 @@ def test_local_weights_file_is_loaded_and_checked(tmp_path):
     donor = keras.applications.EfficientNetV2B0(include_top=False, weights=None, input_shape=(32, 32, 3))
     kernel = donor.get_layer("stem_conv").kernel
     kernel.assign(np.random.default_rng(1).normal(size=kernel.shape).astype("float32"))
+    # Every other weight gets a random value too, so that "loaded" cannot be confused with "freshly
+    # initialised" (BatchNorm's ones and zeros are the same in any two fresh models).
+    rng = np.random.default_rng(2)
+    for w in donor.weights:
+        if w is not kernel:
+            w.assign(rng.uniform(0.5, 1.5, size=w.shape).astype(w.dtype))
     donor.save_weights(tmp_path / "b0.weights.h5")
-    built = models.build("efficientnetv2-b0", 3, 32, weights=str(tmp_path / "b0.weights.h5"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        built = models.build("efficientnetv2-b0", 3, 32, weights=str(tmp_path / "b0.weights.h5"))
+    assert not [w for w in caught if "Skipping" in str(w.message)]
     np.testing.assert_array_equal(built.model.get_layer("stem_conv").kernel.numpy(), kernel.numpy())
     loaded = {w.path: w.numpy() for w in built.model.weights}
+    assert len(donor.weights) == 359
     for w in donor.weights:  # every backbone weight, not just the one we changed
         np.testing.assert_array_equal(loaded[w.path], w.numpy(), err_msg=w.path)
-    with pytest.raises(models.WeightsError, match="does not fit the convnext-tiny backbone"):
-        models.build("convnext-tiny", 3, 32, weights=str(tmp_path / "b0.weights.h5"))
+    with warnings.catch_warnings(record=True) as caught:  # the ~100 "Skipping nested container" warnings
+        warnings.simplefilter("always")                  # of a mismatched file are folded into the error
+        with pytest.raises(models.WeightsError, match="does not fit the convnext-tiny backbone"):
+            models.build("convnext-tiny", 3, 32, weights=str(tmp_path / "b0.weights.h5"))
+    assert not [w for w in caught if "Skipping" in str(w.message)]
     with pytest.raises(models.WeightsError, match="does not exist"):
         models.build("efficientnetv2-b0", 3, 32, weights=str(tmp_path / "nope.h5"))
+    shutil.copy(tmp_path / "b0.weights.h5", tmp_path / "cut.weights.h5")
+    with h5py.File(tmp_path / "cut.weights.h5", "a") as f:  # one layer's weights missing
+        del f["layers"]["conv2d"]
+    with pytest.raises(models.WeightsError, match="does not fit the efficientnetv2-b0 backbone.*stem_conv"):
+        models.build("efficientnetv2-b0", 3, 32, weights=str(tmp_path / "cut.weights.h5"))
 
 
 def test_saved_model_loads_safely_and_checks_class_count(tmp_path):
@@ -66,3 +95,74 @@ def test_saved_model_loads_safely_and_checks_class_count(tmp_path):
 def test_pixel_range_0_1_rescales_inside_the_model():
     built = models.build("efficientnetv2-b0", 2, 32, pixel_range="0_1")
     assert built.model.get_layer("to_unit_range") is not None
+
+
+def _small_model(with_lambda=False):
+    """A small real Keras model: enough to exercise load/save checks without building a backbone."""
+    inputs = keras.Input((8,), name="x")
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="code")(inputs) if with_lambda else inputs
+    outputs = keras.layers.Dense(3, activation="sigmoid", name="probabilities")(x)
+    return keras.Model(inputs, outputs)
+
+
+def _rewrite_config(src, dst, edit):
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(dst, "w") as b:
+        for item in a.infolist():
+            data = a.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                edit(config)
+                data = json.dumps(config).encode()
+            b.writestr(item, data)
+
+
+def test_model_files_that_hold_code_are_refused_before_keras_reads_them(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras warns that a Lambda is being saved
+        _small_model(with_lambda=True).save(tmp_path / "lambda.keras")
+    with pytest.raises(models.ModelFileError, match="holds a Lambda layer, i.e. Python code"):
+        models.load(tmp_path / "lambda.keras")
+    models.save(_small_model(), tmp_path / "plain.keras")
+    assert models.load(tmp_path / "plain.keras", num_classes=3).outputs[0].shape[-1] == 3
+
+    def smuggle(config):  # a layer that deserialises to os.system (the shape of CVE-2025-1550 exploits)
+        config["config"]["layers"][1].update(module="os", class_name="system")
+
+    _rewrite_config(tmp_path / "plain.keras", tmp_path / "smuggled.keras", smuggle)
+    with pytest.raises(models.ModelFileError, match="names os.system.*refused"):
+        models.load(tmp_path / "smuggled.keras")
+
+    def keras_function(config):  # a Keras function rather than a class (the shape of CVE-2025-8747)
+        config["config"]["layers"][1].update(module="keras.utils", class_name="get_file")
+
+    _rewrite_config(tmp_path / "plain.keras", tmp_path / "function.keras", keras_function)
+    with pytest.raises(models.ModelFileError, match="names keras.utils.get_file, which is not one of Keras' own"):
+        models.load(tmp_path / "function.keras")
+
+    def custom(config):
+        config["config"]["layers"][1]["registered_name"] = "evil>Dense"
+
+    _rewrite_config(tmp_path / "plain.keras", tmp_path / "custom.keras", custom)
+    with pytest.raises(models.ModelFileError, match="custom object 'evil>Dense'"):
+        models.load(tmp_path / "custom.keras")
+
+
+def test_corrupt_and_foreign_model_files_are_named(tmp_path):
+    models.save(_small_model(), tmp_path / "m.keras")
+    data = bytearray((tmp_path / "m.keras").read_bytes())
+    with zipfile.ZipFile(tmp_path / "m.keras") as z:
+        info = z.getinfo("model.weights.h5")
+    flip = info.header_offset + 30 + len(info.filename) + info.compress_size // 2
+    data[flip] ^= 0xFF  # one flipped bit inside the weights: same size, intact zip directory
+    (tmp_path / "flipped.keras").write_bytes(bytes(data))
+    with pytest.raises(models.ModelFileError, match="'model.weights.h5' fails its CRC check"):
+        models.load(tmp_path / "flipped.keras")
+    with h5py.File(tmp_path / "legacy.h5", "w") as f:
+        f.attrs["model_config"] = "{}"
+    with pytest.raises(models.ModelFileError, match="legacy HDF5 \\(.h5\\) model, which cxrlt does not load"):
+        models.load(tmp_path / "legacy.h5")
+    (tmp_path / "empty.keras").write_bytes(b"")
+    with pytest.raises(models.ModelFileError, match="not a .keras \\(zip\\) archive"):
+        models.load(tmp_path / "empty.keras")
+    with pytest.raises(models.ModelFileError, match="does not exist"):
+        models.load(tmp_path / "nope.keras")
