@@ -40,7 +40,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     kinds = [ConfigError, LabelFileError, FoldError, RunError, FileNotFoundError]
     for module, name in (("cxrlt.models", "WeightsError"), ("cxrlt.models", "ModelFileError"),
-                         ("cxrlt.submission", "SubmissionError")):
+                         ("cxrlt.submission", "SubmissionError"), ("cxrlt.explain", "ExplainError"),
+                         ("cxrlt.report", "ReportError"), ("cxrlt.evaluate", "MismatchError")):
         if module in sys.modules:
             kinds.append(getattr(sys.modules[module], name))
     return tuple(kinds)
