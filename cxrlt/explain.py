@@ -38,7 +38,7 @@ from . import atomic, cli, runs
 log = logging.getLogger("cxrlt.explain")
 
 
-class ExplainError(ValueError):
+class ExplainError(cli.UserError):
     """A request Grad-CAM cannot serve; the message says what to change."""
 
 
@@ -303,6 +303,8 @@ def main(argv=None) -> int:
         missing = [str(p) for p in args.image if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"image(s) not found: {', '.join(missing)}")
+        if args.classes:  # a typo fails now, not after loading every fold model
+            resolve_classes(args.classes, np.zeros(len(run.classes())), run.classes(), args.top)
         fold_models = load_fold_models(run, args.fold, args.layer)
         for image in args.image:
             explanation = explain_image(fold_models, image, args.classes, top=args.top)

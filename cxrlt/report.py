@@ -36,7 +36,7 @@ from . import __version__, atomic, classes as cls, cli, dataset, metrics, runs
 log = logging.getLogger("cxrlt.report")
 
 
-class ReportError(ValueError):
+class ReportError(cli.UserError):
     """Inputs the report cannot use; the message says which file and what to do."""
 
 
@@ -404,8 +404,9 @@ def render_html(data: ReportData, figures: list[Figure], extra: dict, threshold:
                  + _num(result["prevalence_baseline_mAP"], p + "prevalence_baseline_mAP") + "<td></td><td></td><td></td></tr>")
     folds = data.metrics.get("folds") if data.kind == "run" else None
     if folds:
-        cells = "".join(f"<td>{stats['mean']:.4f} ± {stats['std']:.4f}</td>" if stats else "<td>n/a</td>"
-                        for stats in (folds.get(k) for k in ("mAP", "mAUC", "mF1")))
+        cells = "".join(f"<td>{_span(stats['mean'], f'folds/{k}/mean', 'data-metric')} ± "
+                        f"{_span(stats['std'], f'folds/{k}/std', 'data-metric')}</td>" if stats else "<td>n/a</td>"
+                        for k, stats in ((k, folds.get(k)) for k in ("mAP", "mAUC", "mF1")))
         parts.append(f'<tr><td class="name">per fold: mean ± SD over {len(data.metrics.get("per_fold", []))} folds</td>'
                      f"{cells}<td></td></tr>")
         for i, f in enumerate(data.metrics.get("per_fold", [])):
@@ -430,9 +431,9 @@ def render_html(data: ReportData, figures: list[Figure], extra: dict, threshold:
     return "\n".join(parts) + "\n"
 
 
-def _span(value, path: str) -> str:
+def _span(value, path: str, attr: str = "data-report") -> str:
     text = "n/a" if value is None or not np.isfinite(value) else f"{value:.4f}"
-    return f'<span data-report="{html.escape(path)}">{text}</span>'
+    return f'<span {attr}="{html.escape(path)}">{text}</span>'
 
 
 def _class_table(data: ReportData, extra: dict, threshold: float) -> list[str]:

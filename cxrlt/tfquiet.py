@@ -32,7 +32,7 @@ import tempfile
 BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 DEFAULT_LEVEL = "2"
 # Abseil: "I0000 00:00:1795432262.975105    6620 port.cc:153] ..."; older TSL: "2024-08-10 09:16:11.569780: I tensorflow/...:153] ..."
-_RECORD = re.compile(r"^(?:([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]"
+_RECORD = re.compile(r"^(?:([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\]"
                      r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) \S+:\d+\])")
 # Python's own output is never taken for the continuation of a C++ record.
 _PYTHON_LINE = re.compile(r"^(?:Traceback |\s+File \"|\S+\.py:\d+: \w+(?:Warning|Error)\b)")
