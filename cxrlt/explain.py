@@ -82,29 +82,84 @@ def gradcam_model(model, layer=None):
     if len(target.output.shape) != 4:
         raise ExplainError(f"layer {target.name} gives {tuple(target.output.shape)}, not a [batch, h, w, channels] "
                            "feature map; pick a convolutional layer with --layer")
-    return keras.Model(model.inputs, [target.output, scores]), target.name
+    return keras.Model(model.inputs[0], [target.output, scores]), target.name
 
 
-def gradcam(model, images, class_indices, *, layer: str | None = None, grad_model=None) -> np.ndarray:
-    """Grad-CAM maps [len(class_indices), batch, H, W] in [0, 1] at the model's input size (H, W)."""
+class GradCam:
+    """Grad-CAM of one model: one forward pass, one backward pass per requested class.
+
+    Runs eagerly (tracing EfficientNetV2's gradient graph costs more than a few eager passes), except
+    for models with grouped convolutions: Keras builds ConvNeXt's depthwise convolutions as grouped
+    Conv2D, which its TF backend runs through XLA and, eagerly, recompiles on every call (12 s per
+    96 px image on a loaded 2-core CPU); traced once per model, each class then costs 0.3 s.
+    """
+
+    def __init__(self, model, layer: str | None = None):
+        import tensorflow as tf
+
+        self.grad_model, self.layer = gradcam_model(model, layer)
+        self.feature_shape = tuple(int(d) for d in self.grad_model.outputs[0].shape[1:3])
+        self._one, self.predict = None, model
+        if has_grouped_conv(model):
+            spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)
+            self._one = tf.function(self._one_class, input_signature=[spec, tf.TensorSpec([], tf.int32)])
+            self.predict = tf.function(lambda images: model(images, training=False), input_signature=[spec])
+
+    def _one_class(self, images, c):
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            features, scores = self.grad_model(images, training=False)
+            score = scores[:, c]
+        return _weighted(tape.gradient(score, features), features)
+
+    def raw(self, images, class_indices) -> list:
+        """Un-normalised maps at the feature resolution, [B, h, w] per class."""
+        import tensorflow as tf
+
+        if self._one is not None:
+            return [self._one(images, tf.constant(int(c), tf.int32)) for c in class_indices]
+        with tf.GradientTape(persistent=True) as tape:
+            features, scores = self.grad_model(images, training=False)
+            picked = [scores[:, int(c)] for c in class_indices]
+        maps = [_weighted(tape.gradient(score, features), features) for score in picked]
+        del tape
+        return maps
+
+    def __call__(self, images, class_indices) -> np.ndarray:
+        """Maps [len(class_indices), batch, H, W] in [0, 1] at the input size (H, W)."""
+        import tensorflow as tf
+
+        images = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
+        out = []
+        for cam in self.raw(images, class_indices):
+            cam = tf.image.resize(cam[..., None], tf.shape(images)[1:3], method="bilinear")[..., 0]
+            peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+            out.append(tf.math.divide_no_nan(cam, peak).numpy())
+        return np.clip(np.stack(out), 0.0, 1.0) if out else np.zeros((0, *images.shape[:3]), np.float32)
+
+
+def _weighted(grads, features):
+    """ReLU(sum_k alpha_k A_k), alpha_k = the spatial mean of d score / d A_k."""
     import tensorflow as tf
 
-    images = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
-    if grad_model is None:
-        grad_model, _ = gradcam_model(model, layer)
-    with tf.GradientTape(persistent=True) as tape:
-        features, scores = grad_model(images, training=False)
-        picked = [scores[:, int(c)] for c in class_indices]
-    maps = []
-    for score in picked:
-        grads = tape.gradient(score, features)                         # [B, h, w, K]
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)    # alpha_k per image
-        cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
-        cam = tf.image.resize(cam, tf.shape(images)[1:3], method="bilinear")[..., 0]
-        peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
-        maps.append(tf.math.divide_no_nan(cam, peak).numpy())
-    del tape
-    return np.clip(np.stack(maps), 0.0, 1.0) if maps else np.zeros((0, *images.shape[:3]), np.float32)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
+
+
+def has_grouped_conv(model) -> bool:
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if getattr(layer, "groups", 1) > 1:
+            return True
+        stack.extend(getattr(layer, "layers", []))
+    return False
+
+
+def gradcam(model, images, class_indices, *, layer: str | None = None) -> np.ndarray:
+    """Grad-CAM maps [len(class_indices), batch, H, W] in [0, 1] at the model's input size (H, W)."""
+    return GradCam(model, layer)(images, class_indices)
 
 
 def resolve_classes(requested, probabilities: np.ndarray, class_names, top: int) -> list[int]:
@@ -125,11 +180,10 @@ def resolve_classes(requested, probabilities: np.ndarray, class_names, top: int)
 
 @dataclass
 class FoldModels:
-    """The run's fold models, loaded once, each with its Grad-CAM model (several images reuse them)."""
+    """The run's fold models, loaded once, each wrapped in GradCam (several images reuse them)."""
     run: runs.Run
     folds: list[int]
-    models: list            # image -> probabilities
-    grad_models: list       # image -> (feature map, logits)
+    cams: list              # GradCam per fold model (cam.predict: image -> probabilities)
     layer: str
 
 
@@ -142,15 +196,12 @@ def load_fold_models(run: runs.Run, folds=None, layer: str | None = None) -> Fol
     missing = [k for k in folds if k not in done]
     if not folds or missing:
         raise runs.RunError(f"{run.root}: fold(s) {missing or '(none)'} not finished; finished: {done or 'none'}")
-    loaded, grads, name = [], [], None
+    cams = []
     with Progress(len(folds), f"{run.root.name}: loading", unit="fold model") as bar:
         for k in folds:
-            model = models.load(run.model_path(k), num_classes=len(run.classes()))
-            grad_model, name = gradcam_model(model, layer)
-            loaded.append(model)
-            grads.append(grad_model)
+            cams.append(GradCam(models.load(run.model_path(k), num_classes=len(run.classes())), layer))
             bar.add(1)
-    return FoldModels(run, folds, loaded, grads, name)
+    return FoldModels(run, folds, cams, cams[0].layer)
 
 
 def explain_image(fold_models: FoldModels, image_path, requested=None, *, top: int = 3) -> Explanation:
@@ -170,12 +221,12 @@ def explain_image(fold_models: FoldModels, image_path, requested=None, *, top: i
         raise ExplainError(f"{image_path}: cannot decode the image ({err.message.splitlines()[0][:200]}); "
                            "JPEG or PNG expected") from None
     batch = image[None].numpy()
-    probability = np.mean([np.asarray(m(batch, training=False), dtype=np.float64)[0] for m in fold_models.models], axis=0)
+    probability = np.mean([np.asarray(cam.predict(batch), dtype=np.float64)[0] for cam in fold_models.cams], axis=0)
     chosen = resolve_classes(requested, probability, class_names, top)
-    maps = np.mean([gradcam(None, batch, chosen, grad_model=gm)[:, 0] for gm in fold_models.grad_models], axis=0)
+    maps = np.mean([cam(batch, chosen)[:, 0] for cam in fold_models.cams], axis=0)
     peak = maps.max(axis=(1, 2), keepdims=True)
     maps = np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
-    feature_shape = tuple(int(d) for d in fold_models.grad_models[0].outputs[0].shape[1:3])
+    feature_shape = fold_models.cams[0].feature_shape
     if feature_shape == (1, 1):
         log.warning("the target layer %s is a 1 x 1 map at %d px: Grad-CAM cannot localise (the heatmap is flat). "
                     "Train at a larger --size, or pass --layer with an earlier layer", fold_models.layer,
