@@ -5,7 +5,8 @@
 
 Scalars are whatever numbers the epoch's `logs` carry (loss, val_mAP, val_mAUC, val_mF1,
 val_tail_mAP, ... as ValidationMetrics puts them there) plus the optimizer's learning rate as `lr`;
-the step is the 1-based epoch, as in history.csv, so a resumed fold continues its curves.
+the step is the 1-based epoch, as in history.csv, so a resumed fold continues its curves. Pass the
+optimizer when the model is not compiled with it (cxrlt.engine keeps it outside the model).
 It must run after the callback that adds the val_* keys (Keras calls callbacks in list order).
 
 `images` is a tf.data dataset or a zero-argument callable giving one batch: images (0..255, [B, H,
@@ -34,9 +35,10 @@ IMAGE_TAG = "augmented_training_batch"
 
 
 class TensorBoardLogger(keras.callbacks.Callback):
-    def __init__(self, log_dir, images=None, *, class_names=None, max_images: int = 8):
+    def __init__(self, log_dir, images=None, *, class_names=None, max_images: int = 8, optimizer=None):
         super().__init__()
         self.log_dir, self.images, self.max_images = Path(log_dir), images, int(max_images)
+        self.optimizer = optimizer  # cxrlt.engine keeps the optimizer outside the model; else model.optimizer
         self.class_names = list(class_names) if class_names is not None else None
         self._writer = None
 
@@ -56,7 +58,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         values = scalars(logs or {})
         if "lr" not in values and "learning_rate" not in values:
-            lr = learning_rate(self.model)
+            lr = learning_rate(self.optimizer or getattr(getattr(self, "model", None), "optimizer", None))
             if lr is not None:
                 values["lr"] = lr
         with self.writer.as_default():
@@ -107,9 +109,8 @@ def scalars(logs: dict) -> dict[str, float]:
     return out
 
 
-def learning_rate(model) -> float | None:
+def learning_rate(optimizer) -> float | None:
     """The optimizer's current learning rate (a schedule evaluated at the current step)."""
-    optimizer = getattr(model, "optimizer", None)
     lr = getattr(optimizer, "learning_rate", None)
     if lr is None:
         return None

@@ -51,7 +51,10 @@ def test_scalars_per_epoch_and_one_image_batch(tmp_path):
     assert table.count("\n| ") == 4 and "Edema" in table
 
     # A resumed fold continues its curves and does not write the image batch a second time.
+    # The engine's way: an optimizer outside the model is passed in.
     model.fit(x, y, epochs=3, initial_epoch=2, verbose=0,
-              callbacks=[FakeValidation(), TensorBoardLogger(log_dir, images=lambda: images)])
+              callbacks=[FakeValidation(), TensorBoardLogger(log_dir, images=lambda: images,
+                                                             optimizer=keras.optimizers.SGD(0.25))])
     events = read_events(log_dir)
     assert sorted(events["val_mAP"]) == [1, 2, 3] and list(events[IMAGE_TAG]) == [0]
+    assert events["lr"][3][1] == np.float32(0.25)
