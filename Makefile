@@ -1,6 +1,6 @@
 # Two entry points a new user needs; each creates or reuses .venv and installs what it needs.
 #   make demo   train 2 folds on the embedded demo data, ensemble them, write submissions/demo.csv
-#   make test   run the test suite (what CI runs)
+#   make test   run the test suite (what CI runs), two pytest workers: TF graph tracing is single-threaded
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -22,7 +22,7 @@ demo: install
 	$(PY) -m cxrlt.ensemble --runs runs/demo --out submissions/demo.csv
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 clean:
 	rm -rf runs/demo demo_data submissions/demo.csv submissions/demo.zip submissions/demo.metrics.json

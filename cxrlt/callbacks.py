@@ -1,8 +1,10 @@
-"""Keras callbacks that make a fold's training measurable and resumable.
+"""Keras callbacks that make a fold's training measurable: per-epoch validation mAP, best-model
+selection, history.csv.
 
-Order matters and is fixed in `fold_callbacks`: score the epoch, keep the best model, write the
-history, then let BackupAndRestore record the epoch as finished. A kill between any two steps
-repeats at most the interrupted epoch, and every file written is whole (atomic writes).
+cxrlt.engine drives them as `fit` would, in the order `fold_callbacks` gives, and records the epoch
+as finished (its checkpoint) only after all of them ran: a kill between any two steps repeats at
+most the interrupted epoch, and every file written is whole (atomic writes). Only the chief process
+gets the callbacks that write files.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ log = logging.getLogger(__name__)
 class ValidationMetrics(keras.callbacks.Callback):
     """Score the fold's validation split each epoch with the competition metric (macro mAP)."""
 
-    def __init__(self, val_ds, y_true: np.ndarray, classes, groups: dict | None):
+    def __init__(self, predict_probs, y_true: np.ndarray, classes, groups: dict | None):
+        """`predict_probs()` returns the current model's probabilities for the validation images, [N, C]."""
         super().__init__()
-        self.val_ds, self.y_true, self.classes, self.groups = val_ds, y_true, list(classes), groups
+        self.predict_probs, self.y_true, self.classes, self.groups = predict_probs, y_true, list(classes), groups
 
     def on_epoch_end(self, epoch, logs=None):
-        logits = self.model.predict(self.val_ds, verbose=0)
-        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        probs = self.predict_probs()
         result = metrics.evaluate(self.y_true, probs, self.classes, groups=self.groups)
         logs = logs if logs is not None else {}
         logs["val_mAP"], logs["val_mAUC"], logs["val_mF1"] = result["mAP"], result["mAUC"], result["mF1"]
@@ -68,26 +70,25 @@ class ModelSelector(keras.callbacks.Callback):
 class HistoryWriter(keras.callbacks.Callback):
     """history.csv with one row per finished epoch; a repeated epoch (after a resume) replaces its row."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, optimizer=None):
         super().__init__()
-        self.path = Path(path)
+        self.path, self.optimizer = Path(path), optimizer
 
     def on_epoch_end(self, epoch, logs=None):
         rows = pd.read_csv(self.path) if self.path.exists() else pd.DataFrame()
         if len(rows):
             rows = rows[rows["epoch"] < epoch + 1]
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
-        lr = getattr(self.model.optimizer, "learning_rate", None)
-        if lr is not None:
-            row["lr"] = float(keras.ops.convert_to_numpy(lr))
+        if self.optimizer is not None:
+            row["lr"] = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
         atomic.write_csv(self.path, pd.concat([rows, pd.DataFrame([row])], ignore_index=True))
 
 
-def fold_callbacks(fold_dir: Path, model_to_save: keras.Model, val_ds, y_val, classes, groups, checkpoint: str):
+def fold_callbacks(fold_dir: Path, model_to_save: keras.Model, predict_probs, y_val, classes, groups, checkpoint: str,
+                   optimizer=None) -> list[keras.callbacks.Callback]:
+    """The chief's callbacks for one fold, in the order they must run."""
     return [
-        ValidationMetrics(val_ds, y_val, classes, groups),
+        ValidationMetrics(predict_probs, y_val, classes, groups),
         ModelSelector(model_to_save, fold_dir / "model.keras", mode=checkpoint),
-        HistoryWriter(fold_dir / "history.csv"),
-        keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.BackupAndRestore(str(fold_dir / "backup"), double_checkpoint=True, delete_checkpoint=True),
+        HistoryWriter(fold_dir / "history.csv", optimizer),
     ]

@@ -45,7 +45,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     kinds = [UserError, ConfigError, LabelFileError, FoldError, RunError, FileNotFoundError]
     for module, name in (("cxrlt.models", "WeightsError"), ("cxrlt.models", "ModelFileError"),
-                         ("cxrlt.submission", "SubmissionError"), ("cxrlt.evaluate", "MismatchError")):
+                         ("cxrlt.submission", "SubmissionError"), ("cxrlt.evaluate", "MismatchError"),
+                         ("cxrlt.engine", "TrainingError"), ("cxrlt.distribute", "DistributeError")):
         if module in sys.modules:
             kinds.append(getattr(sys.modules[module], name))
     return tuple(kinds)

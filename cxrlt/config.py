@@ -232,6 +232,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"sets {key}")
     parser.add_argument("--demo", action="store_true", help="use the embedded synthetic CXR-LT-format data")
     parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 on GPU, mixed_bfloat16 on CPU")
+    parser.add_argument("--jit-compile", action="store_true", help="XLA-compile the train step (GPU; 3-5x slower on CPU)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any setting, e.g. --set loss.gamma=1.5 (repeatable)")
 
@@ -251,6 +252,8 @@ def from_args(args: argparse.Namespace) -> dict:
         overrides["data.demo"] = True
     if getattr(args, "mixed_precision", False):
         overrides["distribute.mixed_precision"] = True
+    if getattr(args, "jit_compile", False):
+        overrides["distribute.jit_compile"] = True
     nested: dict = {}
     for key, value in overrides.items():
         node = nested

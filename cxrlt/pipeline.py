@@ -51,7 +51,7 @@ def _stream(paths, labels, flags, cfg: dict, seed: int) -> tf.data.Dataset:
 
 def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int, batch_size: int,
                   augment_fn=None, mixer=None, minority: np.ndarray | None = None,
-                  minority_share: float | None = None, strategy_fn=None) -> tf.data.Dataset:
+                  minority_share: float | None = None, strategy_fn=None, mask: np.ndarray | None = None) -> tf.data.Dataset:
     """Infinite, shuffled, augmented and mixed batches of (images, labels) for `fit`.
 
     `augment_fn(image, seed) -> image` runs per image; `mixer(step, images, labels)` per batch.
@@ -59,8 +59,16 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     gives the same stream. With `minority` flags, `strategy_fn(image, is_minority)` replaces
     `augment_fn` (seed 000), and `minority_share` oversamples minority images by drawing from a
     majority and a minority stream (streaming: no repeated copies are materialised).
+
+    With a label `mask` ([N, C], 0 = ignore, from --uncertain ignore) the batches are
+    (images, labels, mask). The mask travels through the mixers as C extra "uncertain" label
+    columns, so every mix op combines it with its own rule: a mixed label is ignored when any
+    source that shows in the image had it uncertain.
     """
     paths, labels = np.asarray(paths, dtype=str), np.asarray(labels, dtype=np.float32)
+    n_classes = labels.shape[1]
+    if mask is not None:
+        labels = np.concatenate([labels, 1.0 - np.asarray(mask, dtype=np.float32)], axis=1)
     flags = np.zeros(len(paths), bool) if minority is None else np.asarray(minority, bool)
     if minority_share is not None:
         if flags.all() or not flags.any():
@@ -81,6 +89,8 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     ds = ds.batch(batch_size, drop_remainder=True)
     if mixer is not None:
         ds = ds.enumerate().map(lambda i, xy: mixer(i, xy[0], xy[1]), num_parallel_calls=AUTOTUNE)
+    if mask is not None:
+        ds = ds.map(lambda x, y: (x, y[:, :n_classes], tf.cast(y[:, n_classes:] <= 0.0, tf.float32)))
     return ds.prefetch(AUTOTUNE)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,10 +29,6 @@ NO_DATA = (
 )
 # Settings that may change between invocations of one run without making it another run.
 RESUMABLE_CHANGES = ("train.fold", "train.verbose", "distribute.", "predict.batch_size", "data.demo_dir")
-
-
-class TrainingError(RuntimeError):
-    pass
 
 
 def resolve_data(cfg: dict) -> dataset.LabelTable:
@@ -51,11 +48,6 @@ def resolve_data(cfg: dict) -> dataset.LabelTable:
     table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=d["classes"],
                                 uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
                                 check_files=True)
-    if table.mask is not None:
-        raise config.ConfigError(
-            f"{d['labels']}: --uncertain ignore is accepted by the reader, but masking labels out of the loss is "
-            "not wired into training yet; use --uncertain zero or one"
-        )
     return table
 
 
@@ -80,21 +72,28 @@ def prepare_run(cfg: dict, table: dataset.LabelTable, force: bool) -> runs.Run:
 
 
 def make_optimizer(cfg: dict, steps_per_epoch: int):
+    """The optimizer of the config; the learning rate scaled with the global batch if optim.lr_scaling asks."""
     import keras
 
+    from . import distribute
+
     o = cfg["optim"]
-    lr = o["lr"]
+    lr = distribute.scaled_lr(o["lr"], o["lr_scaling"], cfg["train"]["batch_size"], o["reference_batch"])
     if o["schedule"] == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps_per_epoch * cfg["train"]["epochs"])
     elif o["schedule"] != "constant":
         raise config.ConfigError(f"optim.schedule must be constant or cosine, got {o['schedule']!r}")
     if o["name"] == "adam" and not o["weight_decay"]:
-        return keras.optimizers.Adam(lr, beta_1=o["beta_1"], beta_2=o["beta_2"])
-    if o["name"] in ("adam", "adamw"):
-        return keras.optimizers.AdamW(lr, weight_decay=o["weight_decay"], beta_1=o["beta_1"], beta_2=o["beta_2"])
-    if o["name"] == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9, weight_decay=o["weight_decay"] or None)
-    raise config.ConfigError(f"optim.name must be adam, adamw or sgd, got {o['name']!r}")
+        optimizer = keras.optimizers.Adam(lr, beta_1=o["beta_1"], beta_2=o["beta_2"])
+    elif o["name"] in ("adam", "adamw"):
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=o["weight_decay"], beta_1=o["beta_1"], beta_2=o["beta_2"])
+    elif o["name"] == "sgd":
+        optimizer = keras.optimizers.SGD(lr, momentum=0.9, weight_decay=o["weight_decay"] or None)
+    else:
+        raise config.ConfigError(f"optim.name must be adam, adamw or sgd, got {o['name']!r}")
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # float16 gradients underflow without it
+    return optimizer
 
 
 def augment_options(cfg: dict, train: dataset.LabelTable, seed: int) -> dict:
@@ -121,23 +120,23 @@ def make_mixer(cfg: dict, seed: int):
     return mix.BatchMixer.from_config(m, seed=seed)
 
 
-def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray, k: int) -> None:
+def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray, k: int, strategy) -> None:
+    """Train fold k (resuming it if a checkpoint exists), then, on the chief, predict its validation split."""
     import keras
 
-    from . import callbacks, distribute, losses, models, pipeline, predict
+    from . import callbacks, distribute, engine, losses, models, pipeline
 
     fold_dir = run.fold_dir(k)
     fold_dir.mkdir(parents=True, exist_ok=True)
+    chief = distribute.is_chief(strategy)
     keras.utils.set_random_seed(cfg["seed"] + k)
     train, val = table.subset(fold_of != k), table.subset(fold_of == k)
     classes, groups = list(table.classes), run.groups()
-    strategy = distribute.get_strategy(cfg["distribute"]["strategy"])
-    batch = cfg["train"]["batch_size"]
-    if batch % strategy.num_replicas_in_sync:
-        raise config.ConfigError(f"train.batch_size {batch} must be a multiple of the {strategy.num_replicas_in_sync} replicas")
-    steps = cfg["train"]["steps_per_epoch"] or len(train) // batch
+    global_batch = cfg["train"]["batch_size"]
+    distribute.check_batch(strategy, global_batch)
+    steps = cfg["train"]["steps_per_epoch"] or len(train) // global_batch
     if steps < 1:
-        raise config.ConfigError(f"fold {k}: {len(train)} training images are fewer than one batch of {batch}")
+        raise config.ConfigError(f"fold {k}: {len(train)} training images are fewer than one batch of {global_batch}")
     empty = [c for c, n in zip(classes, train.class_counts()) if n == 0]
     if empty:
         log.warning("fold %d: no positive training image for %s", k, ", ".join(empty))
@@ -148,28 +147,44 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
                              pixel_range=cfg["input"]["pixel_range"])
         loss = losses.get_loss(cfg["loss"]["name"], class_counts=train.class_counts(), n_images=len(train),
                                **cfg["loss"]["params"])
-        built.train_model.compile(optimizer=make_optimizer(cfg, steps), loss=loss,
-                                  jit_compile=cfg["distribute"]["jit_compile"])
-    train_ds = pipeline.train_dataset(train.paths, train.labels, cfg, seed=cfg["seed"] + k, batch_size=batch,
-                                      mixer=make_mixer(cfg, cfg["seed"] + k), **augment_options(cfg, train, cfg["seed"] + k))
-    val_ds = pipeline.eval_dataset(val.paths, cfg, batch_size=cfg["predict"]["batch_size"])
+        optimizer = make_optimizer(cfg, steps)
+    trainer = engine.Trainer(strategy, built.train_model, optimizer, loss, jit_compile=cfg["distribute"]["jit_compile"])
+    start_epoch = trainer.restore(fold_dir / "backup")
+    # A resumed fold draws a fresh stream rather than replaying the first epochs' order.
+    seed = cfg["seed"] + k + 7919 * start_epoch
+
+    def dataset_fn(ctx: "tf.distribute.InputContext"):
+        mine = np.arange(len(train))[ctx.input_pipeline_id::ctx.num_input_pipelines]
+        part = train if len(mine) == len(train) else train.subset(mine)  # each worker decodes its own images only
+        part_seed = seed + 104729 * ctx.input_pipeline_id
+        return pipeline.train_dataset(part.paths, part.labels, cfg, seed=part_seed, mask=part.mask,
+                                      batch_size=ctx.get_per_replica_batch_size(global_batch),
+                                      mixer=make_mixer(cfg, part_seed), **augment_options(cfg, part, part_seed))
+
     verbose = cfg["train"]["verbose"]
-    verbose = (1 if sys.stdout.isatty() else 2) if verbose == "auto" else int(verbose)
-    log.info("fold %d/%d: %d training, %d validation images, %d steps/epoch, %s at %d px",
-             k, cfg["train"]["folds"] - 1, len(train), len(val), steps, cfg["model"]["backbone"], cfg["input"]["size"])
+    verbose = ((1 if sys.stdout.isatty() else 2) if verbose == "auto" else int(verbose)) if chief else 0
+    fold_callbacks = []
+    if chief:
+        predict_probs = engine.make_predict_fn(built.model)
+        val_ds = pipeline.eval_dataset(val.paths, cfg, batch_size=cfg["predict"]["batch_size"])
+        fold_callbacks = callbacks.fold_callbacks(fold_dir, built.model, lambda: predict_probs(val_ds), val.labels,
+                                                  classes, groups, cfg["train"]["checkpoint"], optimizer)
+    log.info("fold %d/%d: %d training, %d validation images, %d steps/epoch of %d, %s at %d px, %d replica(s)",
+             k, cfg["train"]["folds"] - 1, len(train), len(val), steps, global_batch, cfg["model"]["backbone"],
+             cfg["input"]["size"], strategy.num_replicas_in_sync)
     started = time.time()
-    history = built.train_model.fit(
-        train_ds, epochs=cfg["train"]["epochs"], steps_per_epoch=steps, verbose=verbose,
-        callbacks=callbacks.fold_callbacks(fold_dir, built.model, val_ds, val.labels, classes, groups,
-                                           cfg["train"]["checkpoint"]),
-    )
-    losses_seen = history.history.get("loss", [])
-    if losses_seen and not np.isfinite(losses_seen[-1]):
-        raise TrainingError(
-            f"fold {k}: the loss became {losses_seen[-1]} in epoch {len(losses_seen)} (TerminateOnNaN stopped it); "
-            "lower --lr, check the labels, or turn off mixed precision. The last good model is kept in "
-            f"{run.model_path(k)}"
-        )
+    trainer.fit(trainer.distribute(dataset_fn), epochs=cfg["train"]["epochs"], steps_per_epoch=steps,
+                callbacks=fold_callbacks, verbose=verbose, label=f"fold {k}")
+    if chief:
+        finish_fold(cfg, run, k, val, classes, groups, started)
+    distribute.barrier(strategy)
+
+
+def finish_fold(cfg: dict, run: runs.Run, k: int, val: dataset.LabelTable, classes, groups, started: float) -> None:
+    """Predict the fold's validation split with its selected model (TTA), score it, mark the fold done."""
+    from . import models, predict
+
+    fold_dir = run.fold_dir(k)
     model = models.load(run.model_path(k), num_classes=len(classes))
     probs = predict.predict_images(model, val.paths, cfg, tta=cfg["predict"]["tta"], label=f"fold {k} OOF")
     runs.write_predictions(fold_dir / "oof.csv", val.ids, probs, classes)
@@ -178,6 +193,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     best = json.loads((fold_dir / "best.json").read_text())
     runs.mark_done(run, k, {"seconds": round(time.time() - started, 1), "selected_epoch": best["epoch"],
                             "val_mAP": result["mAP"], "val_mAUC": result["mAUC"], "val_mF1": result["mF1"]})
+    shutil.rmtree(fold_dir / "backup", ignore_errors=True)  # the finished fold needs no resume state
     log.info("fold %d done: OOF mAP %.4f (TTA, epoch %d of %d)", k, result["mAP"], best["epoch"], cfg["train"]["epochs"])
 
 
@@ -222,6 +238,10 @@ def main(argv=None) -> int:
     cli.setup(args)
     with cli.errors():
         cfg = config.from_args(args)
+        from . import distribute
+
+        strategy = distribute.get_strategy(cfg["distribute"]["strategy"])  # before TensorFlow runs any op
+        distribute.set_precision(cfg["distribute"]["mixed_precision"])
         table = resolve_data(cfg)
         run = prepare_run(cfg, table, args.force)
         fold_of = folds_mod.load_or_make_folds(run.folds_csv, table, cfg["train"]["folds"], cfg["seed"])
@@ -230,7 +250,9 @@ def main(argv=None) -> int:
             if run.is_done(k):
                 log.info("fold %d already finished; skipping (delete %s to retrain it)", k, run.fold_dir(k))
                 continue
-            train_fold(cfg, run, table, fold_of, k)
+            train_fold(cfg, run, table, fold_of, k, strategy)
+        if not distribute.is_chief(strategy):
+            return 0  # the chief assembles and reports the out-of-fold results
         summary = summarize(run, table, fold_of)
         if summary:
             print_summary(run, summary)

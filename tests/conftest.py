@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 NIH1000 = SHARED_DATA / "nih1000"
 FULLRES = SHARED_DATA / "cxr_fullres"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `pytest -n 2 --dist loadgroup` (make test) every test of one trained run goes to one worker,
+    so each session fixture below is trained once, not once per worker."""
+    for item in items:
+        for name in ("demo_run", "nih_run"):
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
+                break
 
 
 def need(path: Path) -> Path:
@@ -49,13 +63,38 @@ TINY = ["--backbone", "efficientnetv2-b0", "--weights", "none", "--size", "32", 
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """(root, train argv, submission path) of a 2-epoch, 2-fold demo run ensembled into a submission."""
+    """(root, train argv, submission path) of a 2-epoch, 2-fold demo run ensembled into a submission.
+
+    Trained the hard way: the first attempt runs in a subprocess that is killed (SIGKILL) as soon as
+    fold 0 has checkpointed epoch 1, i.e. in epoch 2; the same command then resumes it in-process.
+    What the resumed run logged is kept in root/resume.log for the tests.
+    """
     from cxrlt import ensemble, train
 
     root = tmp_path_factory.mktemp("demo")
     argv = ["--demo", "--out", str(root / "runs"), "--name", "demo", "--epochs", "2",
             "--set", f"data.demo_dir={root / 'data'}", "--set", "data.demo_patients=120", *TINY]
-    assert train.main(argv) == 0
+    checkpoint = root / "runs" / "demo" / "fold0" / "backup" / "checkpoint"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-m", "cxrlt.train", *argv], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 900
+    while not checkpoint.exists():
+        assert first.poll() is None, f"the first attempt ended early:\n{first.stderr.read()[-3000:]}"
+        assert time.time() < deadline, "no epoch-1 checkpoint within 15 minutes"
+        time.sleep(0.1)
+    first.kill()
+    first.communicate()
+    handler, logger = logging.FileHandler(root / "resume.log"), logging.getLogger("cxrlt")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        assert train.main(argv) == 0
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
     out = root / "submissions" / "demo.csv"
     assert ensemble.main(["--runs", str(root / "runs" / "demo"), "--out", str(out)]) == 0
     return root, argv, out

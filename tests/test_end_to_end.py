@@ -48,6 +48,17 @@ def test_demo_run_directory_describes_itself(demo_run):
     assert set(metrics["folds"]) >= {"mAP", "mAUC", "mF1"} and 0 <= metrics["oof"]["mAP"] <= 1
 
 
+def test_a_fold_killed_mid_epoch_resumes_after_its_last_finished_epoch(demo_run):
+    root, _, _ = demo_run
+    log = (root / "resume.log").read_text()
+    assert "fold 0: resuming after epoch 1 of 2" in log  # the SIGKILLed attempt had finished epoch 1 only
+    assert "fold 1: resuming" not in log
+    run = root / "runs" / "demo"
+    assert list(pd.read_csv(run / "fold0" / "history.csv").epoch) == [1, 2]  # each epoch once, none lost
+    assert json.loads((run / "fold0" / "best.json").read_text())["epoch"] in (1, 2)
+    assert not (run / "fold0" / "backup").exists()  # resume state is dropped once the fold is done
+
+
 def test_rerun_skips_finished_folds_and_refuses_another_config(demo_run, caplog):
     root, argv, _ = demo_run
     run = root / "runs" / "demo"

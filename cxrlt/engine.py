@@ -1,0 +1,183 @@
+"""The training loop: one train step for every tf.distribute strategy, resumable by epoch.
+
+Keras 3 `model.fit` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), and two code
+paths (fit on one host, a custom loop across hosts) would drift apart. So cxrlt trains every
+strategy, one device included, with the step below: `strategy.run` of a GradientTape step on
+per-replica batches, gradients all-reduced by the optimizer, the loss summed over replicas (each
+replica's loss is already divided by the replica count, see cxrlt.losses). Around it, ordinary
+`keras.callbacks.Callback` objects get the hooks and the `logs` keys `fit` would give them
+(`loss`, plus whatever a callback adds, e.g. `val_mAP`), so validation, model selection, history,
+TensorBoard and the progress bar are the usual Keras pieces.
+
+Resume: after every finished epoch (after the callbacks, so the epoch's best model is on disk
+first) a tf.train.Checkpoint of (model, optimizer, epoch) is written to `backup_dir`, keeping the
+last two. A killed fold restarts at its last finished epoch. Under MultiWorkerMirroredStrategy every
+worker takes part in saving (it is a collective operation); only the chief writes into
+`backup_dir`, the others into a scratch folder they delete.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import distribute
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training that cannot go on (a NaN loss, a broken input file); the message says where and what to do."""
+
+
+class Trainer:
+    """A logits model, its optimizer and loss under one strategy; `fit` trains epochs of it.
+
+    The model, the optimizer and the loss must have been built inside `strategy.scope()`.
+    `loss(y_true, logits, sample_weight=mask)` returns this replica's share of the global mean
+    (cxrlt.losses divides by the replicas in sync).
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, optimizer, loss, *,
+                 jit_compile: bool = False):
+        self.strategy, self.model, self.optimizer, self.loss = strategy, model, optimizer, loss
+        self.chief = distribute.is_chief(strategy)
+        with strategy.scope():
+            optimizer.build(model.trainable_variables)
+        self._train_step = tf.function(self._distributed_step, jit_compile=jit_compile)
+        self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="finished_epochs")
+        self._manager: tf.train.CheckpointManager | None = None
+        self._backup_dir: Path | None = None
+
+    @property
+    def finished_epochs(self) -> int:
+        return int(self._epoch.numpy())
+
+    def restore(self, backup_dir: str | Path) -> int:
+        """Load the last finished epoch's state from `backup_dir` if there is one; later epochs are saved there.
+
+        Returns the number of finished epochs (0 for a fresh start).
+        """
+        self._backup_dir = Path(backup_dir)
+        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self._epoch)
+        latest = tf.train.latest_checkpoint(str(self._backup_dir))
+        if latest:
+            checkpoint.restore(latest).assert_existing_objects_matched()
+        directory = (self._backup_dir if self.chief
+                     else self._backup_dir.parent / f".{self._backup_dir.name}-{distribute.worker_id(self.strategy)}")
+        self._manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=2)
+        return self.finished_epochs
+
+    def _replica_step(self, batch):
+        images, labels = batch[0], batch[1]
+        mask = batch[2] if len(batch) > 2 else None
+        with tf.GradientTape() as tape:
+            logits = self.model(images, training=True)
+            loss = self.loss(labels, logits, sample_weight=mask)
+            scaled = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16, identity otherwise
+        grads = tape.gradient(scaled, self.model.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        return loss
+
+    def _distributed_step(self, iterator):
+        per_replica = self.strategy.run(self._replica_step, args=(next(iterator),))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def distribute(self, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset]):
+        """Per-worker input pipelines: `dataset_fn(ctx)` builds batches of ctx.get_per_replica_batch_size(global)
+        from its own shard (ctx.input_pipeline_id of ctx.num_input_pipelines), so no worker decodes
+        images another worker trains on."""
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def fit(self, dataset, *, epochs: int, steps_per_epoch: int, callbacks=(), verbose: int = 1,
+            label: str = "training") -> dict:
+        """Train until `epochs` epochs are finished, counting those `restore` found; checkpoint each one.
+
+        `dataset` is a distributed dataset (see `distribute`) or a plain one (it is distributed as is).
+        Returns the history of the epochs run in this call: {key: [value per epoch]}.
+        """
+        if isinstance(dataset, tf.data.Dataset):
+            dataset = self.strategy.experimental_distribute_dataset(dataset)
+        initial_epoch = self.finished_epochs
+        history: dict[str, list] = {}
+        if initial_epoch >= epochs:
+            log.info("%s: all %d epochs already finished (restored from %s)", label, epochs, self._backup_dir)
+            return history
+        if initial_epoch:
+            log.info("%s: resuming after epoch %d of %d (restored from %s)", label, initial_epoch, epochs, self._backup_dir)
+        recorder = _EpochLogs()  # after the others: sees what they added to `logs` (CallbackList passes a copy)
+        cbs = keras.callbacks.CallbackList([*callbacks, recorder], add_history=False, add_progbar=verbose != 0,
+                                           model=self.model, verbose=verbose, epochs=epochs, steps=steps_per_epoch)
+        self.model.stop_training = False
+        iterator = iter(dataset)
+        cbs.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            cbs.on_epoch_begin(epoch)
+            total = 0.0
+            for step in range(steps_per_epoch):
+                cbs.on_train_batch_begin(step)
+                try:
+                    value = float(self._train_step(iterator))
+                except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
+                    raise TrainingError(
+                        f"{label}: the input pipeline failed in epoch {epoch + 1}, batch {step + 1}: "
+                        f"{err.message.splitlines()[0][:300]}. Find the file with python -m cxrlt.check --deep "
+                        "--labels <your CSV>, then fix it or train with --skip-bad") from None
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"{label}: the loss became {value} in epoch {epoch + 1}, batch {step + 1}; training stopped "
+                        "(the best model so far and the last finished epoch are kept). Lower --lr, check the labels, "
+                        "or turn off mixed precision")
+                total += value
+                cbs.on_train_batch_end(step, {"loss": total / (step + 1)})
+            cbs.on_epoch_end(epoch, {"loss": total / steps_per_epoch})
+            for key, value in recorder.logs.items():
+                history.setdefault(key, []).append(value)
+            self._epoch.assign(epoch + 1)
+            self._save()
+            if self.model.stop_training:
+                break
+        cbs.on_train_end()
+        return history
+
+    def _save(self) -> None:
+        if self._manager is None:
+            return
+        path = self._manager.save(checkpoint_number=self.finished_epochs)
+        if self.chief:
+            log.info("epoch %d state saved: %s", self.finished_epochs, path)
+        else:  # saving is collective under MultiWorkerMirroredStrategy; only the chief keeps it
+            shutil.rmtree(self._manager.directory, ignore_errors=True)
+
+
+class _EpochLogs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.logs: dict = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.logs = dict(logs or {})
+
+
+def make_predict_fn(model: keras.Model) -> Callable[[tf.data.Dataset], np.ndarray]:
+    """dataset of image batches -> stacked model outputs, float32, one traced function reused every epoch.
+
+    Runs on this process's devices outside strategy.run (no collective operations), so any worker may
+    call it alone.
+    """
+    @tf.function(reduce_retracing=True)
+    def step(images):
+        return tf.cast(model(images, training=False), tf.float32)
+
+    def predict(dataset: tf.data.Dataset) -> np.ndarray:
+        out = [step(images).numpy() for images in dataset]
+        return np.concatenate(out) if out else np.zeros((0, model.outputs[0].shape[-1]), np.float32)
+
+    return predict

@@ -1,0 +1,101 @@
+"""Run by tests/test_distribute.py in a fresh process: the CPU must be split into two logical devices
+before TensorFlow runs its first op, which a pytest process that already used TensorFlow cannot do.
+
+    python tests/distributed_worker.py mirrored    # one device vs MirroredStrategy(2 CPUs): same losses, same weights
+    python tests/distributed_worker.py bfloat16    # mixed_bfloat16 training with focal loss and the mixers stays finite
+
+Prints one JSON object on the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from cxrlt import distribute, engine, losses, mix, models  # noqa: E402
+
+CLASSES, SIZE, GLOBAL_BATCH, STEPS = 5, 32, 8, 2
+
+
+def _data(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 255, (GLOBAL_BATCH * STEPS, SIZE, SIZE, 3)).astype(np.float32)
+    labels = (rng.random((GLOBAL_BATCH * STEPS, CLASSES)) < 0.3).astype(np.float32)
+    return images, labels
+
+
+def _train(strategy, initial_weights, images, labels):
+    """Two steps of cxrlt's engine on the same global batches; per-replica batches are consecutive halves."""
+    with strategy.scope():
+        # ConvNeXt normalises per image (LayerNorm), so a global batch split over replicas is the same
+        # computation as the whole batch on one device; BatchNorm backbones would differ by design.
+        built = models.build("convnext-tiny", CLASSES, SIZE, weights="none", dropout=0.0)
+        built.train_model.set_weights(initial_weights)
+        import keras
+
+        optimizer = keras.optimizers.Adam(1e-3)
+        loss = losses.get_loss("focal")
+    trainer = engine.Trainer(strategy, built.train_model, optimizer, loss)
+
+    def dataset_fn(ctx):
+        per_replica = ctx.get_per_replica_batch_size(GLOBAL_BATCH)
+        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(per_replica).repeat()
+
+    history = trainer.fit(trainer.distribute(dataset_fn), epochs=STEPS, steps_per_epoch=1, verbose=0)
+    return history["loss"], [np.asarray(w) for w in built.train_model.get_weights()]
+
+
+def mirrored() -> dict:
+    distribute.split_cpu(2)
+    images, labels = _data()
+    import keras
+
+    keras.utils.set_random_seed(0)
+    initial = models.build("convnext-tiny", CLASSES, SIZE, weights="none", dropout=0.0).train_model.get_weights()
+    one_loss, one_weights = _train(distribute.get_strategy("one"), initial, images, labels)
+    mirrored_strategy = distribute.get_strategy("mirrored")
+    two_loss, two_weights = _train(mirrored_strategy, initial, images, labels)
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(one_weights, two_weights))
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(one_weights, initial))
+    try:
+        distribute.check_batch(mirrored_strategy, 3)
+        odd_batch_error = None
+    except distribute.DistributeError as err:
+        odd_batch_error = str(err)
+    return {"replicas": mirrored_strategy.num_replicas_in_sync, "odd_batch_error": odd_batch_error,
+            "one_device_losses": one_loss,
+            "mirrored_losses": two_loss, "max_weight_difference": diff, "max_weight_change": moved}
+
+
+def bfloat16() -> dict:
+    import keras
+
+    policy = distribute.set_precision(True)
+    keras.utils.set_random_seed(0)
+    images, labels = _data(1)
+    strategy = distribute.get_strategy("one")
+    with strategy.scope():
+        built = models.build("efficientnetv2-b0", CLASSES, SIZE, weights="none", dropout=0.2)
+        optimizer = keras.optimizers.Adam(1e-2)  # a high rate on purpose: overflow would show as NaN
+        loss = losses.get_loss("focal")
+    mixer = mix.BatchMixer.from_config({"mosaic": 0.4, "mixup": 0.3, "cutmix": 0.3, "cutout": 0.5}, seed=0)
+    dataset = (tf.data.Dataset.from_tensor_slices((images * 1.0, labels)).repeat().batch(GLOBAL_BATCH).enumerate()
+               .map(lambda i, xy: mixer(i, xy[0], xy[1])))
+    trainer = engine.Trainer(strategy, built.train_model, optimizer, loss)
+    history = trainer.fit(dataset, epochs=3, steps_per_epoch=2, verbose=0)
+    logits = built.train_model(images[:GLOBAL_BATCH], training=False)
+    return {"policy": policy, "losses": history["loss"], "logits_dtype": logits.dtype.name,
+            "conv_compute_dtype": next(layer.compute_dtype for layer in built.train_model.layers
+                                       if isinstance(layer, keras.layers.Conv2D)),
+            "logits_finite": bool(np.isfinite(np.asarray(logits)).all())}
+
+
+if __name__ == "__main__":
+    result = {"mirrored": mirrored, "bfloat16": bfloat16}[sys.argv[1]]()
+    print(json.dumps(result))

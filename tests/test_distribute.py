@@ -1,0 +1,104 @@
+"""tf.distribute for real on CPU: MirroredStrategy over two logical devices, MultiWorkerMirroredStrategy
+over two worker processes on 127.0.0.1, mixed_bfloat16. Each runs in fresh processes (the device
+layout and the cluster must be set before TensorFlow's first op)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrlt import distribute
+
+from .conftest import REPO, TINY
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def _run_worker(mode: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, str(WORKER), mode], capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_mirrored_strategy_over_two_cpus_matches_one_device():
+    result = _run_worker("mirrored")
+    assert result["replicas"] == 2
+    np.testing.assert_allclose(result["mirrored_losses"], result["one_device_losses"], rtol=1e-4)
+    # the two steps moved the weights, and both strategies moved them the same way
+    assert result["max_weight_change"] > 1e-3
+    assert result["max_weight_difference"] < 1e-3 * result["max_weight_change"]
+    assert "multiple of the 2 replicas" in result["odd_batch_error"]
+
+
+def test_mixed_bfloat16_training_with_focal_loss_and_mixers_stays_finite():
+    result = _run_worker("bfloat16")
+    assert result["policy"] == "mixed_bfloat16" and result["conv_compute_dtype"] == "bfloat16"
+    assert result["logits_dtype"] == "float32"  # the head and the loss stay float32
+    assert all(np.isfinite(result["losses"])) and result["logits_finite"]
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_worker_processes_train_together_and_only_the_chief_writes(tmp_path):
+    from cxrlt.synthetic import make_demo
+
+    make_demo(tmp_path / "data", n_patients=40, image_size=64)
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    argv = ["--demo", "--set", f"data.demo_dir={tmp_path / 'data'}", "--set", "data.demo_patients=40",
+            "--set", "data.demo_image_size=64", "--out", str(tmp_path / "runs"), "--name", "mw", "--epochs", "1",
+            *TINY, "--batch-size", "8", "--fold", "0", "--set", "train.steps_per_epoch=2", "--strategy", "multiworker"]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CONFIG": json.dumps(tf_config)}
+        procs.append(subprocess.Popen([sys.executable, "-m", "cxrlt.train", *argv], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    for log in logs:
+        assert "2 replica(s)" in log and "MultiWorkerMirroredStrategy" in log
+    assert logs[0].count("epoch 1 state saved") == 1 and "state saved" not in logs[1]
+    run = tmp_path / "runs" / "mw"
+    assert (run / "fold0" / "done.json").is_file()  # the chief finished the fold: OOF, metrics, model
+    assert list(pd.read_csv(run / "fold0" / "history.csv").epoch) == [1]
+    assert sorted(p.name for p in run.rglob("*.keras")) == ["model.keras"]
+    assert not [p for p in run.rglob(".backup-*")]  # the worker's scratch checkpoint was removed
+
+
+def test_strategy_names_and_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert distribute.resolve_name("auto") == "one"  # no GPU, no cluster
+    with pytest.raises(distribute.DistributeError, match="needs TF_CONFIG"):
+        distribute.get_strategy("multiworker")
+    with pytest.raises(distribute.DistributeError, match="must be one of"):
+        distribute.resolve_name("horovod")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}))
+    assert distribute.tf_config_workers() == 2 and distribute.resolve_name("auto") == "multiworker"
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(distribute.DistributeError, match="not valid JSON"):
+        distribute.tf_config_workers()
+
+
+def test_learning_rate_scaling_rules():
+    assert distribute.scaled_lr(1e-4, "none", 64, 8) == 1e-4
+    assert distribute.scaled_lr(1e-4, "linear", 64, 8) == pytest.approx(8e-4)
+    assert distribute.scaled_lr(1e-4, "sqrt", 32, 8) == pytest.approx(2e-4)
+    with pytest.raises(distribute.DistributeError):
+        distribute.scaled_lr(1e-4, "cubic", 64, 8)

@@ -1,0 +1,139 @@
+"""cxrlt.engine on a small real Keras model: resume equals an uninterrupted run, NaN and input errors stop
+with a message that says where, callbacks see fit's hooks and logs."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cxrlt import engine, losses, pipeline
+
+CLASSES = 4
+
+
+def _model(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
+
+
+def _data(n: int = 64, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 1, (n, 8, 8, 3)).astype(np.float32)
+    labels = (rng.random((n, CLASSES)) < 0.4).astype(np.float32)
+    return images, labels
+
+
+def _trainer(loss=None) -> engine.Trainer:
+    strategy = tf.distribute.get_strategy()
+    return engine.Trainer(strategy, _model(), keras.optimizers.Adam(1e-2), loss or losses.get_loss("bce"))
+
+
+def _epoch_datasets(start_epoch: int, steps: int):
+    """The same stream whatever the epoch we start at: epoch e reads batches e*steps... (as a resumed run would)."""
+    images, labels = _data()
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(8).repeat().skip(start_epoch * steps)
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    straight = _trainer()
+    straight.restore(tmp_path / "a")
+    straight.fit(_epoch_datasets(0, 4), epochs=3, steps_per_epoch=4, verbose=0)
+
+    first = _trainer()
+    assert first.restore(tmp_path / "b") == 0
+    first.fit(_epoch_datasets(0, 4), epochs=1, steps_per_epoch=4, verbose=0)  # then the process "dies"
+    resumed = _trainer()  # fresh weights and optimizer: everything must come from the checkpoint
+    assert resumed.restore(tmp_path / "b") == 1
+    history = resumed.fit(_epoch_datasets(1, 4), epochs=3, steps_per_epoch=4, verbose=0)
+    assert len(history["loss"]) == 2  # epochs 2 and 3 only
+    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert int(resumed.optimizer.iterations.numpy()) == 12
+    assert sorted(p.name for p in (tmp_path / "b").glob("ckpt-*.index")) == ["ckpt-2.index", "ckpt-3.index"]  # last two kept
+    again = _trainer()
+    assert again.restore(tmp_path / "b") == 3 and again.fit(_epoch_datasets(3, 4), epochs=3, steps_per_epoch=4, verbose=0) == {}
+
+
+class _NaNAfter(losses.MultiLabelLoss):
+    """BCE that turns NaN from the 6th call on: a stand-in for a diverging run."""
+
+    calls = 0
+
+    def elementwise(self, y_true, logits):
+        _NaNAfter.calls += 1
+        values = losses.get_loss("bce").call(y_true, logits)
+        return values if _NaNAfter.calls < 6 else values * np.nan
+
+
+def test_a_nan_loss_stops_training_naming_epoch_and_batch(tmp_path):
+    trainer = _trainer(_NaNAfter())
+    tf.config.run_functions_eagerly(True)  # the loss's call counter runs once per step
+    try:
+        trainer.restore(tmp_path)
+        with pytest.raises(engine.TrainingError, match=r"loss became nan in epoch 2, batch 2"):
+            trainer.fit(_epoch_datasets(0, 4), epochs=3, steps_per_epoch=4, verbose=0)
+    finally:
+        tf.config.run_functions_eagerly(False)
+    assert trainer.finished_epochs == 1  # epoch 1 stays checkpointed; nothing after it is recorded
+
+
+def test_an_unreadable_image_stops_training_with_the_fix(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    cfg = {"input": {"size": 8, "resize": "stretch", "cache": False}}
+    ds = pipeline.train_dataset(np.array([str(bad)] * 8), np.zeros((8, CLASSES), np.float32), cfg, seed=0, batch_size=8)
+    trainer = _trainer()
+    with pytest.raises(engine.TrainingError, match="cxrlt.check --deep"):
+        trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)
+
+
+def test_callbacks_get_fits_hooks_and_can_add_logs():
+    seen = []
+
+    class Recorder(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append("begin")
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_mAP"] = 0.5 + epoch  # what ValidationMetrics does
+            seen.append((epoch, round(logs["loss"], 6) > 0))
+
+        def on_train_end(self, logs=None):
+            seen.append("end")
+
+    trainer = _trainer()
+    history = trainer.fit(_epoch_datasets(0, 2), epochs=2, steps_per_epoch=2, callbacks=[Recorder()], verbose=0)
+    assert seen == ["begin", (0, True), (1, True), "end"]
+    assert history["val_mAP"] == [0.5, 1.5] and len(history["loss"]) == 2
+
+
+def test_label_masks_travel_through_the_mixers(tmp_path):
+    """--uncertain ignore: a mixed label is ignored exactly when a source showing in the image had it uncertain."""
+    from cxrlt import mix
+
+    from .conftest import write_png
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (8, 16, 16), dtype=np.uint8)
+    paths = np.array([str(write_png(tmp_path / f"{i}.png", image)) for i, image in enumerate(images)])
+    labels = (rng.random((8, CLASSES)) < 0.5).astype(np.float32)
+    mask = np.ones_like(labels)
+    mask[0, 1] = mask[3, 2] = 0.0
+    cfg = {"input": {"size": 16, "resize": "stretch", "cache": False}}
+    x, y, m = next(iter(pipeline.train_dataset(paths, labels, cfg, seed=1, batch_size=8, mask=mask)))
+    order = [int(np.argmin(np.abs(images.astype(np.float32) - xi[..., 0]).sum(axis=(1, 2)))) for xi in x.numpy()]
+    assert sorted(order) == list(range(8))
+    np.testing.assert_array_equal(m.numpy(), mask[order])
+    np.testing.assert_array_equal(y.numpy(), labels[order])
+    mixer = mix.BatchMixer.from_config({"mixup": 1.0, "mixup_alpha": 0.4, "label_mode": "clip_sum"}, seed=0)
+    x, y, m = next(iter(pipeline.train_dataset(paths, labels, cfg, seed=1, batch_size=8, mask=mask, mixer=mixer)))
+    assert y.shape == m.shape == (8, CLASSES)
+    assert set(np.unique(m.numpy())) <= {0.0, 1.0}
+    # each uncertain cell is ignored in the two outputs its image shows in (as itself and as a partner)
+    assert 0 < (m.numpy() == 0).sum() <= 4
+    assert ((m.numpy() == 0).sum(axis=0)[[0, 3]] == 0).all()
