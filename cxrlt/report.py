@@ -13,7 +13,9 @@ fold<k>/metrics.json, fold<k>/history.csv, oof.csv and the training labels (data
 For a submission CSV with --labels: the per-finding parts only (no folds, no training set).
 
 The page (index.html) embeds its PNGs as data URIs, so it opens from anywhere with no network; the
-PNGs are also written beside it. report.json holds every number the page shows.
+PNGs are also written beside it. report.json holds every number the page shows; each number cell
+names its source in a data-metric attribute (a path into metrics.json, or into report.json's
+"metrics" for a submission or an unfinished run) or data-report (a path into report.json).
 """
 
 from __future__ import annotations
@@ -133,9 +135,12 @@ def _training_labels(run: runs.Run, cfg: dict, classes, labels) -> dataset.Label
         raise ReportError(f"{run.root}: the config names no training labels (data.labels); pass --labels TRAIN.csv")
     if not Path(csv).is_file():
         raise ReportError(f"training labels {csv} (data.labels of {run.root}) not found; pass --labels TRAIN.csv")
-    image_root = d.get("image_root") if not labels or Path(labels) == Path(d.get("labels") or "") else None
-    return dataset.read_labels(csv, image_root=image_root, classes=list(classes), uncertain=d.get("uncertain", "error")
-                               if d.get("uncertain") != "ignore" else "zero", allow_outside_root=True)
+    # The run's image root belongs to the run's label file; another --labels has paths relative to itself.
+    same_file = not labels or Path(labels) == Path(d.get("labels") or "")
+    # The report scores 0/1 labels: labels the run ignored (masked) are read as absent.
+    uncertain = "zero" if d.get("uncertain") == "ignore" else d.get("uncertain", "error")
+    return dataset.read_labels(csv, image_root=d.get("image_root") if same_file else None, classes=list(classes),
+                               uncertain=uncertain, allow_outside_root=True)
 
 
 def load_submission(pred_csv: Path, labels: str | None) -> ReportData:
