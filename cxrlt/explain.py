@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import logging
 import sys
 from dataclasses import dataclass

@@ -22,19 +22,18 @@ most the last unflushed epoch, which the rerun writes again. Viewing needs the `
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-log = logging.getLogger(__name__)
-
 IMAGE_TAG = "augmented_training_batch"
 
 
 class TensorBoardLogger(keras.callbacks.Callback):
+    """Writes fold<k>/tensorboard/ event files: scalars at each epoch end, the image batch at the start."""
+
     def __init__(self, log_dir, images=None, *, class_names=None, max_images: int = 8, optimizer=None):
         super().__init__()
         self.log_dir, self.images, self.max_images = Path(log_dir), images, int(max_images)
