@@ -7,7 +7,9 @@ classes -> dataset -> folds -> pipeline (+ mix, augment) -> models -> losses
 
 __version__ = "0.1.0"
 
-import os as _os
+from . import tfquiet as _tfquiet
 
-# TensorFlow's C++ start-up chatter hides what cxrlt says; `--tf-log` (or exporting the variable) brings it back.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up chatter hides what cxrlt says: TF_CPP_MIN_LOG_LEVEL defaults to 2 and the
+# lines TensorFlow prints before honouring it are filtered (tfquiet.py says why). `--tf-log` on any
+# command, or TF_CPP_MIN_LOG_LEVEL=0, brings everything back.
+_tfquiet.install()

@@ -14,6 +14,11 @@ import sys
 import warnings
 
 
+class UserError(ValueError):
+    """Base of errors the user can fix; `errors()` prints them as one line. Subclass it in new modules
+    (a class defined in a module run as `python -m` lives in `__main__`, where a lookup by module name misses it)."""
+
+
 def add_common(parser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--tf-log", action="store_true", help="show TensorFlow's own start-up and C++ logs")
@@ -39,10 +44,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .folds import FoldError
     from .runs import RunError
 
-    kinds = [ConfigError, LabelFileError, FoldError, RunError, DiskFullError, FileNotFoundError]
+    kinds = [UserError, ConfigError, LabelFileError, FoldError, RunError, DiskFullError, FileNotFoundError]
     for module, name in (("cxrlt.models", "WeightsError"), ("cxrlt.models", "ModelFileError"),
-                         ("cxrlt.submission", "SubmissionError"), ("cxrlt.engine", "TrainingError"),
-                         ("cxrlt.distribute", "DistributeError")):
+                         ("cxrlt.submission", "SubmissionError"), ("cxrlt.evaluate", "MismatchError"),
+                         ("cxrlt.engine", "TrainingError"), ("cxrlt.distribute", "DistributeError")):
         if module in sys.modules:
             kinds.append(getattr(sys.modules[module], name))
     return tuple(kinds)

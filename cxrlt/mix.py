@@ -226,12 +226,13 @@ def mosaic_crop(images, labels, seed, center_range=(0.25, 0.75), label_mode="cli
     depth = tf.shape(images)[3]
 
     def one(args):
-        src, th, tw, oy, ox = args  # each [4]
+        src, th, tw, oy, ox = (tf.cast(a, tf.int32) for a in args)  # each [4]
         tiles = [tf.slice(images, tf.stack([src[k], oy[k], ox[k], 0]), tf.stack([1, th[k], tw[k], depth]))[0]
                  for k in range(4)]
         return tf.ensure_shape(_assemble(tiles), [h, w, channels])
 
-    elems = tuple(tf.transpose(t) for t in (sources, tile_h, tile_w, off_y, off_x))
+    # int64 for the transpose: oneDNN's int32 transpose logs an error line on CPUs without AVX-512
+    elems = tuple(tf.transpose(tf.cast(t, tf.int64)) for t in (sources, tile_h, tile_w, off_y, off_x))
     out = tf.map_fn(one, elems, fn_output_signature=tf.TensorSpec([h, w, channels], images.dtype))
     out = tf.ensure_shape(out, images.shape)
     areas = tf.cast(tile_h * tile_w, tf.float32) / float(h * w)
@@ -262,11 +263,11 @@ def mosaic_resize(images, labels, seed, random_split=True, center_range=(0.25, 0
     # One sample at a time (tf.map_fn runs up to 10 in parallel): measured faster on CPU than four
     # batched resizes even for the fixed grid, and the tile sizes may differ per sample.
     def one(args):
-        src, th, tw = args
+        src, th, tw = (tf.cast(a, tf.int32) for a in args)
         tiles = [tf.image.resize(images[src[k]], tf.stack([th[k], tw[k]]), antialias=True) for k in range(4)]
         return tf.ensure_shape(tf.cast(_assemble(tiles), images.dtype), [h, w, channels])
 
-    elems = tuple(tf.transpose(t) for t in (sources, tile_h, tile_w))
+    elems = tuple(tf.transpose(tf.cast(t, tf.int64)) for t in (sources, tile_h, tile_w))  # int64: see mosaic_crop
     out = tf.map_fn(one, elems, fn_output_signature=tf.TensorSpec([h, w, channels], images.dtype))
     out = tf.ensure_shape(out, images.shape)
     areas = tf.cast(tile_h * tile_w, tf.float32) / float(h * w)

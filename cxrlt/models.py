@@ -32,8 +32,11 @@ BACKBONES = {
     "convnext-large": "ConvNeXtLarge",
 }
 
-# Grad-CAM / feature layer: the last feature map before pooling (G26).
-FEATURE_LAYER = {"efficientnetv2": "top_activation", "convnext": "convnext_{size}_stage_3_block_2_identity"}
+# The last feature map before pooling (G26), as Keras 3.15 names it. ConvNeXt(include_top=False) ends in an
+# auto-named LayerNormalization ("layer_normalization", "_N" suffixed when several models are built in one
+# process); "..._stage_3_block_2_identity" is the last block's branch before its residual add. So
+# cxrlt.explain.feature_layer takes the input of the "gap" layer instead of looking a name up here.
+FEATURE_LAYER = {"efficientnetv2": "top_activation", "convnext": "layer_normalization"}
 
 
 class WeightsError(RuntimeError):

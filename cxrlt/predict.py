@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import dataset, models, pipeline, runs
+from .progress import Progress  # the shared bar; predict.Progress keeps working for older callers
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +42,11 @@ def predict_images(model, paths, cfg: dict, *, tta=("identity", "hflip"), batch_
         return tf.add_n([tf.cast(model(view(images), training=False), tf.float32) for view in views]) / len(views)
 
     out = []
-    bar = Progress(len(paths), label)
-    for images in ds:
-        out.append(step(images).numpy())
-        bar.add(int(images.shape[0]))
+    with Progress(len(paths), label) as bar:
+        for images in ds:
+            out.append(step(images).numpy())
+            bar.add(int(images.shape[0]))
     return np.concatenate(out) if out else np.zeros((0, model.outputs[0].shape[-1]), np.float32)
-
-
-class Progress:
-    """Keras' progress bar on a terminal; a few plain log lines otherwise (no carriage-return floods)."""
-
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.done, self.next_log = total, label, 0, 0.25
-        self.bar = __import__("keras").utils.Progbar(total, unit_name="image") if sys.stdout.isatty() else None
-
-    def add(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.add(n)
-        elif self.total and self.done / self.total >= self.next_log:
-            log.info("%s: %d/%d images", self.label, self.done, self.total)
-            self.next_log += 0.25
 
 
 def _cache_key(run: runs.Run, table: dataset.LabelTable, tta, folds) -> str:

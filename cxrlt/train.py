@@ -137,7 +137,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     """Train fold k (resuming it if a checkpoint exists), then, on the chief, predict its validation split."""
     import keras
 
-    from . import callbacks, distribute, engine, losses, models, pipeline
+    from . import callbacks, distribute, engine, losses, models, pipeline, tensorboard_log
 
     fold_dir = run.fold_dir(k)
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +182,9 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
         val_ds = pipeline.eval_dataset(val.paths, cfg, batch_size=cfg["predict"]["batch_size"])
         fold_callbacks = callbacks.fold_callbacks(fold_dir, built.model, lambda: predict_probs(val_ds), val.labels,
                                                   classes, groups, cfg["train"]["checkpoint"], optimizer)
+        fold_callbacks.insert(1, tensorboard_log.TensorBoardLogger(
+            fold_dir / "tensorboard", images=lambda: sample_batch(cfg, train, seed, global_batch),
+            class_names=classes, optimizer=optimizer))
     log.info("fold %d/%d: %d training, %d validation images, %d steps/epoch of %d, %s at %d px, %d replica(s)",
              k, cfg["train"]["folds"] - 1, len(train), len(val), steps, global_batch, cfg["model"]["backbone"],
              cfg["input"]["size"], strategy.num_replicas_in_sync)
@@ -191,6 +194,21 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     if chief:
         finish_fold(cfg, run, k, val, classes, groups, started)
     distribute.barrier(strategy)
+
+
+def sample_batch(cfg: dict, train: dataset.LabelTable, seed: int, batch_size: int):
+    """One batch of what the model sees, for TensorBoard: a few of the fold's training images through the
+    fold's own augmentation and mixing (a small sample, so the preview decodes a handful of files)."""
+    from . import pipeline
+
+    pick = np.random.default_rng(seed).permutation(len(train))[:4 * batch_size]
+    sample = train.subset(np.sort(pick))
+    options = augment_options(cfg, sample, seed)
+    if options.get("minority") is not None and not 0 < options["minority"].sum() < len(sample):
+        options["minority_share"] = None  # the sample lacks one group: show the strategy without oversampling
+    ds = pipeline.train_dataset(sample.paths, sample.labels, cfg, seed=seed, batch_size=min(batch_size, len(sample)),
+                                mixer=make_mixer(cfg, seed), **options)
+    return next(iter(ds))
 
 
 def finish_fold(cfg: dict, run: runs.Run, k: int, val: dataset.LabelTable, classes, groups, started: float) -> None:

@@ -44,6 +44,7 @@ def test_demo_run_directory_describes_itself(demo_run):
         history = pd.read_csv(run / f"fold{k}" / "history.csv")
         assert list(history.epoch) == [1, 2] and "val_mAP" in history
         assert (run / f"fold{k}" / "model.keras").is_file() and (run / f"fold{k}" / "done.json").is_file()
+        assert list((run / f"fold{k}" / "tensorboard").glob("events.out.tfevents.*"))  # scalars + one augmented batch
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["folds"]) >= {"mAP", "mAUC", "mF1"} and 0 <= metrics["oof"]["mAP"] <= 1
 
