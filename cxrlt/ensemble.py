@@ -189,9 +189,11 @@ def load_oof(run_list: list[runs.Run]):
     table, first = runs.oof_with_labels(run_list[0])
     preds = [first]
     for run in run_list[1:]:
-        ids, probs = runs.read_predictions(run.oof_csv, run_list[0].classes()) if run.oof_csv.exists() else (None, None)
-        if ids is None:
-            runs.oof_with_labels(run)  # raises the clear 'no oof.csv' error
+        if not run.oof_csv.exists():
+            runs.oof_with_labels(run)  # raises the clear 'no oof.csv (k of K folds finished)' error
+        ids, probs = runs.read_predictions(run.oof_csv, run_list[0].classes())
+        if len(ids) != len(table) or set(ids) != set(table.ids):
+            raise runs.RunError(f"{run.oof_csv} and {run_list[0].oof_csv} cover different images")
         position = pd.Series(np.arange(len(ids)), index=ids)
         preds.append(probs[position.loc[table.ids].to_numpy()])
     return table, preds

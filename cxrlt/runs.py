@@ -36,6 +36,9 @@ class RunError(ValueError):
 class Run:
     root: Path
 
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))  # accept a str too
+
     @property
     def config_path(self) -> Path:
         return self.root / "config.yaml"

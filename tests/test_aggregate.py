@@ -72,3 +72,19 @@ def test_measured_on_a_real_runs_oof_predictions(demo_run, tmp_path, capsys):
     pooled = aggregate.aggregate(probs, table.studies, "mean")
     frame = pd.DataFrame(pooled).assign(study=table.studies)
     assert (frame.groupby("study").nunique() == 1).all().all()
+
+
+def test_predict_option_pools_a_runs_test_predictions(demo_run, capsys):
+    """predict --study-aggregation max: every image of a study gets the study's maximum (cached fold predictions)."""
+    from cxrlt import predict
+
+    root, _, _ = demo_run
+    run = runs.Run(root / "runs" / "demo")
+    assert predict.main(["--run", str(run.root), "--study-aggregation", "max"]) == 0
+    assert "at per-class thresholds" in capsys.readouterr().out
+    pooled = pd.read_csv(run.root / "predictions" / "test.study_max.csv", dtype={"id": str})
+    test = pd.read_csv(root / "data" / "test.csv", dtype={"dicom_id": str, "study_id": str})
+    merged = pooled.merge(test[["dicom_id", "study_id"]], left_on="id", right_on="dicom_id")
+    assert len(merged) == len(test)
+    assert (merged.groupby("study_id")[list(run.classes())].nunique() == 1).all().all()
+    assert merged.study_id.duplicated().any()  # some study really has two images
