@@ -28,112 +28,9 @@ import pandas as pd
 import yaml
 
 from . import aggregate, atomic, classes as cls, cli, config, metrics, runs, thresholds as thr
+from .combine import METHODS, combine, fit_weights, weights_of
 
 log = logging.getLogger("cxrlt.ensemble")
-
-METHODS = ("mean", "rank", "logit")
-EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before taking logits
-
-
-# ----------------------------------------------------------------------------- combining predictions
-
-def _weights(n: int, weights=None) -> np.ndarray:
-    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise runs.RunError(f"weights: need {n} non-negative numbers (one per run) with a positive sum, got {weights}")
-    return w / w.sum()
-
-
-def mean_average(preds, weights=None) -> np.ndarray:
-    """Weighted mean of probabilities: seed 002's rule and the default."""
-    w = _weights(len(preds), weights)
-    return sum(wi * np.asarray(p, np.float64) for wi, p in zip(w, preds))
-
-
-def logit_average(preds, weights=None) -> np.ndarray:
-    """sigmoid of the weighted mean logit: a weighted geometric mean of the odds; confident runs count more."""
-    w = _weights(len(preds), weights)
-    z = sum(wi * _logit(p) for wi, p in zip(w, preds))
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def _logit(p) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), EPS, 1 - EPS)
-    return np.log(p) - np.log1p(-p)
-
-
-def rank_average(preds, weights=None) -> np.ndarray:
-    """Weighted mean of per-class normalised ranks, put back on the probability scale.
-
-    Ranks make runs with differently calibrated outputs count equally. Raw mean ranks would sit
-    near 0.5 for half the images, which ruins F1 at 0.5 (how CodaLab scores mF1), so each class's
-    ranking is given the values of the probability mean (its sorted values, assigned in rank order;
-    tied ranks share their mean): the ordering, hence AP and AUC, is the rank average's, the
-    value distribution is the mean ensemble's.
-    """
-    from scipy.stats import rankdata
-
-    w = _weights(len(preds), weights)
-    n = len(preds[0])
-    scale = max(n - 1, 1)
-    ranks = sum(wi * (rankdata(np.asarray(p, np.float64), axis=0) - 1) / scale for wi, p in zip(w, preds))
-    values = np.sort(mean_average(preds, w), axis=0)
-    out = np.empty_like(values)
-    for j in range(values.shape[1]):
-        order = np.argsort(ranks[:, j], kind="stable")
-        column = np.empty(n)
-        column[order] = values[:, j]
-        _, tie = np.unique(ranks[:, j], return_inverse=True)
-        out[:, j] = (np.bincount(tie, column) / np.bincount(tie))[tie]
-    return out
-
-
-COMBINE = {"mean": mean_average, "rank": rank_average, "logit": logit_average}
-
-
-def combine(preds, weights=None, method: str = "mean") -> np.ndarray:
-    if method not in COMBINE:
-        raise config.ConfigError(f"ensemble method must be one of {list(METHODS)}, got {method!r}")
-    if len({np.shape(p) for p in preds}) != 1:
-        raise runs.RunError(f"predictions to combine have different shapes: {[np.shape(p) for p in preds]}")
-    return COMBINE[method](preds, weights)
-
-
-def mean_ap(labels, probs) -> float:
-    """Macro AP over the classes that have positives and negatives (as metrics.evaluate scores it)."""
-    labels = np.asarray(labels)
-    aps = [metrics.average_precision(labels[:, j], probs[:, j]) for j in range(labels.shape[1])
-           if 0 < labels[:, j].sum() < len(labels)]
-    return float(np.mean(aps)) if aps else float("nan")
-
-
-def fit_weights(preds, labels, method: str = "mean", rounds: int = 20) -> tuple[np.ndarray, dict]:
-    """Run weights maximising OOF mAP by greedy ensemble selection with replacement (Caruana et al. 2004).
-
-    Start from the best single run; each round adds one more copy of the run that gives the best
-    mAP; the best bag seen wins. Weights are multiples of 1/(size of the bag). Because the best
-    single run is the starting bag, the fitted mAP is never below it on the data it was fitted on
-    (and being fitted there, it is optimistic).
-    """
-    singles = [mean_ap(labels, p) for p in preds]
-    counts = np.zeros(len(preds))
-    counts[int(np.argmax(singles))] = 1
-    best_counts, best = counts.copy(), max(singles)
-    for _ in range(rounds):
-        trials = []
-        for i in range(len(preds)):
-            trial = counts.copy()
-            trial[i] += 1
-            trials.append((mean_ap(labels, combine(preds, trial, method)), -i))
-        score, neg_i = max(trials)
-        counts[-neg_i] += 1
-        if score > best + 1e-12:
-            best, best_counts = score, counts.copy()
-    info = {"method": method, "rounds": rounds, "single_mAP": singles,
-            "equal_mAP": mean_ap(labels, combine(preds, None, method)), "fitted_mAP": best,
-            "weights": (best_counts / best_counts.sum()).tolist()}
-    return best_counts / best_counts.sum(), info
-
 
 # ----------------------------------------------------------------------------- runs and their OOF
 
@@ -224,7 +121,7 @@ def ensemble(run_list: list[runs.Run], test_csv: str | None, *, weights=None, me
         if len(tests) != 1 or None in tests:
             raise runs.RunError("the runs name different or no test lists (data.test_labels); pass --labels TEST.csv")
         test_csv = tests.pop()
-    weights = _weights(len(run_list), weights)
+    weights = weights_of(len(run_list), weights)
     table, preds = None, []
     for run, weight in zip(run_list, weights):
         table = predict.read_image_list(run, test_csv, image_root)
@@ -273,7 +170,7 @@ def validate_settings(s: dict) -> None:
 
 # ----------------------------------------------------------------------------- command line
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     from . import predict
 
     parser = argparse.ArgumentParser(prog="python -m cxrlt.ensemble", description=__doc__.split("\n")[0])
@@ -285,7 +182,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fit-weights", action="store_true", default=None,
                         help="fit run weights on OOF predictions to maximise OOF mAP (runs must share folds.csv)")
     parser.add_argument("--thresholds", help="none (default) | oof (tune on the ensemble's OOF) | path to a thresholds.json")
-    parser.add_argument("--study-aggregation", choices=aggregate.METHODS, help="pool scores over each study (default: the runs' predict.study_aggregation)")
+    parser.add_argument("--study-aggregation", choices=aggregate.METHODS,
+                        help="pool scores over each study (default: the runs' predict.study_aggregation)")
     parser.add_argument("--view-weights", nargs="+", metavar="VIEW=W", help="for view_mean, e.g. PA=1 AP=1 LATERAL=0.5 default=1")
     parser.add_argument("--labels", help="test image list CSV (default: the runs' data.test_labels)")
     parser.add_argument("--image-root", help="folder the test list's paths are relative to")
@@ -295,100 +193,122 @@ def main(argv=None) -> int:
     parser.add_argument("--no-zip", action="store_true")
     parser.add_argument("--check", type=Path, metavar="FILE", help="only validate an existing submission CSV/zip and exit")
     cli.add_common(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def settings_from(args) -> dict:
+    """defaults.yaml <- --config <- flags, validated."""
+    s = load_settings(args.config)
+    for key in ("runs", "method", "weights", "fit_weights", "thresholds", "study_aggregation", "out"):
+        if getattr(args, key) is not None:
+            s[key] = [str(p) for p in args.runs] if key == "runs" else getattr(args, key)
+    if args.weights is not None and args.fit_weights is None:
+        s["fit_weights"] = False  # explicit weights on the command line beat fit_weights in a config
+    if args.view_weights:
+        s["view_weights"] = aggregate.parse_view_weights(args.view_weights)
+    validate_settings(s)
+    return s
+
+
+def out_of_fold(run_list: list[runs.Run], s: dict, pooling: str, view_weights: dict) -> dict:
+    """Weights (given, equal or fitted), and the ensemble's OOF predictions when the runs allow them."""
+    oof = {"table": None, "probs": None, "why": None, "tuned": None}
+    if s["fit_weights"]:
+        check_shared_folds(run_list, "--fit-weights")
+    try:
+        oof["table"], preds = load_oof(run_list)
+    except runs.RunError as err:
+        if s["fit_weights"] or s["thresholds"] == "oof":
+            raise
+        oof["why"], preds = str(err), None
+    weights = s["weights"]
+    if s["fit_weights"]:
+        weights, info = fit_weights(preds, oof["table"].labels, s["method"], s["fit_rounds"])
+        print(f"fitted weights ({s['method']}, {info['rounds']} rounds of greedy ensemble selection on OOF mAP): "
+              + ", ".join(f"{r.root.name} {w:.3f}" for r, w in zip(run_list, weights)))
+        print("  OOF mAP: " + ", ".join(f"{r.root.name} {m:.4f}" for r, m in zip(run_list, info["single_mAP"]))
+              + f"; equal weights {info['equal_mAP']:.4f}; fitted {info['fitted_mAP']:.4f} "
+              "(fitted on these OOF predictions: optimistic)")
+    oof["weights"] = weights_of(len(run_list), weights)
+    if preds is not None:
+        table = oof["table"]
+        oof["probs"] = aggregate.aggregate(combine(preds, oof["weights"], s["method"]), table.studies, pooling,
+                                           views=table.views, view_weights=view_weights)
+        oof["tuned"] = np.asarray(thr.tune(table.labels, oof["probs"], table.classes)["thresholds"])
+    return oof
+
+
+def thresholds_to_apply(s: dict, oof: dict, classes) -> tuple[np.ndarray | None, str | None]:
+    """(thresholds to map to 0.5, where they come from), or (None, None) for CodaLab's plain 0.5."""
+    if s["thresholds"] == "oof":
+        return oof["tuned"], "tuned on the ensemble's OOF predictions"
+    if s["thresholds"] not in (None, "none"):
+        return thr.load(Path(s["thresholds"]), classes), str(s["thresholds"])
+    return None, None
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     cli.setup(args)
     with cli.errors():
-        from . import submission
+        from . import submission  # also makes SubmissionError a user error for cli.errors()
 
         if args.check:
             return check(args)
-        s = load_settings(args.config)
-        for key in ("runs", "method", "weights", "fit_weights", "thresholds", "study_aggregation", "out"):
-            if getattr(args, key) is not None:
-                s[key] = [str(p) for p in args.runs] if key == "runs" else getattr(args, key)
-        if args.weights is not None and args.fit_weights is None:
-            s["fit_weights"] = False
-        if args.view_weights:
-            s["view_weights"] = aggregate.parse_view_weights(args.view_weights)
-        validate_settings(s)
+        s = settings_from(args)
         run_list = [runs.Run(Path(p)) for p in s["runs"]] if s["runs"] else find_runs(args.runs_root)
         for run in run_list:
             run.config()  # fails clearly on a directory that is not a run
         check_same_classes(run_list)
         pooling, view_weights = study_settings(run_list, s["study_aggregation"], s["view_weights"])
+        oof = out_of_fold(run_list, s, pooling, view_weights)
+        apply, source = thresholds_to_apply(s, oof, run_list[0].classes())
 
-        # Out-of-fold predictions: fit weights, tune thresholds, score the ensemble (when the runs share folds).
-        oof_table, oof_preds, oof_why = None, None, None
-        if s["fit_weights"]:
-            check_shared_folds(run_list, "--fit-weights")
-        try:
-            oof_table, oof_preds = load_oof(run_list)
-        except runs.RunError as err:
-            oof_why = str(err)
-            if s["fit_weights"] or s["thresholds"] == "oof":
-                raise
-        weights = s["weights"]
-        if s["fit_weights"]:
-            weights, info = fit_weights(oof_preds, oof_table.labels, s["method"], s["fit_rounds"])
-            print(f"fitted weights ({s['method']}, {info['rounds']} rounds of greedy ensemble selection on OOF mAP): "
-                  + ", ".join(f"{r.root.name} {w:.3f}" for r, w in zip(run_list, weights)))
-            print("  OOF mAP: " + ", ".join(f"{r.root.name} {m:.4f}" for r, m in zip(run_list, info["single_mAP"]))
-                  + f"; equal weights {info['equal_mAP']:.4f}; fitted {info['fitted_mAP']:.4f} "
-                  "(fitted on these OOF predictions: optimistic)")
-        weights = _weights(len(run_list), weights)
-
-        tuned, thresholds_from = None, None
-        oof_probs = None
-        if oof_preds is not None:
-            oof_probs = aggregate.aggregate(combine(oof_preds, weights, s["method"]), oof_table.studies, pooling,
-                                            views=oof_table.views, view_weights=view_weights)
-            tuned = np.asarray(thr.tune(oof_table.labels, oof_probs, oof_table.classes)["thresholds"])
-        if s["thresholds"] == "oof":
-            apply, thresholds_from = tuned, "tuned on the ensemble's OOF predictions"
-        elif s["thresholds"] not in (None, "none"):
-            apply = thr.load(Path(s["thresholds"]), run_list[0].classes())
-            thresholds_from = str(s["thresholds"])
-        else:
-            apply = None
-        report_t = apply if apply is not None else tuned
-
-        table, probs = ensemble(run_list, args.labels, weights=weights, method=s["method"],
+        table, probs = ensemble(run_list, args.labels, weights=oof["weights"], method=s["method"],
                                 image_root=args.image_root, tta=args.tta)
         probs = aggregate.aggregate(probs, table.studies, pooling, views=table.views, view_weights=view_weights)
-        submitted = probs if apply is None else thr.to_half(probs, apply)
         order = submission_order(table.classes)
         idx = [list(table.classes).index(c) for c in order]
+        submitted = probs if apply is None else thr.to_half(probs, apply)
         out = Path(s["out"]) if s["out"] else Path("submissions") / ("+".join(run.root.name for run in run_list) + ".csv")
         csv_path, zip_path = submission.write_submission(out, table.ids, submitted[:, idx], classes=order,
                                                          id_column=args.id_column, expected_ids=table.ids,
                                                          make_zip=not args.no_zip)
         print(f"wrote {csv_path}" + (f" and {zip_path}" if zip_path else "")
               + f": {len(table)} images x {len(order)} classes from {len(run_list)} run(s); method {s['method']}, "
-              f"weights {[round(float(w), 3) for w in weights]}, study aggregation {pooling}, "
-              + (f"thresholds mapped to 0.5 ({thresholds_from})" if apply is not None else "no threshold map"))
-        groups = run_list[0].groups()
-        if oof_probs is not None:
-            result = metrics.evaluate(oof_table.labels, oof_probs, list(oof_table.classes), groups=groups)
-            source = f" from {thresholds_from}" if thresholds_from and s["thresholds"] != "oof" else " tuned on this OOF (optimistic)"
-            print(f"OOF  mAP {result['mAP']:.4f}  mAUC {result['mAUC']:.4f}  "
-                  + thr.mf1_line(oof_table.labels, oof_probs, oof_table.classes, report_t, where=source))
-        else:
-            log.info("no out-of-fold scores for this ensemble: %s", oof_why)
+              f"weights {[round(float(w), 3) for w in oof['weights']]}, study aggregation {pooling}, "
+              + (f"thresholds mapped to 0.5 ({source})" if apply is not None else "no threshold map"))
+        report_t = apply if apply is not None else oof["tuned"]
+        report_oof(oof, report_t, run_list[0].groups(), source if s["thresholds"] not in ("oof", None, "none") else None)
         if table.has_labels:
-            labels = table.labels[:, idx]
-            raw = probs[:, idx]
-            result = metrics.evaluate(labels, raw, order, groups=groups)
-            t_order = None if report_t is None else np.asarray(report_t)[idx]
-            if t_order is not None:
-                result["mF1_tuned"] = metrics.evaluate(labels, raw, order, thresholds=t_order)["mF1"]
-                result["thresholds"] = dict(zip(order, t_order.tolist()))
-            atomic.write_json(Path(csv_path).with_suffix(".metrics.json"), result)
-            print(metrics.format_report(result, title=f"{Path(table.source).name} (ensemble, TTA)"))
-            tuned_text = ("n/a (no OOF predictions to tune thresholds on)" if t_order is None
-                          else f"{result['mF1_tuned']:.4f}")
-            print(f"TEST mAP {result['mAP']:.4f}  mAUC {result['mAUC']:.4f}  mF1 at 0.5 {result['mF1']:.4f}  |  "
-                  f"at OOF-tuned thresholds {tuned_text}   (prevalence baseline mAP {result['prevalence_baseline_mAP']:.4f})")
+            report_test(table, probs, idx, order, report_t, run_list[0].groups(), Path(csv_path))
     return 0
+
+
+def report_oof(oof: dict, t, groups: dict, source: str | None) -> None:
+    if oof["probs"] is None:
+        log.info("no out-of-fold scores for this ensemble: %s", oof["why"])
+        return
+    table = oof["table"]
+    result = metrics.evaluate(table.labels, oof["probs"], list(table.classes), groups=groups)
+    where = f" from {source}" if source else " tuned on this OOF (optimistic)"
+    print(f"OOF  mAP {result['mAP']:.4f}  mAUC {result['mAUC']:.4f}  "
+          + thr.mf1_line(table.labels, oof["probs"], table.classes, t, where=where))
+
+
+def report_test(table, probs, idx, order, t, groups: dict, csv_path: Path) -> None:
+    """Score a labelled test list: per-class table, mF1 at 0.5 and at the OOF-tuned thresholds; JSON beside the CSV."""
+    labels, raw = table.labels[:, idx], probs[:, idx]
+    result = metrics.evaluate(labels, raw, order, groups=groups)
+    t_order = None if t is None else np.asarray(t)[idx]
+    if t_order is not None:
+        result["mF1_tuned"] = metrics.evaluate(labels, raw, order, thresholds=t_order)["mF1"]
+        result["thresholds"] = dict(zip(order, t_order.tolist()))
+    atomic.write_json(csv_path.with_suffix(".metrics.json"), result)
+    print(metrics.format_report(result, title=f"{Path(table.source).name} (ensemble, TTA)"))
+    tuned = "n/a (no OOF predictions to tune thresholds on)" if t_order is None else f"{result['mF1_tuned']:.4f}"
+    print(f"TEST mAP {result['mAP']:.4f}  mAUC {result['mAUC']:.4f}  mF1 at 0.5 {result['mF1']:.4f}  |  "
+          f"at OOF-tuned thresholds {tuned}   (prevalence baseline mAP {result['prevalence_baseline_mAP']:.4f})")
 
 
 def check(args) -> int:
