@@ -28,7 +28,7 @@ def defaults() -> dict:
 
 
 # Settings whose value is a free-form mapping (checked by the component that takes them).
-FREEFORM = {"loss.params"}
+FREEFORM = {"loss.params", "predict.view_weights"}
 # Settings whose default is null, and the type a value must have.
 NULLABLE = {"name": str, "data.labels": str, "data.image_root": str, "data.test_labels": str,
             "data.test_image_root": str, "train.steps_per_epoch": int}
@@ -173,6 +173,9 @@ def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
 
 def validate(cfg: dict) -> None:
     """Impossible combinations fail here, before any TensorFlow work."""
+    from .aggregate import check_method  # noqa: PLC0415 - aggregate imports this module
+
+    check_method(cfg["predict"]["study_aggregation"])
     t = cfg["train"]
     if t["folds"] < 2:
         raise ConfigError(f"train.folds must be >= 2 (K-fold), got {t['folds']}")

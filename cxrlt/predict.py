@@ -1,11 +1,14 @@
 """Inference: stream an image list through every fold model of a run with test-time augmentation.
 
     python -m cxrlt.predict --run runs/effv2s_768 --labels test.csv [--tta identity hflip]
+                            [--study-aggregation none|mean|max|view_mean]
 
 Per-fold predictions are cached under runs/<name>/predictions/, so an interrupted prediction
 resumes at the next unfinished fold and a second ensemble of the same run costs nothing.
-Memory is flat in the number of images: images stream through tf.data, only the [N, C]
-probability matrix is kept.
+Memory is flat in the number of images: images stream through tf.data in batches and only the
+[N, C] probability matrix is kept (preallocated), so the 75,492-image CXR-LT test list costs
+~8 MB of scores. One progress bar per phase (all the folds of a run that still need predicting);
+plain log lines instead when the output is not a terminal.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from .progress import Progress  # the shared bar; predict.Progress keeps working
 
 log = logging.getLogger(__name__)
 
+# Test-time views, averaged per image. Only views that give a plausible radiograph: seed 002 uses the
+# horizontal flip; vertical flips and rotations by 90 degrees produce images no scanner makes.
 TTA = {
     "identity": lambda x: x,
     "hflip": lambda x: tf.reverse(x, axis=[2]),
@@ -31,8 +36,15 @@ TTA = {
 
 
 def predict_images(model, paths, cfg: dict, *, tta=("identity", "hflip"), batch_size: int | None = None,
-                   label: str = "predict") -> np.ndarray:
-    """Mean probability over the TTA views, [N, C] in file-list order."""
+                   label: str = "predict", progress: "Progress | None" = None) -> np.ndarray:
+    """Mean probability over the TTA views, [N, C] float32 in file-list order.
+
+    Batches stream from tf.data into a preallocated [N, C] array: memory does not grow with N
+    beyond that array. `progress` lets a caller show one bar for several calls (one phase).
+    """
+    unknown = [name for name in tta if name not in TTA]
+    if unknown or not tta:
+        raise ValueError(f"unknown TTA views {unknown}; choose from {sorted(TTA)}")
     batch_size = batch_size or cfg["predict"]["batch_size"]
     ds = pipeline.eval_dataset(paths, cfg, batch_size=batch_size)
     views = [TTA[name] for name in tta]
@@ -41,12 +53,22 @@ def predict_images(model, paths, cfg: dict, *, tta=("identity", "hflip"), batch_
     def step(images):
         return tf.add_n([tf.cast(model(view(images), training=False), tf.float32) for view in views]) / len(views)
 
-    out = []
-    with Progress(len(paths), label) as bar:
+    out = np.empty((len(paths), model.outputs[0].shape[-1]), np.float32)
+    own_bar = progress is None
+    bar = Progress(len(paths), label) if own_bar else progress
+    filled = 0
+    try:
         for images in ds:
-            out.append(step(images).numpy())
-            bar.add(int(images.shape[0]))
-    return np.concatenate(out) if out else np.zeros((0, model.outputs[0].shape[-1]), np.float32)
+            probs = step(images).numpy()
+            out[filled:filled + len(probs)] = probs
+            filled += len(probs)
+            bar.add(len(probs))
+    finally:
+        if own_bar:
+            bar.close()
+    if filled != len(paths):
+        raise RuntimeError(f"{label}: the input pipeline yielded {filled} images for a list of {len(paths)}")
+    return out
 
 
 def _cache_key(run: runs.Run, table: dataset.LabelTable, tta, folds) -> str:
@@ -69,20 +91,24 @@ def predict_run(run: runs.Run, table: dataset.LabelTable, *, tta=None, batch_siz
         raise runs.RunError(f"{run.root}: no finished fold to predict with; train first")
     classes = run.classes()
     cache = run.root / "predictions" / _cache_key(run, table, tta, folds)
+    todo = [k for k in folds if not (cache / f"fold{k}.csv").exists()]
+    bar = Progress(len(todo) * len(table), f"{run.root.name}: {len(todo)} fold(s) x {len(tta)} TTA view(s)") if todo else None
     total = np.zeros((len(table), len(classes)), np.float64)
     for k in folds:
         fold_file = cache / f"fold{k}.csv"
-        if fold_file.exists():
-            ids, probs = runs.read_predictions(fold_file, classes)
-        else:
+        if k in todo:
             model = models.load(run.model_path(k), num_classes=len(classes))
-            probs = predict_images(model, table.paths, cfg, tta=tta, batch_size=batch_size,
-                                   label=f"{run.root.name} fold {k}")
+            probs = predict_images(model, table.paths, cfg, tta=tta, batch_size=batch_size, progress=bar)
             runs.write_predictions(fold_file, table.ids, probs, classes)
             ids = table.ids
+            del model
+        else:
+            ids, probs = runs.read_predictions(fold_file, classes)
         if not np.array_equal(ids, table.ids):
             raise runs.RunError(f"{fold_file}: cached ids do not match {table.source}; delete {cache}")
         total += probs
+    if bar is not None:
+        bar.close()
     return (total / len(folds)).astype(np.float32)
 
 
@@ -96,13 +122,15 @@ def read_image_list(run: runs.Run, path, image_root=None) -> dataset.LabelTable:
 
 
 def main(argv=None) -> int:
-    from . import cli, metrics
+    from . import aggregate, cli, metrics, thresholds as thr
 
     parser = argparse.ArgumentParser(prog="python -m cxrlt.predict", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, type=Path, help="run directory (runs/<name>)")
     parser.add_argument("--labels", help="image list CSV (default: the run's data.test_labels)")
     parser.add_argument("--image-root", help="folder the list's paths are relative to")
     parser.add_argument("--tta", nargs="+", choices=sorted(TTA), help="TTA views (default: the run's predict.tta)")
+    parser.add_argument("--study-aggregation", choices=aggregate.METHODS,
+                        help="pool scores over each study (default: the run's predict.study_aggregation)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--out", type=Path, help="CSV to write (default: <run>/predictions/<list>.csv)")
     cli.add_common(parser)
@@ -111,17 +139,26 @@ def main(argv=None) -> int:
     with cli.errors():
         run = runs.Run(args.run)
         cfg = run.config()
+        pooling = aggregate.check_method(args.study_aggregation or cfg["predict"].get("study_aggregation", "none"))
         labels = args.labels or cfg["data"]["test_labels"]
         if labels is None:
             raise runs.RunError("no image list: pass --labels LIST.csv")
         table = read_image_list(run, labels, args.image_root)
         probs = predict_run(run, table, tta=args.tta, batch_size=args.batch_size)
-        out = args.out or run.root / "predictions" / f"{table.source.stem}.csv"
+        probs = aggregate.aggregate(probs, table.studies, pooling, views=table.views,
+                                    view_weights=cfg["predict"].get("view_weights"))
+        suffix = "" if pooling == "none" else f".study_{pooling}"
+        out = args.out or run.root / "predictions" / f"{table.source.stem}{suffix}.csv"
         runs.write_predictions(out, table.ids, probs, table.classes)
-        print(f"wrote {out} ({len(table)} images x {len(table.classes)} classes)")
+        print(f"wrote {out} ({len(table)} images x {len(table.classes)} classes, study aggregation {pooling})")
         if table.has_labels:
             print(metrics.format_report(metrics.evaluate(table.labels, probs, list(table.classes),
                                                           groups=run.groups()), title=f"{table.source.name}"))
+            t, source = thr.for_run(run)
+            if t is None:
+                print(f"mF1 at 0.5 only: per-class thresholds need OOF predictions ({source})")
+            else:
+                print(thr.mf1_line(table.labels, probs, table.classes, t, where=f" ({source})"))
     return 0
 
 

@@ -7,12 +7,17 @@ runs/<name>/
   fold<k>/history.csv  one row per epoch; fold<k>/backup/ mid-training state (BackupAndRestore)
   fold<k>/oof.csv      the fold's validation predictions (TTA); fold<k>/done.json marks it finished
   oof.csv, metrics.json   out-of-fold predictions of all folds and their scores
+  thresholds.json      per-class F1 thresholds tuned on oof.csv (cxrlt.thresholds)
   predictions/         cached test-set predictions per image list
+
+    python -m cxrlt.runs [ROOT] [--json]     # every run under ROOT (default runs/) with its scores
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +36,9 @@ class RunError(ValueError):
 class Run:
     root: Path
 
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))  # accept a str too
+
     @property
     def config_path(self) -> Path:
         return self.root / "config.yaml"
@@ -46,6 +54,10 @@ class Run:
     @property
     def metrics_json(self) -> Path:
         return self.root / "metrics.json"
+
+    @property
+    def thresholds_json(self) -> Path:
+        return self.root / "thresholds.json"
 
     @property
     def classes_json(self) -> Path:
@@ -97,5 +109,118 @@ def read_predictions(path: Path, classes) -> tuple[np.ndarray, np.ndarray]:
     return frame["id"].to_numpy(), frame[list(classes)].to_numpy(dtype=np.float32)
 
 
+def oof_with_labels(run: Run):
+    """(label table in oof.csv's row order, OOF probabilities [N, C]) of a run whose folds are all done.
+
+    The labels (and study ids, views) come from the run's own training CSV (config data.labels).
+    """
+    from . import dataset
+
+    if not run.oof_csv.exists():
+        done, k = len(run.finished_folds()), run.config()["train"]["folds"]
+        raise RunError(f"{run.root}: no oof.csv ({done} of {k} folds finished; it is assembled when all are)")
+    d = run.config()["data"]
+    table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=list(run.classes()),
+                                uncertain=d["uncertain"], allow_outside_root=True)
+    ids, probs = read_predictions(run.oof_csv, run.classes())
+    position = {image_id: i for i, image_id in enumerate(table.ids)}
+    missing = [i for i in ids if i not in position]
+    if missing or len(ids) != len(table):
+        raise RunError(f"{run.oof_csv} does not match its training list {d['labels']} ({len(ids)} vs {len(table)} rows, "
+                       f"{len(missing)} unknown ids, e.g. {missing[:3]}); was the CSV changed after training?")
+    return table.subset([position[i] for i in ids]), probs
+
+
 def mark_done(run: Run, k: int, info: dict) -> None:
     atomic.write_text(run.done_path(k), json.dumps(info, indent=2, default=str))
+
+
+def find(root: Path) -> list[Run]:
+    """`root` itself if it is a run, else every run directory directly below it (sorted by name)."""
+    root = Path(root)
+    if (root / "config.yaml").is_file():
+        return [Run(root)]
+    return [Run(p.parent) for p in sorted(root.glob("*/config.yaml"))]
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return None
+
+
+def describe(run: Run) -> dict:
+    """One row of the run listing: what the run is, how far it got, and its scores (None where absent)."""
+    from . import metrics
+
+    row = {"name": run.root.name, "path": str(run.root), "backbone": None, "size": None, "folds_done": 0,
+           "folds": None, "oof": None, "per_fold": None, "error": None}
+    try:
+        cfg = run.config()
+        row.update(backbone=cfg["model"]["backbone"], size=cfg["input"]["size"], folds=cfg["train"]["folds"])
+        done = run.finished_folds()
+    except (RunError, ValueError, KeyError, TypeError, yaml.YAMLError) as err:
+        row["error"] = f"unreadable run: {err}"
+        return row
+    row["folds_done"] = len(done)
+    fold_results = [r for r in (_json(run.fold_dir(k) / "metrics.json") for k in done) if r]
+    if fold_results:
+        row["per_fold"] = metrics.summarize_folds(fold_results)
+    summary = _json(run.metrics_json)
+    if summary and "oof" in summary:
+        oof = summary["oof"]
+        row["oof"] = {"mAP": oof.get("mAP"), "mAUC": oof.get("mAUC"), "mF1": oof.get("mF1"),
+                      "mF1_tuned": (_json(run.thresholds_json) or {}).get("mF1_tuned")}
+    return row
+
+
+def _f(value, width: int = 7) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.4f}"
+
+
+def _pm(stats) -> str:
+    return f"{'-':>15}" if not stats else f"{stats['mean']:.4f} +- {stats['std']:.4f}".rjust(15)
+
+
+def format_table(rows: list[dict]) -> str:
+    """Runs as a fixed-width table: OOF scores over every training image, then per-fold mean +- std."""
+    head = (f"{'run':<28}{'backbone':<18}{'size':>5}{'folds':>7}  {'OOF mAP':>7} {'mAUC':>7} {'mF1':>7} {'mF1@t':>7}"
+            f"  {'fold mAP':>15} {'fold mAUC':>15} {'fold mF1':>15}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r["error"]:
+            lines.append(f"{r['name'][:27]:<28}{r['error']}")
+            continue
+        oof, pf = r["oof"] or {}, r["per_fold"] or {}
+        folds = f"{r['folds_done']}/{r['folds']}"
+        lines.append(f"{r['name'][:27]:<28}{str(r['backbone'])[:17]:<18}{r['size']:>5}{folds:>7}  "
+                     f"{_f(oof.get('mAP'))} {_f(oof.get('mAUC'))} {_f(oof.get('mF1'))} {_f(oof.get('mF1_tuned'))}"
+                     f"  {_pm(pf.get('mAP'))} {_pm(pf.get('mAUC'))} {_pm(pf.get('mF1'))}")
+    lines.append("OOF: out-of-fold predictions of every training image (once all folds are done); mF1 at 0.5, "
+                 "mF1@t at per-class thresholds tuned on the same OOF (optimistic). fold: mean +- std (ddof 0) "
+                 "over finished folds.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cxrlt.runs", description="List cxrlt runs with their scores.")
+    parser.add_argument("root", nargs="?", type=Path, default=Path("runs"), help="a runs folder or one run (default: runs)")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    args = parser.parse_args(argv)
+    if not args.root.is_dir():
+        print(f"error: {args.root} is not a folder; pass the folder your runs are in (train --out, default runs/)",
+              file=sys.stderr)
+        return 2
+    rows = [describe(run) for run in find(args.root)]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    elif not rows:
+        print(f"no runs under {args.root} (a run is a folder with config.yaml, made by python -m cxrlt.train)")
+    else:
+        print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,7 +28,8 @@ NO_DATA = (
     "(or set data.labels in a config). " + dataset.CXRLT_HELP
 )
 # Settings that may change between invocations of one run without making it another run.
-RESUMABLE_CHANGES = ("train.fold", "train.verbose", "distribute.", "predict.batch_size", "data.demo_dir", "data.check_images")
+RESUMABLE_CHANGES = ("train.fold", "train.verbose", "distribute.", "predict.batch_size", "predict.study_aggregation",
+                     "predict.view_weights", "ensemble.", "data.demo_dir", "data.check_images")
 
 
 def resolve_data(cfg: dict) -> dataset.LabelTable:
@@ -229,7 +230,9 @@ def finish_fold(cfg: dict, run: runs.Run, k: int, val: dataset.LabelTable, class
 
 
 def summarize(run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray) -> dict | None:
-    """Assemble the OOF predictions of all folds and score them, once every fold is done."""
+    """Assemble the OOF predictions of all folds, score them and tune per-class thresholds, once every fold is done."""
+    from . import thresholds
+
     k = run.config()["train"]["folds"]
     if len(run.finished_folds()) < k:
         return None
@@ -245,8 +248,12 @@ def summarize(run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray) -> 
         raise runs.RunError(f"{run.root}: out-of-fold predictions do not cover every training image")
     runs.write_predictions(run.oof_csv, table.ids, oof, classes, extra={"fold": fold_of})
     result = metrics.evaluate(table.labels, oof, classes, groups=run.groups())
+    tuned = thresholds.tune(table.labels, oof, classes)  # per-class F1 thresholds (issue 4, G34)
+    thresholds.save(run.thresholds_json, tuned)
     summary = {"oof": result, "folds": metrics.summarize_folds(fold_results),
-               "per_fold": [{key: r[key] for key in ("mAP", "mAUC", "mF1")} for r in fold_results]}
+               "per_fold": [{key: r[key] for key in ("mAP", "mAUC", "mF1")} for r in fold_results],
+               "oof_tuned_thresholds": {"mF1": tuned["mF1_tuned"], "file": run.thresholds_json.name,
+                                        "note": tuned["note"]}}
     atomic.write_json(run.metrics_json, summary)
     return summary
 
@@ -256,8 +263,24 @@ def print_summary(run: runs.Run, summary: dict) -> None:
     print(metrics.format_report(oof, title=f"{run.root.name}: out-of-fold (every training image, TTA)"))
     for key, stats in summary["folds"].items():
         print(f"  per-fold {key}: mean {stats['mean']:.4f}  std {stats['std']:.4f}  median {stats['median']:.4f}")
-    print(f"OOF  mAP {oof['mAP']:.4f}  mAUC {oof['mAUC']:.4f}  mF1 {oof['mF1']:.4f}   "
+    tuned = (summary.get("oof_tuned_thresholds") or {}).get("mF1")
+    print(f"OOF  mAP {oof['mAP']:.4f}  mAUC {oof['mAUC']:.4f}  mF1 at 0.5 {oof['mF1']:.4f}  |  at per-class thresholds "
+          f"tuned on this OOF {'n/a' if tuned is None else f'{tuned:.4f}'} (optimistic; {run.thresholds_json.name})   "
           f"(prevalence baseline mAP {oof['prevalence_baseline_mAP']:.4f})")
+
+
+def refuse_ensemble_config(path) -> None:
+    """configs/08-10 describe ensembles of trained runs; training one would silently train the defaults."""
+    if path and Path(path).is_file():
+        import yaml
+
+        try:
+            sections = set(yaml.safe_load(Path(path).read_text()) or {})
+        except yaml.YAMLError:
+            return  # config.load names the YAML error
+        if sections and sections <= {"ensemble", "name"}:
+            raise config.ConfigError(f"{path} is an ensemble config (only an 'ensemble:' section): run it with "
+                                     f"python -m cxrlt.ensemble --config {path}")
 
 
 def main(argv=None) -> int:
@@ -268,6 +291,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cli.setup(args)
     with cli.errors():
+        refuse_ensemble_config(args.config)
         cfg = config.from_args(args)
         from . import distribute
 

@@ -146,3 +146,19 @@ def test_a_run_saved_before_a_setting_existed_is_not_another_config():
     del old["data"]["skip_bad"], old["data"]["check_images"]  # as written by an older cxrlt
     assert config.diff(old, current) == []
     assert config.diff(old, _parse("--skip-bad")) == ["data.skip_bad: False -> True"]
+
+
+def test_train_refuses_an_ensemble_config(capsys):
+    from cxrlt import train
+
+    from .conftest import REPO
+
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--config", str(REPO / "configs" / "08_ensemble_5_6.yaml")])
+    assert exc.value.code == 2
+    assert "python -m cxrlt.ensemble --config" in capsys.readouterr().err
+
+
+def test_a_bad_study_aggregation_fails_at_config_time():
+    with pytest.raises(config.ConfigError, match="study aggregation must be one of"):
+        config.load(overrides={"predict": {"study_aggregation": "median"}})

@@ -1,0 +1,70 @@
+"""Combination rules on NumPy arrays: mean, rank and logit averaging, and weights fitted on OOF."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from cxrlt import combine, runs
+
+
+def _preds(seed, n=60, c=4, k=3):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, c)) < rng.uniform(0.1, 0.5, c)).astype(float)
+    y[0], y[1] = 1, 0  # every class has positives and negatives
+    preds = [np.clip(0.3 * y + rng.random((n, c)) * rng.uniform(0.3, 1.0), 0, 1) for _ in range(k)]
+    return y, preds
+
+
+def test_mean_is_the_weighted_probability_average():
+    _, (a, b, _) = _preds(0)
+    assert np.allclose(combine.combine([a, b]), (a + b) / 2)
+    assert np.allclose(combine.combine([a, b], [3, 1]), 0.75 * a + 0.25 * b)
+    assert np.allclose(combine.combine([a, b], [1, 0]), a)
+    for bad in ([1], [1, -1], [0, 0], [1, np.nan]):
+        with pytest.raises(runs.RunError, match="non-negative"):
+            combine.combine([a, b], bad)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000))
+def test_rank_averaging_properties(seed):
+    y, (a, b, c) = _preds(seed)
+    out = combine.combine([a, b, c], method="rank")
+    assert out.shape == a.shape and np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    # One run: its own ranking and values.
+    assert np.allclose(combine.combine([a], method="rank"), a)
+    # Only ranks count: a monotone transform of one run leaves the combined ranking (hence AP, AUC) unchanged.
+    warped = combine.combine([a ** 3, b, np.sqrt(c)], method="rank")
+    for j in range(a.shape[1]):
+        assert np.array_equal(np.argsort(warped[:, j], kind="stable"), np.argsort(out[:, j], kind="stable"))
+    # The values are the probability mean's, reassigned in rank order (tied ranks share their mean).
+    mean = combine.combine([a, b, c])
+    assert np.allclose(out.sum(0), mean.sum(0)) and (out.min(0) >= mean.min(0) - 1e-12).all()
+    assert (out.max(0) <= mean.max(0) + 1e-12).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000))
+def test_logit_averaging_properties(seed):
+    _, (a, b, _) = _preds(seed)
+    out = combine.combine([a, b], [2, 1], method="logit")
+    assert np.allclose(combine.combine([a, a], method="logit"), np.clip(a, combine.EPS, 1 - combine.EPS))
+    logit = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731
+    clip = lambda p: np.clip(p, combine.EPS, 1 - combine.EPS)  # noqa: E731
+    assert np.allclose(logit(clip(out)), (2 * logit(clip(a)) + logit(clip(b))) / 3, atol=1e-6)
+    # Symmetric: averaging the complements gives the complement.
+    assert np.allclose(combine.combine([1 - a, 1 - b], [2, 1], method="logit"), 1 - out, atol=1e-9)
+    # Always between the runs' values, element-wise.
+    lo, hi = np.minimum(clip(a), clip(b)), np.maximum(clip(a), clip(b))
+    assert (out >= lo - 1e-12).all() and (out <= hi + 1e-12).all()
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from(combine.METHODS))
+def test_fitted_weights_never_score_below_the_best_single_run_on_their_data(seed, method):
+    y, preds = _preds(seed)
+    weights, info = combine.fit_weights(preds, y, method, rounds=6)
+    fitted = combine.mean_ap(y, combine.combine(preds, weights, method))
+    assert fitted == pytest.approx(info["fitted_mAP"])
+    assert fitted >= max(combine.mean_ap(y, p) for p in preds) - 1e-12
+    assert weights.sum() == pytest.approx(1) and (weights >= 0).all()

@@ -1,0 +1,159 @@
+"""Ensembles of real runs: weights fitted on OOF, shared-fold refusal, configs, --check, TTA and OOF coverage.
+
+The real-run tests use the session `demo_run` and one derived run: the same fold models predicting
+with the horizontal flip only ("demo_hflip"), a genuinely different predictor sharing the demo folds.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from cxrlt import classes as cls, combine, ensemble, metrics, runs
+
+from .test_submission import _broken
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- configs and --check
+
+@pytest.mark.parametrize("name, rows", [("08_ensemble_5_6", ("05", "06")), ("09_ensemble_5_7", ("05", "07")),
+                                        ("10_ensemble_5_6_7", ("05", "06", "07"))])
+def test_seed_002_ensemble_configs_name_the_runs_the_row_configs_train(name, rows):
+    settings_ = ensemble.load_settings(REPO / "configs" / f"{name}.yaml")
+    ensemble.validate_settings(settings_)
+    trained = {p.stem for p in (REPO / "configs").glob("0[5-7]_*.yaml")}  # train names a run after its config
+    assert [Path(r).name[:2] for r in settings_["runs"]] == list(rows)
+    assert {Path(r).name for r in settings_["runs"]} <= trained
+    assert settings_["method"] == "mean" and settings_["weights"] is None and not settings_["fit_weights"]
+
+
+def test_ensemble_config_errors_are_clear(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump({"model": {"backbone": "convnext-tiny"}}))
+    with pytest.raises(ValueError, match="exactly one mapping, `ensemble:`"):
+        ensemble.load_settings(path)
+    path.write_text(yaml.safe_dump({"ensemble": {"metod": "rank"}}))
+    with pytest.raises(ValueError, match="did you mean 'method'"):
+        ensemble.load_settings(path)
+
+
+@pytest.mark.parametrize("kind, named", [("missing id", "missing"), ("duplicate", "duplicate"), ("nan", "'Edema'"),
+                                         ("out of range", "'Hernia'"), ("column order", "out of order")])
+def test_check_mode_rejects_each_broken_submission_by_name(kind, named, tmp_path, capsys):
+    frame, _ = _broken(kind)
+    frame.to_csv(tmp_path / "sub.csv", index=False)
+    pd.DataFrame({"dicom_id": [f"id{i}" for i in range(5)], "path": [f"{i}.png" for i in range(5)]}).to_csv(
+        tmp_path / "test.csv", index=False)
+    with pytest.raises(SystemExit) as exc:
+        ensemble.main(["--check", str(tmp_path / "sub.csv"), "--labels", str(tmp_path / "test.csv")])
+    assert exc.value.code == 2 and named in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- real runs
+
+@pytest.fixture(scope="module")
+def hflip_run(demo_run, tmp_path_factory):
+    """(demo run, its OOF passes per view, a run dir predicting with hflip only, sharing the demo folds)."""
+    import tensorflow as tf
+
+    from cxrlt import models, pipeline
+
+    root, _, _ = demo_run
+    run = runs.Run(root / "runs" / "demo")
+    cfg = run.config()
+    table, _ = runs.oof_with_labels(run)
+    fold_of = pd.read_csv(run.folds_csv, dtype={"id": str}).set_index("id").loc[table.ids, "fold"].to_numpy()
+    passes = {v: np.zeros((len(table), len(table.classes)), np.float32) for v in ("identity", "hflip")}
+    for k in run.finished_folds():
+        model = models.load(run.model_path(k), num_classes=len(table.classes))
+        rows = np.flatnonzero(fold_of == k)
+        done = 0
+        for images in pipeline.eval_dataset(table.paths[rows], cfg, batch_size=64):  # two separate eager passes
+            n = int(images.shape[0])
+            passes["identity"][rows[done:done + n]] = model(images, training=False).numpy()
+            passes["hflip"][rows[done:done + n]] = model(tf.reverse(images, axis=[2]), training=False).numpy()
+            done += n
+    other = tmp_path_factory.mktemp("variants") / "demo_hflip"
+    shutil.copytree(run.root, other, ignore=shutil.ignore_patterns("predictions", "thresholds.json", "metrics.json"))
+    variant = runs.Run(other)
+    cfg["predict"]["tta"] = ["hflip"]
+    variant.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    runs.write_predictions(variant.oof_csv, table.ids, passes["hflip"], table.classes, extra={"fold": fold_of})
+    for k in run.finished_folds():
+        runs.write_predictions(variant.fold_dir(k) / "oof.csv", table.ids[fold_of == k], passes["hflip"][fold_of == k],
+                               table.classes)
+    return run, passes, variant
+
+
+def test_oof_predictions_cover_every_training_image_exactly_once(demo_run):
+    root, _, _ = demo_run
+    run = runs.Run(root / "runs" / "demo")
+    oof = pd.read_csv(run.oof_csv, dtype={"id": str})
+    folds = pd.read_csv(run.folds_csv, dtype={"id": str})
+    train_ids = pd.read_csv(root / "data" / "train.csv", dtype={"dicom_id": str}).dicom_id
+    assert not oof.id.duplicated().any() and set(oof.id) == set(train_ids) and len(oof) == len(train_ids)
+    assert (oof.set_index("id").fold == folds.set_index("id").loc[oof.id, "fold"]).all()
+    for k in run.finished_folds():  # each image's row is its own fold's validation prediction
+        fold_rows = pd.read_csv(run.fold_dir(k) / "oof.csv", dtype={"id": str}).set_index("id")
+        assert set(fold_rows.index) == set(oof.id[oof.fold == k])
+        mine = oof.set_index("id").loc[fold_rows.index, list(run.classes())]
+        assert np.allclose(mine.to_numpy(), fold_rows[list(run.classes())].to_numpy())
+
+
+def test_tta_equals_the_mean_of_the_identity_and_flip_passes(hflip_run):
+    run, passes, _ = hflip_run
+    table, oof = runs.oof_with_labels(run)  # written by train with predict.tta [identity, hflip]
+    assert not np.allclose(passes["identity"], passes["hflip"], atol=1e-4)  # the flip changes the scores
+    assert np.allclose(oof, (passes["identity"] + passes["hflip"]) / 2, atol=2e-5)
+
+
+def test_weights_fitted_on_real_oof_and_refused_without_shared_folds(hflip_run, tmp_path, capsys):
+    run, passes, variant = hflip_run
+    table, preds = ensemble.load_oof([run, variant])
+    assert np.allclose(preds[1], passes["hflip"], atol=1e-5)
+    weights, info = combine.fit_weights(preds, table.labels, "mean", rounds=8)
+    assert info["fitted_mAP"] >= max(info["single_mAP"]) - 1e-12
+    assert info["fitted_mAP"] == pytest.approx(combine.mean_ap(table.labels, combine.combine(preds, weights)))
+    # The CLI: fit, rank-combine, pool per study, map OOF-tuned thresholds to 0.5; a valid submission comes out.
+    out = tmp_path / "ens.csv"
+    assert ensemble.main(["--runs", str(run.root), str(variant.root), "--fit-weights", "--method", "rank",
+                          "--study-aggregation", "mean", "--thresholds", "oof", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fitted weights" in printed and "mF1 at 0.5" in printed and "at OOF-tuned thresholds" in printed
+    sub = pd.read_csv(out, dtype={"dicom_id": str})
+    test = pd.read_csv(Path(run.config()["data"]["test_labels"]), dtype={"dicom_id": str})
+    assert list(sub.columns) == ["dicom_id", *cls.CXRLT2023] and set(sub.dicom_id) == set(test.dicom_id)
+    pooled = sub.merge(test[["dicom_id", "study_id"]], on="dicom_id").groupby("study_id")[list(cls.CXRLT2023)].nunique()
+    assert (pooled == 1).all().all()  # study aggregation: one score per study
+    saved = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert saved["mF1_tuned"] == pytest.approx(metrics.evaluate(
+        test[list(cls.CXRLT2023)].to_numpy(), sub[list(cls.CXRLT2023)].to_numpy(), list(cls.CXRLT2023))["mF1"], abs=2e-3)
+    # Another split: fitting is refused with the reason, and nothing is written.
+    folds = pd.read_csv(variant.folds_csv)
+    folds.loc[:4, "fold"] = 1 - folds.loc[:4, "fold"]
+    folds.to_csv(variant.folds_csv, index=False)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            ensemble.main(["--runs", str(run.root), str(variant.root), "--fit-weights", "--out", str(tmp_path / "x.csv")])
+        assert exc.value.code == 2
+        assert "same folds.csv" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+    finally:
+        folds.loc[:4, "fold"] = 1 - folds.loc[:4, "fold"]
+        folds.to_csv(variant.folds_csv, index=False)
+
+
+def test_an_ensemble_config_file_drives_the_cli(demo_run, tmp_path, capsys):
+    root, _, _ = demo_run
+    config = tmp_path / "e.yaml"
+    config.write_text(yaml.safe_dump({"ensemble": {"runs": [str(root / "runs" / "demo")], "method": "logit",
+                                                   "out": str(tmp_path / "e.csv")}}))
+    assert ensemble.main(["--config", str(config), "--no-zip"]) == 0
+    assert "method logit" in capsys.readouterr().out
+    single = pd.read_csv(root / "submissions" / "demo.csv", dtype={"dicom_id": str}).set_index("dicom_id")
+    logit = pd.read_csv(tmp_path / "e.csv", dtype={"dicom_id": str}).set_index("dicom_id").loc[single.index]
+    assert np.allclose(logit.to_numpy(), single.to_numpy(), atol=2e-6)  # one run: logit averaging is the identity
