@@ -89,7 +89,8 @@ def _example(image_id: str, encoded: bytes, hw, orig_hw) -> bytes:
     i = lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))  # noqa: E731
     feature = {"id": b(image_id.encode()), "image": b(encoded), "height": i(hw[0]), "width": i(hw[1]),
                "orig_height": i(orig_hw[0]), "orig_width": i(orig_hw[1])}
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: the feature map is serialised in key order, not in a per-process hash order
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 # ------------------------------------------------------------------------------------ image shrinking
