@@ -278,9 +278,10 @@ def memory_child(kind: str, paths: np.ndarray, n: int, backbone: str, size: int,
     return {"kind": kind, "n": n, "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_before_mb": round(before, 1)}
 
 
-def memory_bench(images_csv: Path, n: int, factor: int, backbone: str, size: int, batch: int) -> dict:
+def memory_bench(images_csv: Path, n: int, factor: int, backbone: str, size: int, batch: int,
+                 kinds=("predict", "train-input")) -> dict:
     results = {}
-    for kind in ("predict", "train-input"):
+    for kind in kinds:
         row = {}
         for count in (n, n * factor):
             cmd = [sys.executable, "-m", "cxrlt.bench", "memory-child", "--kind", kind, "--n", str(count),
@@ -349,6 +350,7 @@ def _add_memory(sub) -> None:
             p.add_argument("--kind", choices=["predict", "train-input"], required=True)
         else:
             p.add_argument("--factor", type=int, default=4)
+            p.add_argument("--kinds", nargs="+", choices=["predict", "train-input"], default=["predict", "train-input"])
             p.add_argument("--json", type=Path)
 
 
@@ -394,7 +396,8 @@ def main(argv=None) -> int:
         results["backbones"] = predict_bench(paths, args.backbones, args.size, args.batch_size, args.n)
     else:
         results.update(size=args.size, batch_size=args.batch_size, backbone=args.backbone)
-        results["memory"] = memory_bench(args.images, args.n, args.factor, args.backbone, args.size, args.batch_size)
+        results["memory"] = memory_bench(args.images, args.n, args.factor, args.backbone, args.size, args.batch_size,
+                                         args.kinds)
     results["machine_after"] = machine()
     if args.json:
         atomic.write_json(args.json, results)
