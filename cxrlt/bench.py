@@ -3,6 +3,7 @@
     python -m cxrlt.bench pipeline [--sizes 224 512 768] [--images ../shared/data/cxr_fullres/images.csv] [--json out.json]
     python -m cxrlt.bench predict  [--backbones efficientnetv2-b0 efficientnetv2-s] [--size 224] [--json out.json]
     python -m cxrlt.bench memory   [--n 48 --factor 4] [--json out.json]
+    python -m cxrlt.bench ops      [--sizes 768] [--json out.json]
 
 pipeline: images/s of the training input pipeline on full-resolution radiographs, for
 decode+resize only (the ceiling any variant can reach), the naive per-image Python/PIL generator a
@@ -13,6 +14,8 @@ albumentations strong pipeline (outside the TF graph), and the same read from pr
 predict: inference images/s through predict.predict_images with and without flip TTA.
 memory: peak RSS of prediction and of the training input pipeline on N and factor x N images,
 each in a fresh subprocess (flat = streaming, nothing loaded per image).
+ops: CPU milliseconds per image of each step (decode, resize, channels, augs, mixers) on one
+thread: where the pipeline's time goes, to read the ratios above.
 
 The machine may be shared: variants are measured in interleaved rounds (median over rounds), and
 next to wall-clock images/s each entry has images per CPU-second of this process, which moves much
@@ -325,6 +328,64 @@ def memory_bench(images_csv: Path, n: int, factor: int, backbone: str, size: int
     return results
 
 
+# ------------------------------------------------------------------------------------------------ ops
+
+def _cpu_ms(fn, args, repeat: int = 1) -> float:
+    """CPU milliseconds per call of fn over args (after two warm-up calls: tracing)."""
+    fn(args[0])
+    fn(args[-1])
+    started = _cpu_seconds()
+    for _ in range(repeat):
+        for a in args:
+            fn(a)
+    return 1000 * (_cpu_seconds() - started) / (repeat * len(args))
+
+
+def ops_bench(paths: np.ndarray, size: int, batch: int, long_side: int, count: int) -> dict:
+    """CPU ms per image of each step of the input pipeline, one thread (where the time goes)."""
+    from . import prepare
+
+    jpegs = [p for p in paths if str(p).lower().endswith((".jpg", ".jpeg"))][:count]
+    raw = [tf.constant(open(p, "rb").read()) for p in jpegs]
+    shrink = prepare.make_shrinker(long_side)
+    small = [tf.constant(shrink(r.numpy())[0]) for r in raw]
+    f = lambda fn: tf.function(fn, reduce_retracing=True)  # noqa: E731
+    whole = [tf.image.convert_image_dtype(tf.io.decode_jpeg(r, channels=1), tf.float32) for r in raw]
+    scaled = [pipeline.decode_grey(r, size) for r in raw]
+    prepared = [pipeline.decode_grey(r, size) for r in small]
+    cfg = config.load(overrides={"input": {"size": size}})
+    basic = augment.make_basic_augment(cfg["augment"])
+    seed = tf.constant([1, 2], tf.int64)
+    grey = tf.random.uniform([size, size, 1], 0, 255)
+    batch_grey = tf.random.uniform([batch, size, size, 1], 0, 255)
+    labels = tf.one_hot(tf.range(batch) % 26, 26)
+    row = {
+        "decode raw JPEG, whole": _cpu_ms(f(lambda d: tf.io.decode_jpeg(d, channels=1)), raw),
+        "decode raw JPEG, DCT-scaled (decode_grey)": _cpu_ms(f(lambda d: pipeline.decode_grey(d, size)), raw),
+        f"decode prepared JPEG (long side {long_side})": _cpu_ms(f(lambda d: pipeline.decode_grey(d, size)), small),
+        "resize whole decode, antialias (before)": _cpu_ms(f(lambda x: tf.image.resize(x, (size, size), antialias=True)), whole),
+        "resize DCT-scaled, antialias": _cpu_ms(f(lambda x: tf.image.resize(x, (size, size), antialias=True)), scaled),
+        "resize DCT-scaled, auto (resize_grey)": _cpu_ms(f(lambda x: pipeline.resize_grey(x, size)), scaled),
+        "resize prepared, auto (resize_grey)": _cpu_ms(f(lambda x: pipeline.resize_grey(x, size)), prepared),
+        "scale to 0..255 + clip": _cpu_ms(f(lambda x: tf.clip_by_value(x * 255.0, 0.0, 255.0)), [grey] * 8),
+        "grey -> 3 channels (to_rgb, per image of a batch)": _cpu_ms(f(pipeline.to_rgb), [batch_grey] * 4) / batch,
+        "basic augs, 1 channel": _cpu_ms(f(lambda x: basic(x, seed)), [grey] * 8),
+        "basic augs, 3 channels": _cpu_ms(f(lambda x: basic(x, seed)), [tf.tile(grey, (1, 1, 3))] * 8),
+    }
+    for name, mixer in (("Mosaic crop", mix.BatchMixer(mosaic=1.0, mosaic_variant="crop")),
+                        ("Mosaic resize", mix.BatchMixer(mosaic=1.0, mosaic_variant="resize")),
+                        ("MixUp", mix.BatchMixer(mixup=1.0)), ("CutMix", mix.BatchMixer(cutmix=1.0))):
+        row[f"{name} (per image of a batch, 1 channel)"] = _cpu_ms(
+            f(lambda x, m=mixer: m.apply(x, labels, seed)), [batch_grey] * 4) / batch
+    strong = augment.make_strategy_augment("strong-strong")
+    row["albumentations strong (numpy_function)"] = _cpu_ms(f(lambda x: strong(x, True, seed)), [grey] * 8)
+    row = {k: round(v, 2) for k, v in row.items()}
+    print(f"\n{size} px, CPU ms per image, one thread ({len(raw)} JPEGs)")
+    for name, ms in row.items():
+        print(f"  {name:<60}{ms:>8.2f}")
+    return row
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 def machine() -> dict:
@@ -380,13 +441,27 @@ def _add_memory(sub) -> None:
             p.add_argument("--json", type=Path)
 
 
+def _add_ops(sub) -> None:
+    p = sub.add_parser("ops", help="CPU ms per image of each input-pipeline step, one thread")
+    p.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    p.add_argument("--sizes", type=int, nargs="+", default=[768])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--long-side", type=int, default=1024)
+    p.add_argument("--count", type=int, default=20, help="JPEGs decoded per measurement")
+    p.add_argument("--json", type=Path)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxrlt.bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pipeline(sub)
     _add_predict(sub)
     _add_memory(sub)
+    _add_ops(sub)
     args = parser.parse_args(argv)
+    if args.command == "ops":  # before anything starts TensorFlow's thread pools
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     if args.command == "memory-child":
         print(json.dumps(memory_child(args.kind, _read_paths(args.images), args.n, args.backbone, args.size,
                                       args.batch_size)))
@@ -418,6 +493,10 @@ def main(argv=None) -> int:
         for name, t in results["targets"].items():
             print(f"target {name}: {t['value']:.2f} wall, {t['cpu_value']:.2f} per CPU-s (target {t['target']}): "
                   f"{'met' if t['met'] else 'MISSED'} on the wall-clock figure")
+    elif args.command == "ops":
+        results.update(batch_size=args.batch_size, long_side=args.long_side)
+        results["sizes"] = {str(size): ops_bench(paths, size, args.batch_size, args.long_side, args.count)
+                            for size in args.sizes}
     elif args.command == "predict":
         results.update(size=args.size, batch_size=args.batch_size, n=args.n)
         results["backbones"] = predict_bench(paths, args.backbones, args.size, args.batch_size, args.n)
