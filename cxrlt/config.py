@@ -192,6 +192,10 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"input.size must be an integer >= 32, got {size!r}")
     if cfg["input"]["resize"] not in ("stretch", "letterbox"):
         raise ConfigError(f"input.resize must be stretch or letterbox, got {cfg['input']['resize']!r}")
+    if cfg["input"].get("antialias", "auto") not in ("auto", "always"):
+        raise ConfigError(f"input.antialias must be auto or always, got {cfg['input']['antialias']!r}")
+    if cfg["data"].get("prepared_reader", "auto") not in ("auto", "files", "tfrecord"):
+        raise ConfigError(f"data.prepared_reader must be auto, files or tfrecord, got {cfg['data']['prepared_reader']!r}")
     if cfg["input"]["pixel_range"] not in ("0_255", "0_1"):
         raise ConfigError(f"input.pixel_range must be '0_255' or '0_1', got {cfg['input']['pixel_range']!r}")
     bad_tta = set(cfg["predict"]["tta"]) - {"identity", "hflip"}
@@ -287,6 +291,7 @@ FLAGS = {
     "--lr": "optim.lr",
     "--labels": "data.labels",
     "--image-root": "data.image_root",
+    "--prepared": "data.prepared",
     "--test-labels": "data.test_labels",
     "--classes": "data.classes",
     "--uncertain": "data.uncertain",

@@ -3,43 +3,250 @@
 Everything after the file list is TensorFlow ops, so tf.data runs it in parallel and under
 tf.distribute. Training streams forever (shuffle the path list, repeat, decode) and Keras cuts it
 into epochs with `steps_per_epoch`; evaluation keeps the CSV order so predictions line up with ids.
+
+Pixels come from the raw files, or from a folder made once by `python -m cxrlt.prepare` (config
+`data.prepared`, flag `--prepared`): the same images shrunk to a long side of e.g. 1024, as files
+(random access: eval order, samplers, oversampling) and as TFRecord shards (sequential reads: the
+instance-sampled training stream). Which one is read is decided here (`source_files`,
+`_use_shards`), so the trainer and predictor pass the same raw paths either way.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
+JPEG_RATIOS = (1, 2, 4, 8)  # the DCT scalings libjpeg offers (tf.io.decode_jpeg's `ratio`)
+
+log = logging.getLogger(__name__)
 
 
-def decode_image(path: tf.Tensor, size: int, resize: str = "stretch") -> tf.Tensor:
+# ---------------------------------------------------------------------------------------- decoding
+
+def jpeg_scale_index(height, width, size, fit: str = "square") -> tf.Tensor:
+    """Index into JPEG_RATIOS of the largest DCT scaling whose decoded image still covers the target.
+
+    libjpeg decodes at 1/r of each side, rounded up. fit="square" (stretch to size x size): both
+    sides must stay >= size; fit="long" (letterbox, prepare): the long side must stay >= size.
+    Images already smaller than the target get r = 1 (they are upscaled later, as before).
+    """
+    height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+    side = tf.minimum(height, width) if fit == "square" else tf.maximum(height, width)
+    size = tf.cast(size, tf.int32)
+    index = tf.constant(0, tf.int32)
+    for r in JPEG_RATIOS[1:]:  # covering at 1/8 implies covering at 1/4 and 1/2: count the ratios that cover
+        index += tf.cast((side + r - 1) // r >= size, tf.int32)
+    return index
+
+
+def decode_grey(data: tf.Tensor, size=None, fit: str = "square") -> tf.Tensor:
+    """Encoded JPEG/PNG/BMP/GIF bytes -> float32 [h, w, 1] grey in 0..1.
+
+    With a target `size`, a JPEG is decoded at the smallest DCT scale that still covers it
+    (`jpeg_scale_index`): a 10,000 x 10,000 JPEG bound for 768 px decodes at 1,250 x 1,250 (64x
+    less memory), and the antialiased resize that follows, which costs more than the decoding on
+    full-size radiographs, reads 4-64x fewer pixels. The scaled IDCT keeps each 8x8 block's low
+    frequencies, a low-pass like the resize's own antialiasing. Other formats decode whole: PNG
+    8/16-bit (16-bit scaled to 0..1, not truncated), grey/RGB/RGBA (the decoder's luma weights;
+    alpha dropped).
+    """
+    def whole():
+        image = tf.io.decode_image(data, channels=1, dtype=tf.float32, expand_animations=False)
+        return tf.ensure_shape(image, [None, None, 1])
+
+    if size is None:
+        return whole()
+
+    def scaled_jpeg():
+        shape = tf.io.extract_jpeg_shape(data)
+        branches = [lambda r=r: tf.io.decode_jpeg(data, channels=1, ratio=r) for r in JPEG_RATIOS]
+        image = tf.switch_case(jpeg_scale_index(shape[0], shape[1], size, fit), branches)
+        return tf.ensure_shape(tf.image.convert_image_dtype(image, tf.float32), [None, None, 1])
+
+    return tf.cond(tf.io.is_jpeg(data), scaled_jpeg, whole)
+
+
+def resize_grey(image: tf.Tensor, size: int, resize: str = "stretch", antialias: str = "auto") -> tf.Tensor:
+    """float [h, w, 1] -> [size, size, 1]: stretch to the square (the seeds) or letterbox (keep aspect, pad).
+
+    antialias="auto": antialias only where the shrink left after the DCT-scaled decode is 2x or
+    more. Below 2x, bilinear interpolation still reads every input pixel, and TF's antialiased
+    resize (ScaleAndTranslate) costs 4-6x more than bilinear: at 768 px it was the largest single
+    cost of the input pipeline. Measured on 25 full-size radiographs against a full decode +
+    antialiased resize: mean |difference| 0.7 (768 px), 1.1 (512), 0.8 (224) grey levels of 255,
+    vs 0.5-0.8 with antialiasing. "always": tf.image.resize(antialias=True) on every shrink.
+    """
+    if antialias not in ("auto", "always"):
+        raise ValueError(f"input.antialias must be auto or always, got {antialias!r}")
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    shrink = tf.reduce_max(hw) / size if resize == "letterbox" else tf.reduce_max(hw / size)
+
+    def run(aa: bool):
+        if resize == "letterbox":
+            return tf.image.resize_with_pad(image, size, size, antialias=aa)
+        return tf.image.resize(image, (size, size), antialias=aa)
+
+    out = run(True) if antialias == "always" else tf.cond(shrink >= 2.0, lambda: run(True), lambda: run(False))
+    return tf.ensure_shape(out, [size, size, 1])
+
+
+def decode_bytes(data: tf.Tensor, size: int, resize: str = "stretch", antialias: str = "auto",
+                 channels: int = 3) -> tf.Tensor:
+    """Encoded image bytes -> float32 [size, size, channels] in 0..255 (3: decode_image's contract).
+
+    channels=1 keeps the grey image: the training stream augments and mixes one channel and
+    replicates it once per batch (`to_rgb`), a third of the work of every per-image op.
+    """
+    image = decode_grey(data, size, "long" if resize == "letterbox" else "square")
+    image = tf.clip_by_value(resize_grey(image, size, resize, antialias) * 255.0, 0.0, 255.0)
+    return image if channels == 1 else tf.tile(image, (1, 1, channels))
+
+
+def decode_image(path: tf.Tensor, size: int, resize: str = "stretch", antialias: str = "auto",
+                 channels: int = 3) -> tf.Tensor:
     """Any JPEG/PNG (8/16-bit, grey/RGB/RGBA) -> float32 [size, size, 3] in 0..255.
 
     Radiographs are grey: decode to one channel (16-bit PNGs are scaled, not truncated) and
-    replicate it to the 3 channels ImageNet backbones expect (G33).
+    replicate it to the 3 channels ImageNet backbones expect (G33). Large JPEGs are decoded at a
+    reduced DCT scale (`decode_grey`), and resized as `resize_grey` says.
     """
-    data = tf.io.read_file(path)
-    image = tf.io.decode_image(data, channels=1, dtype=tf.float32, expand_animations=False)  # 0..1
-    image.set_shape([None, None, 1])
-    if resize == "letterbox":
-        image = tf.image.resize_with_pad(image, size, size, antialias=True)
-    else:
-        image = tf.image.resize(image, (size, size), antialias=True)
-    image = tf.clip_by_value(image * 255.0, 0.0, 255.0)
-    return tf.tile(image, (1, 1, 3))
+    return decode_bytes(tf.io.read_file(path), size, resize, antialias, channels)
 
+
+def to_rgb(images: tf.Tensor) -> tf.Tensor:
+    """Replicate a grey image or batch [..., 1] to 3 channels; 3-channel input passes unchanged."""
+    if images.shape[-1] == 1:
+        return tf.tile(images, [1] * (images.shape.rank - 1) + [3])
+    return images
+
+
+def _decoder(cfg: dict):
+    """bytes or path -> grey float [size, size, 1] 0..255, with the input section's settings."""
+    i = cfg["input"]
+    args = (i["size"], i["resize"], i.get("antialias", "auto"), 1)
+    return (lambda data: decode_bytes(data, *args)), (lambda path: decode_image(path, *args))
+
+
+# ------------------------------------------------------------------------------ raw vs prepared data
+
+def source_files(paths, cfg: dict, *, required: bool = True) -> np.ndarray:
+    """The files to read for these raw image paths: the prepared copies when data.prepared is set.
+
+    required=True (training): every path must be in the prepared folder. required=False (evaluation,
+    prediction of another image list): a list the folder does not cover at all is read from the raw
+    files (logged); a list it covers partly is an error, so one list is never read half and half.
+    """
+    paths = np.asarray(paths, dtype=str)
+    folder = (cfg.get("data") or {}).get("prepared")
+    if not folder:
+        return paths
+    from . import prepare
+
+    prepared = prepare.open_prepared(folder)
+    prepared.check_size(cfg["input"]["size"])
+    files, missing = prepared.files_for(paths)
+    if not missing.any():
+        return files
+    if not required and missing.all():
+        log.warning("%d images are not in the prepared folder %s: reading the raw files", len(paths), folder)
+        return paths
+    raise prepare.PreparedError(prepared.explain_missing(paths[missing], len(paths)))
+
+
+def _use_shards(cfg: dict, minority_share) -> bool:
+    """TFRecord shards feed the instance-sampled stream; everything needing random access reads files."""
+    folder = (cfg.get("data") or {}).get("prepared")
+    reader = (cfg.get("data") or {}).get("prepared_reader", "auto")
+    sampler = (cfg.get("sampling") or {}).get("sampler", "instance")
+    if reader not in ("auto", "files", "tfrecord"):
+        raise ValueError(f"data.prepared_reader must be auto, files or tfrecord, got {reader!r}")
+    if not folder or reader == "files" or cfg["input"]["cache"] or minority_share is not None or sampler != "instance":
+        return False
+    from . import prepare
+
+    has = prepare.open_prepared(folder).has_shards
+    if reader == "tfrecord" and not has:
+        raise prepare.PreparedError(f"data.prepared_reader is tfrecord but {folder} has no TFRecord shards; "
+                                    "prepare it with --format both")
+    return has
+
+
+def _shard_stream(paths, labels, flags, cfg: dict, seed: int, shard) -> tf.data.Dataset:
+    """Instance sampling from TFRecord shards: interleave the shard files in a shuffled order, keep
+    the records of these images (a fold's training part), shuffle them in a buffer, decode.
+
+    Labels stay in the CSV: a record carries its id, looked up here to the row of `labels`.
+    With `shard=(n, i)`, pipeline i reads every n-th shard file (or every n-th record when the
+    folder has fewer files than pipelines).
+    """
+    from . import prepare
+
+    prepared = prepare.open_prepared(cfg["data"]["prepared"])
+    ids = prepared.ids_for(paths)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(len(ids), dtype=tf.int64)), default_value=-1)
+    files = prepared.shard_paths(ids)
+    n, i = shard or (1, 0)
+    by_file = len(files) >= n
+    if by_file:
+        files = files[i::n]
+    decode, _ = _decoder(cfg)
+    labels, flags = tf.constant(labels, tf.float32), tf.constant(flags, tf.bool)
+    ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16), block_length=1,
+                       num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(prepare.parse_record, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda r: (table.lookup(r["id"]), r["image"]))
+    ds = ds.filter(lambda row, _: row >= 0)
+    if not by_file and n > 1:
+        ds = ds.shard(n, i)
+    ds = ds.shuffle(cfg["input"]["shuffle_buffer"], seed=seed, reshuffle_each_iteration=True)
+    return ds.map(lambda row, data: (decode(data), tf.gather(labels, row), tf.gather(flags, row)),
+                  num_parallel_calls=AUTOTUNE)
+
+
+def _check_shard(shard) -> None:
+    if shard is None:
+        return
+    ok = isinstance(shard, (tuple, list)) and len(shard) == 2 and all(isinstance(v, (int, np.integer)) for v in shard)
+    if not ok or not 0 <= shard[1] < shard[0]:
+        raise ValueError(f"shard must be (number of input pipelines, this pipeline's index in 0..n-1), got {shard!r}")
+
+
+def _shard_arrays(shard, *arrays):
+    """Pipeline i of n keeps every n-th element (before any decoding)."""
+    if shard is None:
+        return arrays
+    n, i = shard
+    return tuple(a[i::n] for a in arrays)
+
+
+# ------------------------------------------------------------------------------------------ streams
 
 def _element_seed(base_seed: int, index: tf.Tensor) -> tf.Tensor:
     return tf.stack([tf.constant(base_seed, tf.int64), tf.cast(index, tf.int64)])
 
 
-def _stream(paths, labels, flags, cfg: dict, seed: int) -> tf.data.Dataset:
-    """One infinite shuffled stream of (image, label, is_minority)."""
-    size, resize = cfg["input"]["size"], cfg["input"]["resize"]
+def _global_index(index: tf.Tensor, shard) -> tf.Tensor:
+    """Element/batch i of pipeline p of n is number i*n + p overall: distinct random draws per pipeline."""
+    if shard is None:
+        return index
+    n, p = shard
+    return index * n + p
+
+
+def _stream(paths, labels, flags, cfg: dict, seed: int, shard=None) -> tf.data.Dataset:
+    """One infinite shuffled stream of (grey image [size, size, 1], label, is_minority)."""
+    _, read = _decoder(cfg)
+    paths, labels, flags = _shard_arrays(shard, paths, labels, flags)
     n = len(paths)
+    if n == 0:
+        raise ValueError(f"input pipeline {shard} has no images: fewer images than input pipelines")
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=str), labels.astype(np.float32), flags))
-    decode = lambda p, y, m: (decode_image(p, size, resize), y, m)  # noqa: E731
+    decode = lambda p, y, m: (read(p), y, m)  # noqa: E731
     if cfg["input"]["cache"]:
         # Decode once, keep the resized images in RAM, shuffle the decoded images.
         ds = ds.map(decode, num_parallel_calls=AUTOTUNE).cache()
@@ -51,7 +258,8 @@ def _stream(paths, labels, flags, cfg: dict, seed: int) -> tf.data.Dataset:
 
 def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int, batch_size: int,
                   augment_fn=None, mixer=None, minority: np.ndarray | None = None,
-                  minority_share: float | None = None, strategy_fn=None, mask: np.ndarray | None = None) -> tf.data.Dataset:
+                  minority_share: float | None = None, strategy_fn=None, mask: np.ndarray | None = None,
+                  shard: tuple[int, int] | None = None) -> tf.data.Dataset:
     """Infinite, shuffled, augmented and mixed batches of (images, labels) for `fit`.
 
     `augment_fn(image, seed) -> image` runs per image; `mixer(step, images, labels)` per batch.
@@ -64,39 +272,59 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     (images, labels, mask). The mask travels through the mixers as C extra "uncertain" label
     columns, so every mix op combines it with its own rule: a mixed label is ignored when any
     source that shows in the image had it uncertain.
+
+    `shard=(n, i)`: this is input pipeline i of n (multi-worker training with
+    `strategy.distribute_datasets_from_function`: n = num_input_pipelines, i = input_pipeline_id).
+    The input is split before decoding (every n-th path, or every n-th TFRecord shard file) and
+    the per-element/per-batch seeds are offset by i, so the n pipelines see disjoint images and
+    draw different augmentations. `batch_size` is then this pipeline's batch.
+    With data.prepared set, the images come from the prepared folder (`source_files`).
     """
     paths, labels = np.asarray(paths, dtype=str), np.asarray(labels, dtype=np.float32)
     n_classes = labels.shape[1]
     if mask is not None:
         labels = np.concatenate([labels, 1.0 - np.asarray(mask, dtype=np.float32)], axis=1)
     flags = np.zeros(len(paths), bool) if minority is None else np.asarray(minority, bool)
-    if minority_share is not None:
-        if flags.all() or not flags.any():
-            raise ValueError(f"oversampling needs both minority and majority images; found {int(flags.sum())} "
-                             f"minority of {len(flags)} (change augment.tail_quantile)")
-        streams = [_stream(paths[~flags], labels[~flags], flags[~flags], cfg, seed),
-                   _stream(paths[flags], labels[flags], flags[flags], cfg, seed + 1)]
-        ds = tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 - minority_share, minority_share], seed=seed)
+    _check_shard(shard)
+    if _use_shards(cfg, minority_share):
+        ds = _shard_stream(paths, labels, flags, cfg, seed, shard)
     else:
-        ds = _stream(paths, labels, flags, cfg, seed)
+        paths = source_files(paths, cfg)
+        if minority_share is not None:
+            if flags.all() or not flags.any():
+                raise ValueError(f"oversampling needs both minority and majority images; found {int(flags.sum())} "
+                                 f"minority of {len(flags)} (change augment.tail_quantile)")
+            streams = [_stream(paths[~flags], labels[~flags], flags[~flags], cfg, seed, shard),
+                       _stream(paths[flags], labels[flags], flags[flags], cfg, seed + 1, shard)]
+            ds = tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 - minority_share, minority_share], seed=seed)
+        else:
+            ds = _stream(paths, labels, flags, cfg, seed, shard)
     if strategy_fn is not None:
         ds = ds.map(lambda x, y, m: (strategy_fn(x, m), y), num_parallel_calls=AUTOTUNE)
     elif augment_fn is not None:
-        ds = ds.enumerate().map(lambda i, xym: (augment_fn(xym[0], _element_seed(seed, i)), xym[1]),
-                                num_parallel_calls=AUTOTUNE)
+        ds = ds.enumerate().map(
+            lambda i, xym: (augment_fn(xym[0], _element_seed(seed, _global_index(i, shard))), xym[1]),
+            num_parallel_calls=AUTOTUNE)
     else:
         ds = ds.map(lambda x, y, m: (x, y))
     ds = ds.batch(batch_size, drop_remainder=True)
     if mixer is not None:
-        ds = ds.enumerate().map(lambda i, xy: mixer(i, xy[0], xy[1]), num_parallel_calls=AUTOTUNE)
+        ds = ds.enumerate().map(lambda i, xy: mixer(_global_index(i, shard), xy[0], xy[1]), num_parallel_calls=AUTOTUNE)
     if mask is not None:
-        ds = ds.map(lambda x, y: (x, y[:, :n_classes], tf.cast(y[:, n_classes:] <= 0.0, tf.float32)))
+        ds = ds.map(lambda x, y: (to_rgb(x), y[:, :n_classes], tf.cast(y[:, n_classes:] <= 0.0, tf.float32)),
+                    num_parallel_calls=AUTOTUNE)
+    else:
+        ds = ds.map(lambda x, y: (to_rgb(x), y), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 
 def eval_dataset(paths: np.ndarray, cfg: dict, *, batch_size: int) -> tf.data.Dataset:
-    """Batches of images in file-list order (no randomness), for validation and prediction."""
-    size, resize = cfg["input"]["size"], cfg["input"]["resize"]
-    ds = tf.data.Dataset.from_tensor_slices(np.asarray(paths, dtype=str))
-    ds = ds.map(lambda p: decode_image(p, size, resize), num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+    """Batches of images in file-list order (no randomness), for validation and prediction.
+
+    With data.prepared, the prepared files of these images are read (still in list order); a list
+    the folder does not hold (e.g. the test list) is read from the raw files.
+    """
+    _, read = _decoder(cfg)
+    ds = tf.data.Dataset.from_tensor_slices(source_files(paths, cfg, required=False))
+    ds = ds.map(read, num_parallel_calls=AUTOTUNE)
+    return ds.batch(batch_size).map(to_rgb, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

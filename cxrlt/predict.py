@@ -76,6 +76,7 @@ def _cache_key(run: runs.Run, table: dataset.LabelTable, tta, folds) -> str:
     h.update("\n".join(table.ids).encode())
     h.update("\n".join(table.paths).encode())
     h.update(repr(list(tta)).encode())
+    h.update(repr((run.config()["data"].get("prepared"), run.config()["input"])).encode())  # the pixels' source
     for k in folds:
         stat = run.model_path(k).stat()
         h.update(f"{k}:{stat.st_size}:{stat.st_mtime_ns}".encode())

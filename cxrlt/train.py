@@ -29,7 +29,8 @@ NO_DATA = (
 )
 # Settings that may change between invocations of one run without making it another run.
 RESUMABLE_CHANGES = ("train.fold", "train.verbose", "distribute.", "predict.batch_size", "predict.study_aggregation",
-                     "predict.view_weights", "ensemble.", "data.demo_dir", "data.check_images")
+                     "predict.view_weights", "ensemble.", "data.demo_dir", "data.check_images",
+                     "data.prepared")  # prepared data: the same images, pre-resized
 
 
 def resolve_data(cfg: dict) -> dataset.LabelTable:
@@ -43,7 +44,7 @@ def resolve_data(cfg: dict) -> dataset.LabelTable:
                  test_image_root=str(demo.root), classes="cxrlt2023")
     if not d["labels"]:
         raise config.ConfigError(NO_DATA)
-    for key in ("labels", "image_root", "test_labels", "test_image_root"):
+    for key in ("labels", "image_root", "test_labels", "test_image_root", "prepared"):
         if d[key]:
             d[key] = str(Path(d[key]).expanduser().resolve())
     table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=d["classes"],
@@ -168,12 +169,11 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     seed = cfg["seed"] + k + 7919 * start_epoch
 
     def dataset_fn(ctx: "tf.distribute.InputContext"):
-        mine = np.arange(len(train))[ctx.input_pipeline_id::ctx.num_input_pipelines]
-        part = train if len(mine) == len(train) else train.subset(mine)  # each worker decodes its own images only
-        part_seed = seed + 104729 * ctx.input_pipeline_id
-        return pipeline.train_dataset(part.paths, part.labels, cfg, seed=part_seed, mask=part.mask,
+        # Input pipeline i of n reads every n-th image (or shard file) only: no worker decodes another's images.
+        return pipeline.train_dataset(train.paths, train.labels, cfg, seed=seed, mask=train.mask,
                                       batch_size=ctx.get_per_replica_batch_size(global_batch),
-                                      mixer=make_mixer(cfg, part_seed), **augment_options(cfg, part, part_seed))
+                                      shard=(ctx.num_input_pipelines, ctx.input_pipeline_id),
+                                      mixer=make_mixer(cfg, seed), **augment_options(cfg, train, seed))
 
     verbose = cfg["train"]["verbose"]
     verbose = ((1 if sys.stdout.isatty() else 2) if verbose == "auto" else int(verbose)) if chief else 0

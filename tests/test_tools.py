@@ -18,9 +18,15 @@ def test_augmentation_preview_writes_one_row_per_op(tmp_path):
 
 
 def test_pipeline_benchmark_reports_rates_and_ratios(tmp_path):
-    assert bench.main(["pipeline", "--images", str(need(FULLRES) / "images.csv"), "--sizes", "64",
-                       "--batch-size", "4", "--n", "8", "--json", str(tmp_path / "b.json")]) == 0
-    result = json.loads((tmp_path / "b.json").read_text())["sizes"]["64"]
+    assert bench.main(["pipeline", "--images", str(need(FULLRES) / "images.csv"), "--sizes", "64", "--max-images", "6",
+                       "--batch-size", "4", "--n", "4", "--rounds", "1", "--json", str(tmp_path / "b.json")]) == 0
+    report = json.loads((tmp_path / "b.json").read_text())
+    result = report["sizes"]["64"]
     assert result["decode+resize (ceiling)"]["ratio_to_ceiling"] == 1.0
-    assert all(entry["images_per_s"] > 0 for entry in result.values())
-    assert {"naive PIL generator", "seed 002 full (basic + mosaic p=0.5)", "albumentations strong (seed 000)"} <= set(result)
+    assert all(entry["images_per_s"] > 0 and entry["images_per_cpu_s"] > 0 for entry in result.values())
+    assert {"naive PIL generator", "before DCT scaling (whole decode, antialias)", "seed 002 full (basic + mosaic p=0.5)",
+            "albumentations strong (seed 000)", "prepared files: decode+resize"} <= set(result)
+    shards = result["prepared shards: decode+resize"]
+    assert shards["ratio_vs"] == "decode+resize (ceiling)" and shards["ratio"] == shards["ratio_to_ceiling"]
+    assert result["prepared shards: seed 002 full"]["ratio_vs"] == "seed 002 full (basic + mosaic p=0.5)"
+    assert report["prepare"]["images"] == 6 and report["per_epoch"]["64"]["speedup"] > 0
