@@ -259,7 +259,7 @@ def _validate_names(cfg: dict) -> None:
         raise ConfigError(f"train.steps_per_epoch must be null (one pass) or >= 1, got {t['steps_per_epoch']}")
     if cfg["predict"]["batch_size"] < 1:
         raise ConfigError(f"predict.batch_size must be >= 1, got {cfg['predict']['batch_size']}")
-    _choice("distribute.strategy", cfg["distribute"]["strategy"], ("auto", "one", "mirrored"))
+    _choice("distribute.strategy", cfg["distribute"]["strategy"], ("auto", "one", "mirrored", "multiworker"))
     name = None if cfg.get("name") is None else str(cfg["name"])
     if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
         raise ConfigError(f"name {name!r} must be a plain folder name (the run goes to {cfg['out']}/<name>)")
