@@ -4,6 +4,7 @@
     python -m cxrlt.bench predict  [--backbones efficientnetv2-b0 efficientnetv2-s] [--size 224] [--json out.json]
     python -m cxrlt.bench memory   [--n 48 --factor 4] [--json out.json]
     python -m cxrlt.bench ops      [--sizes 768] [--json out.json]
+    python -m cxrlt.bench step     [--backbones efficientnetv2-b0] [--size 224] [--json out.json]   (cxrlt/bench_step.py)
 
 pipeline: images/s of the training input pipeline on full-resolution radiographs, for
 decode+resize only (the ceiling any variant can reach), the naive per-image Python/PIL generator a
@@ -39,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from . import atomic, augment, config, mix, pipeline
+from . import atomic, augment, bench_step, config, mix, pipeline
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr_fullres" / "images.csv"
 CXRLT_TRAIN_IMAGES = 264_849  # CXR-LT 2023 train.csv: the epoch the per-epoch figures are scaled to
@@ -458,6 +459,7 @@ def main(argv=None) -> int:
     _add_predict(sub)
     _add_memory(sub)
     _add_ops(sub)
+    bench_step.add_parser(sub, DEFAULT_IMAGES)
     args = parser.parse_args(argv)
     if args.command == "ops":  # before anything starts TensorFlow's thread pools
         tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -497,6 +499,10 @@ def main(argv=None) -> int:
         results.update(batch_size=args.batch_size, long_side=args.long_side)
         results["sizes"] = {str(size): ops_bench(paths, size, args.batch_size, args.long_side, args.count)
                             for size in args.sizes}
+    elif args.command == "step":
+        results.update(size=args.size, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup)
+        results["backbones"] = bench_step.step_bench(paths, args.backbones, args.size, args.batch_size, args.steps,
+                                                     args.warmup, str(args.prepared) if args.prepared else None)
     elif args.command == "predict":
         results.update(size=args.size, batch_size=args.batch_size, n=args.n)
         results["backbones"] = predict_bench(paths, args.backbones, args.size, args.batch_size, args.n)

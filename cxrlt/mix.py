@@ -223,15 +223,15 @@ def mosaic_crop(images, labels, seed, center_range=(0.25, 0.75), label_mode="cli
     sources = _partner_indices(batch, 4, s_src)
     cy, cx, tile_h, tile_w = _mosaic_geometry(batch, h, w, center_range, True, s_geo)
     off_y, off_x = _random_offsets(h - tile_h, s_oy), _random_offsets(w - tile_w, s_ox)
-    depth = tf.shape(images)[3]
+    depth = tf.shape(images, out_type=tf.int64)[3]
 
     def one(args):
-        src, th, tw, oy, ox = (tf.cast(a, tf.int32) for a in args)  # each [4]
+        src, th, tw, oy, ox = args  # each [4], int64
         tiles = [tf.slice(images, tf.stack([src[k], oy[k], ox[k], 0]), tf.stack([1, th[k], tw[k], depth]))[0]
                  for k in range(4)]
         return tf.ensure_shape(_assemble(tiles), [h, w, channels])
 
-    # int64 for the transpose: oneDNN's int32 transpose logs an error line on CPUs without AVX-512
+    # int64 indices: oneDNN's int32 kernels log an error line on CPUs without AVX-512
     elems = tuple(tf.transpose(tf.cast(t, tf.int64)) for t in (sources, tile_h, tile_w, off_y, off_x))
     out = tf.map_fn(one, elems, fn_output_signature=tf.TensorSpec([h, w, channels], images.dtype))
     out = tf.ensure_shape(out, images.shape)
