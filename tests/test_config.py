@@ -79,7 +79,7 @@ def test_diff_lists_changed_settings():
     (["--classes", "cxrlt2030"], "data.classes must be one of auto, cxrlt2023, nih14"),
     (["--set", "data.classes=[A, A]"], "each class once"),
     (["--check-images", "full"], "data.check_images must be one of header, deep, off"),
-    (["--strategy", "multiworker"], "distribute.strategy must be one of auto, one, mirrored"),
+    (["--strategy", "horovod"], "distribute.strategy must be one of auto, one, mirrored, multiworker"),
     (["--weights", "/nowhere/b0.weights.h5"], "model.weights must be none, imagenet or an existing weights file"),
     # impossible values and combinations
     (["--set", "train.folds=0"], "folds must be >= 2"),
