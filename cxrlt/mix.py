@@ -29,6 +29,11 @@ Granularity: Mosaic split points, crop offsets, MixUp lambdas, CutMix and CutOut
 per sample; Balanced-MixUp uses one lambda per batch (as the seed 003 code). `BatchMixer` chooses
 the mix op per batch; CutOut is then applied per image with its own probability.
 
+Balanced-MixUp in training (`BalancedMixer`, config `mix.balanced_mixup*`) needs a second,
+class-sampled batch per step, so `cxrlt.pipeline` runs it where both streams exist, before
+`BatchMixer`: the two stack (Balanced-MixUp forms the batch, then Mosaic/MixUp/CutMix and CutOut
+may mix it further, their label rule applied to the blended labels).
+
 Speed (768 px, batch 8, float32, 2 shared CPU cores, graph mode, images/s): Mosaic crop 86-93,
 Mosaic resize 46-59 (four antialiased resizes per image), MixUp 77-102, CutMix 67-92, CutOut 65-114.
 MixUp is at the memory-bandwidth floor here (a plain a*0.5 + b*0.5 of the batch runs as fast).

@@ -1,7 +1,8 @@
 """tf.data input pipelines: file -> decoded grey image -> square 0..255 float RGB -> augment -> batch -> mix.
 
 Everything after the file list is TensorFlow ops, so tf.data runs it in parallel and under
-tf.distribute. Training streams forever (shuffle the path list, repeat, decode) and Keras cuts it
+tf.distribute. Training streams forever (shuffle the path list, repeat, decode; or, with a
+`sampling:` sampler, draw row indices and gather path/label before decoding) and Keras cuts it
 into epochs with `steps_per_epoch`; evaluation keeps the CSV order so predictions line up with ids.
 """
 

@@ -246,13 +246,15 @@ def config_problem(section: dict) -> str | None:
     if s["sampler"] not in SAMPLERS:
         return f"sampling.sampler must be one of {', '.join(SAMPLERS)}, got {s['sampler']!r}"
     if not isinstance(s["q"], (int, float)) or not np.isfinite(s["q"]):
-        return f"sampling.q must be a finite number (1 instance-like, 0.5 square root, 0 class-balanced), got {s['q']!r}"
+        return (f"sampling.q must be a finite number (1 instance-like, 0.5 square root, 0 class-balanced), "
+                f"got {s['q']!r}")
     if not 0.0 <= s["tail_quantile"] <= 1.0:
         return f"sampling.tail_quantile must be in [0, 1], got {s['tail_quantile']}"
     if not 0.0 < s["ros_share"] < 1.0:
         return f"sampling.ros_share must be in (0, 1), got {s['ros_share']}"
     if int(s["ros_epoch_size"]) < 0:
-        return f"sampling.ros_epoch_size must be 0 (every image once plus copies) or a number of draws, got {s['ros_epoch_size']}"
+        return (f"sampling.ros_epoch_size must be 0 (every image once plus copies) or a number of draws, "
+                f"got {s['ros_epoch_size']}")
     if not 0.0 < s["rus_keep"] <= 1.0:
         return f"sampling.rus_keep must be in (0, 1], got {s['rus_keep']}"
     return None

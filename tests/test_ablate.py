@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -50,7 +49,8 @@ def test_shipped_grids_resolve_to_distinct_valid_configs(tmp_path, grid):
     if grid.stem == "seed003":
         assert resolved["sqrt"]["sampling"]["sampler"] == "sqrt" and resolved["class"]["sampling"]["sampler"] == "class"
         assert [resolved[f"bal_mixup_{a}"]["mix"]["balanced_mixup"] for a in ("0.1", "0.2", "0.3")] == [0.1, 0.2, 0.3]
-        assert resolved["cb_loss"]["loss"] == {"name": "class_balanced", "params": {"beta": 0.999}}  # not focal's params
+        # another loss's params start from its own defaults, not from focal's (config.merge)
+        assert resolved["cb_loss"]["loss"] == {"name": "class_balanced", "params": {"beta": 0.999}}
         assert all(cfg["mix"]["mosaic"] == 0 and cfg["loss"]["name"] in ("bce", "focal", "class_balanced")
                    for cfg in resolved.values())
 
