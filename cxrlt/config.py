@@ -113,7 +113,8 @@ def merge(base: dict, override: dict, where: str) -> dict:
     """Apply `override` (nested or dotted keys) to a copy of `base`, checking names and types."""
     out = copy.deepcopy(base)
     flat_known = _flatten(base)
-    for key, value in _flatten(override).items():
+    flat_override = _flatten(override)
+    for key, value in flat_override.items():
         if key not in flat_known:
             # A section given as a whole value (e.g. data.classes: [list]) is a leaf, not a section.
             head = key.rsplit(".", 1)[0]
@@ -122,7 +123,9 @@ def merge(base: dict, override: dict, where: str) -> dict:
             raise _unknown(key, list(flat_known), where)
         if key in FREEFORM and isinstance(value, dict):  # update, so one argument can be changed alone
             parsed = {k: _number(v) if isinstance(v, str) else v for k, v in value.items()}
-            set_dotted(out, key, {**get_dotted(out, key), **parsed})
+            owner = key.rsplit(".", 1)[0] + ".name"  # params of another loss start empty, not from the old one's
+            renamed = flat_override.get(owner, flat_known.get(owner)) != flat_known.get(owner)
+            set_dotted(out, key, parsed if renamed else {**get_dotted(out, key), **parsed})
             continue
         set_dotted(out, key, _coerce(key, value, flat_known[key], where))
     for key, value in override.items():  # whole-list leaves written as nested dicts stay as given
@@ -222,6 +225,16 @@ def validate(cfg: dict) -> None:
         BatchMixer.from_config(mix)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"mix: {err}") from None
+    from .mix import balanced_problem  # noqa: PLC0415
+    from .sampling import config_problem  # noqa: PLC0415
+
+    problem = balanced_problem(mix) or config_problem(cfg["sampling"])
+    if problem:
+        raise ConfigError(problem)
+    if cfg["sampling"]["sampler"] != "instance" and a["strategy"] in STRATEGIES and STRATEGIES[a["strategy"]][2]:
+        raise ConfigError(f"sampling.sampler {cfg['sampling']['sampler']!r} and augment.strategy {a['strategy']!r} "
+                          "(which oversamples minority images) both choose the training images; use one of them "
+                          "(sampling.sampler: instance, or augment.strategy: baseline)")
     _validate_names(cfg)
 
 

@@ -3,6 +3,11 @@
 Identical to scikit-learn's average_precision_score / roc_auc_score / f1_score (zero_division=0),
 which the tests check. A class with no positive (or no negative) image cannot be scored: it is
 listed under `undefined` and left out of every mean, never averaged in as 0 or NaN (G13).
+
+For the seed 003-style ablation tables: per-class binary MCC and balanced accuracy at the same
+thresholds, macro-averaged (mMCC, mBACC; G14, checked against matthews_corrcoef and
+balanced_accuracy_score). Quadratic kappa and Kendall tau are not offered: they need one ordinal
+label per image, and CXR labels are multi-label and unordered.
 """
 
 from __future__ import annotations
@@ -70,6 +75,30 @@ def f1_at(y_true, y_score, threshold: float = 0.5) -> float:
     return float(2 * tp / denom) if denom else 0.0
 
 
+def _confusion(y_true, y_score, threshold: float) -> tuple[float, float, float, float]:
+    y_true = np.asarray(y_true) == 1
+    pred = np.asarray(y_score) >= threshold
+    tp, fp = float(np.sum(y_true & pred)), float(np.sum(~y_true & pred))
+    fn, tn = float(np.sum(y_true & ~pred)), float(np.sum(~y_true & ~pred))
+    return tp, fp, fn, tn
+
+
+def mcc_at(y_true, y_score, threshold: float = 0.5) -> float:
+    """Binary Matthews correlation of `score >= threshold` (G14: per class, then macro-averaged);
+    0 when a confusion-matrix margin is empty, as scikit-learn's matthews_corrcoef."""
+    tp, fp, fn, tn = _confusion(y_true, y_score, threshold)
+    denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return (tp * tn - fp * fn) / denom if denom else 0.0
+
+
+def balanced_accuracy_at(y_true, y_score, threshold: float = 0.5) -> float:
+    """(TPR + TNR) / 2 of `score >= threshold`; NaN without positives or without negatives."""
+    tp, fp, fn, tn = _confusion(y_true, y_score, threshold)
+    if tp + fn == 0 or tn + fp == 0:
+        return math.nan
+    return 0.5 * (tp / (tp + fn) + tn / (tn + fp))
+
+
 def prevalence_baseline(y_true) -> float:
     """The mAP of a constant predictor: AP of a constant score is the class prevalence."""
     y_true = np.asarray(y_true, dtype=np.float64)
@@ -93,17 +122,21 @@ def evaluate(y_true, y_prob, classes, *, groups: dict[str, str] | None = None, t
         n_pos = int(y_true[:, j].sum())
         row = {"class": name, "group": (groups or {}).get(name), "n_pos": n_pos,
                "prevalence": n_pos / len(y_true) if len(y_true) else None,
-               "ap": None, "auc": None, "f1": None, "threshold": float(thresholds[j])}
+               "ap": None, "auc": None, "f1": None, "mcc": None, "bacc": None, "threshold": float(thresholds[j])}
         if n_pos == 0 or n_pos == len(y_true):
             undefined.append({"class": name, "reason": "no positives" if n_pos == 0 else "no negatives"})
         else:
             row.update(ap=average_precision(y_true[:, j], y_prob[:, j]), auc=roc_auc(y_true[:, j], y_prob[:, j]),
-                       f1=f1_at(y_true[:, j], y_prob[:, j], thresholds[j]))
+                       f1=f1_at(y_true[:, j], y_prob[:, j], thresholds[j]),
+                       mcc=mcc_at(y_true[:, j], y_prob[:, j], thresholds[j]),
+                       bacc=balanced_accuracy_at(y_true[:, j], y_prob[:, j], thresholds[j]))
         per_class.append(row)
     result = {
         "mAP": _mean(r["ap"] for r in per_class),
         "mAUC": _mean(r["auc"] for r in per_class),
         "mF1": _mean(r["f1"] for r in per_class),
+        "mMCC": _mean(r["mcc"] for r in per_class),  # per-class binary MCC / balanced accuracy at the
+        "mBACC": _mean(r["bacc"] for r in per_class),  # thresholds, macro-averaged (G14)
         "n_images": int(len(y_true)),
         "n_classes": len(classes),
         "n_scored": len(classes) - len(undefined),

@@ -29,6 +29,11 @@ Granularity: Mosaic split points, crop offsets, MixUp lambdas, CutMix and CutOut
 per sample; Balanced-MixUp uses one lambda per batch (as the seed 003 code). `BatchMixer` chooses
 the mix op per batch; CutOut is then applied per image with its own probability.
 
+Balanced-MixUp in training (`BalancedMixer`, config `mix.balanced_mixup*`) needs a second,
+class-sampled batch per step, so `cxrlt.pipeline` runs it where both streams exist, before
+`BatchMixer`: the two stack (Balanced-MixUp forms the batch, then Mosaic/MixUp/CutMix and CutOut
+may mix it further, their label rule applied to the blended labels).
+
 Speed (768 px, batch 8, float32, 2 shared CPU cores, graph mode, images/s): Mosaic crop 86-93,
 Mosaic resize 46-59 (four antialiased resizes per image), MixUp 77-102, CutMix 67-92, CutOut 65-114.
 MixUp is at the memory-bandwidth floor here (a plain a*0.5 + b*0.5 of the batch runs as fast).
@@ -376,7 +381,13 @@ MIXER_DEFAULTS = {
     "cutout_holes": 1,
     "cutout_fill": 0.0,
     "seed": 0,              # base seed; batch `step` uses step_seed(seed, step)
+    # Balanced-MixUp lives in the same config section but needs two input streams, so the pipeline runs
+    # it (`BalancedMixer`, before this mixer's op); BatchMixer accepts and ignores these keys.
+    "balanced_mixup": 0.0,  # alpha of lam ~ Beta(alpha, 1); 0 = off (seed 003: 0.1, 0.2, 0.3)
+    "balanced_mixup_labels": "convex",  # convex (seed 003) | clip_sum (seed 002's union)
+    "balanced_mixup_q": 0.0,  # q of the class-sampled stream (0 = class-balanced, as seed 003)
 }
+BALANCED_KEYS = ("balanced_mixup", "balanced_mixup_labels", "balanced_mixup_q")
 
 
 def _mosaic_weights(variant) -> dict[str, float]:
@@ -525,3 +536,61 @@ def _cumsum(values):
     for v in values:
         total += v
         yield total
+
+
+# --- Balanced-MixUp in the input pipeline ----------------------------------------------------------------
+
+_BALANCED_SALT = 0x3B1A5C0D  # Balanced-MixUp's lam must not be correlated with BatchMixer's draws of the same step
+
+
+def balanced_problem(cfg: Mapping) -> str | None:
+    """What is wrong with the Balanced-MixUp keys of a `mix:` section (a message naming the key), or None."""
+    alpha, mode, q = (cfg.get(k, MIXER_DEFAULTS[k]) for k in BALANCED_KEYS)
+    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+        return f"mix.balanced_mixup is the alpha of Beta(alpha, 1), >= 0 (0 = off), got {alpha!r}"
+    if mode not in LABEL_MODES:
+        return f"mix.balanced_mixup_labels must be one of {LABEL_MODES}, got {mode!r}"
+    if not isinstance(q, (int, float)) or not math.isfinite(q):
+        return f"mix.balanced_mixup_q must be a finite number (0 = class-balanced), got {q!r}"
+    return None
+
+
+class BalancedMixer:
+    """Balanced-MixUp (seed 003) of one instance-sampled batch and one class-sampled batch per step.
+
+    The pipeline draws two batches per step (`cxrlt.pipeline.train_dataset`): x_I from the training
+    sampler (`sampling:`, instance by default) and x_C from class-first sampling with q =
+    `balanced_mixup_q`, and calls ``mixer(step, (x_I, y_I), (x_C, y_C))``:
+    x = (1 - lam) x_I + lam x_C, lam ~ Beta(alpha, 1), one lam per batch (the authors' code, erratum
+    E5), labels `convex` (the paper) or `clip_sum`. The seed of step `step` is fixed by (seed, step),
+    so `lam(step)` is the lam that `__call__` used for that step.
+    """
+
+    def __init__(self, alpha: float, label_mode: str = "convex", q: float = 0.0, seed: int = 0):
+        problem = balanced_problem({"balanced_mixup": alpha, "balanced_mixup_labels": label_mode,
+                                    "balanced_mixup_q": q})
+        if problem or alpha == 0:
+            raise ValueError(problem or "Balanced-MixUp needs alpha > 0")
+        self.alpha, self.label_mode, self.q, self.seed = float(alpha), label_mode, float(q), int(seed)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping, seed: int = 0) -> "BalancedMixer | None":
+        """From the `mix:` section; None when `balanced_mixup` is 0 (off)."""
+        alpha = cfg.get("balanced_mixup", 0.0)
+        if not alpha:
+            return None
+        return cls(alpha, cfg.get("balanced_mixup_labels", "convex"), cfg.get("balanced_mixup_q", 0.0), seed)
+
+    def step_seed(self, step) -> tf.Tensor:
+        return step_seed(self.seed ^ _BALANCED_SALT, step)
+
+    def lam(self, step) -> tf.Tensor:
+        """The lam of batch `step` (the same draw `balanced_mixup` makes inside `__call__`)."""
+        return _beta([], self.alpha, 1.0, self.step_seed(step))
+
+    def __call__(self, step, instance_batch, class_batch):
+        (x_i, y_i), (x_c, y_c) = instance_batch, class_batch
+        return balanced_mixup(x_i, y_i, x_c, y_c, self.step_seed(step), self.alpha, self.label_mode)
+
+    def __repr__(self) -> str:
+        return f"BalancedMixer(alpha={self.alpha}, label_mode={self.label_mode!r}, q={self.q}, seed={self.seed})"

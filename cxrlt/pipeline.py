@@ -1,7 +1,8 @@
 """tf.data input pipelines: file -> decoded grey image -> square 0..255 float RGB -> augment -> batch -> mix.
 
 Everything after the file list is TensorFlow ops, so tf.data runs it in parallel and under
-tf.distribute. Training streams forever (shuffle the path list, repeat, decode) and Keras cuts it
+tf.distribute. Training streams forever (shuffle the path list, repeat, decode; or, with a
+`sampling:` sampler, draw row indices and gather path/label before decoding) and Keras cuts it
 into epochs with `steps_per_epoch`; evaluation keeps the CSV order so predictions line up with ids.
 
 Pixels come from the raw files, or from a folder made once by `python -m cxrlt.prepare` (config
@@ -161,9 +162,11 @@ def _use_shards(cfg: dict, minority_share) -> bool:
     folder = (cfg.get("data") or {}).get("prepared")
     reader = (cfg.get("data") or {}).get("prepared_reader", "auto")
     sampler = (cfg.get("sampling") or {}).get("sampler", "instance")
+    balanced_mixup = (cfg.get("mix") or {}).get("balanced_mixup") or 0
     if reader not in ("auto", "files", "tfrecord"):
         raise ValueError(f"data.prepared_reader must be auto, files or tfrecord, got {reader!r}")
-    if not folder or reader == "files" or cfg["input"]["cache"] or minority_share is not None or sampler != "instance":
+    if not folder or reader == "files" or cfg["input"]["cache"] or minority_share is not None or sampler != "instance" \
+            or balanced_mixup > 0:
         return False
     from . import prepare
 
@@ -260,7 +263,7 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
                   augment_fn=None, mixer=None, minority: np.ndarray | None = None,
                   minority_share: float | None = None, strategy_fn=None, mask: np.ndarray | None = None,
                   shard: tuple[int, int] | None = None) -> tf.data.Dataset:
-    """Infinite, shuffled, augmented and mixed batches of (images, labels) for `fit`.
+    """Infinite, sampled, augmented and mixed batches of (images, labels) for `fit`.
 
     `augment_fn(image, seed) -> image` runs per image; `mixer(step, images, labels)` per batch.
     Both take stateless seeds derived from `seed` and the element/batch index: the same seed
@@ -268,10 +271,14 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     `augment_fn` (seed 000), and `minority_share` oversamples minority images by drawing from a
     majority and a minority stream (streaming: no repeated copies are materialised).
 
+    Which images are drawn is `cfg["sampling"]` (see `sampled_images`); Balanced-MixUp
+    (`cfg["mix"]["balanced_mixup"]` > 0) draws a second, class-sampled batch per step and blends it
+    into the first (`balanced_batches`) before `mixer` runs.
+
     With a label `mask` ([N, C], 0 = ignore, from --uncertain ignore) the batches are
     (images, labels, mask). The mask travels through the mixers as C extra "uncertain" label
     columns, so every mix op combines it with its own rule: a mixed label is ignored when any
-    source that shows in the image had it uncertain.
+    source that shows in the image had it uncertain. Samplers only look at the C class columns.
 
     `shard=(n, i)`: this is input pipeline i of n (multi-worker training with
     `strategy.distribute_datasets_from_function`: n = num_input_pipelines, i = input_pipeline_id).
@@ -286,28 +293,28 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
         labels = np.concatenate([labels, 1.0 - np.asarray(mask, dtype=np.float32)], axis=1)
     flags = np.zeros(len(paths), bool) if minority is None else np.asarray(minority, bool)
     _check_shard(shard)
-    if _use_shards(cfg, minority_share):
+    from_shards = _use_shards(cfg, minority_share)
+    if from_shards:
         ds = _shard_stream(paths, labels, flags, cfg, seed, shard)
     else:
         paths = source_files(paths, cfg)
+        paths, labels, flags = _shard_arrays(shard, paths, labels, flags)
+        if len(paths) == 0:
+            raise ValueError(f"input pipeline {shard} has no images: fewer images than input pipelines")
         if minority_share is not None:
             if flags.all() or not flags.any():
                 raise ValueError(f"oversampling needs both minority and majority images; found {int(flags.sum())} "
                                  f"minority of {len(flags)} (change augment.tail_quantile)")
-            streams = [_stream(paths[~flags], labels[~flags], flags[~flags], cfg, seed, shard),
-                       _stream(paths[flags], labels[flags], flags[flags], cfg, seed + 1, shard)]
+            _check_single_sampler(cfg)
+            streams = [_stream(paths[~flags], labels[~flags], flags[~flags], cfg, seed),
+                       _stream(paths[flags], labels[flags], flags[flags], cfg, seed + 1)]
             ds = tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 - minority_share, minority_share], seed=seed)
         else:
-            ds = _stream(paths, labels, flags, cfg, seed, shard)
-    if strategy_fn is not None:
-        ds = ds.map(lambda x, y, m: (strategy_fn(x, m), y), num_parallel_calls=AUTOTUNE)
-    elif augment_fn is not None:
-        ds = ds.enumerate().map(
-            lambda i, xym: (augment_fn(xym[0], _element_seed(seed, _global_index(i, shard))), xym[1]),
-            num_parallel_calls=AUTOTUNE)
-    else:
-        ds = ds.map(lambda x, y, m: (x, y))
-    ds = ds.batch(batch_size, drop_remainder=True)
+            ds = sampled_images(paths, labels, flags, cfg, seed, n_classes)
+    augment = lambda d, s: _augmented(d, s, augment_fn, strategy_fn, shard)  # noqa: E731
+    ds = augment(ds, seed).batch(batch_size, drop_remainder=True)
+    if not from_shards:
+        ds = balanced_batches(ds, paths, labels, flags, cfg, seed, batch_size, augment, n_classes)
     if mixer is not None:
         ds = ds.enumerate().map(lambda i, xy: mixer(_global_index(i, shard), xy[0], xy[1]), num_parallel_calls=AUTOTUNE)
     if mask is not None:
@@ -316,6 +323,111 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     else:
         ds = ds.map(lambda x, y: (to_rgb(x), y), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def _augmented(ds: tf.data.Dataset, seed: int, augment_fn, strategy_fn, shard=None) -> tf.data.Dataset:
+    """(image, label, is_minority) -> (augmented image, label)."""
+    if strategy_fn is not None:
+        return ds.map(lambda x, y, m: (strategy_fn(x, m), y), num_parallel_calls=AUTOTUNE)
+    if augment_fn is not None:
+        return ds.enumerate().map(
+            lambda i, xym: (augment_fn(xym[0], _element_seed(seed, _global_index(i, shard))), xym[1]),
+            num_parallel_calls=AUTOTUNE)
+    return ds.map(lambda x, y, m: (x, y))
+
+
+# --- training samplers (`sampling:`) and Balanced-MixUp's second stream -------------------------------
+# The sampler yields row indices (cxrlt.sampling); each index is gathered into (path, label, flag) and
+# decoded, so nothing is copied per draw: the path/label tables are held once (about 30 MB for CXR-LT's
+# 264,849 images x 26 classes) and an oversampled image is decoded again each time it is drawn.
+
+BALANCED_SEED_OFFSET = 1_000_003  # the class-sampled stream's seed: seed + this (as sampling.balanced_pair_indices)
+
+
+def _sampling_section(cfg: dict) -> dict:
+    from .sampling import SECTION_DEFAULTS
+
+    return {**SECTION_DEFAULTS, **(cfg.get("sampling") or {})}
+
+
+def _check_single_sampler(cfg: dict) -> None:
+    if _sampling_section(cfg)["sampler"] != "instance":
+        raise ValueError(f"sampling.sampler {_sampling_section(cfg)['sampler']!r} and the oversampling of an "
+                         "augment.strategy both choose the training images; use one of them (sampling.sampler: "
+                         "instance, or augment.strategy: baseline/none)")
+
+
+def sampled_index_stream(labels: np.ndarray, cfg: dict, seed: int) -> tf.data.Dataset | None:
+    """Infinite int64 row indices drawn by `cfg["sampling"]`, or None for `instance` (shuffled epochs,
+    which `_stream` does without an index stream). ros/rus: minority = images with any tail class
+    (`sampling.tail_quantile`, as `augment.minority_mask`), majority = every other image."""
+    from . import augment, sampling
+
+    section = _sampling_section(cfg)
+    spec = sampling.spec_from_config(section)
+    if spec["name"] == "instance":
+        return None
+    labels = np.asarray(labels)
+    masks = {}
+    if spec["name"] in ("ros", "rus"):
+        minority = augment.minority_mask(labels, labels.sum(axis=0), section["tail_quantile"])
+        if minority.all() or not minority.any():
+            raise ValueError(f"sampling.sampler {spec['name']} needs minority and majority images; found "
+                             f"{int(minority.sum())} minority of {len(minority)} (change sampling.tail_quantile)")
+        masks = {"minority_mask": minority} if spec["name"] == "ros" else {"majority_mask": ~minority}
+    return sampling.make_index_dataset(labels, spec, seed, **masks)
+
+
+def sampled_images(paths, labels, flags, cfg: dict, seed: int, n_classes: int | None = None) -> tf.data.Dataset:
+    """Infinite (grey image, label, is_minority) drawn by the configured sampler.
+
+    The sampler sees the first `n_classes` label columns (the rest carry the uncertainty mask)."""
+    index = sampled_index_stream(np.asarray(labels)[:, :n_classes], cfg, seed)
+    if index is None:
+        return _stream(paths, labels, flags, cfg, seed)
+    return images_at(index, paths, labels, flags, cfg)
+
+
+def images_at(index: tf.data.Dataset, paths, labels, flags, cfg: dict) -> tf.data.Dataset:
+    """(grey image, label, is_minority) for each row index of `index`: gather the row, then decode it.
+
+    With `input.cache` the images are decoded once into one in-memory tensor [N, size, size, 1] (small
+    data sets only, like the cache of `_stream`) and gathered by index."""
+    _, read = _decoder(cfg)
+    labels_t = tf.constant(np.asarray(labels, np.float32))
+    flags_t = tf.constant(np.asarray(flags, bool))
+    if cfg["input"]["cache"]:
+        decoded = _decoded_table(paths, read)
+        return index.map(lambda i: (tf.gather(decoded, i), tf.gather(labels_t, i), tf.gather(flags_t, i)))
+    paths_t = tf.constant(np.asarray(paths, dtype=str))
+    rows = index.map(lambda i: (tf.gather(paths_t, i), tf.gather(labels_t, i), tf.gather(flags_t, i)))
+    return rows.map(lambda p, y, m: (read(p), y, m), num_parallel_calls=AUTOTUNE)
+
+
+def _decoded_table(paths, read) -> tf.Tensor:
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray(paths, dtype=str))
+    return ds.map(read, num_parallel_calls=AUTOTUNE).batch(len(paths)).get_single_element()
+
+
+def balanced_batches(batches: tf.data.Dataset, paths, labels, flags, cfg: dict, seed: int, batch_size: int,
+                     augment, n_classes: int | None = None) -> tf.data.Dataset:
+    """Balanced-MixUp (seed 003): zip each batch of the training stream with a batch of a class-sampled
+    stream (q = mix.balanced_mixup_q) and blend them with `mix.BalancedMixer`; unchanged when off.
+
+    Combined with the other mixers by stacking: Balanced-MixUp forms every batch first, then the
+    BatchMixer op (Mosaic/MixUp/CutMix, by its probabilities) and CutOut run on the blended batch, their
+    label rule applied to the blended (soft) labels. Seed 003 uses Balanced-MixUp alone (mosaic, mixup,
+    cutmix 0), as the ablation grids do."""
+    from . import mix, sampling
+
+    mixer = mix.BalancedMixer.from_config(cfg.get("mix") or {}, seed=seed)
+    if mixer is None:
+        return batches
+    class_seed = seed + BALANCED_SEED_OFFSET
+    index = sampling.class_sampled_indices(np.asarray(labels)[:, :n_classes], mixer.q, class_seed)
+    others = augment(images_at(index, paths, labels, flags, cfg), class_seed).batch(batch_size, drop_remainder=True)
+    pairs = tf.data.Dataset.zip((batches, others)).enumerate()
+    return pairs.map(lambda i, pair: mixer(i, pair[0], pair[1]), num_parallel_calls=AUTOTUNE)
 
 
 def eval_dataset(paths: np.ndarray, cfg: dict, *, batch_size: int) -> tf.data.Dataset:

@@ -228,3 +228,49 @@ def balanced_pair_indices(labels, q_class: float = 0.0, seed: int = 0) -> tf.dat
     instance = instance_sampled_indices(len(labels), seed)
     balanced = class_sampled_indices(labels, q_class, seed + 1_000_003)
     return tf.data.Dataset.zip((instance, balanced))
+
+
+# --- the `sampling:` config section (cxrlt/defaults.yaml) ---------------------------------------------
+
+SECTION_DEFAULTS = {"sampler": "instance", "q": 1.0, "tail_quantile": 0.5, "ros_share": 0.5,
+                    "ros_epoch_size": 0, "rus_keep": 0.5}
+
+
+def config_problem(section: dict) -> str | None:
+    """What is wrong with a `sampling:` section (a message naming the key), or None. Checked when the
+    config is loaded, before any TensorFlow work."""
+    s = {**SECTION_DEFAULTS, **(section or {})}
+    unknown = sorted(set(s) - set(SECTION_DEFAULTS))
+    if unknown:
+        return f"sampling: unknown key(s) {unknown}; known: {sorted(SECTION_DEFAULTS)}"
+    if s["sampler"] not in SAMPLERS:
+        return f"sampling.sampler must be one of {', '.join(SAMPLERS)}, got {s['sampler']!r}"
+    if not isinstance(s["q"], (int, float)) or not np.isfinite(s["q"]):
+        return (f"sampling.q must be a finite number (1 instance-like, 0.5 square root, 0 class-balanced), "
+                f"got {s['q']!r}")
+    if not 0.0 <= s["tail_quantile"] <= 1.0:
+        return f"sampling.tail_quantile must be in [0, 1], got {s['tail_quantile']}"
+    if not 0.0 < s["ros_share"] < 1.0:
+        return f"sampling.ros_share must be in (0, 1), got {s['ros_share']}"
+    if int(s["ros_epoch_size"]) < 0:
+        return (f"sampling.ros_epoch_size must be 0 (every image once plus copies) or a number of draws, "
+                f"got {s['ros_epoch_size']}")
+    if not 0.0 < s["rus_keep"] <= 1.0:
+        return f"sampling.rus_keep must be in (0, 1], got {s['rus_keep']}"
+    return None
+
+
+def spec_from_config(section: dict) -> dict:
+    """The `sampling:` section as a :func:`make_index_dataset` spec (``{"name": ..., ...}``)."""
+    problem = config_problem(section)
+    if problem:
+        raise ValueError(problem)
+    s = {**SECTION_DEFAULTS, **(section or {})}
+    name = s["sampler"]
+    if name == "q":
+        return {"name": "q", "q": float(s["q"])}
+    if name == "ros":
+        return {"name": "ros", "target_share": float(s["ros_share"]), "epoch_size": int(s["ros_epoch_size"]) or None}
+    if name == "rus":
+        return {"name": "rus", "keep_fraction": float(s["rus_keep"])}
+    return {"name": name}
