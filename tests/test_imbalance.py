@@ -136,3 +136,19 @@ def test_per_class_mcc_and_balanced_accuracy_equal_scikit_learn():
     assert result["mBACC"] == pytest.approx(np.mean([r["bacc"] for r in result["per_class"]]))
     assert metrics.mcc_at([1, 0, 1, 0], [0.9, 0.1, 0.8, 0.2]) == 1.0
     assert metrics.mcc_at([1, 0, 1, 0], [0.1, 0.9, 0.2, 0.8]) == -1.0
+
+
+def test_class_sampler_and_balanced_mixup_carry_the_uncertainty_mask(one_hot_images):
+    """The mask rides as extra label columns: samplers must weigh classes by the class columns only,
+    and a blended label is ignored where either source had it uncertain."""
+    paths, labels = one_hot_images
+    mask = np.ones_like(labels)
+    mask[labels[:, 3] == 1, 0] = 0.0  # class-3 images: class 0 uncertain
+    cfg = _cfg(sampling={"sampler": "class"}, mix={"balanced_mixup": 0.2})
+    ds = pipeline.train_dataset(paths, labels, cfg, seed=3, batch_size=40, mask=mask)
+    x, y, m = (np.concatenate(t) for t in zip(*[(a.numpy(), b.numpy(), c.numpy()) for a, b, c in ds.take(20)]))
+    assert y.shape == m.shape == (800, 4) and x.shape == (800, 32, 32, 3)
+    shows_class3 = y[:, 3] > 0
+    assert 0.25 < shows_class3.mean() < 0.75  # class sampling (not the 5% of instance sampling), blended
+    np.testing.assert_array_equal(m[:, 0], np.where(shows_class3, 0.0, 1.0))
+    assert (m[:, 1:] == 1).all()
