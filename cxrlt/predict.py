@@ -114,12 +114,21 @@ def predict_run(run: runs.Run, table: dataset.LabelTable, *, tta=None, batch_siz
 
 
 def read_image_list(run: runs.Run, path, image_root=None) -> dataset.LabelTable:
-    """An image list to predict, with labels if it has the run's class columns."""
+    """An image list to predict, with labels if it has the run's class columns, its images screened
+    by the run's data.check_images."""
     d = run.config()["data"]
     if image_root is None and d.get("test_labels") and Path(path) == Path(d["test_labels"]):
         image_root = d.get("test_image_root")
-    return dataset.read_labels(path, image_root=image_root, classes=list(run.classes()), require_labels=False,
-                               uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"])
+    table = dataset.read_labels(path, image_root=image_root, classes=list(run.classes()), require_labels=False,
+                                uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"])
+    mode = d.get("check_images", "header")
+    if mode != "off":
+        # Every listed image needs a prediction: a bad one is named now (never skipped), not as a
+        # decode error after the first fold models have run.
+        from . import check
+
+        check.screen_table(table, deep=mode == "deep", what="prediction", can_skip=False)
+    return table
 
 
 def main(argv=None) -> int:

@@ -157,3 +157,28 @@ def test_an_ensemble_config_file_drives_the_cli(demo_run, tmp_path, capsys):
     single = pd.read_csv(root / "submissions" / "demo.csv", dtype={"dicom_id": str}).set_index("dicom_id")
     logit = pd.read_csv(tmp_path / "e.csv", dtype={"dicom_id": str}).set_index("dicom_id").loc[single.index]
     assert np.allclose(logit.to_numpy(), single.to_numpy(), atol=2e-6)  # one run: logit averaging is the identity
+
+
+def test_prediction_names_a_broken_image_in_the_list_before_any_model_runs(demo_run, tmp_path, capsys):
+    from cxrlt import predict
+
+    root, _, _ = demo_run
+    frame = pd.read_csv(root / "data" / "test.csv").head(4)
+    images = tmp_path / "images"
+    for rel in frame["path"]:
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / "data" / rel, images / rel)
+    broken = images / frame["path"].iloc[2]
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])  # a truncated download
+    frame.to_csv(tmp_path / "list.csv", index=False)
+    cache = root / "runs" / "demo" / "predictions"
+    before = sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+    with pytest.raises(SystemExit) as stop:
+        predict.main(["--run", str(root / "runs" / "demo"), "--labels", str(tmp_path / "list.csv"),
+                      "--image-root", str(images), "--out", str(tmp_path / "p.csv")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "1 of 4 prediction images cannot be used" in err and frame["path"].iloc[2] in err
+    assert "every listed image" in err or "submission needs" in err
+    assert not (tmp_path / "p.csv").exists()
+    assert (sorted(p.name for p in cache.iterdir()) if cache.exists() else []) == before
