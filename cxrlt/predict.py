@@ -101,10 +101,9 @@ def predict_run(run: runs.Run, table: dataset.LabelTable, *, tta=None, batch_siz
             model = models.load(run.model_path(k), num_classes=len(classes))
             probs = predict_images(model, table.paths, cfg, tta=tta, batch_size=batch_size, progress=bar)
             runs.write_predictions(fold_file, table.ids, probs, classes)
-            ids = table.ids
             del model
-        else:
-            ids, probs = runs.read_predictions(fold_file, classes)
+        # Always the cached values (rounded as written): a resumed prediction equals an uninterrupted one.
+        ids, probs = runs.read_predictions(fold_file, classes)
         if not np.array_equal(ids, table.ids):
             raise runs.RunError(f"{fold_file}: cached ids do not match {table.source}; delete {cache}")
         total += probs

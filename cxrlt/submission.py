@@ -67,13 +67,16 @@ def write_submission(path, ids, probs: np.ndarray, *, classes, id_column: str = 
     frame = pd.DataFrame(np.asarray(probs, dtype=np.float64), columns=list(classes))
     frame.insert(0, id_column, [str(i) for i in ids])
     validate_frame(frame, classes=classes, expected_ids=expected_ids, id_column=id_column)
-    atomic.write_csv(path, frame, float_format="%.6f")
-    zip_path = None
-    if make_zip:
-        zip_path = path.with_suffix(".zip")
-        with atomic.atomic_path(zip_path) as tmp:
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                archive.write(path, arcname=path.name)
+    if not make_zip:
+        atomic.write_csv(path, frame, float_format="%.6f")
+        return path, None
+    # The pair is committed together: both temporaries are written in full (a full disk stops the
+    # command here, leaving the old CSV and zip as they were), then two renames replace them.
+    zip_path = path.with_suffix(".zip")
+    with atomic.atomic_path(zip_path) as zip_tmp, atomic.atomic_path(path) as csv_tmp:
+        frame.to_csv(csv_tmp, index=False, float_format="%.6f")
+        with zipfile.ZipFile(zip_tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.write(csv_tmp, arcname=path.name)
     return path, zip_path
 
 

@@ -113,3 +113,27 @@ def test_submission_keeps_the_previous_csv_and_zip_when_the_disk_fills(tmp_path)
     assert _files(tmp_path) == ["sub.csv", "sub.zip"]
     got_ids, _ = read_submission(csv, classes=classes)
     assert list(got_ids) == ids
+
+
+def test_submission_csv_and_zip_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
+    """A full disk while zipping (after the new CSV is written) must not leave a new CSV beside an old zip."""
+    import zipfile
+
+    classes = list(cls.CXRLT2023)
+    ids = [f"d{i:05d}" for i in range(50)]
+    rng = np.random.default_rng(1)
+    csv, zipped = write_submission(tmp_path / "sub.csv", ids, rng.random((50, 26)), classes=classes)
+    before = csv.read_bytes(), zipped.read_bytes()
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "write", full)
+    with pytest.raises(atomic.DiskFullError, match="previous file is intact"):
+        write_submission(csv, ids, rng.random((50, 26)), classes=classes)
+    assert (csv.read_bytes(), zipped.read_bytes()) == before
+    assert _files(tmp_path) == ["sub.csv", "sub.zip"]
+    monkeypatch.undo()
+    csv, zipped = write_submission(csv, ids, rng.random((50, 26)), classes=classes)
+    with zipfile.ZipFile(zipped) as archive:
+        assert archive.read("sub.csv") == csv.read_bytes() != before[0]

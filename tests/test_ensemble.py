@@ -182,3 +182,37 @@ def test_prediction_names_a_broken_image_in_the_list_before_any_model_runs(demo_
     assert "every listed image" in err or "submission needs" in err
     assert not (tmp_path / "p.csv").exists()
     assert (sorted(p.name for p in cache.iterdir()) if cache.exists() else []) == before
+
+
+def test_prediction_killed_after_a_fold_resumes_from_its_cache_to_the_same_scores(demo_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from cxrlt import predict
+
+    root, _, _ = demo_run
+    run = tmp_path / "demo"
+    shutil.copytree(root / "runs" / "demo", run, ignore=shutil.ignore_patterns("predictions"))
+    image_list = root / "data" / "train.csv"  # 800+ images: fold 1 is still running when fold 0's cache lands
+    argv = ["--run", str(run), "--labels", str(image_list), "--out", str(tmp_path / "p.csv")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-m", "cxrlt.predict", *argv], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not list(run.glob("predictions/*/fold0.csv")):
+        assert first.poll() is None, f"prediction ended before fold 0 was cached:\n{first.stderr.read()[-3000:]}"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    first.kill()
+    first.communicate()
+    fold0 = next(run.glob("predictions/*/fold0.csv"))
+    assert not (tmp_path / "p.csv").exists() and not fold0.with_name("fold1.csv").exists()
+    assert not [p for p in fold0.parent.iterdir() if p.name.startswith(".")]  # no half-written cache file
+    stamp = fold0.stat().st_mtime_ns
+    assert predict.main(argv) == 0
+    assert fold0.stat().st_mtime_ns == stamp  # fold 0 came from the cache
+    reference = tmp_path / "reference.csv"
+    assert predict.main(["--run", str(root / "runs" / "demo"), "--labels", str(image_list), "--out", str(reference)]) == 0
+    assert (tmp_path / "p.csv").read_bytes() == reference.read_bytes()
