@@ -288,7 +288,7 @@ def _peak_rss_mb() -> float:
 
 
 def memory_child(kind: str, paths: np.ndarray, n: int, backbone: str, size: int, batch: int) -> dict:
-    """Run once in a fresh process: predict or iterate the training input over n images."""
+    """Run once in a fresh process: predict, iterate the training input, or train, over n images."""
     from . import models, predict
 
     cfg = config.load(overrides={"input": {"size": size}})
@@ -298,13 +298,23 @@ def memory_child(kind: str, paths: np.ndarray, n: int, backbone: str, size: int,
         model = models.build(backbone, 26, size, weights="none").model
         probs = predict.predict_images(model, paths, cfg, batch_size=batch)
         assert probs.shape == (n, 26)
-    else:  # one pass of seed 002's full training input over the n images (n is the epoch)
+    else:  # seed 002's full training input over the n images (n is the epoch): iterated, or trained on
         labels = np.zeros((n, 26), np.float32)
         ds = pipeline.train_dataset(paths, labels, cfg, seed=0, batch_size=batch,
                                     augment_fn=augment.make_basic_augment(cfg["augment"]),
                                     mixer=mix.BatchMixer.from_config(cfg["mix"]))
-        for _ in ds.take(n // batch):
-            pass
+        if kind == "train":  # the engine's train step (focal loss, Adam), as cxrlt.train runs it
+            import keras
+
+            from . import engine, losses
+
+            model = models.build(backbone, 26, size, weights="none").train_model
+            trainer = engine.Trainer(tf.distribute.get_strategy(), model, keras.optimizers.Adam(1e-4),
+                                     losses.get_loss("focal"))
+            trainer.fit(ds, epochs=1, steps_per_epoch=n // batch, verbose=0)
+        else:
+            for _ in ds.take(n // batch):
+                pass
     return {"kind": kind, "n": n, "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_before_mb": round(before, 1)}
 
 
@@ -425,20 +435,24 @@ def _add_predict(sub) -> None:
     p.add_argument("--json", type=Path)
 
 
+MEMORY_KINDS = ("predict", "train-input", "train")
+
+
 def _add_memory(sub) -> None:
     for name, hidden in (("memory", False), ("memory-child", True)):
-        p = sub.add_parser(name, **({} if hidden else {"help": "peak RSS of prediction and training input on N vs "
-                                                                  "factor x N images (subprocesses)"}))
+        p = sub.add_parser(name, **({} if hidden else {"help": "peak RSS of prediction, training input and "
+                                                                  "training on N vs factor x N images (subprocesses)"}))
         p.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
         p.add_argument("--n", type=int, default=48)
         p.add_argument("--backbone", default="efficientnetv2-b0")
         p.add_argument("--size", type=int, default=224)
         p.add_argument("--batch-size", type=int, default=8)
         if hidden:
-            p.add_argument("--kind", choices=["predict", "train-input"], required=True)
+            p.add_argument("--kind", choices=MEMORY_KINDS, required=True)
         else:
             p.add_argument("--factor", type=int, default=4)
-            p.add_argument("--kinds", nargs="+", choices=["predict", "train-input"], default=["predict", "train-input"])
+            p.add_argument("--kinds", nargs="+", choices=MEMORY_KINDS, default=["predict", "train-input"],
+                           help="train = the engine training the backbone on the training input (slow on CPU)")
             p.add_argument("--json", type=Path)
 
 

@@ -128,7 +128,7 @@ def test_submission_csv_and_zip_are_replaced_together_or_not_at_all(tmp_path, mo
     def full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(zipfile.ZipFile, "write", full)
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", full)
     with pytest.raises(atomic.DiskFullError, match="previous file is intact"):
         write_submission(csv, ids, rng.random((50, 26)), classes=classes)
     assert (csv.read_bytes(), zipped.read_bytes()) == before

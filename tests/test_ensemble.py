@@ -216,3 +216,31 @@ def test_prediction_killed_after_a_fold_resumes_from_its_cache_to_the_same_score
     reference = tmp_path / "reference.csv"
     assert predict.main(["--run", str(root / "runs" / "demo"), "--labels", str(image_list), "--out", str(reference)]) == 0
     assert (tmp_path / "p.csv").read_bytes() == reference.read_bytes()
+
+
+def test_ensemble_killed_mid_prediction_reruns_to_byte_identical_files(demo_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    root, _, _ = demo_run
+    reference = tmp_path / "reference" / "demo.csv"
+    assert ensemble.main(["--runs", str(root / "runs" / "demo"), "--out", str(reference)]) == 0
+    run = tmp_path / "demo"
+    shutil.copytree(root / "runs" / "demo", run, ignore=shutil.ignore_patterns("predictions"))
+    out = tmp_path / "sub" / "demo.csv"
+    argv = ["--runs", str(run), "--out", str(out)]
+    first = subprocess.Popen([sys.executable, "-m", "cxrlt.ensemble", *argv], env={**os.environ, "PYTHONPATH": str(REPO)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not list(run.glob("predictions/*/fold0.csv")):
+        assert first.poll() is None, f"the ensemble ended before fold 0 was cached:\n{first.stderr.read()[-3000:]}"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    first.kill()
+    first.communicate()
+    assert not out.exists() and not out.with_suffix(".zip").exists()
+    assert ensemble.main(argv) == 0
+    for suffix in (".csv", ".zip", ".metrics.json"):
+        assert out.with_suffix(suffix).read_bytes() == reference.with_suffix(suffix).read_bytes(), suffix
