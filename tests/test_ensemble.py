@@ -184,29 +184,37 @@ def test_prediction_names_a_broken_image_in_the_list_before_any_model_runs(demo_
     assert (sorted(p.name for p in cache.iterdir()) if cache.exists() else []) == before
 
 
-def test_prediction_killed_after_a_fold_resumes_from_its_cache_to_the_same_scores(demo_run, tmp_path):
+def _kill_after_fold0_is_cached(module: str, argv: list, run: Path) -> None:
+    """Run `python -m module argv` and SIGKILL it as soon as fold 0's prediction cache of `run` lands."""
     import os
     import subprocess
     import sys
     import time
 
+    process = subprocess.Popen([sys.executable, "-m", module, *argv], env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not list(run.glob("predictions/*/fold0.csv")):
+        assert process.poll() is None, f"{module} ended before fold 0 was cached:\n{process.stderr.read()[-3000:]}"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    process.kill()
+    process.communicate()
+
+
+def _copy_without_predictions(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to, ignore=shutil.ignore_patterns("predictions"))
+    return to
+
+
+def test_prediction_killed_after_a_fold_resumes_from_its_cache_to_the_same_scores(demo_run, tmp_path):
     from cxrlt import predict
 
     root, _, _ = demo_run
-    run = tmp_path / "demo"
-    shutil.copytree(root / "runs" / "demo", run, ignore=shutil.ignore_patterns("predictions"))
+    run = _copy_without_predictions(root / "runs" / "demo", tmp_path / "demo")
     image_list = root / "data" / "train.csv"  # 800+ images: fold 1 is still running when fold 0's cache lands
     argv = ["--run", str(run), "--labels", str(image_list), "--out", str(tmp_path / "p.csv")]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first = subprocess.Popen([sys.executable, "-m", "cxrlt.predict", *argv], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600
-    while not list(run.glob("predictions/*/fold0.csv")):
-        assert first.poll() is None, f"prediction ended before fold 0 was cached:\n{first.stderr.read()[-3000:]}"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    first.kill()
-    first.communicate()
+    _kill_after_fold0_is_cached("cxrlt.predict", argv, run)
     fold0 = next(run.glob("predictions/*/fold0.csv"))
     assert not (tmp_path / "p.csv").exists() and not fold0.with_name("fold1.csv").exists()
     assert not [p for p in fold0.parent.iterdir() if p.name.startswith(".")]  # no half-written cache file
@@ -219,27 +227,13 @@ def test_prediction_killed_after_a_fold_resumes_from_its_cache_to_the_same_score
 
 
 def test_ensemble_killed_mid_prediction_reruns_to_byte_identical_files(demo_run, tmp_path):
-    import os
-    import subprocess
-    import sys
-    import time
-
     root, _, _ = demo_run
     reference = tmp_path / "reference" / "demo.csv"
     assert ensemble.main(["--runs", str(root / "runs" / "demo"), "--out", str(reference)]) == 0
-    run = tmp_path / "demo"
-    shutil.copytree(root / "runs" / "demo", run, ignore=shutil.ignore_patterns("predictions"))
+    run = _copy_without_predictions(root / "runs" / "demo", tmp_path / "demo")
     out = tmp_path / "sub" / "demo.csv"
     argv = ["--runs", str(run), "--out", str(out)]
-    first = subprocess.Popen([sys.executable, "-m", "cxrlt.ensemble", *argv], env={**os.environ, "PYTHONPATH": str(REPO)},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600
-    while not list(run.glob("predictions/*/fold0.csv")):
-        assert first.poll() is None, f"the ensemble ended before fold 0 was cached:\n{first.stderr.read()[-3000:]}"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    first.kill()
-    first.communicate()
+    _kill_after_fold0_is_cached("cxrlt.ensemble", argv, run)
     assert not out.exists() and not out.with_suffix(".zip").exists()
     assert ensemble.main(argv) == 0
     for suffix in (".csv", ".zip", ".metrics.json"):
