@@ -98,28 +98,11 @@ def overlay(base: dict, top: dict) -> dict:
     return out
 
 
-def flat_keys(tree: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and not name.endswith("params"):
-            keys += flat_keys(value, name + ".")
-        else:
-            keys.append(name)
-    return keys
-
-
 def load_grid(path: str | Path) -> dict:
     """Read and check a grid file; variants keep their file order (the table's row order)."""
     path = Path(path)
-    if not path.is_file():
-        raise GridError(f"grid file {path} does not exist (see configs/ablations/)")
-    try:
-        grid = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise GridError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(grid, dict):
-        raise GridError(f"{path}: expected a mapping with 'variants' (and optional config, base, notes)")
+    grid = config.read_mapping(path, what="grid file", where_to_look="configs/ablations/",
+                               expected="a mapping with 'variants' (and optional config, base, notes)", error=GridError)
     unknown = sorted(set(grid) - GRID_KEYS)
     if unknown:
         raise GridError(f"{path}: unknown top-level key(s) {unknown}; a grid has {sorted(GRID_KEYS)}")
@@ -134,7 +117,7 @@ def load_grid(path: str | Path) -> dict:
     base = nested(grid.get("base"), f"{path}: base")
     variants = {name: nested(settings, f"{path}: variant {name}") for name, settings in variants.items()}
     for name, settings in variants.items():
-        fixed = [k for k in flat_keys(settings) if k.startswith(SHARED_KEYS)]
+        fixed = [k for k in config.flatten(settings) if k.startswith(SHARED_KEYS)]
         if fixed:
             raise GridError(f"{path}: variant {name!r} changes {fixed}; variants must share the data and the folds "
                             "(put data settings on the command line or in the base)")
@@ -152,7 +135,7 @@ def variant_config(grid: dict, name: str, base_config: str | None) -> dict:
             path = grid["path"].parent / source  # relative to the grid file
         if not path.is_file():
             raise GridError(f"{grid['path']}: base config {source} does not exist")
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = config.read_mapping(path, error=GridError)
         tree.pop("name", None)
     tree = overlay(overlay(tree, grid["base"]), grid["variants"][name])
     tree["name"] = name
@@ -388,7 +371,7 @@ def run_grid(args: argparse.Namespace) -> Path:
         raise GridError(f"--variants {unknown} not in {grid['path']} (it has {list(grid['variants'])})")
     forwarded = forwarded_argv(args)
     clash = {k for k in cli_keys(args) if any(k == v or k.startswith(v + ".") or v.startswith(k + ".")
-                                              for s in grid["variants"].values() for v in flat_keys(s))}
+                                              for s in grid["variants"].values() for v in config.flatten(s))}
     if clash:
         raise GridError(f"the command line sets {sorted(clash)}, which the grid's variants vary; it would make them "
                         "the same. Change the grid instead")

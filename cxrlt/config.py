@@ -34,12 +34,13 @@ NULLABLE = {"name": str, "data.labels": str, "data.image_root": str, "data.test_
             "data.test_image_root": str, "train.steps_per_epoch": int}
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; FREEFORM sections (a loss's params) stay one value."""
     flat = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and name not in FREEFORM:
-            flat.update(_flatten(value, name + "."))
+            flat.update(flatten(value, name + "."))
         else:
             flat[name] = value
     return flat
@@ -112,8 +113,8 @@ def _number(text: str):
 def merge(base: dict, override: dict, where: str) -> dict:
     """Apply `override` (nested or dotted keys) to a copy of `base`, checking names and types."""
     out = copy.deepcopy(base)
-    flat_known = _flatten(base)
-    flat_override = _flatten(override)
+    flat_known = flatten(base)
+    flat_override = flatten(override)
     for key, value in flat_override.items():
         if key not in flat_known:
             # A section given as a whole value (e.g. data.classes: [list]) is a leaf, not a section.
@@ -149,25 +150,32 @@ def get_dotted(tree: dict, key: str) -> Any:
     return node
 
 
+def read_mapping(path: Path, *, what: str = "config file", where_to_look: str = "configs/",
+                 expected: str = "a mapping of settings at the top level", error=ConfigError) -> dict:
+    """A YAML file that must hold a mapping (a config, an ablation grid), with errors naming the file."""
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist (see {where_to_look} for examples)")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise error(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(content, dict):
+        raise error(f"{path}: expected {expected}")
+    return content
+
+
 def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
     cfg = defaults()
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
-        try:
-            user = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
-        if not isinstance(user, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        user = read_mapping(path)
         cfg = merge(cfg, user, str(path))
         if cfg.get("name") is None:
             cfg["name"] = path.stem
     cfg = merge(cfg, overrides or {}, "command line")
-    given = set(_flatten(overrides or {}))
+    given = set(flatten(overrides or {}))
     if path is not None:
-        given |= set(_flatten(user))
+        given |= set(flatten(user))
     if cfg["loss"]["name"] != defaults()["loss"]["name"] and "loss.params" not in given:
         cfg["loss"]["params"] = {}  # another loss: its own defaults, not focal's arguments
     validate(cfg)
@@ -226,15 +234,13 @@ def validate(cfg: dict) -> None:
     except (ValueError, TypeError) as err:
         raise ConfigError(f"mix: {err}") from None
     from .mix import balanced_problem  # noqa: PLC0415
-    from .sampling import config_problem  # noqa: PLC0415
+    from .sampling import config_problem, oversampling_conflict  # noqa: PLC0415
 
     problem = balanced_problem(mix) or config_problem(cfg["sampling"])
+    if not problem and a["strategy"] in STRATEGIES and STRATEGIES[a["strategy"]][2]:
+        problem = oversampling_conflict(cfg["sampling"]["sampler"], a["strategy"])
     if problem:
         raise ConfigError(problem)
-    if cfg["sampling"]["sampler"] != "instance" and a["strategy"] in STRATEGIES and STRATEGIES[a["strategy"]][2]:
-        raise ConfigError(f"sampling.sampler {cfg['sampling']['sampler']!r} and augment.strategy {a['strategy']!r} "
-                          "(which oversamples minority images) both choose the training images; use one of them "
-                          "(sampling.sampler: instance, or augment.strategy: baseline)")
     _validate_names(cfg)
 
 
@@ -287,7 +293,7 @@ def diff(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
 
     A setting missing from `saved` (a run made before the setting existed) counts as its default,
     so adding a setting to cxrlt does not make every older run directory "another config"."""
-    a, b = {**_flatten(defaults()), **_flatten(saved)}, _flatten(current)
+    a, b = {**flatten(defaults()), **flatten(saved)}, flatten(current)
     keys = sorted(set(a) | set(b))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k) and not k.startswith(ignore)]
 

@@ -241,13 +241,10 @@ def _global_index(index: tf.Tensor, shard) -> tf.Tensor:
     return index * n + p
 
 
-def _stream(paths, labels, flags, cfg: dict, seed: int, shard=None) -> tf.data.Dataset:
+def _stream(paths, labels, flags, cfg: dict, seed: int) -> tf.data.Dataset:
     """One infinite shuffled stream of (grey image [size, size, 1], label, is_minority)."""
     _, read = _decoder(cfg)
-    paths, labels, flags = _shard_arrays(shard, paths, labels, flags)
     n = len(paths)
-    if n == 0:
-        raise ValueError(f"input pipeline {shard} has no images: fewer images than input pipelines")
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=str), labels.astype(np.float32), flags))
     decode = lambda p, y, m: (read(p), y, m)  # noqa: E731
     if cfg["input"]["cache"]:
@@ -341,9 +338,6 @@ def _augmented(ds: tf.data.Dataset, seed: int, augment_fn, strategy_fn, shard=No
 # decoded, so nothing is copied per draw: the path/label tables are held once (about 30 MB for CXR-LT's
 # 264,849 images x 26 classes) and an oversampled image is decoded again each time it is drawn.
 
-BALANCED_SEED_OFFSET = 1_000_003  # the class-sampled stream's seed: seed + this (as sampling.balanced_pair_indices)
-
-
 def _sampling_section(cfg: dict) -> dict:
     from .sampling import SECTION_DEFAULTS
 
@@ -351,10 +345,11 @@ def _sampling_section(cfg: dict) -> dict:
 
 
 def _check_single_sampler(cfg: dict) -> None:
-    if _sampling_section(cfg)["sampler"] != "instance":
-        raise ValueError(f"sampling.sampler {_sampling_section(cfg)['sampler']!r} and the oversampling of an "
-                         "augment.strategy both choose the training images; use one of them (sampling.sampler: "
-                         "instance, or augment.strategy: baseline/none)")
+    from .sampling import oversampling_conflict
+
+    problem = oversampling_conflict(_sampling_section(cfg)["sampler"], (cfg.get("augment") or {}).get("strategy"))
+    if problem:
+        raise ValueError(problem)
 
 
 def sampled_index_stream(labels: np.ndarray, cfg: dict, seed: int) -> tf.data.Dataset | None:
@@ -423,7 +418,7 @@ def balanced_batches(batches: tf.data.Dataset, paths, labels, flags, cfg: dict, 
     mixer = mix.BalancedMixer.from_config(cfg.get("mix") or {}, seed=seed)
     if mixer is None:
         return batches
-    class_seed = seed + BALANCED_SEED_OFFSET
+    class_seed = seed + sampling.BALANCED_SEED_OFFSET
     index = sampling.class_sampled_indices(np.asarray(labels)[:, :n_classes], mixer.q, class_seed)
     others = augment(images_at(index, paths, labels, flags, cfg), class_seed).batch(batch_size, drop_remainder=True)
     pairs = tf.data.Dataset.zip((batches, others)).enumerate()

@@ -220,13 +220,16 @@ def make_index_dataset(labels, sampler_cfg: dict, seed: int, *, minority_mask=No
     return _epochs(lambda s: random_undersample_indices(labels, majority_mask, keep, s), seed)
 
 
+BALANCED_SEED_OFFSET = 1_000_003  # Balanced-MixUp's class-sampled stream is seeded with seed + this
+
+
 def balanced_pair_indices(labels, q_class: float = 0.0, seed: int = 0) -> tf.data.Dataset:
     """Infinite ``(instance_index, class_index)`` int64 pairs for Balanced-MixUp (seed 003): one
     instance-sampled stream (shuffled epochs) zipped with one class-sampled stream (``q_class``,
     default 0 = class-balanced). The two streams use different seeds derived from ``seed``."""
     labels = np.asarray(labels)
     instance = instance_sampled_indices(len(labels), seed)
-    balanced = class_sampled_indices(labels, q_class, seed + 1_000_003)
+    balanced = class_sampled_indices(labels, q_class, seed + BALANCED_SEED_OFFSET)
     return tf.data.Dataset.zip((instance, balanced))
 
 
@@ -258,6 +261,15 @@ def config_problem(section: dict) -> str | None:
     if not 0.0 < s["rus_keep"] <= 1.0:
         return f"sampling.rus_keep must be in (0, 1], got {s['rus_keep']}"
     return None
+
+
+def oversampling_conflict(sampler: str, strategy: str) -> str | None:
+    """Why `sampling.sampler` cannot run beside an augment.strategy that oversamples, or None."""
+    if sampler == "instance":
+        return None
+    return (f"sampling.sampler {sampler!r} and augment.strategy {strategy!r} (which oversamples minority images) "
+            "both choose the training images; use one of them (sampling.sampler: instance, or augment.strategy: "
+            "baseline)")
 
 
 def spec_from_config(section: dict) -> dict:

@@ -30,4 +30,3 @@ def test_pipeline_benchmark_reports_rates_and_ratios(tmp_path):
     assert shards["ratio_vs"] == "decode+resize (ceiling)" and shards["ratio"] == shards["ratio_to_ceiling"]
     assert result["prepared shards: seed 002 full"]["ratio_vs"] == "seed 002 full (basic + mosaic p=0.5)"
     assert report["prepare"]["images"] == 6 and report["per_epoch"]["64"]["speedup"] > 0
-
