@@ -69,7 +69,8 @@ def demo_run(tmp_path_factory):
     fold 0 has checkpointed epoch 1, i.e. in epoch 2; the same command then resumes it in-process.
     What the resumed run logged is kept in root/resume.log for the tests.
     """
-    from cxrlt import ensemble, train
+    from cxrlt.ensemble import ensembler as ensemble
+    from cxrlt.train import kfold as train
 
     root = tmp_path_factory.mktemp("demo")
     argv = ["--demo", "--out", str(root / "runs"), "--name", "demo", "--epochs", "2",
@@ -103,7 +104,8 @@ def demo_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def nih_run(tmp_path_factory):
     """nih1000 split by patient into a training list and a held-out test list; (root, submission path)."""
-    from cxrlt import ensemble, train
+    from cxrlt.ensemble import ensembler as ensemble
+    from cxrlt.train import kfold as train
 
     root = tmp_path_factory.mktemp("nih")
     frame = pd.read_csv(need(NIH1000) / "labels.csv")

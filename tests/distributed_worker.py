@@ -18,7 +18,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cxrlt import distribute, engine, losses, mix, models  # noqa: E402
+from cxrlt.train import distribute, engine
+from cxrlt.model import losses, models
+from cxrlt.data import mix  # noqa: E402
 
 CLASSES, SIZE, GLOBAL_BATCH, STEPS = 5, 32, 8, 2
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from cxrlt import ablate, config
+from cxrlt.tools import ablate
+from cxrlt import config
 
 from .conftest import REPO
 

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from cxrlt import aggregate, runs
+from cxrlt.predict import aggregate
+from cxrlt.train import runs
 
 
 def _case(seed, n=40, c=4):
@@ -76,7 +77,7 @@ def test_measured_on_a_real_runs_oof_predictions(demo_run, tmp_path, capsys):
 
 def test_predict_option_pools_a_runs_test_predictions(demo_run, capsys):
     """predict --study-aggregation max: every image of a study gets the study's maximum (cached fold predictions)."""
-    from cxrlt import predict
+    from cxrlt.predict import inference as predict
 
     root, _, _ = demo_run
     run = runs.Run(root / "runs" / "demo")

@@ -18,8 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlt import atomic, classes as cls, models
-from cxrlt.submission import read_submission, write_submission
+from cxrlt.utils import atomic
+from cxrlt.data import classes as cls
+from cxrlt.model import models
+from cxrlt.ensemble.submission import read_submission, write_submission
 
 
 @pytest.fixture

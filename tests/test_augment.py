@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxrlt import augment, config, pipeline
+from cxrlt.data import augment, pipeline
+from cxrlt import config
 
 from .conftest import write_png
 

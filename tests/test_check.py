@@ -16,8 +16,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cxrlt import check, config, train
-from cxrlt.pipeline import decode_image
+from cxrlt.data import check
+from cxrlt import config
+from cxrlt.train import kfold as train
+from cxrlt.data.pipeline import decode_image
 
 RNG = np.random.default_rng(0)
 GREY = RNG.integers(0, 255, (64, 48), dtype=np.uint8)

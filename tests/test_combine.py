@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from cxrlt import combine, runs
+from cxrlt.ensemble import combine
+from cxrlt.train import runs
 
 
 def _preds(seed, n=60, c=4, k=3):

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlt import classes as cls
-from cxrlt.dataset import LabelFileError, check_same_classes, read_labels
+from cxrlt.data import classes as cls
+from cxrlt.data.dataset import LabelFileError, check_same_classes, read_labels
 
 from .conftest import NIH1000, need
 

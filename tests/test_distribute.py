@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlt import distribute
+from cxrlt.train import distribute
 
 from .conftest import REPO, TINY
 
@@ -57,7 +57,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 def test_two_worker_processes_train_together_and_only_the_chief_writes(tmp_path):
-    from cxrlt.synthetic import make_demo
+    from cxrlt.data.synthetic import make_demo
 
     make_demo(tmp_path / "data", n_patients=40, image_size=64)
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]

@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlt import classes as cls, evaluate, train
-from cxrlt.submission import check_file
+from cxrlt.data import classes as cls
+from cxrlt.evaluate import align as evaluate
+from cxrlt.train import kfold as train
+from cxrlt.ensemble.submission import check_file
 
 
 def test_demo_submission_is_complete_and_in_official_order(demo_run):

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxrlt import engine, losses, pipeline
+from cxrlt.train import engine
+from cxrlt.model import losses
+from cxrlt.data import pipeline
 
 CLASSES = 4
 
@@ -114,7 +116,7 @@ def test_callbacks_get_fits_hooks_and_can_add_logs():
 
 def test_label_masks_travel_through_the_mixers(tmp_path):
     """--uncertain ignore: a mixed label is ignored exactly when a source showing in the image had it uncertain."""
-    from cxrlt import mix
+    from cxrlt.data import mix
 
     from .conftest import write_png
 

@@ -12,7 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from cxrlt import classes as cls, combine, ensemble, metrics, runs
+from cxrlt.data import classes as cls
+from cxrlt.ensemble import combine, ensembler as ensemble
+from cxrlt.evaluate import metrics
+from cxrlt.train import runs
 
 from .test_submission import _broken
 
@@ -61,7 +64,8 @@ def hflip_run(demo_run, tmp_path_factory):
     """(demo run, its OOF passes per view, a run dir predicting with hflip only, sharing the demo folds)."""
     import tensorflow as tf
 
-    from cxrlt import models, pipeline
+    from cxrlt.model import models
+    from cxrlt.data import pipeline
 
     root, _, _ = demo_run
     run = runs.Run(root / "runs" / "demo")
@@ -160,7 +164,7 @@ def test_an_ensemble_config_file_drives_the_cli(demo_run, tmp_path, capsys):
 
 
 def test_prediction_names_a_broken_image_in_the_list_before_any_model_runs(demo_run, tmp_path, capsys):
-    from cxrlt import predict
+    from cxrlt.predict import inference as predict
 
     root, _, _ = demo_run
     frame = pd.read_csv(root / "data" / "test.csv").head(4)
@@ -208,7 +212,7 @@ def _copy_without_predictions(run: Path, to: Path) -> Path:
 
 
 def test_prediction_killed_after_a_fold_resumes_from_its_cache_to_the_same_scores(demo_run, tmp_path):
-    from cxrlt import predict
+    from cxrlt.predict import inference as predict
 
     root, _, _ = demo_run
     run = _copy_without_predictions(root / "runs" / "demo", tmp_path / "demo")

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxrlt import explain, models, pipeline
+from cxrlt.report import explain
+from cxrlt.model import models
+from cxrlt.data import pipeline
 
 from .conftest import FULLRES, need
 

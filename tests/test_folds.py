@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlt.dataset import read_labels
-from cxrlt.folds import FoldError, load_or_make_folds, make_folds
+from cxrlt.data.dataset import read_labels
+from cxrlt.data.folds import FoldError, load_or_make_folds, make_folds
 
 from .conftest import NIH1000, need
 

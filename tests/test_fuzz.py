@@ -15,8 +15,9 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings, strategies as st
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxrlt import metrics, mix
-from cxrlt.dataset import LabelFileError, LabelTable, read_labels
+from cxrlt.evaluate import metrics
+from cxrlt.data import mix
+from cxrlt.data.dataset import LabelFileError, LabelTable, read_labels
 
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 

@@ -8,7 +8,9 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import balanced_accuracy_score, matthews_corrcoef
 
-from cxrlt import config, metrics, mix, pipeline, sampling
+from cxrlt import config
+from cxrlt.evaluate import metrics
+from cxrlt.data import mix, pipeline, sampling
 
 from .conftest import write_png
 

@@ -8,8 +8,8 @@ import os
 import subprocess
 import sys
 
-from cxrlt import tfquiet
-from cxrlt.progress import Progress
+from cxrlt.utils import tfquiet
+from cxrlt.utils.progress import Progress
 
 from .conftest import REPO
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxrlt import losses
+from cxrlt.model import losses
 
 B, C = 16, 26
 N_IMAGES = 5000

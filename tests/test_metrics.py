@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from cxrlt import metrics
+from cxrlt.evaluate import metrics
 
 
 def _random(seed, n=80, c=6, ties=True):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxrlt import mix
+from cxrlt.data import mix
 
 B, S, C = 8, 32, 6
 SEED = tf.constant([3, 7], tf.int64)

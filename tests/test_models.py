@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from cxrlt import models
+from cxrlt.model import models
 
 
 @pytest.mark.parametrize("name", models.backbone_names())

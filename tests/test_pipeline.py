@@ -2,7 +2,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from cxrlt import config, pipeline
+from cxrlt import config
+from cxrlt.data import pipeline
 
 from .conftest import FULLRES, need, write_png
 

@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cxrlt import config, pipeline, prepare
+from cxrlt import config
+from cxrlt.data import pipeline, prepare
 
 from .conftest import FULLRES, REPO, need
 

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlt import calibration, dataset, evaluate, report
+from cxrlt.evaluate import calibration, align as evaluate
+from cxrlt.data import dataset
+from cxrlt.report import run_report as report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VOID = {"meta", "img", "br", "hr", "link", "input"}

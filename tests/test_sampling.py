@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from cxrlt import sampling
+from cxrlt.data import sampling
 
 from .conftest import SHARED_DATA, need
 

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlt import classes as cls
-from cxrlt.submission import SubmissionError, check_file, main, read_submission, validate_frame, write_submission
+from cxrlt.data import classes as cls
+from cxrlt.ensemble.submission import SubmissionError, check_file, main, read_submission, validate_frame, write_submission
 
 C = list(cls.CXRLT2023)
 IDS = [f"id{i}" for i in range(5)]

@@ -8,8 +8,8 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from cxrlt import classes as cls
-from cxrlt.synthetic import make_demo
+from cxrlt.data import classes as cls
+from cxrlt.data.synthetic import make_demo
 
 C = list(cls.CXRLT2023)
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cxrlt.tensorboard_log import IMAGE_TAG, TensorBoardLogger
+from cxrlt.train.tensorboard_log import IMAGE_TAG, TensorBoardLogger
 
 
 class FakeValidation(keras.callbacks.Callback):

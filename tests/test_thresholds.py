@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from cxrlt import metrics, runs, thresholds as thr
+from cxrlt.evaluate import metrics
+from cxrlt.train import runs
+from cxrlt.ensemble import thresholds as thr
 
 
 def _random(seed, n=150, c=5):

@@ -4,7 +4,7 @@ import json
 
 from PIL import Image
 
-from cxrlt import bench, preview
+from cxrlt.tools import bench, preview
 
 from .conftest import FULLRES, need
 

@@ -184,7 +184,7 @@ def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
 
 def validate(cfg: dict) -> None:
     """Impossible combinations fail here, before any TensorFlow work."""
-    from .aggregate import check_method  # noqa: PLC0415 - aggregate imports this module
+    from ..predict.aggregate import check_method  # noqa: PLC0415 - aggregate imports this module
 
     check_method(cfg["predict"]["study_aggregation"])
     t = cfg["train"]
@@ -215,7 +215,7 @@ def validate(cfg: dict) -> None:
     if t["checkpoint"] not in ("best", "last"):
         raise ConfigError(f"train.checkpoint must be best or last, got {t['checkpoint']!r}")
     a = cfg["augment"]
-    from .augment import STRATEGIES  # noqa: PLC0415 - TensorFlow is loaded by every command that validates
+    from ..data.augment import STRATEGIES  # noqa: PLC0415 - TensorFlow is loaded by every command that validates
 
     if a["strategy"] != "none" and a["strategy"] not in STRATEGIES:
         raise ConfigError(f"augment.strategy must be none or one of {sorted(STRATEGIES)}, got {a['strategy']!r}")
@@ -227,14 +227,14 @@ def validate(cfg: dict) -> None:
         raise ConfigError("mix probabilities must be in [0, 1] and mosaic + mixup + cutmix <= 1 (one mix op per batch)")
     if mix["label_mode"] not in ("clip_sum", "convex"):
         raise ConfigError(f"mix.label_mode must be clip_sum or convex, got {mix['label_mode']!r}")
-    from .mix import BatchMixer  # noqa: PLC0415 - its own checks (alphas, centre range, variants, CutOut size)
+    from ..data.mix import BatchMixer  # noqa: PLC0415 - its own checks (alphas, centre range, variants, CutOut size)
 
     try:
         BatchMixer.from_config(mix)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"mix: {err}") from None
-    from .mix import balanced_problem  # noqa: PLC0415
-    from .sampling import config_problem, oversampling_conflict  # noqa: PLC0415
+    from ..data.mix import balanced_problem  # noqa: PLC0415
+    from ..data.sampling import config_problem, oversampling_conflict  # noqa: PLC0415
 
     problem = balanced_problem(mix) or config_problem(cfg["sampling"])
     if not problem and a["strategy"] in STRATEGIES and STRATEGIES[a["strategy"]][2]:
@@ -253,7 +253,8 @@ def _choice(key: str, value, allowed) -> None:
 
 def _validate_names(cfg: dict) -> None:
     """Names that are otherwise only looked up when a fold starts (after data and folds are prepared)."""
-    from . import classes, dataset, losses, models  # noqa: PLC0415
+    from ..data import classes, dataset
+    from ..model import losses, models  # noqa: PLC0415
 
     d, o, t = cfg["data"], cfg["optim"], cfg["train"]
     _choice("data.uncertain", d["uncertain"], dataset.UNCERTAIN_POLICIES)

@@ -337,6 +337,6 @@ def oversample_indices(minority: np.ndarray, target_minority_share: float, seed:
 
 
 if __name__ == "__main__":  # python -m cxrlt.augment: the preview grid
-    from .preview import main
+    from ..tools.preview import main
 
     raise SystemExit(main())

@@ -292,7 +292,7 @@ def scan(paths, deep: bool = False, *, limits: Limits = LIMITS, workers: int | N
     workers = workers or (os.cpu_count() or 2) * (1 if deep else 8)
     bar = None
     if progress:
-        from .predict import Progress
+        from ..predict.inference import Progress
 
         bar = Progress(len(paths), progress)
     rows = []
@@ -331,7 +331,7 @@ def screen_table(table, *, deep: bool = False, skip_bad: bool = False, record_di
     submission needs every image) always raises on a bad image.
     """
     skip_bad = skip_bad and can_skip
-    from . import atomic
+    from ..utils import atomic
 
     report = scan(table.paths, deep, limits=limits, progress=f"{what} image check")
     report.insert(0, "id", table.ids)
@@ -383,7 +383,8 @@ def benchmark(paths, workers: int | None = None) -> str:
 
 
 def main(argv=None) -> int:
-    from . import cli, dataset
+    from ..utils import cli
+    from . import dataset
 
     parser = argparse.ArgumentParser(prog="python -m cxrlt.check", description=__doc__.split("\n")[0])
     parser.add_argument("--labels", required=True, type=Path, help="label CSV or image list")
@@ -408,13 +409,13 @@ def main(argv=None) -> int:
         if args.bench:
             print(benchmark(table.paths, workers=args.workers))
             return 0
-        from . import predict  # noqa: F401 - the progress bar's module loads TensorFlow: not part of the timing
+        from ..predict import inference as predict  # noqa: F401 - the progress bar's module loads TensorFlow: not part of the timing
 
         started = time.perf_counter()
         report = scan(table.paths, args.deep, workers=args.workers, progress="image check")
         seconds = time.perf_counter() - started
         report.insert(0, "id", table.ids)
-        from . import atomic
+        from ..utils import atomic
 
         atomic.write_csv(args.out, report[report["status"] != "ok"])
         print(f"{summary(report)} ({'deep' if args.deep else 'header'} check, {seconds:.1f} s, "

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import atomic
+from ..utils import atomic
 from .dataset import LabelTable
 
 

@@ -50,7 +50,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import atomic, dataset
+from ..utils import atomic
+from . import dataset
 
 log = logging.getLogger("cxrlt.prepare")
 
@@ -318,7 +319,7 @@ def prepare(labels: str | os.PathLike, out: str | os.PathLike, *, image_root=Non
         if len(todo) < len(shards):
             log.info("%s: %d of %d shards already done; resuming", layout.root, len(shards) - len(todo), len(shards))
         if todo:
-            from .predict import Progress
+            from ..predict.inference import Progress
 
             shrink = make_shrinker(long_side, encoding, quality)
             progress = Progress(sum(len(shards[k]) for k in todo), "prepare")
@@ -457,7 +458,7 @@ def _open(root: str, _mtime: int, _size: int) -> Prepared:
 # ---------------------------------------------------------------------------------------------- CLI
 
 def main(argv=None) -> int:
-    from . import cli
+    from ..utils import cli
 
     parser = argparse.ArgumentParser(prog="python -m cxrlt.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("--labels", required=True, help="label CSV (or image list) whose images to prepare")

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
-from . import atomic, classes as cls
+from ..utils import atomic
+from . import classes as cls
 
 VERSION = 1
 MIN_PREVALENCE = 0.03

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import config, metrics, runs
+from .. import config
+from ..evaluate import metrics
+from ..train import runs
 
 METHODS = ("mean", "rank", "logit")
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before taking logits

@@ -27,7 +27,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from . import aggregate, atomic, classes as cls, cli, config, metrics, runs, thresholds as thr
+from ..predict import aggregate
+from ..utils import atomic, cli
+from ..data import classes as cls
+from .. import config
+from ..evaluate import metrics
+from ..train import runs
+from . import thresholds as thr
 from .combine import METHODS, combine, fit_weights, weights_of
 
 log = logging.getLogger("cxrlt.ensemble")
@@ -113,7 +119,7 @@ def study_settings(run_list: list[runs.Run], method: str | None, view_weights: d
 def ensemble(run_list: list[runs.Run], test_csv: str | None, *, weights=None, method: str = "mean",
              image_root=None, tta=None):
     """(table, probabilities) of the runs' fold-and-TTA means, combined with `method` and `weights`."""
-    from . import predict
+    from ..predict import inference as predict
 
     check_same_classes(run_list)
     tests = {run.config()["data"]["test_labels"] for run in run_list}
@@ -171,7 +177,7 @@ def validate_settings(s: dict) -> None:
 # ----------------------------------------------------------------------------- command line
 
 def _parser() -> argparse.ArgumentParser:
-    from . import predict
+    from ..predict import inference as predict
 
     parser = argparse.ArgumentParser(prog="python -m cxrlt.ensemble", description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, help="ensemble config (configs/08_ensemble_5_6.yaml ...); flags override it")
@@ -313,7 +319,8 @@ def report_test(table, probs, idx, order, t, groups: dict, csv_path: Path) -> No
 
 def check(args) -> int:
     """--check FILE: validate a submission a user already has; expected ids from --labels when given."""
-    from . import dataset, submission
+    from ..data import dataset
+    from . import submission
 
     classes = cls.CXRLT2023
     if args.runs:

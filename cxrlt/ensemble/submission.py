@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import atomic, classes as cls
+from ..utils import atomic
+from ..data import classes as cls
 
 
 class SubmissionError(ValueError):
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
     expected = None
     try:
         if args.labels:
-            from .dataset import read_labels
+            from ..data.dataset import read_labels
 
             expected = read_labels(args.labels, classes=cls.CXRLT2023, require_labels=False,
                                    allow_outside_root=True).ids

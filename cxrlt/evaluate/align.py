@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import atomic, classes as cls, cli, dataset, metrics
+from ..utils import atomic, cli
+from ..data import classes as cls, dataset
+from . import metrics
 
 
 class MismatchError(ValueError):

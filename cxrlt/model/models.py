@@ -213,7 +213,7 @@ def load(path: str | os.PathLike, *, num_classes: int | None = None) -> keras.Mo
 
 def save(model: keras.Model, path: str | os.PathLike) -> None:
     """Save atomically: the previous good file survives a crash or a full disk."""
-    from .atomic import atomic_path
+    from ..utils.atomic import atomic_path
 
     with atomic_path(path, suffix=".tmp.keras") as tmp:
         model.save(tmp)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError
+from ..config import ConfigError
 
 METHODS = ("none", "mean", "max", "view_mean")
 # Views with no entry of their own take `default`; names are compared upper-cased (MIMIC ViewPosition).
@@ -96,7 +96,7 @@ def measure(labels, probs, studies, views, classes, *, groups=None, view_weights
 
     With `tune_thresholds`, also mF1 at per-class thresholds tuned on these same predictions (optimistic).
     """
-    from . import metrics
+    from ..evaluate import metrics
 
     out = {}
     for method in METHODS:
@@ -104,7 +104,7 @@ def measure(labels, probs, studies, views, classes, *, groups=None, view_weights
         result = metrics.evaluate(labels, pooled, classes, groups=groups)
         row = {k: result[k] for k in ("mAP", "mAUC", "mF1")}
         if tune_thresholds:
-            from . import thresholds as thr
+            from ..ensemble import thresholds as thr
 
             tuned = thr.tune(labels, pooled, classes)
             row["mF1_tuned"] = tuned["mF1_tuned"]
@@ -126,7 +126,10 @@ def format_measurement(rows: dict, title: str) -> str:
 
 
 def main(argv=None) -> int:
-    from . import cli, dataset, evaluate, runs
+    from ..utils import cli
+    from ..data import dataset
+    from ..evaluate import align as evaluate
+    from ..train import runs
 
     parser = argparse.ArgumentParser(prog="python -m cxrlt.aggregate", description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, help="measure on this run's out-of-fold predictions")
@@ -144,7 +147,7 @@ def main(argv=None) -> int:
             table, probs = runs.oof_with_labels(run)
             groups, title = run.groups(), f"{run.root.name} out-of-fold"
         elif args.pred and args.labels:
-            from . import classes as cls
+            from ..data import classes as cls
 
             table = dataset.read_labels(args.labels, allow_outside_root=True)
             probs = evaluate.align(args.pred, table)
@@ -157,7 +160,7 @@ def main(argv=None) -> int:
         print(format_measurement(rows, f"{title}: {len(table)} images in {sum(sizes.values())} studies "
                                        f"(images per study: {sizes})"))
         if args.json:
-            from . import atomic
+            from ..utils import atomic
 
             atomic.write_json(args.json, {"title": title, "study_sizes": sizes, "methods": rows,
                                           "view_weights": weights or DEFAULT_VIEW_WEIGHTS})

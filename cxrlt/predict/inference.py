@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from . import dataset, models, pipeline, runs
-from .progress import Progress  # the shared bar; predict.Progress keeps working for older callers
+from ..data import dataset, pipeline
+from ..model import models
+from ..train import runs
+from ..utils.progress import Progress  # the shared bar; predict.Progress keeps working for older callers
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +126,17 @@ def read_image_list(run: runs.Run, path, image_root=None) -> dataset.LabelTable:
     if mode != "off":
         # Every listed image needs a prediction: a bad one is named now (never skipped), not as a
         # decode error after the first fold models have run.
-        from . import check
+        from ..data import check
 
         check.screen_table(table, deep=mode == "deep", what="prediction", can_skip=False)
     return table
 
 
 def main(argv=None) -> int:
-    from . import aggregate, cli, metrics, thresholds as thr
+    from . import aggregate
+    from ..utils import cli
+    from ..evaluate import metrics
+    from ..ensemble import thresholds as thr
 
     parser = argparse.ArgumentParser(prog="python -m cxrlt.predict", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, type=Path, help="run directory (runs/<name>)")

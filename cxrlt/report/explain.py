@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic, cli, runs
+from ..utils import atomic, cli
+from ..train import runs
 
 log = logging.getLogger("cxrlt.explain")
 
@@ -187,8 +188,8 @@ class FoldModels:
 
 
 def load_fold_models(run: runs.Run, folds=None, layer: str | None = None) -> FoldModels:
-    from . import models
-    from .progress import Progress
+    from ..model import models
+    from ..utils.progress import Progress
 
     done = run.finished_folds()
     folds = done if folds is None else list(folds)
@@ -207,7 +208,7 @@ def explain_image(fold_models: FoldModels, image_path, requested=None, *, top: i
     """Grad-CAM of one image, averaged over the fold models with equal weight."""
     import tensorflow as tf
 
-    from . import pipeline
+    from ..data import pipeline
 
     image_path = Path(image_path)
     if not image_path.is_file():

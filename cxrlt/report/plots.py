@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from . import atomic, calibration  # noqa: E402
+from ..utils import atomic
+from ..evaluate import calibration  # noqa: E402
 
 GROUP_COLOURS = {"head": "#0072B2", "medium": "#E69F00", "tail": "#D55E00"}
 OTHER = "#999999"

@@ -33,7 +33,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__, atomic, classes as cls, cli, dataset, metrics, runs
+from .. import __version__
+from ..utils import atomic, cli
+from ..data import classes as cls, dataset
+from ..evaluate import metrics
+from ..train import runs
 
 log = logging.getLogger("cxrlt.report")
 
@@ -144,7 +148,7 @@ def _training_labels(run: runs.Run, cfg: dict, classes, labels) -> dataset.Label
 
 
 def load_submission(pred_csv: Path, labels: str | None) -> ReportData:
-    from . import evaluate
+    from ..evaluate import align as evaluate
 
     if not labels:
         raise ReportError(f"{pred_csv} is a prediction CSV: pass --labels LABELS.csv with the true findings to score it")
@@ -222,7 +226,8 @@ def augmentation_preview(data: ReportData, path: Path, n: int = 5, seed: int = 0
     """preview.py's grid, limited to the operations this run's config switches on."""
     import tensorflow as tf
 
-    from . import pipeline, preview
+    from ..data import pipeline
+    from ..tools import preview
 
     cfg = data.cfg
     rng = np.random.default_rng(seed)
@@ -243,7 +248,7 @@ def augmentation_preview(data: ReportData, path: Path, n: int = 5, seed: int = 0
 def make_figures(data: ReportData, out: Path, *, threshold: float, gallery_n: int, seed: int,
                  with_preview: bool) -> tuple[list[Figure], dict]:
     from . import plots
-    from .progress import Progress
+    from ..utils.progress import Progress
 
     figures: list[Figure] = []
     extra: dict = {}

@@ -42,7 +42,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from . import atomic, cli, config, metrics, runs
+from ..utils import atomic, cli
+from .. import config
+from ..evaluate import metrics
+from ..train import runs
 
 log = logging.getLogger("cxrlt.ablate")
 
@@ -182,7 +185,8 @@ def resolve(argv: list[str]) -> dict:
 def shared_folds(root: Path, cfg: dict, folds_csv: Path | None):
     """(label table, fold per image, grid folds.csv): made once from the first variant's data and seed,
     or taken from --folds-csv; every variant is trained on exactly this assignment."""
-    from . import folds as folds_mod, train
+    from ..data import folds as folds_mod
+    from ..train import kfold as train
 
     table = train.resolve_data(copy.deepcopy(cfg))
     target = root / "folds.csv"
@@ -218,7 +222,7 @@ def place_folds(run: runs.Run, grid_folds: Path, table, fold_of: np.ndarray) -> 
 
 def finished(run: runs.Run, cfg: dict) -> bool:
     """All folds asked for are done, with this config (a changed config is an error, not a skip)."""
-    from . import train
+    from ..train import kfold as train
 
     if not run.config_path.exists():
         return False
@@ -240,7 +244,7 @@ def train_variant(argv: list[str], name: str, in_process: bool = False) -> None:
     (measured: about 1 GB more RSS per 3-fold variant of EfficientNetV2-B0 at 64 px, past 4.9 GB after
     three). The child prints to the same terminal/log."""
     if in_process:
-        from . import train
+        from ..train import kfold as train
 
         code = train.main(argv)
         import keras

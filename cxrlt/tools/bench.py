@@ -40,9 +40,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from . import atomic, augment, bench_step, config, mix, pipeline
+from ..utils import atomic
+from ..data import augment, mix, pipeline
+from . import bench_step
+from .. import config
 
-DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr_fullres" / "images.csv"
+DEFAULT_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "cxr_fullres" / "images.csv"
 CXRLT_TRAIN_IMAGES = 264_849  # CXR-LT 2023 train.csv: the epoch the per-epoch figures are scaled to
 CEILING = "decode+resize (ceiling)"
 SEED002 = "seed 002 full (basic + mosaic p=0.5)"
@@ -124,7 +127,7 @@ def prepare_for_bench(images_csv: Path, out: Path, long_side: int, max_images: i
     """Prepare the benchmark images once; images/s of cxrlt.prepare itself (the one-time cost)."""
     import pandas as pd
 
-    from . import prepare
+    from ..data import prepare
 
     if max_images:  # a shortened copy of the list, its paths made absolute
         frame = pd.read_csv(images_csv, dtype=str).head(max_images)
@@ -239,7 +242,7 @@ def _predict_rate(model, paths, cfg: dict, tta, batch: int) -> tuple[float, floa
     """What predict.predict_images does per batch (pipeline.eval_dataset, the TTA views averaged in
     one tf.function), timed after a warm-up batch: predict_images traces its step on every call,
     a cost paid once per fold that would swamp a short measurement."""
-    from . import predict
+    from ..predict import inference as predict
 
     views = [predict.TTA[name] for name in tta]
 
@@ -258,7 +261,7 @@ def _predict_rate(model, paths, cfg: dict, tta, batch: int) -> tuple[float, floa
 
 def predict_bench(paths: np.ndarray, backbones, size: int, batch: int, images: int) -> dict:
     """Inference images/s (decode + model) without and with flip TTA."""
-    from . import models
+    from ..model import models
 
     cfg = config.load(overrides={"input": {"size": size}})
     paths = np.resize(np.asarray(paths, str), images + batch)
@@ -289,7 +292,8 @@ def _peak_rss_mb() -> float:
 
 def memory_child(kind: str, paths: np.ndarray, n: int, backbone: str, size: int, batch: int) -> dict:
     """Run once in a fresh process: predict, iterate the training input, or train, over n images."""
-    from . import models, predict
+    from ..model import models
+    from ..predict import inference as predict
 
     cfg = config.load(overrides={"input": {"size": size}})
     paths = np.resize(np.asarray(paths, str), n)
@@ -306,7 +310,8 @@ def memory_child(kind: str, paths: np.ndarray, n: int, backbone: str, size: int,
         if kind == "train":  # the engine's train step (focal loss, Adam), as cxrlt.train runs it
             import keras
 
-            from . import engine, losses
+            from ..train import engine
+            from ..model import losses
 
             model = models.build(backbone, 26, size, weights="none").train_model
             trainer = engine.Trainer(tf.distribute.get_strategy(), model, keras.optimizers.Adam(1e-4),
@@ -354,7 +359,7 @@ def _cpu_ms(fn, args, repeat: int = 1) -> float:
 
 def ops_bench(paths: np.ndarray, size: int, batch: int, long_side: int, count: int) -> dict:
     """CPU ms per image of each step of the input pipeline, one thread (where the time goes)."""
-    from . import prepare
+    from ..data import prepare
 
     jpegs = [p for p in paths if str(p).lower().endswith((".jpg", ".jpeg"))][:count]
     raw = [tf.constant(open(p, "rb").read()) for p in jpegs]
@@ -405,7 +410,7 @@ def machine() -> dict:
 
 
 def _read_paths(csv: Path) -> np.ndarray:
-    from .dataset import read_labels
+    from ..data.dataset import read_labels
 
     return read_labels(csv, classes=[], require_labels=False, check_files=True).paths
 

@@ -21,7 +21,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import config, engine, losses, mix, models, pipeline
+from .. import config
+from ..train import engine
+from ..model import losses, models
+from ..data import mix, pipeline
 
 CLASSES = 26
 
@@ -72,7 +75,7 @@ def engine_fit(backbone: str, size: int, batch: int, steps: int, warmup: int, da
 
 
 def files_dataset(paths: np.ndarray, size: int, batch: int, prepared: str | None):
-    from . import augment
+    from ..data import augment
 
     cfg = config.load(overrides={"input": {"size": size}, "data": {"prepared": prepared}})
     labels = (np.random.default_rng(1).random((len(paths), CLASSES)) < 0.1).astype(np.float32)

@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from . import atomic, augment, cli, config, dataset, mix, pipeline
+from ..utils import atomic, cli
+from ..data import augment, dataset, mix, pipeline
+from .. import config
 
 
 def load_examples(csv: Path, image_root, label_column: str | None, n: int, seed: int):

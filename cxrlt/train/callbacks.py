@@ -17,7 +17,9 @@ import keras
 import numpy as np
 import pandas as pd
 
-from . import atomic, metrics, models
+from ..utils import atomic
+from ..evaluate import metrics
+from ..model import models
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic, classes as cls, cli, config, dataset, folds as folds_mod, metrics, runs
+from ..utils import atomic, cli
+from ..data import classes as cls, dataset, folds as folds_mod
+from .. import config
+from ..evaluate import metrics
+from . import runs
 
 log = logging.getLogger("cxrlt.train")
 
@@ -37,7 +41,7 @@ def resolve_data(cfg: dict) -> dataset.LabelTable:
     """Point the config at its data (generating the demo set if asked) and read the training table."""
     d = cfg["data"]
     if d["demo"]:
-        from .synthetic import make_demo
+        from ..data.synthetic import make_demo
 
         demo = make_demo(d["demo_dir"], n_patients=d["demo_patients"], image_size=d["demo_image_size"])
         d.update(labels=str(demo.train_csv), image_root=str(demo.root), test_labels=str(demo.test_csv),
@@ -53,7 +57,7 @@ def resolve_data(cfg: dict) -> dataset.LabelTable:
     if d["check_images"] != "off":
         # Pre-flight: every bad image is named now, not as a decode error hours into the run; with
         # --skip-bad they are left out and listed in the run directory (nothing dropped unrecorded).
-        from . import check
+        from ..data import check
 
         record = Path(cfg["out"]) / cfg["name"]
         deep = d["check_images"] == "deep"
@@ -113,7 +117,7 @@ def make_optimizer(cfg: dict, steps_per_epoch: int):
 
 def augment_options(cfg: dict, train: dataset.LabelTable, seed: int) -> dict:
     """The per-image augmentation arguments of pipeline.train_dataset: basic set or a seed 000 strategy."""
-    from . import augment
+    from ..data import augment
 
     a = cfg["augment"]
     if a["strategy"] == "none":
@@ -130,7 +134,7 @@ def make_mixer(cfg: dict, seed: int):
     m = cfg["mix"]
     if not any(m[k] for k in ("mosaic", "mixup", "cutmix", "cutout")):
         return None
-    from . import mix
+    from ..data import mix
 
     return mix.BatchMixer.from_config(m, seed=seed)
 
@@ -139,7 +143,9 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     """Train fold k (resuming it if a checkpoint exists), then, on the chief, predict its validation split."""
     import keras
 
-    from . import callbacks, distribute, engine, losses, models, pipeline, tensorboard_log
+    from . import callbacks, distribute, engine, tensorboard_log
+    from ..model import losses, models
+    from ..data import pipeline
 
     fold_dir = run.fold_dir(k)
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +206,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
 def sample_batch(cfg: dict, train: dataset.LabelTable, seed: int, batch_size: int):
     """One batch of what the model sees, for TensorBoard: a few of the fold's training images through the
     fold's own augmentation and mixing (a small sample, so the preview decodes a handful of files)."""
-    from . import pipeline
+    from ..data import pipeline
 
     pick = np.random.default_rng(seed).permutation(len(train))[:4 * batch_size]
     sample = train.subset(np.sort(pick))
@@ -214,7 +220,8 @@ def sample_batch(cfg: dict, train: dataset.LabelTable, seed: int, batch_size: in
 
 def finish_fold(cfg: dict, run: runs.Run, k: int, val: dataset.LabelTable, classes, groups, started: float) -> None:
     """Predict the fold's validation split with its selected model (TTA), score it, mark the fold done."""
-    from . import models, predict
+    from ..model import models
+    from ..predict import inference as predict
 
     fold_dir = run.fold_dir(k)
     model = models.load(run.model_path(k), num_classes=len(classes))
@@ -231,7 +238,7 @@ def finish_fold(cfg: dict, run: runs.Run, k: int, val: dataset.LabelTable, class
 
 def summarize(run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray) -> dict | None:
     """Assemble the OOF predictions of all folds, score them and tune per-class thresholds, once every fold is done."""
-    from . import thresholds
+    from ..ensemble import thresholds
 
     k = run.config()["train"]["folds"]
     if len(run.finished_folds()) < k:

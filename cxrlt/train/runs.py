@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from . import atomic
+from ..utils import atomic
 
 
 class RunError(ValueError):
@@ -114,7 +114,7 @@ def oof_with_labels(run: Run):
 
     The labels (and study ids, views) come from the run's own training CSV (config data.labels).
     """
-    from . import dataset
+    from ..data import dataset
 
     if not run.oof_csv.exists():
         done, k = len(run.finished_folds()), run.config()["train"]["folds"]
@@ -152,7 +152,7 @@ def _json(path: Path) -> dict | None:
 
 def describe(run: Run) -> dict:
     """One row of the run listing: what the run is, how far it got, and its scores (None where absent)."""
-    from . import metrics
+    from ..evaluate import metrics
 
     row = {"name": run.root.name, "path": str(run.root), "backbone": None, "size": None, "folds_done": 0,
            "folds": None, "oof": None, "per_fold": None, "error": None}

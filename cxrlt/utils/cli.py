@@ -39,15 +39,15 @@ def setup(args) -> None:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     from .atomic import DiskFullError
-    from .config import ConfigError
-    from .dataset import LabelFileError
-    from .folds import FoldError
-    from .runs import RunError
+    from ..config import ConfigError
+    from ..data.dataset import LabelFileError
+    from ..data.folds import FoldError
+    from ..train.runs import RunError
 
     kinds = [UserError, ConfigError, LabelFileError, FoldError, RunError, DiskFullError, FileNotFoundError]
-    for module, name in (("cxrlt.models", "WeightsError"), ("cxrlt.models", "ModelFileError"),
-                         ("cxrlt.submission", "SubmissionError"), ("cxrlt.evaluate", "MismatchError"),
-                         ("cxrlt.engine", "TrainingError"), ("cxrlt.distribute", "DistributeError")):
+    for module, name in (("cxrlt.model.models", "WeightsError"), ("cxrlt.model.models", "ModelFileError"),
+                         ("cxrlt.ensemble.submission", "SubmissionError"), ("cxrlt.evaluate.align", "MismatchError"),
+                         ("cxrlt.train.engine", "TrainingError"), ("cxrlt.train.distribute", "DistributeError")):
         if module in sys.modules:
             kinds.append(getattr(sys.modules[module], name))
     return tuple(kinds)

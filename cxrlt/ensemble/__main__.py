@@ -1,0 +1,7 @@
+"""python -m cxrlt.ensemble"""
+
+import sys
+
+from .ensembler import main
+
+sys.exit(main())

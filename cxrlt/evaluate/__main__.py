@@ -1,0 +1,7 @@
+"""python -m cxrlt.evaluate"""
+
+import sys
+
+from .align import main
+
+sys.exit(main())

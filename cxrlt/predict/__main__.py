@@ -1,0 +1,7 @@
+"""python -m cxrlt.predict"""
+
+import sys
+
+from .inference import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tools around the job: ablation grids, benchmarks, the augmentation preview."""

@@ -1,0 +1,1 @@
+"""What every stage shares: atomic writes, progress bars, quiet TensorFlow start-up, CLI plumbing."""
