@@ -41,7 +41,7 @@ def test_another_loss_starts_from_its_own_defaults():
     (["--set", "train.folds=1"], "folds must be >= 2"),
     (["--set", "mix.mosaic=0.7", "--set", "mix.mixup=0.5"], "<= 1"),
     (["--set", "predict.tta=[rotate]"], "predict.tta"),
-    (["--set", "train.checkpoint=worst"], "best or last"),
+    (["--set", "train.checkpoint=worst"], "train.checkpoint must be one of best, last"),
 ])
 def test_bad_settings_fail_before_training(argv, match):
     with pytest.raises(config.ConfigError, match=match):
@@ -89,9 +89,9 @@ def test_diff_lists_changed_settings():
     (["--set", "model.dropout=1.0"], "model.dropout must be in \\[0, 1\\)"),
     (["--set", "train.steps_per_epoch=0"], "steps_per_epoch must be null \\(one pass\\) or >= 1"),
     (["--set", "predict.batch_size=0"], "predict.batch_size must be >= 1"),
-    (["--set", "mix.mixup_alpha=0"], "mix: mixup_alpha must be > 0"),
+    (["--set", "mix.mixup_alpha=0"], "mix.mixup_alpha must be > 0"),
     (["--set", "mix.mosaic_center=[0.8, 0.2]"], "mosaic_center must satisfy"),
-    (["--set", "mix.mosaic_variant=diagonal"], "mosaic_variant must be both, crop, resize"),
+    (["--set", "mix.mosaic_variant=diagonal"], "mix.mosaic_variant must be one of both, crop, resize"),
     (["--set", "mix.cutout_size=0"], "cutout_size must be in \\(0, 1\\]"),
     (["--size", "16"], "input.size must be an integer >= 32"),
     (["--name", "../elsewhere"], "must be a plain folder name"),
@@ -130,14 +130,14 @@ def test_a_run_directory_with_another_config_is_refused_unless_forced(tmp_path):
     (tmp_path / "l.csv").write_text("path,A\nx.png,1\ny.png,0\n")
     table = dataset.read_labels(tmp_path / "l.csv")
     first = _parse("--out", str(tmp_path / "runs"), "--name", "r", "--weights", "none")
-    train.prepare_run(first, table, force=False)
+    train.open_run(first, table, force=False)
     saved = (tmp_path / "runs" / "r" / "config.yaml").read_text()
-    train.prepare_run(first, table, force=False)  # the same config resumes
+    train.open_run(first, table, force=False)  # the same config resumes
     other = _parse("--out", str(tmp_path / "runs"), "--name", "r", "--weights", "none", "--size", "512")
     with pytest.raises(config.ConfigError, match="another config \\(input.size: 768 -> 512\\).*--force"):
-        train.prepare_run(other, table, force=False)
+        train.open_run(other, table, force=False)
     assert (tmp_path / "runs" / "r" / "config.yaml").read_text() == saved  # refused: nothing rewritten
-    train.prepare_run(other, table, force=True)
+    train.open_run(other, table, force=True)
     assert "size: 512" in (tmp_path / "runs" / "r" / "config.yaml").read_text()
 
 
@@ -161,5 +161,30 @@ def test_train_refuses_an_ensemble_config(capsys):
 
 
 def test_a_bad_study_aggregation_fails_at_config_time():
-    with pytest.raises(config.ConfigError, match="study aggregation must be one of"):
+    with pytest.raises(config.ConfigError, match="predict.study_aggregation must be one of"):
         config.load(overrides={"predict": {"study_aggregation": "median"}})
+
+
+def test_every_loss_and_backbone_name_is_written_once():
+    """The schema's name lists are what the factories build: a name added to one and not the other fails here."""
+    from cxrlt.config import schema
+    from cxrlt.model import losses, models
+
+    assert sorted(losses.LOSSES) == sorted(schema.LOSSES) == losses.loss_names()
+    assert models.BACKBONES is schema.BACKBONES
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("optim.lr", "inf", "optim.lr must be > 0 \\(at most 10\\), got inf"),
+    ("optim.lr", "nan", "optim.lr must be > 0"),
+    ("input.size", "100000", "input.size must be >= 32 \\(at most 4096\\)"),
+    ("train.batch_size", str(10**23), "train.batch_size must be >= 1 \\(at most 65536\\)"),
+    ("train.epochs", "1000000", "train.epochs must be >= 1"),
+    ("mix.mixup_alpha", "-1", "mix.mixup_alpha must be > 0"),
+    ("sampling.q", "inf", "sampling.q must be in \\[-10, 10\\]"),
+    ("augment.rotate_deg", "720", "augment.rotate_deg must be in \\[0, 180\\]"),
+    ("seed", "-1", "seed must be >= 0"),
+])
+def test_numeric_settings_have_ranges(key, value, match):
+    with pytest.raises(config.ConfigError, match=match):
+        config.load(None, {key: value})

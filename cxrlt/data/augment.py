@@ -70,16 +70,17 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
+from ..config import defaults
+from ..config.schema import STRATEGIES  # name -> (minority, majority, oversample?)
+
+# Called without a config, the basic set does nothing but flip: the per-image keys of the `augment:` section of
+# defaults.yaml (the one copy of the settings) at strength 0, plus two a library caller may set.
+_STRATEGY_KEYS = {"strategy", "tail_quantile", "minority_share"}  # same config section, not ours
 BASIC_DEFAULTS = {
-    "hflip": True,
-    "scale": 0.0,
-    "rotate_deg": 0.0,
+    **{k: (v if isinstance(v, bool) else 0.0) for k, v in defaults()["augment"].items() if k not in _STRATEGY_KEYS},
     "fill_mode": "reflect",
-    "brightness": 0.0,
-    "contrast": 0.0,
     "saturation": 0.0,  # accepted, no effect on replicated grey images
 }
-_STRATEGY_KEYS = {"strategy", "tail_quantile", "minority_share"}  # same config section, not ours
 FILL_MODES = ("reflect", "constant", "nearest", "wrap")
 _SALT = 0x4A7D0C31  # decorrelates augmentation draws from other streams seeded with (seed, index)
 
@@ -170,13 +171,6 @@ def make_basic_augment(cfg: Mapping | None = None):
 # --- seed 000: albumentations pipelines ----------------------------------------------------------------
 
 # strategy -> (majority pipeline, minority pipeline, random oversampling of minority images)
-STRATEGIES = {
-    "baseline": ("weak", "weak", False),
-    "weak-weak": ("weak", "weak", True),
-    "strong-weak": ("strong_no_ssr", "weak", True),
-    "strong-strong": ("strong_no_ssr", "strong", True),
-    "weak-strong": ("weak", "strong", True),
-}
 PIPELINE_KINDS = ("weak", "strong", "strong_no_ssr")
 
 
@@ -340,3 +334,17 @@ if __name__ == "__main__":  # python -m cxrlt.augment: the preview grid
     from ..tools.preview import main
 
     raise SystemExit(main())
+
+
+def options_from_config(cfg: dict, train, seed: int) -> dict:
+    """The per-image augmentation arguments of pipeline.train_dataset for a training LabelTable: the basic set, or a
+    seed 000 strategy with its minority mask and (if the strategy oversamples) the minority share."""
+    a = cfg["augment"]
+    if a["strategy"] == "none":
+        return {"augment_fn": make_basic_augment(a)}
+    minority = minority_mask(train.labels, train.class_counts(), a["tail_quantile"], train.classes)
+    oversample = STRATEGIES[a["strategy"]][2] if a["strategy"] in STRATEGIES else False
+    log.info("augment strategy %s: %d of %d training images are minority%s", a["strategy"], int(minority.sum()),
+             len(minority), f", oversampled to {a['minority_share']:.0%}" if oversample else "")
+    return {"strategy_fn": make_strategy_augment(a["strategy"], seed), "minority": minority,
+            "minority_share": a["minority_share"] if oversample else None}

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..config.schema import UNCERTAIN_POLICIES
 from . import classes as cls
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ VIEW_COLUMNS = ("ViewPosition", "view", "View Position")
 METADATA_COLUMNS = set(PATH_COLUMNS + ID_COLUMNS + PATIENT_COLUMNS + STUDY_COLUMNS + VIEW_COLUMNS) | {
     "split", "fold", "Sex", "Age", "sex", "age", "license", "doi", "url", "finding",
 }
-UNCERTAIN_POLICIES = ("error", "zero", "one", "ignore")
 # Cell texts that mean "no value" (what pandas, R and spreadsheets write for a missing number):
 # a label cell holding one of these is treated like a blank cell, i.e. by the --uncertain policy.
 MISSING_TEXTS = {"nan", "na", "n/a"}

@@ -48,7 +48,8 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
-LABEL_MODES = ("clip_sum", "convex")
+from ..config import defaults
+from ..config.schema import LABEL_MODES
 MOSAIC_VARIANTS = ("crop", "resize")
 _SALT = 0x6D1C5EED  # decorrelates the mixers' streams from per-image streams that share (seed, index)
 
@@ -364,28 +365,18 @@ def balanced_mixup(images_instance, labels_instance, images_class, labels_class,
 
 # --- per-batch policy -------------------------------------------------------------------------------
 
+# A mixer built without a config mixes nothing: the `mix:` section of defaults.yaml (the one copy of these
+# values) with every probability at 0, plus the settings only library callers change.
 MIXER_DEFAULTS = {
-    "mosaic": 0.0,          # probability per batch of Mosaic
-    "mixup": 0.0,           # ... of MixUp
-    "cutmix": 0.0,          # ... of CutMix
-    "exclusive": True,      # True: at most one of the three per batch (sum of p <= 1; the rest: no mix)
+    **defaults()["mix"],
+    "mosaic": 0.0, "mixup": 0.0, "cutmix": 0.0, "cutout": 0.0, "balanced_mixup": 0.0,
+    "mosaic_center": tuple(defaults()["mix"]["mosaic_center"]),
+    "exclusive": True,      # True: at most one of mosaic/mixup/cutmix per batch (sum of p <= 1; the rest: no mix)
                             # False: each applied independently, in the order Mosaic, MixUp, CutMix
-    "label_mode": "clip_sum",
-    "mosaic_variant": "both",  # both (50/50) | crop | resize | {"crop": w, "resize": w} (relative weights)
-    "mosaic_center": (0.25, 0.75),  # split point range, fraction of the side (both variants)
-    "mosaic_random_split": True,    # resize variant: random split point (False: fixed 2 x 2 grid)
-    "mixup_alpha": 0.4,     # lam ~ Beta(a, a), per sample
-    "cutmix_alpha": 1.0,    # box area 1 - lam, lam ~ Beta(a, a), per sample
-    "cutout": 0.0,          # probability per image of CutOut, after the mix op (labels unchanged)
-    "cutout_size": 0.25,    # hole side as a fraction of the image side
+    "mosaic_random_split": True,  # resize variant: random split point (False: fixed 2 x 2 grid)
     "cutout_holes": 1,
     "cutout_fill": 0.0,
     "seed": 0,              # base seed; batch `step` uses step_seed(seed, step)
-    # Balanced-MixUp lives in the same config section but needs two input streams, so the pipeline runs
-    # it (`BalancedMixer`, before this mixer's op); BatchMixer accepts and ignores these keys.
-    "balanced_mixup": 0.0,  # alpha of lam ~ Beta(alpha, 1); 0 = off (seed 003: 0.1, 0.2, 0.3)
-    "balanced_mixup_labels": "convex",  # convex (seed 003) | clip_sum (seed 002's union)
-    "balanced_mixup_q": 0.0,  # q of the class-sampled stream (0 = class-balanced, as seed 003)
 }
 BALANCED_KEYS = ("balanced_mixup", "balanced_mixup_labels", "balanced_mixup_q")
 
@@ -594,3 +585,11 @@ class BalancedMixer:
 
     def __repr__(self) -> str:
         return f"BalancedMixer(alpha={self.alpha}, label_mode={self.label_mode!r}, q={self.q}, seed={self.seed})"
+
+
+def mixer_from_config(cfg: dict, seed: int) -> BatchMixer | None:
+    """The batch mixer of a resolved config, or None when it would mix nothing."""
+    m = cfg["mix"]
+    if not any(m[k] for k in ("mosaic", "mixup", "cutmix", "cutout")):
+        return None
+    return BatchMixer.from_config(m, seed=seed)

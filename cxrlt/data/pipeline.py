@@ -19,6 +19,8 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from ..config.schema import PREPARED_READERS
+
 AUTOTUNE = tf.data.AUTOTUNE
 JPEG_RATIOS = (1, 2, 4, 8)  # the DCT scalings libjpeg offers (tf.io.decode_jpeg's `ratio`)
 
@@ -163,7 +165,7 @@ def _use_shards(cfg: dict, minority_share) -> bool:
     reader = (cfg.get("data") or {}).get("prepared_reader", "auto")
     sampler = (cfg.get("sampling") or {}).get("sampler", "instance")
     balanced_mixup = (cfg.get("mix") or {}).get("balanced_mixup") or 0
-    if reader not in ("auto", "files", "tfrecord"):
+    if reader not in PREPARED_READERS:
         raise ValueError(f"data.prepared_reader must be auto, files or tfrecord, got {reader!r}")
     if not folder or reader == "files" or cfg["input"]["cache"] or minority_share is not None or sampler != "instance" \
             or balanced_mixup > 0:

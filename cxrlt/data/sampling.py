@@ -27,7 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 BLOCK = 1024  # draws per stateless random call; part of the stream's definition (changing it changes the stream)
-SAMPLERS = ("instance", "class", "sqrt", "q", "ros", "rus")
+from ..config import defaults
+from ..config.schema import SAMPLERS, oversampling_conflict  # noqa: F401 - re-exported for the pipeline
 
 
 def _labels(labels) -> np.ndarray:
@@ -235,8 +236,7 @@ def balanced_pair_indices(labels, q_class: float = 0.0, seed: int = 0) -> tf.dat
 
 # --- the `sampling:` config section (cxrlt/defaults.yaml) ---------------------------------------------
 
-SECTION_DEFAULTS = {"sampler": "instance", "q": 1.0, "tail_quantile": 0.5, "ros_share": 0.5,
-                    "ros_epoch_size": 0, "rus_keep": 0.5}
+SECTION_DEFAULTS = defaults()["sampling"]  # the `sampling:` section of defaults.yaml, the one copy
 
 
 def config_problem(section: dict) -> str | None:
@@ -261,15 +261,6 @@ def config_problem(section: dict) -> str | None:
     if not 0.0 < s["rus_keep"] <= 1.0:
         return f"sampling.rus_keep must be in (0, 1], got {s['rus_keep']}"
     return None
-
-
-def oversampling_conflict(sampler: str, strategy: str) -> str | None:
-    """Why `sampling.sampler` cannot run beside an augment.strategy that oversamples, or None."""
-    if sampler == "instance":
-        return None
-    return (f"sampling.sampler {sampler!r} and augment.strategy {strategy!r} (which oversamples minority images) "
-            "both choose the training images; use one of them (sampling.sampler: instance, or augment.strategy: "
-            "baseline)")
 
 
 def spec_from_config(section: dict) -> dict:

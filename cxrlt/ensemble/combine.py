@@ -13,7 +13,7 @@ from .. import config
 from ..evaluate import metrics
 from ..train import runs
 
-METHODS = ("mean", "rank", "logit")
+from ..config.schema import ENSEMBLE_METHODS as METHODS
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before taking logits
 
 

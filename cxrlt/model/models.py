@@ -17,20 +17,7 @@ from pathlib import Path
 
 import keras
 
-# name -> (keras.applications constructor name, preprocessing argument name)
-BACKBONES = {
-    "efficientnetv2-b0": "EfficientNetV2B0",
-    "efficientnetv2-b1": "EfficientNetV2B1",
-    "efficientnetv2-b2": "EfficientNetV2B2",
-    "efficientnetv2-b3": "EfficientNetV2B3",
-    "efficientnetv2-s": "EfficientNetV2S",
-    "efficientnetv2-m": "EfficientNetV2M",
-    "efficientnetv2-l": "EfficientNetV2L",
-    "convnext-tiny": "ConvNeXtTiny",
-    "convnext-small": "ConvNeXtSmall",
-    "convnext-base": "ConvNeXtBase",
-    "convnext-large": "ConvNeXtLarge",
-}
+from ..config.schema import BACKBONES  # name -> keras.applications constructor name
 
 # The last feature map before pooling (G26), as Keras 3.15 names it. ConvNeXt(include_top=False) ends in an
 # auto-named LayerNormalization ("layer_normalization", "_N" suffixed when several models are built in one

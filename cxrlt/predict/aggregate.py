@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ConfigError
+from ..config import ConfigError, defaults
 
-METHODS = ("none", "mean", "max", "view_mean")
+from ..config.schema import STUDY_AGGREGATIONS as METHODS
 # Views with no entry of their own take `default`; names are compared upper-cased (MIMIC ViewPosition).
-DEFAULT_VIEW_WEIGHTS = {"PA": 1.0, "AP": 1.0, "LATERAL": 0.5, "LL": 0.5, "default": 1.0}
+DEFAULT_VIEW_WEIGHTS = defaults()["predict"]["view_weights"]  # defaults.yaml is the one copy
 
 
 class AggregationError(ConfigError):

@@ -1,0 +1,243 @@
+"""Every setting's allowed values and range, in one place, and the checks across settings.
+
+The modules that use a setting import its allowed names from here (the backbone table, the losses, the
+samplers, the seed 000 strategies, TTA views, study aggregation, ...), so a name is written once. Nothing
+here imports TensorFlow: `cxrlt.config.load` validates a config in milliseconds, before any work starts.
+Types come from defaults.yaml (a value keeps the type of its default, loader.py); this file adds what a
+type cannot say.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# --------------------------------------------------------------------------------------------- names
+# model.backbone -> keras.applications constructor (cxrlt.model.models builds them)
+BACKBONES = {
+    "efficientnetv2-b0": "EfficientNetV2B0",
+    "efficientnetv2-b1": "EfficientNetV2B1",
+    "efficientnetv2-b2": "EfficientNetV2B2",
+    "efficientnetv2-b3": "EfficientNetV2B3",
+    "efficientnetv2-s": "EfficientNetV2S",
+    "efficientnetv2-m": "EfficientNetV2M",
+    "efficientnetv2-l": "EfficientNetV2L",
+    "convnext-tiny": "ConvNeXtTiny",
+    "convnext-small": "ConvNeXtSmall",
+    "convnext-base": "ConvNeXtBase",
+    "convnext-large": "ConvNeXtLarge",
+}
+# loss.name (cxrlt.model.losses.LOSSES holds each one's defaults and builder; a test keeps the two in step)
+LOSSES = ("asl", "bce", "class_balanced", "focal", "logit_adjusted", "weighted_bce")
+# augment.strategy of seed 000 -> (minority pipeline, majority pipeline, oversample minority images?)
+STRATEGIES = {
+    "baseline": ("weak", "weak", False),
+    "weak-weak": ("weak", "weak", True),
+    "strong-weak": ("strong_no_ssr", "weak", True),
+    "strong-strong": ("strong_no_ssr", "strong", True),
+    "weak-strong": ("weak", "strong", True),
+}
+SAMPLERS = ("instance", "class", "sqrt", "q", "ros", "rus")
+LABEL_MODES = ("clip_sum", "convex")
+MOSAIC_VARIANTS = ("both", "crop", "resize")
+UNCERTAIN_POLICIES = ("error", "zero", "one", "ignore")
+TTA_VIEWS = ("identity", "hflip")  # no vertical flips or rotations: anatomically impossible radiographs
+STUDY_AGGREGATIONS = ("none", "mean", "max", "view_mean")
+ENSEMBLE_METHODS = ("mean", "rank", "logit")
+STRATEGY_NAMES = ("auto", "one", "mirrored", "multiworker")  # distribute.strategy
+OPTIMIZERS = ("adam", "adamw", "sgd")
+PREPARED_READERS = ("auto", "files", "tfrecord")
+
+CHOICES: dict[str, tuple] = {
+    "data.uncertain": UNCERTAIN_POLICIES,
+    "data.check_images": ("header", "deep", "off"),
+    "data.prepared_reader": PREPARED_READERS,
+    "input.resize": ("stretch", "letterbox"),
+    "input.antialias": ("auto", "always"),
+    "input.pixel_range": ("0_255", "0_1"),
+    "augment.strategy": ("none", *STRATEGIES),
+    "sampling.sampler": SAMPLERS,
+    "mix.label_mode": LABEL_MODES,
+    "mix.mosaic_variant": MOSAIC_VARIANTS,
+    "mix.balanced_mixup_labels": LABEL_MODES,
+    "model.backbone": tuple(sorted(BACKBONES)),
+    "loss.name": LOSSES,
+    "optim.name": OPTIMIZERS,
+    "optim.schedule": ("constant", "cosine"),
+    "optim.lr_scaling": ("none", "linear", "sqrt"),
+    "train.checkpoint": ("best", "last"),
+    "predict.study_aggregation": STUDY_AGGREGATIONS,
+    "ensemble.method": ENSEMBLE_METHODS,
+    "distribute.strategy": STRATEGY_NAMES,
+}
+
+
+# -------------------------------------------------------------------------------------------- ranges
+@dataclass(frozen=True)
+class Range:
+    """lo <= value <= hi (open ends where said). `cap` marks an upper bound that is a sanity limit (the
+    decoder, memory, an int64 counter) rather than part of the setting's meaning; `null` explains what an
+    empty value means for settings that may be null."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+    cap: bool = False
+    null: str | None = None
+
+    def holds(self, v: float) -> bool:
+        return (v > self.lo if self.lo_open else v >= self.lo) and (v < self.hi if self.hi_open else v <= self.hi)
+
+    def say(self) -> str:
+        low = f"> {_num(self.lo)}" if self.lo_open else f">= {_num(self.lo)}"
+        if self.cap:
+            text = f"{low} (at most {_num(self.hi)})"
+        else:
+            text = f"in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+        return f"null ({self.null}) or {text}" if self.null else text
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
+
+
+UNIT = Range(0, 1)
+SHARE = Range(0, 1, lo_open=True, hi_open=True)
+ALPHA = Range(0, 100, lo_open=True, cap=True)
+Q = Range(-10, 10)  # sampler exponents: 1 instance-like, 0.5 square root, 0 class-balanced
+MAX_SIZE = 4096     # px: a 4096^2 float RGB batch of 8 is 1.6 GB before any activation
+MAX_BATCH = 65536
+MAX_COUNT = 10**9
+
+RANGES: dict[str, Range] = {
+    "seed": Range(0, 2**31 - 1, cap=True),
+    "data.demo_patients": Range(20, 100_000, cap=True),
+    "data.demo_image_size": Range(32, MAX_SIZE, cap=True),
+    "input.size": Range(32, MAX_SIZE, cap=True),
+    "input.shuffle_buffer": Range(1, 10**7, cap=True),
+    "augment.tail_quantile": UNIT,
+    "augment.minority_share": SHARE,
+    "augment.scale": Range(0, 1, hi_open=True),
+    "augment.rotate_deg": Range(0, 180),
+    "augment.brightness": UNIT,
+    "augment.contrast": Range(0, 1, hi_open=True),
+    "sampling.q": Q,
+    "sampling.tail_quantile": UNIT,
+    "sampling.ros_share": SHARE,
+    "sampling.ros_epoch_size": Range(0, MAX_COUNT, cap=True),
+    "sampling.rus_keep": Range(0, 1, lo_open=True),
+    "mix.mosaic": UNIT,
+    "mix.mixup": UNIT,
+    "mix.cutmix": UNIT,
+    "mix.cutout": UNIT,
+    "mix.mixup_alpha": ALPHA,
+    "mix.cutmix_alpha": ALPHA,
+    "mix.cutout_size": Range(0, 1, lo_open=True),
+    "mix.balanced_mixup": Range(0, 100, cap=True),
+    "mix.balanced_mixup_q": Q,
+    "model.dropout": Range(0, 1, hi_open=True),
+    "optim.lr": Range(0, 10, lo_open=True, cap=True),
+    "optim.beta_1": Range(0, 1, hi_open=True),
+    "optim.beta_2": Range(0, 1, hi_open=True),
+    "optim.weight_decay": Range(0, 10, cap=True),
+    "optim.reference_batch": Range(1, MAX_BATCH, cap=True),
+    "train.epochs": Range(1, 100_000, cap=True),
+    "train.batch_size": Range(1, MAX_BATCH, cap=True),
+    "train.folds": Range(2, 100, cap=True),
+    "train.steps_per_epoch": Range(1, MAX_COUNT, cap=True, null="one pass"),
+    "predict.batch_size": Range(1, MAX_BATCH, cap=True),
+    "ensemble.fit_rounds": Range(1, 100_000, cap=True),
+}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names the setting, the allowed values and where it was set."""
+
+
+def choice(key: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}"
+                          + (f"; did you mean {close[0]!r}?" if close else ""))
+
+
+def check_range(key: str, value: Any) -> None:
+    rule = RANGES[key]
+    if value is None and rule.null:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number {rule.say()}, got {value!r}")
+    if not math.isfinite(value) or not rule.holds(value):
+        raise ConfigError(f"{key} must be {rule.say()}, got {value!r}")
+
+
+def get(cfg: dict, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def validate(cfg: dict) -> None:
+    """Every choice and range, then the combinations no single setting can rule out."""
+    t = cfg["train"]
+    size = cfg["input"]["size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 32:
+        raise ConfigError(f"input.size must be an integer >= 32, got {size!r}")
+    for key, rule in RANGES.items():
+        check_range(key, get(cfg, key))
+    fold = t["fold"]
+    if fold != "all" and (not isinstance(fold, int) or not 0 <= fold < t["folds"]):
+        raise ConfigError(f"train.fold must be 'all' or an index in 0..{t['folds'] - 1}, got {fold!r}")
+    for key, allowed in CHOICES.items():
+        choice(key, get(cfg, key), allowed)
+    tta = cfg["predict"]["tta"]
+    if not isinstance(tta, list) or not tta or set(tta) - set(TTA_VIEWS):
+        raise ConfigError(f"predict.tta must be a non-empty subset of [{', '.join(TTA_VIEWS)}], got {tta}")
+    _check_mix(cfg["mix"])
+    a, sampler = cfg["augment"], cfg["sampling"]["sampler"]
+    if a["strategy"] in STRATEGIES and STRATEGIES[a["strategy"]][2]:
+        problem = oversampling_conflict(sampler, a["strategy"])
+        if problem:
+            raise ConfigError(problem)
+    _check_data(cfg)
+    weights = cfg["model"]["weights"]
+    if weights not in ("none", "imagenet") and not Path(str(weights)).expanduser().is_file():
+        raise ConfigError(f"model.weights must be none, imagenet or an existing weights file, got {weights!r} "
+                          "(no such file)")
+    name = None if cfg.get("name") is None else str(cfg["name"])
+    if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
+        raise ConfigError(f"name {name!r} must be a plain folder name (the run goes to {cfg['out']}/<name>)")
+
+
+def _check_mix(mix: dict) -> None:
+    if sum(mix[k] for k in ("mosaic", "mixup", "cutmix")) > 1 + 1e-9:
+        raise ConfigError("mix probabilities must be in [0, 1] and mosaic + mixup + cutmix <= 1 (one mix op per batch)")
+    center = mix["mosaic_center"]
+    if (not isinstance(center, (list, tuple)) or len(center) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in center)
+            or not 0.0 <= float(center[0]) <= float(center[1]) <= 1.0):
+        raise ConfigError(f"mix.mosaic_center must satisfy 0 <= low <= high <= 1, got {center}")
+
+
+def _check_data(cfg: dict) -> None:
+    from ..data import classes  # numpy only: the class lists of the editions
+
+    d = cfg["data"]
+    if isinstance(d["classes"], str) and d["classes"] != "auto":
+        choice("data.classes", d["classes"], ["auto", *sorted(classes.SCHEMAS)])
+    if isinstance(d["classes"], list) and (not d["classes"] or len(set(map(str, d["classes"]))) != len(d["classes"])):
+        raise ConfigError(f"data.classes must list each class once, got {d['classes']}")
+
+
+def oversampling_conflict(sampler: str, strategy: str) -> str | None:
+    """Why `sampling.sampler` cannot run beside an augment.strategy that oversamples, or None."""
+    if sampler == "instance":
+        return None
+    return (f"sampling.sampler {sampler!r} and augment.strategy {strategy!r} (which oversamples minority images) "
+            "both choose the training images; use one of them (sampling.sampler: instance, or augment.strategy: "
+            "baseline)")
