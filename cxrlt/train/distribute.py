@@ -24,7 +24,8 @@ import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("auto", "one", "mirrored", "multiworker")
+from ..config.schema import STRATEGY_NAMES as STRATEGIES
+from ..model.optim import scaled_lr  # noqa: F401 - its home is model.optim; kept for callers of distribute.scaled_lr
 
 
 class DistributeError(ValueError):
@@ -115,18 +116,6 @@ def check_batch(strategy: tf.distribute.Strategy, global_batch: int) -> int:
         raise DistributeError(f"train.batch_size {global_batch} must be a multiple of the {replicas} replicas in sync "
                               f"(each replica gets batch_size / replicas images); use e.g. {replicas * max(1, global_batch // replicas)}")
     return global_batch // replicas
-
-
-def scaled_lr(lr: float, rule: str, global_batch: int, reference_batch: int) -> float:
-    """Learning-rate scaling with the global batch: none (seed 002, G23), linear or sqrt."""
-    if rule == "none":
-        return lr
-    ratio = global_batch / reference_batch
-    if rule == "linear":
-        return lr * ratio
-    if rule == "sqrt":
-        return lr * ratio ** 0.5
-    raise DistributeError(f"optim.lr_scaling must be none, linear or sqrt, got {rule!r}")
 
 
 def set_precision(mixed: bool) -> str:

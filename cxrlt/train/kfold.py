@@ -70,7 +70,7 @@ def resolve_data(cfg: dict) -> dataset.LabelTable:
     return table
 
 
-def prepare_run(cfg: dict, table: dataset.LabelTable, force: bool) -> runs.Run:
+def open_run(cfg: dict, table: dataset.LabelTable, force: bool) -> runs.Run:
     """Create the run directory, or check that an existing one was made with this config."""
     run = runs.Run(Path(cfg["out"]) / cfg["name"])
     if run.config_path.exists():
@@ -90,62 +90,13 @@ def prepare_run(cfg: dict, table: dataset.LabelTable, force: bool) -> runs.Run:
     return run
 
 
-def make_optimizer(cfg: dict, steps_per_epoch: int):
-    """The optimizer of the config; the learning rate scaled with the global batch if optim.lr_scaling asks."""
-    import keras
-
-    from . import distribute
-
-    o = cfg["optim"]
-    lr = distribute.scaled_lr(o["lr"], o["lr_scaling"], cfg["train"]["batch_size"], o["reference_batch"])
-    if o["schedule"] == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps_per_epoch * cfg["train"]["epochs"])
-    elif o["schedule"] != "constant":
-        raise config.ConfigError(f"optim.schedule must be constant or cosine, got {o['schedule']!r}")
-    if o["name"] == "adam" and not o["weight_decay"]:
-        optimizer = keras.optimizers.Adam(lr, beta_1=o["beta_1"], beta_2=o["beta_2"])
-    elif o["name"] in ("adam", "adamw"):
-        optimizer = keras.optimizers.AdamW(lr, weight_decay=o["weight_decay"], beta_1=o["beta_1"], beta_2=o["beta_2"])
-    elif o["name"] == "sgd":
-        optimizer = keras.optimizers.SGD(lr, momentum=0.9, weight_decay=o["weight_decay"] or None)
-    else:
-        raise config.ConfigError(f"optim.name must be adam, adamw or sgd, got {o['name']!r}")
-    if keras.mixed_precision.global_policy().name == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # float16 gradients underflow without it
-    return optimizer
-
-
-def augment_options(cfg: dict, train: dataset.LabelTable, seed: int) -> dict:
-    """The per-image augmentation arguments of pipeline.train_dataset: basic set or a seed 000 strategy."""
-    from ..data import augment
-
-    a = cfg["augment"]
-    if a["strategy"] == "none":
-        return {"augment_fn": augment.make_basic_augment(a)}
-    minority = augment.minority_mask(train.labels, train.class_counts(), a["tail_quantile"], train.classes)
-    oversample = augment.STRATEGIES[a["strategy"]][2] if a["strategy"] in augment.STRATEGIES else False
-    log.info("augment strategy %s: %d of %d training images are minority%s", a["strategy"], int(minority.sum()),
-             len(minority), f", oversampled to {a['minority_share']:.0%}" if oversample else "")
-    return {"strategy_fn": augment.make_strategy_augment(a["strategy"], seed), "minority": minority,
-            "minority_share": a["minority_share"] if oversample else None}
-
-
-def make_mixer(cfg: dict, seed: int):
-    m = cfg["mix"]
-    if not any(m[k] for k in ("mosaic", "mixup", "cutmix", "cutout")):
-        return None
-    from ..data import mix
-
-    return mix.BatchMixer.from_config(m, seed=seed)
-
-
 def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray, k: int, strategy) -> None:
     """Train fold k (resuming it if a checkpoint exists), then, on the chief, predict its validation split."""
     import keras
 
     from . import callbacks, distribute, engine, tensorboard_log
-    from ..model import losses, models
-    from ..data import pipeline
+    from ..data import augment, mix, pipeline
+    from ..model import losses, models, optim
 
     fold_dir = run.fold_dir(k)
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +119,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
                              pixel_range=cfg["input"]["pixel_range"])
         loss = losses.get_loss(cfg["loss"]["name"], class_counts=train.class_counts(), n_images=len(train),
                                **cfg["loss"]["params"])
-        optimizer = make_optimizer(cfg, steps)
+        optimizer = optim.make_optimizer(cfg, steps)
     trainer = engine.Trainer(strategy, built.train_model, optimizer, loss, jit_compile=cfg["distribute"]["jit_compile"])
     start_epoch = trainer.restore(fold_dir / "backup")
     # A resumed fold draws a fresh stream rather than replaying the first epochs' order.
@@ -179,7 +130,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
         return pipeline.train_dataset(train.paths, train.labels, cfg, seed=seed, mask=train.mask,
                                       batch_size=ctx.get_per_replica_batch_size(global_batch),
                                       shard=(ctx.num_input_pipelines, ctx.input_pipeline_id),
-                                      mixer=make_mixer(cfg, seed), **augment_options(cfg, train, seed))
+                                      mixer=mix.mixer_from_config(cfg, seed), **augment.options_from_config(cfg, train, seed))
 
     verbose = cfg["train"]["verbose"]
     verbose = ((1 if sys.stdout.isatty() else 2) if verbose == "auto" else int(verbose)) if chief else 0
@@ -206,15 +157,15 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
 def sample_batch(cfg: dict, train: dataset.LabelTable, seed: int, batch_size: int):
     """One batch of what the model sees, for TensorBoard: a few of the fold's training images through the
     fold's own augmentation and mixing (a small sample, so the preview decodes a handful of files)."""
-    from ..data import pipeline
+    from ..data import augment, mix, pipeline
 
     pick = np.random.default_rng(seed).permutation(len(train))[:4 * batch_size]
     sample = train.subset(np.sort(pick))
-    options = augment_options(cfg, sample, seed)
+    options = augment.options_from_config(cfg, sample, seed)
     if options.get("minority") is not None and not 0 < options["minority"].sum() < len(sample):
         options["minority_share"] = None  # the sample lacks one group: show the strategy without oversampling
     ds = pipeline.train_dataset(sample.paths, sample.labels, cfg, seed=seed, batch_size=min(batch_size, len(sample)),
-                                mixer=make_mixer(cfg, seed), **options)
+                                mixer=mix.mixer_from_config(cfg, seed), **options)
     return next(iter(ds))
 
 
@@ -305,7 +256,7 @@ def main(argv=None) -> int:
         strategy = distribute.get_strategy(cfg["distribute"]["strategy"])  # before TensorFlow runs any op
         distribute.set_precision(cfg["distribute"]["mixed_precision"])
         table = resolve_data(cfg)
-        run = prepare_run(cfg, table, args.force)
+        run = open_run(cfg, table, args.force)
         fold_of = folds_mod.load_or_make_folds(run.folds_csv, table, cfg["train"]["folds"], cfg["seed"])
         todo = range(cfg["train"]["folds"]) if cfg["train"]["fold"] == "all" else [cfg["train"]["fold"]]
         for k in todo:

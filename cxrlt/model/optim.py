@@ -1,0 +1,38 @@
+"""The optimizer and learning-rate schedule of a config (timm's create_optimizer, in small)."""
+
+from __future__ import annotations
+
+from ..config import ConfigError
+
+
+def scaled_lr(lr: float, rule: str, global_batch: int, reference_batch: int) -> float:
+    """Learning-rate scaling with the global batch: none (seed 002 kept 1e-4 on 4 GPUs, G23), linear or sqrt."""
+    if rule == "none":
+        return lr
+    ratio = global_batch / reference_batch
+    if rule == "linear":
+        return lr * ratio
+    if rule == "sqrt":
+        return lr * ratio ** 0.5
+    raise ConfigError(f"optim.lr_scaling must be none, linear or sqrt, got {rule!r}")
+
+
+def make_optimizer(cfg: dict, steps_per_epoch: int):
+    """The optimizer of the config; the learning rate scaled with the global batch if optim.lr_scaling asks.
+
+    Under mixed_float16 it is wrapped in a LossScaleOptimizer: float16 gradients underflow without it."""
+    import keras
+
+    o = cfg["optim"]
+    lr = scaled_lr(o["lr"], o["lr_scaling"], cfg["train"]["batch_size"], o["reference_batch"])
+    if o["schedule"] == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps_per_epoch * cfg["train"]["epochs"])
+    if o["name"] == "adam" and not o["weight_decay"]:
+        optimizer = keras.optimizers.Adam(lr, beta_1=o["beta_1"], beta_2=o["beta_2"])
+    elif o["name"] in ("adam", "adamw"):
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=o["weight_decay"], beta_1=o["beta_1"], beta_2=o["beta_2"])
+    else:  # sgd (the schema allows no other name)
+        optimizer = keras.optimizers.SGD(lr, momentum=0.9, weight_decay=o["weight_decay"] or None)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
