@@ -97,8 +97,11 @@ def test_strategy_names_and_tf_config(monkeypatch):
 
 
 def test_learning_rate_scaling_rules():
-    assert distribute.scaled_lr(1e-4, "none", 64, 8) == 1e-4
-    assert distribute.scaled_lr(1e-4, "linear", 64, 8) == pytest.approx(8e-4)
-    assert distribute.scaled_lr(1e-4, "sqrt", 32, 8) == pytest.approx(2e-4)
-    with pytest.raises(distribute.DistributeError):
-        distribute.scaled_lr(1e-4, "cubic", 64, 8)
+    from cxrlt.config import ConfigError
+    from cxrlt.model.optim import scaled_lr
+
+    assert scaled_lr(1e-4, "none", 64, 8) == 1e-4
+    assert scaled_lr(1e-4, "linear", 64, 8) == pytest.approx(8e-4)
+    assert scaled_lr(1e-4, "sqrt", 32, 8) == pytest.approx(2e-4)
+    with pytest.raises(ConfigError, match="optim.lr_scaling"):
+        scaled_lr(1e-4, "cubic", 64, 8)

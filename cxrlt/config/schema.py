@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from ..utils.errors import UserError
 
 # --------------------------------------------------------------------------------------------- names
 # model.backbone -> keras.applications constructor (cxrlt.model.models builds them)
@@ -154,7 +155,7 @@ RANGES: dict[str, Range] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A setting that cannot work; the message names the setting, the allowed values and where it was set."""
 
 

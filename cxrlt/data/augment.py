@@ -62,6 +62,7 @@ cache did) cut it to about 100 images/s.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import queue
 import random
@@ -72,6 +73,8 @@ import tensorflow as tf
 
 from ..config import defaults
 from ..config.schema import STRATEGIES  # name -> (minority, majority, oversample?)
+
+log = logging.getLogger(__name__)
 
 # Called without a config, the basic set does nothing but flip: the per-image keys of the `augment:` section of
 # defaults.yaml (the one copy of the settings) at strength 0, plus two a library caller may set.
@@ -328,12 +331,6 @@ def oversample_indices(minority: np.ndarray, target_minority_share: float, seed:
     extra = max(0, wanted - n_min)
     drawn = rng.choice(np.flatnonzero(minority), size=extra, replace=True) if extra else np.empty(0, np.int64)
     return rng.permutation(np.concatenate([np.arange(n), drawn]).astype(np.int64))
-
-
-if __name__ == "__main__":  # python -m cxrlt.augment: the preview grid
-    from ..tools.preview import main
-
-    raise SystemExit(main())
 
 
 def options_from_config(cfg: dict, train, seed: int) -> dict:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from ..config.schema import UNCERTAIN_POLICIES
 from . import classes as cls
+from ..utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ CXRLT_HELP = (
 )
 
 
-class LabelFileError(ValueError):
+class LabelFileError(UserError):
     """A label CSV that cannot be used as it is; the message says where and what to do."""
 
 

@@ -14,9 +14,10 @@ import pandas as pd
 
 from ..utils import atomic
 from .dataset import LabelTable
+from ..utils.errors import UserError
 
 
-class FoldError(ValueError):
+class FoldError(UserError):
     pass
 
 

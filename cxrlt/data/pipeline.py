@@ -146,9 +146,9 @@ def source_files(paths, cfg: dict, *, required: bool = True) -> np.ndarray:
     folder = (cfg.get("data") or {}).get("prepared")
     if not folder:
         return paths
-    from . import prepare
+    from .prepared import PreparedError, open_prepared
 
-    prepared = prepare.open_prepared(folder)
+    prepared = open_prepared(folder)
     prepared.check_size(cfg["input"]["size"])
     files, missing = prepared.files_for(paths)
     if not missing.any():
@@ -156,7 +156,7 @@ def source_files(paths, cfg: dict, *, required: bool = True) -> np.ndarray:
     if not required and missing.all():
         log.warning("%d images are not in the prepared folder %s: reading the raw files", len(paths), folder)
         return paths
-    raise prepare.PreparedError(prepared.explain_missing(paths[missing], len(paths)))
+    raise PreparedError(prepared.explain_missing(paths[missing], len(paths)))
 
 
 def _use_shards(cfg: dict, minority_share) -> bool:
@@ -170,11 +170,11 @@ def _use_shards(cfg: dict, minority_share) -> bool:
     if not folder or reader == "files" or cfg["input"]["cache"] or minority_share is not None or sampler != "instance" \
             or balanced_mixup > 0:
         return False
-    from . import prepare
+    from .prepared import PreparedError, open_prepared
 
-    has = prepare.open_prepared(folder).has_shards
+    has = open_prepared(folder).has_shards
     if reader == "tfrecord" and not has:
-        raise prepare.PreparedError(f"data.prepared_reader is tfrecord but {folder} has no TFRecord shards; "
+        raise PreparedError(f"data.prepared_reader is tfrecord but {folder} has no TFRecord shards; "
                                     "prepare it with --format both")
     return has
 
@@ -187,9 +187,9 @@ def _shard_stream(paths, labels, flags, cfg: dict, seed: int, shard) -> tf.data.
     With `shard=(n, i)`, pipeline i reads every n-th shard file (or every n-th record when the
     folder has fewer files than pipelines).
     """
-    from . import prepare
+    from .prepared import open_prepared, parse_record
 
-    prepared = prepare.open_prepared(cfg["data"]["prepared"])
+    prepared = open_prepared(cfg["data"]["prepared"])
     ids = prepared.ids_for(paths)
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(len(ids), dtype=tf.int64)), default_value=-1)
@@ -203,7 +203,7 @@ def _shard_stream(paths, labels, flags, cfg: dict, seed: int, shard) -> tf.data.
     ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16), block_length=1,
                        num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.map(prepare.parse_record, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(parse_record, num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda r: (table.lookup(r["id"]), r["image"]))
     ds = ds.filter(lambda row, _: row >= 0)
     if not by_file and n > 1:

@@ -19,9 +19,10 @@ import pandas as pd
 
 from ..utils import atomic
 from ..data import classes as cls
+from ..utils.errors import UserError
 
 
-class SubmissionError(ValueError):
+class SubmissionError(UserError):
     """A submission that CodaLab would reject or score wrongly; the message names the problem."""
 
 

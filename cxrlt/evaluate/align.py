@@ -18,9 +18,10 @@ import pandas as pd
 from ..utils import atomic, cli
 from ..data import classes as cls, dataset
 from . import metrics
+from ..utils.errors import UserError
 
 
-class MismatchError(ValueError):
+class MismatchError(UserError):
     pass
 
 

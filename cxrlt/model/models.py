@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 
 from ..config.schema import BACKBONES  # name -> keras.applications constructor name
+from ..utils.errors import UserError
 
 # The last feature map before pooling (G26), as Keras 3.15 names it. ConvNeXt(include_top=False) ends in an
 # auto-named LayerNormalization ("layer_normalization", "_N" suffixed when several models are built in one
@@ -26,11 +27,11 @@ from ..config.schema import BACKBONES  # name -> keras.applications constructor 
 FEATURE_LAYER = {"efficientnetv2": "top_activation", "convnext": "layer_normalization"}
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """Pretrained weights that cannot be had; the message names the fix."""
 
 
-class ModelFileError(ValueError):
+class ModelFileError(UserError):
     """A model file that cannot be used; the message says why."""
 
 

@@ -25,10 +25,10 @@ import tensorflow as tf
 log = logging.getLogger(__name__)
 
 from ..config.schema import STRATEGY_NAMES as STRATEGIES
-from ..model.optim import scaled_lr  # noqa: F401 - its home is model.optim; kept for callers of distribute.scaled_lr
+from ..utils.errors import UserError
 
 
-class DistributeError(ValueError):
+class DistributeError(UserError):
     """A strategy that cannot run with this machine, TF_CONFIG or batch size; the message says why."""
 
 

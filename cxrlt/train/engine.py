@@ -29,11 +29,12 @@ import numpy as np
 import tensorflow as tf
 
 from . import distribute
+from ..utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training that cannot go on (a NaN loss, a broken input file); the message says where and what to do."""
 
 

@@ -26,9 +26,10 @@ import pandas as pd
 import yaml
 
 from ..utils import atomic
+from ..utils.errors import UserError
 
 
-class RunError(ValueError):
+class RunError(UserError):
     pass
 
 

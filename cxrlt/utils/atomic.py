@@ -14,6 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+from .errors import UserError
 
 
 _UMASK = os.umask(0)
@@ -23,7 +24,7 @@ os.umask(_UMASK)
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
-class DiskFullError(OSError):
+class DiskFullError(OSError, UserError):
     """A write ran out of space; the message names the file and says the previous one is intact."""
 
 

@@ -13,10 +13,7 @@ import os
 import sys
 import warnings
 
-
-class UserError(ValueError):
-    """Base of errors the user can fix; `errors()` prints them as one line. Subclass it in new modules
-    (a class defined in a module run as `python -m` lives in `__main__`, where a lookup by module name misses it)."""
+from .errors import UserError  # noqa: F401 - cli.UserError, the name modules used first
 
 
 def add_common(parser) -> None:
@@ -38,19 +35,8 @@ def setup(args) -> None:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from .atomic import DiskFullError
-    from ..config import ConfigError
-    from ..data.dataset import LabelFileError
-    from ..data.folds import FoldError
-    from ..train.runs import RunError
-
-    kinds = [UserError, ConfigError, LabelFileError, FoldError, RunError, DiskFullError, FileNotFoundError]
-    for module, name in (("cxrlt.model.models", "WeightsError"), ("cxrlt.model.models", "ModelFileError"),
-                         ("cxrlt.ensemble.submission", "SubmissionError"), ("cxrlt.evaluate.align", "MismatchError"),
-                         ("cxrlt.train.engine", "TrainingError"), ("cxrlt.train.distribute", "DistributeError")):
-        if module in sys.modules:
-            kinds.append(getattr(sys.modules[module], name))
-    return tuple(kinds)
+    """What a command prints as one line: every UserError (utils/errors.py), and a missing file."""
+    return (UserError, FileNotFoundError)
 
 
 @contextlib.contextmanager
