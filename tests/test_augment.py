@@ -154,19 +154,24 @@ def test_real_pipelines_run_on_grey_uint8_and_are_seeded_per_image():
 
 
 def test_oversample_indices_reach_the_share_and_keep_every_image():
+    """Seed 000's strategies oversample with the one ROS of cxrlt.data.sampling (no copy of it here)."""
+    from cxrlt.data import sampling
+
     minority = np.zeros(1000, bool)
     minority[:50] = True  # 5 %
+    labels = minority[:, None].astype(np.float32)
+    ros = lambda share, seed: sampling.random_oversample_indices(labels, minority, share, seed)  # noqa: E731
     for share in (0.2, 0.5):
-        idx = augment.oversample_indices(minority, share, seed=1)
+        idx = ros(share, 1)
         assert minority[idx].mean() == pytest.approx(share, abs=0.005)
         counts = np.bincount(idx, minlength=1000)
         assert (counts[~minority] == 1).all() and (counts[minority] >= 1).all()
-    np.testing.assert_array_equal(augment.oversample_indices(minority, 0.5, 1), augment.oversample_indices(minority, 0.5, 1))
-    assert not np.array_equal(augment.oversample_indices(minority, 0.5, 1), augment.oversample_indices(minority, 0.5, 2))
-    plain = augment.oversample_indices(minority, 0.01, 0)  # already above the target: one plain pass
+    np.testing.assert_array_equal(ros(0.5, 1), ros(0.5, 1))
+    assert not np.array_equal(ros(0.5, 1), ros(0.5, 2))
+    plain = ros(0.01, 0)  # already above the target: one plain pass
     assert sorted(plain) == list(range(1000))
-    with pytest.raises(ValueError, match="no minority"):
-        augment.oversample_indices(np.zeros(10, bool), 0.5, 0)
+    with pytest.raises(ValueError, match="minority and majority"):
+        sampling.random_oversample_indices(np.zeros((10, 1)), np.zeros(10, bool), 0.5, 0)
 
 
 def test_pipeline_oversampling_reaches_the_requested_minority_share(tmp_path):

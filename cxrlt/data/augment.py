@@ -262,7 +262,7 @@ def make_strategy_augment(strategy: str, seed: int = 0):
     optional stateless seed [2] per image (with it the output depends only on (seed, image)).
     The majority image goes through the strategy's majority pipeline, the minority image through its
     minority pipeline, inside one tf.numpy_function (uint8 grey in, float32 0..255 out, tiled back
-    to 3 channels). The oversampling flag is STRATEGIES[strategy][2] (see oversample_indices).
+    to 3 channels). The oversampling flag is STRATEGIES[strategy][2] (the pipeline draws minority images at that share; sampling.random_oversample_indices is the epoch form).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"augment.strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
@@ -309,28 +309,6 @@ def minority_mask(labels: np.ndarray, class_counts, tail_quantile: float = 0.5, 
             if str(name).strip().lower().replace("_", " ") == "no finding":
                 tail[j] = False
     return (labels[:, tail] > 0).any(axis=1)
-
-
-def oversample_indices(minority: np.ndarray, target_minority_share: float, seed: int = 0) -> np.ndarray:
-    """One epoch of indices with minority images oversampled (random oversampling, seed 000).
-
-    Every image appears once; extra minority images are drawn uniformly with replacement until
-    minority images make up `target_minority_share` of the epoch (the epoch grows; the majority
-    is never dropped). If the natural share already reaches the target, the epoch is one plain
-    pass. Shuffled, deterministic in `seed`; draw a new epoch with another seed (e.g. seed + epoch).
-    """
-    minority = np.asarray(minority, dtype=bool).ravel()
-    if not 0.0 <= target_minority_share < 1.0:
-        raise ValueError(f"target_minority_share must be in [0, 1), got {target_minority_share}")
-    rng = np.random.default_rng(seed)
-    n, n_min = minority.size, int(minority.sum())
-    n_maj = n - n_min
-    if n_min == 0 and target_minority_share > 0:
-        raise ValueError("no minority image to oversample (check augment.tail_quantile)")
-    wanted = math.ceil(target_minority_share * n_maj / (1.0 - target_minority_share) - 1e-9)
-    extra = max(0, wanted - n_min)
-    drawn = rng.choice(np.flatnonzero(minority), size=extra, replace=True) if extra else np.empty(0, np.int64)
-    return rng.permutation(np.concatenate([np.arange(n), drawn]).astype(np.int64))
 
 
 def options_from_config(cfg: dict, train, seed: int) -> dict:
