@@ -19,48 +19,15 @@ import pandas as pd
 
 from ..utils import atomic
 from ..data import classes as cls
-from ..utils.errors import UserError
+from ..evaluate.align import PredictionFileError, some_of, check_table
 
 
-class SubmissionError(UserError):
-    """A submission that CodaLab would reject or score wrongly; the message names the problem."""
-
-
-def _some(values, n: int = 5) -> str:
-    values = list(values)
-    return f"{values[:n]}" + (f" (+{len(values) - n} more)" if len(values) > n else "")
+SubmissionError = PredictionFileError  # a submission that CodaLab would reject or score wrongly
 
 
 def validate_frame(frame: pd.DataFrame, *, classes, expected_ids=None, id_column: str = "dicom_id") -> None:
-    classes = list(classes)
-    columns = list(frame.columns)
-    if not columns or columns[0] != id_column:
-        raise SubmissionError(f"the first column must be {id_column!r}, found {columns[:1]}")
-    got = columns[1:]
-    if got != classes:
-        missing = [c for c in classes if c not in got]
-        extra = [c for c in got if c not in classes]
-        if missing or extra:
-            raise SubmissionError(f"class columns differ: missing {_some(missing)}, unexpected {_some(extra)}")
-        pos = next(i for i, (a, b) in enumerate(zip(got, classes)) if a != b)
-        raise SubmissionError(f"class columns are out of order: column {pos + 2} is {got[pos]!r}, "
-                              f"the official order has {classes[pos]!r} there")
-    ids = frame[id_column].astype(str)
-    dup = ids[ids.duplicated()].unique()
-    if len(dup):
-        raise SubmissionError(f"{len(dup)} duplicate ids: {_some(dup)}")
-    if expected_ids is not None:
-        expected = set(map(str, expected_ids))
-        missing, unexpected = sorted(expected - set(ids)), sorted(set(ids) - expected)
-        if missing or unexpected:
-            raise SubmissionError(f"the ids differ from the test list: {len(missing)} missing {_some(missing)}, "
-                                  f"{len(unexpected)} unexpected {_some(unexpected)}")
-    values = frame[classes].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values) | (values < 0) | (values > 1)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise SubmissionError(f"{int(bad.sum())} values are not finite probabilities in [0, 1]; first: id "
-                              f"{ids.iloc[r]!r}, column {classes[c]!r}, value {frame[classes[c]].iloc[r]!r}")
+    """CodaLab reads columns by position and scores probabilities: the ordered, [0, 1] form of the one check."""
+    check_table(frame, classes, id_column=id_column, expected_ids=expected_ids, ordered=True, probabilities=True)
 
 
 def write_submission(path, ids, probs: np.ndarray, *, classes, id_column: str = "dicom_id", expected_ids=None,
@@ -105,7 +72,7 @@ def read_submission(path, *, classes, id_column: str = "dicom_id") -> tuple[np.n
     frame = _read_frame(Path(path), id_column)
     missing = [c for c in [id_column, *classes] if c not in frame.columns]
     if missing:
-        raise SubmissionError(f"{path}: missing columns {_some(missing)}")
+        raise SubmissionError(f"{path}: missing columns {some_of(missing)}")
     return frame[id_column].astype(str).to_numpy(), frame[list(classes)].to_numpy(dtype=np.float32)
 
 

@@ -21,8 +21,69 @@ from . import metrics
 from ..utils.errors import UserError
 
 
-class MismatchError(UserError):
-    pass
+class PredictionFileError(UserError):
+    """A prediction table that does not match its classes or its images; the message names the id
+    and the column, so the user can fix the file instead of guessing."""
+
+
+MismatchError = PredictionFileError  # the name `python -m cxrlt.evaluate` users catch
+
+
+def some_of(values, n: int = 5) -> str:
+    values = list(values)
+    return f"{values[:n]}" + (f" (+{len(values) - n} more)" if len(values) > n else "")
+
+
+def check_table(frame: pd.DataFrame, classes, *, id_column: str, expected_ids=None, reference: str = "the test list",
+                ordered: bool = False, probabilities: bool = False) -> np.ndarray:
+    """The one check of a prediction table (an id column + one column per class), for `evaluate` and for
+    submissions alike; returns the values [rows of `expected_ids` (else the frame's order), classes].
+
+    `ordered`: the class columns must follow the id column exactly in `classes` order (CodaLab reads
+    columns by position); otherwise they are found by name and extra columns are ignored.
+    `probabilities`: values must lie in [0, 1] (a submission); otherwise any finite score ranks."""
+    classes = list(classes)
+    columns = list(frame.columns)
+    if ordered:
+        if not columns or columns[0] != id_column:
+            raise PredictionFileError(f"the first column must be {id_column!r}, found {columns[:1]}")
+        got = columns[1:]
+        if got != classes:
+            missing = [c for c in classes if c not in got]
+            extra = [c for c in got if c not in classes]
+            if missing or extra:
+                raise PredictionFileError(f"class columns differ: missing {some_of(missing)}, unexpected {some_of(extra)}")
+            pos = next(i for i, (a, b) in enumerate(zip(got, classes)) if a != b)
+            raise PredictionFileError(f"class columns are out of order: column {pos + 2} is {got[pos]!r}, "
+                                      f"the official order has {classes[pos]!r} there")
+    else:
+        if id_column not in columns:
+            raise PredictionFileError(f"no id column {id_column!r}; columns start {columns[:3]}")
+        missing = [c for c in classes if c not in columns]
+        if missing:
+            raise PredictionFileError(f"missing prediction columns for {some_of(missing)}")
+    ids = frame[id_column].astype(str)
+    dup = ids[ids.duplicated()].unique()
+    if len(dup):
+        raise PredictionFileError(f"{len(dup)} duplicate ids: {some_of(dup)}")
+    rows = np.arange(len(frame))
+    if expected_ids is not None:
+        expected = [str(i) for i in expected_ids]
+        missing, unexpected = sorted(set(expected) - set(ids)), sorted(set(ids) - set(expected))
+        if missing or unexpected:
+            raise PredictionFileError(f"the ids differ from {reference}: {len(missing)} missing (no prediction) "
+                                      f"{some_of(missing)}, {len(unexpected)} unexpected {some_of(unexpected)}")
+        rows = pd.Index(ids).get_indexer(expected)
+    values = frame[classes].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)[rows]
+    bad = ~np.isfinite(values)
+    if probabilities:
+        bad |= (values < 0) | (values > 1)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        what = "finite probabilities in [0, 1]" if probabilities else "finite numbers"
+        raise PredictionFileError(f"{int(bad.sum())} values are not {what}; first: id {ids.iloc[rows[r]]!r}, "
+                                  f"column {classes[c]!r}, value {frame[classes[c]].iloc[rows[r]]!r}")
+    return values
 
 
 def align(pred_csv: Path, table: dataset.LabelTable, id_column: str | None = None) -> np.ndarray:
@@ -30,29 +91,11 @@ def align(pred_csv: Path, table: dataset.LabelTable, id_column: str | None = Non
     if not pred_csv.is_file():
         raise MismatchError(f"prediction file {pred_csv} does not exist")
     frame = pd.read_csv(pred_csv, dtype={id_column or "dicom_id": str, "id": str})
-    id_column = id_column or frame.columns[0]
-    if id_column not in frame.columns:
-        raise MismatchError(f"{pred_csv}: no id column {id_column!r}; columns start {list(frame.columns)[:3]}")
-    missing_cols = [c for c in table.classes if c not in frame.columns]
-    if missing_cols:
-        raise MismatchError(f"{pred_csv}: missing prediction columns for {missing_cols[:5]}"
-                            + (f" and {len(missing_cols) - 5} more" if len(missing_cols) > 5 else ""))
-    ids = frame[id_column].astype(str)
-    dup = ids[ids.duplicated()].unique()
-    if len(dup):
-        raise MismatchError(f"{pred_csv}: {len(dup)} duplicate ids, e.g. {list(dup[:5])}")
-    missing = sorted(set(table.ids) - set(ids))
-    extra = sorted(set(ids) - set(table.ids))
-    if missing or extra:
-        raise MismatchError(f"{pred_csv} and {table.source} list different images: {len(missing)} labelled ids have "
-                            f"no prediction (e.g. {missing[:3]}), {len(extra)} predicted ids have no label (e.g. {extra[:3]})")
-    values = frame.set_index(id_column).loc[table.ids, list(table.classes)].to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise MismatchError(f"{pred_csv}: {int(bad.sum())} missing or non-finite values, e.g. id {table.ids[r]}, "
-                            f"column {table.classes[c]!r}")
-    return values
+    try:
+        return check_table(frame, table.classes, id_column=id_column or frame.columns[0], expected_ids=table.ids,
+                           reference=str(table.source))
+    except PredictionFileError as err:
+        raise MismatchError(f"{pred_csv}: {err}") from None
 
 
 def main(argv=None) -> int:
