@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..config.schema import PREPARED_READERS
+from . import sampling
 
 AUTOTUNE = tf.data.AUTOTUNE
 JPEG_RATIOS = (1, 2, 4, 8)  # the DCT scalings libjpeg offers (tf.io.decode_jpeg's `ratio`)
@@ -267,8 +268,8 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     `augment_fn(image, seed) -> image` runs per image; `mixer(step, images, labels)` per batch.
     Both take stateless seeds derived from `seed` and the element/batch index: the same seed
     gives the same stream. With `minority` flags, `strategy_fn(image, is_minority)` replaces
-    `augment_fn` (seed 000), and `minority_share` oversamples minority images by drawing from a
-    majority and a minority stream (streaming: no repeated copies are materialised).
+    `augment_fn` (seed 000), and `minority_share` oversamples minority images (the `ros` sampler's
+    epochs of `sampling.random_oversample_indices`: row indices, no repeated copies are materialised).
 
     Which images are drawn is `cfg["sampling"]` (see `sampled_images`); Balanced-MixUp
     (`cfg["mix"]["balanced_mixup"]` > 0) draws a second, class-sampled batch per step and blends it
@@ -305,9 +306,10 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
                 raise ValueError(f"oversampling needs both minority and majority images; found {int(flags.sum())} "
                                  f"minority of {len(flags)} (change augment.tail_quantile)")
             _check_single_sampler(cfg)
-            streams = [_stream(paths[~flags], labels[~flags], flags[~flags], cfg, seed),
-                       _stream(paths[flags], labels[flags], flags[flags], cfg, seed + 1)]
-            ds = tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 - minority_share, minority_share], seed=seed)
+            # Seed 000's oversampling (G28: len(train) draws with replacement, the minority share of them
+            # minority images) is the `ros` sampler's epoch, so there is one oversampler.
+            ros = {"name": "ros", "target_share": minority_share, "epoch_size": len(paths)}
+            ds = images_at(sampling.make_index_dataset(labels, ros, seed, minority_mask=flags), paths, labels, flags, cfg)
         else:
             ds = sampled_images(paths, labels, flags, cfg, seed, n_classes)
     augment = lambda d, s: _augmented(d, s, augment_fn, strategy_fn, shard)  # noqa: E731
@@ -341,15 +343,11 @@ def _augmented(ds: tf.data.Dataset, seed: int, augment_fn, strategy_fn, shard=No
 # 264,849 images x 26 classes) and an oversampled image is decoded again each time it is drawn.
 
 def _sampling_section(cfg: dict) -> dict:
-    from .sampling import SECTION_DEFAULTS
-
-    return {**SECTION_DEFAULTS, **(cfg.get("sampling") or {})}
+    return {**sampling.SECTION_DEFAULTS, **(cfg.get("sampling") or {})}
 
 
 def _check_single_sampler(cfg: dict) -> None:
-    from .sampling import oversampling_conflict
-
-    problem = oversampling_conflict(_sampling_section(cfg)["sampler"], (cfg.get("augment") or {}).get("strategy"))
+    problem = sampling.oversampling_conflict(_sampling_section(cfg)["sampler"], (cfg.get("augment") or {}).get("strategy"))
     if problem:
         raise ValueError(problem)
 
@@ -358,7 +356,7 @@ def sampled_index_stream(labels: np.ndarray, cfg: dict, seed: int) -> tf.data.Da
     """Infinite int64 row indices drawn by `cfg["sampling"]`, or None for `instance` (shuffled epochs,
     which `_stream` does without an index stream). ros/rus: minority = images with any tail class
     (`sampling.tail_quantile`, as `augment.minority_mask`), majority = every other image."""
-    from . import augment, sampling
+    from . import augment
 
     section = _sampling_section(cfg)
     spec = sampling.spec_from_config(section)
@@ -415,7 +413,7 @@ def balanced_batches(batches: tf.data.Dataset, paths, labels, flags, cfg: dict, 
     BatchMixer op (Mosaic/MixUp/CutMix, by its probabilities) and CutOut run on the blended batch, their
     label rule applied to the blended (soft) labels. Seed 003 uses Balanced-MixUp alone (mosaic, mixup,
     cutmix 0), as the ablation grids do."""
-    from . import mix, sampling
+    from . import mix
 
     mixer = mix.BalancedMixer.from_config(cfg.get("mix") or {}, seed=seed)
     if mixer is None:
