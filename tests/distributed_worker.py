@@ -49,7 +49,7 @@ def _train(strategy, initial_weights, images, labels):
         per_replica = ctx.get_per_replica_batch_size(GLOBAL_BATCH)
         return tf.data.Dataset.from_tensor_slices((images, labels)).batch(per_replica).repeat()
 
-    history = trainer.fit(trainer.distribute(dataset_fn), epochs=STEPS, steps_per_epoch=1, verbose=0)
+    history = trainer.fit(trainer.distributed_input(dataset_fn), epochs=STEPS, steps_per_epoch=1, verbose=0)
     return history["loss"], [np.asarray(w) for w in built.train_model.get_weights()]
 
 

@@ -20,57 +20,30 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from ..data import dataset, pipeline
 from ..model import models
 from ..train import runs
+from .step import TTA, Predictor  # noqa: F401 - TTA: the views' names for the CLIs
 from ..utils.progress import Progress  # the shared bar; predict.Progress keeps working for older callers
 
 log = logging.getLogger(__name__)
 
-# Test-time views, averaged per image. Only views that give a plausible radiograph: seed 002 uses the
-# horizontal flip; vertical flips and rotations by 90 degrees produce images no scanner makes.
-TTA = {
-    "identity": lambda x: x,
-    "hflip": lambda x: tf.reverse(x, axis=[2]),
-}
-
-
 def predict_images(model, paths, cfg: dict, *, tta=("identity", "hflip"), batch_size: int | None = None,
                    label: str = "predict", progress: "Progress | None" = None) -> np.ndarray:
-    """Mean probability over the TTA views, [N, C] float32 in file-list order.
+    """Mean probability over the TTA views, [N, C] float32 in file-list order (`step.Predictor`).
 
     Batches stream from tf.data into a preallocated [N, C] array: memory does not grow with N
     beyond that array. `progress` lets a caller show one bar for several calls (one phase).
     """
-    unknown = [name for name in tta if name not in TTA]
-    if unknown or not tta:
-        raise ValueError(f"unknown TTA views {unknown}; choose from {sorted(TTA)}")
-    batch_size = batch_size or cfg["predict"]["batch_size"]
-    ds = pipeline.eval_dataset(paths, cfg, batch_size=batch_size)
-    views = [TTA[name] for name in tta]
-
-    @tf.function(reduce_retracing=True)
-    def step(images):
-        return tf.add_n([tf.cast(model(view(images), training=False), tf.float32) for view in views]) / len(views)
-
-    out = np.empty((len(paths), model.outputs[0].shape[-1]), np.float32)
-    own_bar = progress is None
-    bar = Progress(len(paths), label) if own_bar else progress
-    filled = 0
+    predictor = Predictor(model, tta)
+    ds = pipeline.eval_dataset(paths, cfg, batch_size=batch_size or cfg["predict"]["batch_size"])
+    bar = Progress(len(paths), label) if progress is None else progress
     try:
-        for images in ds:
-            probs = step(images).numpy()
-            out[filled:filled + len(probs)] = probs
-            filled += len(probs)
-            bar.add(len(probs))
+        return predictor(ds, expected=len(paths), progress=bar, label=label)
     finally:
-        if own_bar:
+        if progress is None:
             bar.close()
-    if filled != len(paths):
-        raise RuntimeError(f"{label}: the input pipeline yielded {filled} images for a list of {len(paths)}")
-    return out
 
 
 def _cache_key(run: runs.Run, table: dataset.LabelTable, tta, folds) -> str:

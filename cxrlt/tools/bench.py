@@ -239,17 +239,12 @@ def _print(size: int, row: dict) -> None:
 # -------------------------------------------------------------------------------------------- predict
 
 def _predict_rate(model, paths, cfg: dict, tta, batch: int) -> tuple[float, float]:
-    """What predict.predict_images does per batch (pipeline.eval_dataset, the TTA views averaged in
-    one tf.function), timed after a warm-up batch: predict_images traces its step on every call,
-    a cost paid once per fold that would swamp a short measurement."""
-    from ..predict import inference as predict
+    """The predict step every caller uses (`predict.step.Predictor`: the TTA views averaged in one
+    tf.function) over pipeline.eval_dataset, timed after a warm-up batch that pays for the tracing
+    (once per fold in prediction, which would swamp a short measurement)."""
+    from ..predict.step import Predictor
 
-    views = [predict.TTA[name] for name in tta]
-
-    @tf.function(reduce_retracing=True)
-    def step(images):
-        return tf.add_n([tf.cast(model(view(images), training=False), tf.float32) for view in views]) / len(views)
-
+    step = Predictor(model, tta).step
     it = iter(pipeline.eval_dataset(paths, cfg, batch_size=batch))
     step(next(it)).numpy()
     count, wall, cpu = 0, time.perf_counter(), _cpu_seconds()

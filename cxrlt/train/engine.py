@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Callable
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from . import distribute
@@ -91,7 +90,7 @@ class Trainer:
         per_replica = self.strategy.run(self._replica_step, args=(next(iterator),))
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-    def distribute(self, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset]):
+    def distributed_input(self, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset]):
         """Per-worker input pipelines: `dataset_fn(ctx)` builds batches of ctx.get_per_replica_batch_size(global)
         from its own shard (ctx.input_pipeline_id of ctx.num_input_pipelines), so no worker decodes
         images another worker trains on."""
@@ -165,20 +164,3 @@ class _EpochLogs(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.logs = dict(logs or {})
-
-
-def make_predict_fn(model: keras.Model) -> Callable[[tf.data.Dataset], np.ndarray]:
-    """dataset of image batches -> stacked model outputs, float32, one traced function reused every epoch.
-
-    Runs on this process's devices outside strategy.run (no collective operations), so any worker may
-    call it alone.
-    """
-    @tf.function(reduce_retracing=True)
-    def step(images):
-        return tf.cast(model(images, training=False), tf.float32)
-
-    def predict(dataset: tf.data.Dataset) -> np.ndarray:
-        out = [step(images).numpy() for images in dataset]
-        return np.concatenate(out) if out else np.zeros((0, model.outputs[0].shape[-1]), np.float32)
-
-    return predict

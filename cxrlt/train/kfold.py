@@ -97,6 +97,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     from . import callbacks, distribute, engine, tensorboard_log
     from ..data import augment, mix, pipeline
     from ..model import losses, models, optim
+    from ..predict.step import Predictor
 
     fold_dir = run.fold_dir(k)
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -136,9 +137,9 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     verbose = ((1 if sys.stdout.isatty() else 2) if verbose == "auto" else int(verbose)) if chief else 0
     fold_callbacks = []
     if chief:
-        predict_probs = engine.make_predict_fn(built.model)
+        predictor = Predictor(built.model)  # traced once, reused by every epoch's validation
         val_ds = pipeline.eval_dataset(val.paths, cfg, batch_size=cfg["predict"]["batch_size"])
-        fold_callbacks = callbacks.fold_callbacks(fold_dir, built.model, lambda: predict_probs(val_ds), val.labels,
+        fold_callbacks = callbacks.fold_callbacks(fold_dir, built.model, lambda: predictor(val_ds), val.labels,
                                                   classes, groups, cfg["train"]["checkpoint"], optimizer)
         fold_callbacks.insert(1, tensorboard_log.TensorBoardLogger(
             fold_dir / "tensorboard", images=lambda: sample_batch(cfg, train, seed, global_batch),
@@ -147,7 +148,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
              "%d replica(s)", k, cfg["train"]["folds"] - 1, len(train), len(val), steps, global_batch, cfg["model"]["backbone"],
              cfg["input"]["size"], strategy.num_replicas_in_sync)
     started = time.time()
-    trainer.fit(trainer.distribute(dataset_fn), epochs=cfg["train"]["epochs"], steps_per_epoch=steps,
+    trainer.fit(trainer.distributed_input(dataset_fn), epochs=cfg["train"]["epochs"], steps_per_epoch=steps,
                 callbacks=fold_callbacks, verbose=verbose, label=f"fold {k}")
     if chief:
         finish_fold(cfg, run, k, val, classes, groups, started)

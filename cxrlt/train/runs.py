@@ -4,7 +4,7 @@ runs/<name>/
   config.yaml          resolved config (a rerun with a different one is refused unless --force)
   folds.csv            image id -> patient -> fold (made once, reused on every resume)
   fold<k>/model.keras  the fold's selected model (probabilities out)
-  fold<k>/history.csv  one row per epoch; fold<k>/backup/ mid-training state (BackupAndRestore)
+  fold<k>/history.csv  one row per epoch; fold<k>/backup/ mid-training state (tf.train.CheckpointManager: weights, optimizer, epoch)
   fold<k>/oof.csv      the fold's validation predictions (TTA); fold<k>/done.json marks it finished
   oof.csv, metrics.json   out-of-fold predictions of all folds and their scores
   thresholds.json      per-class F1 thresholds tuned on oof.csv (cxrlt.thresholds)
