@@ -266,7 +266,7 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
 
     `augment_fn(image, seed) -> image` runs per image; `mixer(step, images, labels)` per batch.
     Both take stateless seeds derived from `seed` and the element/batch index: the same seed
-    gives the same stream. With `minority` flags, `strategy_fn(image, is_minority)` replaces
+    gives the same stream. With `minority` flags, `strategy_fn(image, is_minority, seed)` replaces
     `augment_fn` (seed 000), and `minority_share` oversamples minority images by drawing from a
     majority and a minority stream (streaming: no repeated copies are materialised).
 
@@ -325,9 +325,16 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
 
 
 def _augmented(ds: tf.data.Dataset, seed: int, augment_fn, strategy_fn, shard=None) -> tf.data.Dataset:
-    """(image, label, is_minority) -> (augmented image, label)."""
+    """(image, label, is_minority) -> (augmented image, label).
+
+    Both paths give each element its own stateless seed (base seed, global element index): the
+    parallel map calls the augmentation in whatever order its threads run, so a seed drawn from a
+    shared stream in call order would make each image's augmentation depend on thread timing, and
+    a second pass over the dataset would not repeat the first."""
     if strategy_fn is not None:
-        return ds.map(lambda x, y, m: (strategy_fn(x, m), y), num_parallel_calls=AUTOTUNE)
+        return ds.enumerate().map(
+            lambda i, xym: (strategy_fn(xym[0], xym[2], _element_seed(seed, _global_index(i, shard))), xym[1]),
+            num_parallel_calls=AUTOTUNE)
     if augment_fn is not None:
         return ds.enumerate().map(
             lambda i, xym: (augment_fn(xym[0], _element_seed(seed, _global_index(i, shard))), xym[1]),
