@@ -1,0 +1,180 @@
+"""Untrusted input (issue 17): prepared folders, TFRecord shards and image headers from elsewhere,
+symlinks under the image root, model files that read other files, YAML tags on the command line,
+submission zips with escaping entry names. Tiny files only; no model is built or trained."""
+
+import io
+import json
+import os
+import shutil
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from cxrlt import config
+from cxrlt.data import check, pipeline, prepare
+from cxrlt.data import prepared as prepared_mod
+from cxrlt.data.dataset import LabelFileError, read_labels
+from cxrlt.data.prepared import PreparedError, open_prepared
+
+from .conftest import write_png
+
+N_IMAGES = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_prepared(tmp_path_factory):
+    """4 random 40 x 48 PNGs prepared at long side 32, 2 per shard (files and TFRecord shards)."""
+    root = tmp_path_factory.mktemp("tiny_prepared")
+    rng = np.random.default_rng(0)
+    paths = [write_png(root / "raw" / f"im{i}.png", rng.integers(0, 255, (40, 48), dtype=np.uint8))
+             for i in range(N_IMAGES)]
+    pd.DataFrame({"path": [str(p) for p in paths], "patient_id": range(N_IMAGES)}).to_csv(root / "list.csv",
+                                                                                          index=False)
+    out = root / "out"
+    assert prepare.main(["--labels", str(root / "list.csv"), "--out", str(out), "--long-side", "32",
+                         "--shard-size", "2", "--workers", "1", "--log-level", "WARNING"]) == 0
+    return out
+
+
+def _copy(folder, tmp_path, name="copy"):
+    dst = tmp_path / name
+    shutil.copytree(folder, dst, symlinks=True)
+    return dst
+
+
+def _set_manifest_file(folder, row: int, value: str) -> pd.DataFrame:
+    manifest = pd.read_csv(folder / "manifest.csv", dtype={"id": str, "source": str, "file": str})
+    manifest.loc[row, "file"] = value
+    manifest.to_csv(folder / "manifest.csv", index=False)
+    return manifest
+
+
+# --- 2a: prepared folders -----------------------------------------------------------------------------
+
+def test_prepared_manifest_entries_are_confined_to_the_folder(tiny_prepared, tmp_path):
+    open_prepared(tiny_prepared)  # the folder as prepared opens
+    secret = write_png(tmp_path / "elsewhere" / "secret.png", np.full((40, 40), 7, np.uint8))
+
+    climbing = _copy(tiny_prepared, tmp_path, "climbing")
+    _set_manifest_file(climbing, 1, os.path.relpath(secret, climbing))  # ../elsewhere/secret.png
+    with pytest.raises(PreparedError, match=r"manifest.csv: line 3 file '\.\./elsewhere/secret.png'.*outside the "
+                                            r"prepared folder.*prepare the folder again"):
+        open_prepared(climbing)
+
+    absolute = _copy(tiny_prepared, tmp_path, "absolute")
+    _set_manifest_file(absolute, 0, str(secret))
+    with pytest.raises(PreparedError, match="line 2 file .*an empty or absolute name"):
+        open_prepared(absolute)
+
+    linked = _copy(tiny_prepared, tmp_path, "linked")
+    manifest = pd.read_csv(linked / "manifest.csv", dtype=str)
+    target = linked / manifest.loc[2, "file"]
+    target.unlink()
+    target.symlink_to(secret)  # a symlinked file inside the folder is a way out as well
+    with pytest.raises(PreparedError, match=f"line 4 file '{manifest.loc[2, 'file']}' .*-> {secret}"):
+        open_prepared(linked)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk claiming width x height, and nothing else: no pixel data at all."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr
+            + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A real 16 x 16 JPEG whose SOF0 marker is rewritten to claim width x height."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((16, 16), 128, np.uint8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_decoder_reads_the_header_size_and_refuses_too_many_pixels_before_decoding(tmp_path):
+    """The same limit as the pre-flight check (2**28 px), from the header alone: the PNG has no pixel
+    data and the JPEG's entropy data is 16 x 16, so any message but the guard's would come from a decode."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(buf, "PNG")
+    assert pipeline.header_dimensions(tf.constant(buf.getvalue())).numpy().tolist() == [20, 30]
+    assert pipeline.header_dimensions(tf.constant(_jpeg_claiming(300, 200))).numpy().tolist() == [200, 300]
+    assert pipeline.header_dimensions(tf.constant(b"GIF89a")).numpy().tolist() == [0, 0]  # short, not PNG/JPEG
+    assert pipeline.MAX_IMAGE_PIXELS == check.LIMITS.max_pixels == 2 ** 28  # one limit, two places that apply it
+    for name, data in [("bomb.png", _png_header(20000, 20000)), ("bomb.jpg", _jpeg_claiming(60000, 60000))]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"(?s){pipeline.PIXEL_LIMIT_MESSAGE}.*{name}"):
+            pipeline.decode_image(tf.constant(str(tmp_path / name)), 32)
+    # just under the limit passes the guard (and then fails in the decoder, which has no pixels to read)
+    with pytest.raises(tf.errors.InvalidArgumentError) as under:
+        pipeline.decode_bytes(tf.constant(_png_header(2 ** 14, 2 ** 14)), 32)
+    assert pipeline.PIXEL_LIMIT_MESSAGE not in str(under.value)
+
+
+def _prepared_cfg(folder, reader="files"):
+    return config.load(overrides={"input": {"size": 32}, "data": {"prepared": str(folder), "prepared_reader": reader}})
+
+
+def test_prepared_files_and_shards_are_held_to_the_pixel_limit(tiny_prepared, tmp_path):
+    bomb = _jpeg_claiming(60000, 60000)
+    files = _copy(tiny_prepared, tmp_path, "files")
+    manifest = pd.read_csv(files / "manifest.csv", dtype=str)
+    (files / manifest.loc[0, "file"]).write_bytes(bomb)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"(?s){pipeline.PIXEL_LIMIT_MESSAGE}.*{manifest.loc[0, 'file']}"):
+        list(pipeline.eval_dataset(manifest["source"].to_numpy(), _prepared_cfg(files), batch_size=4))
+
+    shards = _copy(tiny_prepared, tmp_path, "shards")
+    shard_files = sorted((shards / "shards").glob("*.tfrecord"))
+    for shard in shard_files:  # every record's image replaced by the bomb, ids and sizes kept
+        records = [prepared_mod.parse_record(r) for r in tf.data.TFRecordDataset(str(shard))]
+        with tf.io.TFRecordWriter(str(shard)) as writer:
+            for r in records:
+                feature = {k: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(r[k])]))
+                           for k in ("height", "width", "orig_height", "orig_width")}
+                feature["id"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[r["id"].numpy()]))
+                feature["image"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[bomb]))
+                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    labels = np.zeros((N_IMAGES, 1), np.float32)
+    ds = pipeline.train_dataset(manifest["source"].to_numpy(), labels, _prepared_cfg(shards, "tfrecord"), seed=0,
+                                batch_size=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"(?s){pipeline.PIXEL_LIMIT_MESSAGE}.*TFRecord id"):
+        next(iter(ds))
+
+
+def _masked_crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def test_a_shard_whose_record_length_runs_past_its_end_is_refused_before_tensorflow_reads_it(tiny_prepared, tmp_path):
+    """A 1 TiB length with a valid CRC: TensorFlow's reader would try to allocate it and abort the
+    process. The shard is refused when the pipeline opens it; TensorFlow never sees it here."""
+    folder = _copy(tiny_prepared, tmp_path)
+    shard = min((folder / "shards").glob("*.tfrecord"))
+    real = shard.read_bytes()
+    length = struct.unpack("<Q", real[:8])[0]
+    assert struct.unpack("<I", real[8:12])[0] == _masked_crc32c(real[:8])  # the CRC below is one TF accepts
+    huge = struct.pack("<Q", 2 ** 40)
+    shard.write_bytes(real[:12 + length + 4] + huge + struct.pack("<I", _masked_crc32c(huge)) + b"\0" * 64)
+    with pytest.raises(PreparedError, match=r"record 1 at byte \d+ claims 1,099,511,627,776 bytes.*prepare the folder"):
+        prepared_mod.check_record_lengths(shard)
+    manifest = pd.read_csv(folder / "manifest.csv", dtype=str)
+    with pytest.raises(PreparedError, match=shard.name):  # raised while the dataset is built, before any read
+        pipeline.train_dataset(manifest["source"].to_numpy(), np.zeros((N_IMAGES, 1), np.float32),
+                               _prepared_cfg(folder, "tfrecord"), seed=0, batch_size=2)
+    shard.write_bytes(real[:7])
+    with pytest.raises(PreparedError, match="record 0 at byte 0 is cut off"):
+        prepared_mod.check_record_lengths(shard)
+    for good in sorted((tiny_prepared / "shards").glob("*.tfrecord")):
+        prepared_mod.check_record_lengths(good)
