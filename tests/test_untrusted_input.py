@@ -178,3 +178,25 @@ def test_a_shard_whose_record_length_runs_past_its_end_is_refused_before_tensorf
         prepared_mod.check_record_lengths(shard)
     for good in sorted((tiny_prepared / "shards").glob("*.tfrecord")):
         prepared_mod.check_record_lengths(good)
+
+
+# --- 2b: symlinks under the image root ------------------------------------------------------------------
+
+def test_symlinks_out_of_the_image_root_are_refused_unless_allowed(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    write_png(root / "img" / "a.png", np.zeros((20, 20), np.uint8))
+    write_png(outside / "secret.png", np.zeros((20, 20), np.uint8))
+    (root / "link.png").symlink_to(outside / "secret.png")  # a linked file
+    (root / "linkdir").symlink_to(outside)  # a linked folder
+    (root / "inside.png").symlink_to(root / "img" / "a.png")  # a link that stays inside: fine
+    (tmp_path / "l.csv").write_text("path,A\nimg/a.png,1\nlink.png,0\nlinkdir/secret.png,1\ninside.png,0\n")
+    with pytest.raises(LabelFileError, match=r"2 path\(s\) in column 'path' lead outside the image root .* through a "
+                                             r"symlink, first 'link.png' \(-> .*secret.png\) in rows 3, 4 .*"
+                                             r"--allow-outside-root"):
+        read_labels(tmp_path / "l.csv", image_root=root)
+    allowed = read_labels(tmp_path / "l.csv", image_root=root, allow_outside_root=True)
+    assert list(allowed.paths) == [str(root / p) for p in ("img/a.png", "link.png", "linkdir/secret.png", "inside.png")]
+    # the root itself reached through a symlink is not "outside"
+    (tmp_path / "root_link").symlink_to(root)
+    (tmp_path / "ok.csv").write_text("path,A\nimg/a.png,1\ninside.png,0\n")
+    assert len(read_labels(tmp_path / "ok.csv", image_root=tmp_path / "root_link")) == 2

@@ -237,7 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action="store_true",
                         help="train without the images the pre-flight check finds bad (listed in the run directory)")
     parser.add_argument("--allow-outside-root", action="store_true",
-                        help="accept label paths that point outside the image root ('..')")
+                        help="accept label paths that leave the image root ('..' or a symlink)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any setting, e.g. --set loss.gamma=1.5 (repeatable)")
 
