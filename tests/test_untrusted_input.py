@@ -200,3 +200,46 @@ def test_symlinks_out_of_the_image_root_are_refused_unless_allowed(tmp_path):
     (tmp_path / "root_link").symlink_to(root)
     (tmp_path / "ok.csv").write_text("path,A\nimg/a.png,1\ninside.png,0\n")
     assert len(read_labels(tmp_path / "ok.csv", image_root=tmp_path / "root_link")) == 2
+
+
+# --- 2c: model files that read other files ----------------------------------------------------------------
+
+def _model_file(path, layer: dict):
+    config_json = {"module": "keras.src.models.functional", "class_name": "Functional", "registered_name": "Functional",
+                   "config": {"name": "m", "layers": [
+                       {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
+                        "config": {"batch_shape": [None, 1], "dtype": "string", "name": "x"}},
+                       {"registered_name": None, **layer}]}}
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps(config_json))
+        archive.writestr("metadata.json", json.dumps({"keras_version": "3.15.0"}))
+    return path
+
+
+@pytest.mark.parametrize("layer, match", [
+    ({"module": "keras.layers", "class_name": "StringLookup", "config": {"vocabulary": "/etc/passwd"}},
+     "StringLookup layer whose vocabulary is the file '/etc/passwd'"),
+    ({"module": "keras.layers", "class_name": "IntegerLookup", "config": {"vocabulary": "/tmp/ids.txt"}},
+     "IntegerLookup layer whose vocabulary is the file"),
+    ({"module": "keras.layers", "class_name": "TextVectorization", "config": {"vocabulary": "vocab.txt"}},
+     "TextVectorization layer whose vocabulary is the file 'vocab.txt'"),
+    ({"module": "keras.layers", "class_name": "TFSMLayer", "config": {"filepath": "/tmp/saved_model"}},
+     "TFSMLayer layer, which loads another model \\('/tmp/saved_model'\\)"),
+    ({"module": "keras.layers", "class_name": "TorchModuleWrapper", "config": {"module": "gASV..."}},
+     "TorchModuleWrapper layer, i.e. Python code"),
+], ids=["StringLookup", "IntegerLookup", "TextVectorization", "TFSMLayer", "TorchModuleWrapper"])
+def test_model_files_whose_layers_read_other_files_are_refused(tmp_path, layer, match):
+    from cxrlt.model import models
+
+    path = _model_file(tmp_path / "m.keras", layer)
+    with pytest.raises(models.ModelFileError, match=f"m.keras holds a {match}.*refused"):
+        models.check_model_file(path)
+    with pytest.raises(models.ModelFileError, match=match):
+        models.load(path)
+
+
+def test_a_lookup_layer_with_an_inline_vocabulary_passes_the_check(tmp_path):
+    from cxrlt.model import models
+
+    models.check_model_file(_model_file(tmp_path / "ok.keras", {
+        "module": "keras.layers", "class_name": "StringLookup", "config": {"vocabulary": ["a", "b"]}}))
