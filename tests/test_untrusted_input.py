@@ -243,3 +243,22 @@ def test_a_lookup_layer_with_an_inline_vocabulary_passes_the_check(tmp_path):
 
     models.check_model_file(_model_file(tmp_path / "ok.keras", {
         "module": "keras.layers", "class_name": "StringLookup", "config": {"vocabulary": ["a", "b"]}}))
+
+
+# --- 2d: --set values ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("setting, named", [
+    ("loss.params.gamma=!!python/name:os.system", "loss.params.gamma"),
+    ("loss.params=!!python/name:os.system", "loss.params"),
+    ("predict.view_weights.PA=!!python/object/apply:os.system [ls]", "predict.view_weights.PA"),
+    ("loss.params.gamma=[1,", "loss.params.gamma"),
+    ("data.classes=[A, B", "data.classes"),
+])
+def test_every_bad_set_value_is_one_error_line(setting, named, capsys):
+    from cxrlt.train.kfold import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--set", setting, "--log-level", "ERROR"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: command line: ") and f"{named}=" in err, err
