@@ -262,3 +262,26 @@ def test_every_bad_set_value_is_one_error_line(setting, named, capsys):
     assert stopped.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: command line: ") and f"{named}=" in err, err
+
+
+# --- 2e: submission zips --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("entry, why", [("../../x.csv", "a '..' part"), ("/tmp/x.csv", "an absolute path"),
+                                         ("C:/x.csv", "an absolute path"), ("sub\\x.csv", "a backslash")])
+def test_submission_check_refuses_zip_entries_that_escape_their_folder(tmp_path, capsys, entry, why):
+    from cxrlt.data import classes as cls
+    from cxrlt.ensemble import submission
+
+    classes = list(cls.CXRLT2023)
+    csv, _ = submission.write_submission(tmp_path / "s.csv", ["a", "b"], np.full((2, len(classes)), 0.5),
+                                         classes=classes, make_zip=False)
+    with zipfile.ZipFile(tmp_path / "bad.zip", "w") as archive:
+        archive.writestr(entry, csv.read_bytes())
+    with pytest.raises(submission.SubmissionError, match=f"zip entry {entry!r}".replace("\\", "\\\\") + f".*{why}.*CodaLab"):
+        submission.check_file(tmp_path / "bad.zip", classes=classes)
+    assert submission.main(["--check", str(tmp_path / "bad.zip")]) == 1
+    out = capsys.readouterr()
+    assert "OK" not in out.out and out.err.startswith("error:")
+    with zipfile.ZipFile(tmp_path / "good.zip", "w") as archive:
+        archive.writestr("s.csv", csv.read_bytes())
+    assert submission.check_file(tmp_path / "good.zip", classes=classes).startswith("OK")
