@@ -91,9 +91,22 @@ def test_minority_is_any_tail_class_and_no_finding_is_majority():
                                   [False, False, True, True, False])
     # without names, No Finding (5) is above the median and majority anyway; quantile 0: no tail
     np.testing.assert_array_equal(augment.minority_mask(labels, counts, 0.5), [False, False, True, True, False])
-    assert not augment.minority_mask(labels, counts, 0.0).any()
+    # quantile 0: the rarest class (3), not an empty tail
+    np.testing.assert_array_equal(augment.minority_mask(labels, counts, 0.0), [False, False, False, True, False])
     with pytest.raises(ValueError, match="class_counts"):
         augment.minority_mask(labels, counts[:3])
+
+
+def test_tail_is_at_or_below_the_quantile_so_ties_at_the_median_are_tail():
+    """G10 and defaults.yaml say "at or below": classes tied at the quantile are all tail, and
+    quantile 0 gives every class tied for the rarest count (a strict "<" gave empty tails)."""
+    counts = np.array([10, 10, 10, 10, 50, 3, 3])  # median 10, minimum 3 (tied twice)
+    labels = np.eye(7, dtype=np.float32)  # image j carries class j only
+    np.testing.assert_array_equal(augment.minority_mask(labels, counts, 0.5),
+                                  [True, True, True, True, False, True, True])
+    np.testing.assert_array_equal(augment.minority_mask(labels, counts, 0.0),
+                                  [False, False, False, False, False, True, True])
+    assert augment.minority_mask(labels, counts, 1.0).all()
 
 
 MARKS = {"weak": 50, "strong": 200, "strong_no_ssr": 120}
@@ -184,3 +197,55 @@ def test_pipeline_oversampling_reaches_the_requested_minority_share(tmp_path):
                                 strategy_fn=augment.make_strategy_augment("weak-strong"))
     drawn = np.concatenate([y.numpy()[:, 0] for _, y in ds.take(20)])
     assert drawn.mean() == pytest.approx(0.5, abs=0.05)
+
+
+def _strategy_images(paths, labels, minority, seed, strategy_fn, batches=3):
+    cfg = config.load(overrides={"input": {"size": 32, "cache": True}})
+    ds = pipeline.train_dataset(paths, labels, cfg, seed=seed, batch_size=8, minority=minority,
+                                strategy_fn=strategy_fn)
+    return np.concatenate([x.numpy() for x, _ in ds.take(batches)])
+
+
+def test_strategy_augmentation_is_reproducible_under_the_parallel_map(tmp_path):
+    """pipeline._augmented gives the strategy its element seed: the same seed repeats the same images
+    (a second dataset, a second pass with the same augment function, a fresh one), whatever order the
+    parallel map's threads call it in; another seed gives other images. Before, the albumentations
+    call drew from one stream in call order, so a second pass (or another thread order) differed."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (24, 24), dtype=np.uint8)
+    n = 6  # identical pixels, so the shuffle order cannot hide or fake a difference: only the augmentation can
+    paths = np.array([str(write_png(tmp_path / f"{i}.png", image)) for i in range(n)])
+    labels = (np.arange(n) % 2)[:, None].astype(np.float32)
+    minority = labels[:, 0] > 0
+    fn = augment.make_strategy_augment("strong-strong", seed=0)
+    first = _strategy_images(paths, labels, minority, 5, fn)
+    np.testing.assert_array_equal(first, _strategy_images(paths, labels, minority, 5, fn))
+    np.testing.assert_array_equal(first, _strategy_images(paths, labels, minority, 5,
+                                                          augment.make_strategy_augment("strong-strong", seed=0)))
+    other = _strategy_images(paths, labels, minority, 6, fn)
+    assert not np.array_equal(first, other)
+    assert len({x.tobytes() for x in first}) > len(first) // 2  # per-image draws, not one draw repeated
+
+
+def _white_square_ratios(kind, draws=150, size=160, side=40):
+    image = np.zeros((size, size), np.uint8)
+    lo = (size - side) // 2
+    image[lo:lo + side, lo:lo + side] = 255
+    pipe = augment.make_albu_pipeline(kind, seed=7, rotate_limit=0.0)
+    ratios, widths = [], []
+    for _ in range(draws):
+        out = pipe(image=image)["image"] > 127
+        rows, cols = np.flatnonzero(out.any(axis=1)), np.flatnonzero(out.any(axis=0))
+        h, w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+        ratios.append(w / h)
+        widths.append(w)
+    return np.array(ratios), np.array(widths)
+
+
+def test_seed000_affine_scales_both_axes_by_one_factor():
+    """The authors' ShiftScaleRotate scales x and y by one factor; albumentations' Affine draws them
+    separately unless keep_ratio=True (a centred square came out up to 3:1). A square stays a square
+    while its size varies over the 0.5..1.5 range."""
+    ratios, widths = _white_square_ratios("weak")
+    assert ((ratios > 0.9) & (ratios < 1.1)).all(), (ratios.min(), ratios.max())
+    assert widths.min() < 0.7 * 40 and widths.max() > 1.3 * 40  # scaling does happen

@@ -63,12 +63,12 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
         try:
             value = _number(value) if isinstance(default, (int, float)) and not isinstance(default, bool) else yaml.safe_load(value)
         except yaml.YAMLError as err:
-            raise ConfigError(f"{where}: {key}={value!r} is not a valid value ({err})") from None
+            raise ConfigError(f"{where}: {key}={value!r} is not a valid value ({_yaml_problem(err)})") from None
     if isinstance(value, str) and value.strip().startswith("["):
         try:
             value = yaml.safe_load(value)  # a list given on the command line, e.g. data.classes=[A, B]
         except yaml.YAMLError as err:
-            raise ConfigError(f"{where}: {key}={value!r} is not a valid list ({err})") from None
+            raise ConfigError(f"{where}: {key}={value!r} is not a valid list ({_yaml_problem(err)})") from None
     if default is None:
         kind = NULLABLE.get(key)
         if value is None or kind is None:
@@ -101,6 +101,25 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
     raise ConfigError(f"{where}: {key} must be {type(default).__name__} like its default {default!r}, got {value!r}")
 
 
+def _parsed_value(key: str, text: str, where: str):
+    """A free-form parameter's text as a number or YAML value, any YAML error (a syntax slip, or a
+    tag such as !!python/name:os.system that safe_load refuses) as a ConfigError naming the setting:
+    the command line prints it as one `error:` line, not a yaml traceback."""
+    try:
+        return _number(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: {key}={text!r} is not a valid value ({_yaml_problem(err)}); give a number, "
+                          "true/false, a string or a [list] (YAML tags such as !!python/... are refused)") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's message without its multi-line source excerpt: a command-line error stays one line."""
+    problem = getattr(err, "problem", None)
+    context = getattr(err, "context", None)
+    text = "; ".join(str(part) for part in (context, problem) if part) or str(err).strip()
+    return " ".join(text.split())
+
+
 def _number(text: str):
     """'1e-3' is a float to a user, though YAML 1.1 reads it as a string."""
     for kind in (int, float):
@@ -124,7 +143,7 @@ def merge(base: dict, override: dict, where: str) -> dict:
                 continue
             raise _unknown(key, list(flat_known), where)
         if key in FREEFORM and isinstance(value, dict):  # update, so one argument can be changed alone
-            parsed = {k: _number(v) if isinstance(v, str) else v for k, v in value.items()}
+            parsed = {k: _parsed_value(f"{key}.{k}", v, where) if isinstance(v, str) else v for k, v in value.items()}
             owner = key.rsplit(".", 1)[0] + ".name"  # params of another loss start empty, not from the old one's
             renamed = flat_override.get(owner, flat_known.get(owner)) != flat_known.get(owner)
             set_dotted(out, key, parsed if renamed else {**get_dotted(out, key), **parsed})
@@ -237,7 +256,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action="store_true",
                         help="train without the images the pre-flight check finds bad (listed in the run directory)")
     parser.add_argument("--allow-outside-root", action="store_true",
-                        help="accept label paths that point outside the image root ('..')")
+                        help="accept label paths that leave the image root ('..' or a symlink)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any setting, e.g. --set loss.gamma=1.5 (repeatable)")
 

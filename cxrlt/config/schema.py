@@ -113,6 +113,9 @@ Q = Range(-10, 10)  # sampler exponents: 1 instance-like, 0.5 square root, 0 cla
 MAX_SIZE = 4096     # px: a 4096^2 float RGB batch of 8 is 1.6 GB before any activation
 MAX_BATCH = 65536
 MAX_COUNT = 10**9
+# Images above this many pixels are never decoded: the pre-flight check calls them bad (check.Limits.max_pixels)
+# and the pipeline's decoder refuses them from the header (pipeline.pixel_guard), ~1.3 GiB per image in flight.
+MAX_IMAGE_PIXELS = 2 ** 28
 
 RANGES: dict[str, Range] = {
     "seed": Range(0, 2**31 - 1, cap=True),

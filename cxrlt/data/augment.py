@@ -23,7 +23,9 @@ minority_share) may sit in the same section and are ignored here; any other key 
 
 Seed 000 (inventory §4.2.2, reconstructed from the authors' code) on albumentations 2.0.8:
     weak           Affine(translate +-10 %, scale 0.5..1.5, rotate +-10 deg, bilinear, black border),
-                   i.e. ShiftScaleRotate(0.1, 0.5, 10, border_mode=0), which 2.x deprecates.
+                   i.e. ShiftScaleRotate(0.1, 0.5, 10, border_mode=0), which 2.x deprecates. One scale
+                   factor for both axes (keep_ratio=True), as ShiftScaleRotate: Affine's default draws
+                   x and y scale separately, which would stretch the anatomy by up to 3:1.
     strong         weak + three OneOf groups, each p = 0.9 (G29):
                    {CLAHE(clip 4, tiles 8x8), RandomBrightnessContrast(0.2, 0.2), RandomGamma(80..120)},
                    {Sharpen(alpha 0.2..0.5, lightness 0.5..1), Blur(3), MotionBlur(3)},
@@ -37,7 +39,8 @@ Strategies (`STRATEGIES`), named Majority-Minority as the seed 000 text does (in
     strong-strong (strong_no_ssr/strong), weak-strong (weak/strong), all four with oversampling.
     As in the authors' scripts, the weak pipeline of baseline and weak-weak does not rotate (E12).
 Minority (G10, `minority_mask`): an image carrying any tail class; tail = classes whose training
-count is below the `tail_quantile` quantile of the class counts; "No Finding" is never tail.
+count is at or below the `tail_quantile` quantile of the class counts (0.5: the rarer half; 0: the
+rarest class or classes); "No Finding" is never tail.
 
 Cost of leaving the graph: the albumentations pipelines run on uint8 grey images behind
 tf.numpy_function. Each call holds the Python GIL for its Python part (albumentations' parameter
@@ -185,7 +188,7 @@ def make_albu_pipeline(kind: str, seed: int = 0, rotate_limit: float = 10.0):
     if kind not in PIPELINE_KINDS:
         raise ValueError(f"albumentations pipeline must be one of {PIPELINE_KINDS}, got {kind!r}")
     ssr = A.Affine(translate_percent=(-0.1, 0.1), scale=(0.5, 1.5), rotate=(-rotate_limit, rotate_limit),
-                   interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0)
+                   keep_ratio=True, interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0)
     strong = [
         A.OneOf([A.CLAHE(clip_limit=4.0, tile_grid_size=(8, 8), p=1.0),
                  A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=1.0),
@@ -241,7 +244,8 @@ class _Router:
             return {m: make_albu_pipeline(k, self.seed, self.rotate_limit) for m, k in self.kinds.items()}
 
     def __call__(self, grey: np.ndarray, is_minority, seed=None) -> np.ndarray:
-        if seed is None:  # no per-image seed: a fresh stream per call (reproducible only in call order)
+        if seed is None:  # library callers without a per-image seed: a fresh stream per call (reproducible
+            # only in call order; cxrlt.data.pipeline always passes the element seed)
             entropy = [self.seed % 2**64, 2**32 + next(self.counter)]
         else:
             entropy = [self.seed % 2**64, *_unsigned(seed)]
@@ -293,9 +297,12 @@ def make_strategy_augment(strategy: str, seed: int = 0):
 def minority_mask(labels: np.ndarray, class_counts, tail_quantile: float = 0.5, classes=None) -> np.ndarray:
     """bool [N]: True for images that carry any tail class (G10).
 
-    Tail = the classes whose training count is strictly below the `tail_quantile` quantile of the
-    class counts (0.5: the rarer half of the classes). With `classes` given, "No Finding" is never
-    tail, so No-Finding-only images are majority whatever its count.
+    Tail = the classes whose training count is at or below the `tail_quantile` quantile of the
+    class counts (inventory G10: 0.5 is the rarer half of the classes). "At or below", not "below":
+    with tied counts (common in small or filtered label sets) a strict comparison would drop every
+    class tied at the quantile, and quantile 0 would give an empty tail instead of the rarest class.
+    With `classes` given, "No Finding" is never tail, so No-Finding-only images are majority
+    whatever its count.
     """
     labels = np.asarray(labels)
     counts = np.asarray(class_counts, dtype=np.float64).ravel()
@@ -303,7 +310,7 @@ def minority_mask(labels: np.ndarray, class_counts, tail_quantile: float = 0.5, 
         raise ValueError(f"labels must be [N, {counts.size}] to match class_counts, got {labels.shape}")
     if not 0.0 <= tail_quantile <= 1.0:
         raise ValueError(f"tail_quantile must be in [0, 1], got {tail_quantile}")
-    tail = counts < np.quantile(counts, tail_quantile)
+    tail = counts <= np.quantile(counts, tail_quantile)
     if classes is not None:
         for j, name in enumerate(classes):
             if str(name).strip().lower().replace("_", " ") == "no finding":

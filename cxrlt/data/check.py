@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config.schema import MAX_IMAGE_PIXELS
 from .dataset import LabelFileError
 
 log = logging.getLogger("cxrlt.check")
@@ -52,7 +53,8 @@ class Limits:
     min_side: int = 16                 # smaller: no usable image content (a failed export)
     max_aspect: float = 4.0            # radiographs run 0.26..2.72; beyond 4:1 a warning
     warn_pixels: int = 50_000_000      # a warning above: the pipeline decodes whole, ~5 bytes/pixel
-    max_pixels: int = 2 ** 28          # bad above (268 MP): ~1.3 GB per image in flight in tf.data
+    max_pixels: int = MAX_IMAGE_PIXELS  # bad above (2**28, 268 MP): ~1.3 GB per image in flight in tf.data;
+    #                                    the pipeline's decoder refuses the same from the header (pipeline.pixel_guard)
 
 
 LIMITS = Limits()

@@ -253,7 +253,9 @@ def _resolve_paths(rel: pd.Series, root: Path, where: str, col: str, allow_outsi
                    check_absolute: bool) -> np.ndarray:
     """Absolute file paths. A relative path that climbs out of the root ('..') is refused unless
     allowed: a label file should not reach into other data sets. Absolute paths are the user's
-    explicit choice; they are held to the root only when an image root was given."""
+    explicit choice; they are held to the root only when an image root was given. A path inside
+    the root that reaches elsewhere through a symlink (a linked file or folder under the root) is
+    refused the same way (`_symlink_escapes`)."""
     root_abs = os.path.normpath(os.path.abspath(root))
     prefix = root_abs.rstrip(os.sep) + os.sep
     # Plain relative paths (no '..', '.', '//', leading '/') need no normalising: one vectorised join.
@@ -273,7 +275,55 @@ def _resolve_paths(rel: pd.Series, root: Path, where: str, col: str, allow_outsi
             f"first {first!r} in rows {_rows(rel.index.to_numpy()[escapes])}; fix the paths (or --image-root), "
             "or pass --allow-outside-root (data.allow_outside_root) if that is intended"
         )
+    if not allow_outside:
+        held = np.ones(len(rel), bool) if check_absolute else ~rel.str.startswith("/").to_numpy()
+        linked = _symlink_escapes(full, np.flatnonzero(held), root_abs)
+        if linked:
+            first, target = rel.iat[linked[0][0]], linked[0][1]
+            raise LabelFileError(
+                f"{where}: {len(linked)} path(s) in column '{col}' lead outside the image root {root_abs} through "
+                f"a symlink, first {first!r} (-> {target}) in rows {_rows(rel.index.to_numpy()[[i for i, _ in linked]])}"
+                "; copy the images into the root or point --image-root at where they are, or pass "
+                "--allow-outside-root (data.allow_outside_root) if following the links is intended")
     return full
+
+
+def _symlink_escapes(full: np.ndarray, rows: np.ndarray, root_abs: str) -> list[tuple[int, str]]:
+    """(row, real target) of the paths inside `root_abs` that resolve outside its real path.
+
+    A symlink under the image root is as much a way out as '..', and lexical checks cannot see it.
+    Each directory is resolved once (its parent's real path + one lstat), each file costs one
+    lstat: about 0.6 M system calls for CXR-LT's 264,849 images in ~227,000 study folders. Measured
+    on a MIMIC-shaped list of 264,849 paths (2 shared cores): +3.0 s on the 2.3 s the rest of
+    read_labels takes, paid once per run and command, not per epoch. Files that do not exist are
+    not links and pass (the image check reports them)."""
+    root_real = os.path.realpath(root_abs)
+    inside_root = lambda p: p == root_real or p.startswith(root_real.rstrip(os.sep) + os.sep)  # noqa: E731
+    real_dirs = {root_abs: root_real}
+    prefix = root_abs.rstrip(os.sep) + os.sep
+
+    def real_dir(folder: str) -> str:
+        found = real_dirs.get(folder)
+        if found is None:
+            parent, name = os.path.split(folder)
+            found = os.path.join(real_dir(parent), name)
+            if os.path.islink(found):
+                found = os.path.realpath(found)
+            real_dirs[folder] = found
+        return found
+
+    escapes = []
+    for i in rows:
+        path = full[i]
+        if not path.startswith(prefix):  # the root itself, or an allowed absolute path elsewhere
+            continue
+        folder, name = os.path.split(path)
+        target = os.path.join(real_dir(folder), name)
+        if os.path.islink(target):
+            target = os.path.realpath(target)
+        if not inside_root(target):
+            escapes.append((int(i), target))
+    return escapes
 
 
 def _check_unique(ids: np.ndarray, lines: np.ndarray, where: str, col: str) -> None:

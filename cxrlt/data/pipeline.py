@@ -19,7 +19,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from ..config.schema import PREPARED_READERS
+from ..config.schema import MAX_IMAGE_PIXELS, PREPARED_READERS
 from . import sampling
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -46,7 +46,52 @@ def jpeg_scale_index(height, width, size, fit: str = "square") -> tf.Tensor:
     return index
 
 
-def decode_grey(data: tf.Tensor, size=None, fit: str = "square") -> tf.Tensor:
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PIXEL_LIMIT_MESSAGE = "image header claims more pixels than cxrlt decodes"
+
+
+def header_dimensions(data: tf.Tensor) -> tf.Tensor:
+    """int64 [height, width] from the header of encoded JPEG or PNG bytes, without decoding: the
+    JPEG's SOF marker (tf.io.extract_jpeg_shape) or the PNG's IHDR chunk (bytes 16..24, big-endian
+    width then height); [0, 0] for anything else (the decoder refuses or handles those)."""
+    zero = tf.zeros([2], tf.int64)
+    # the first 24 bytes, zero-padded (substr refuses a start beyond the end of a short string)
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, 24), b"\0" * 24]), 0, 24)
+    is_png = tf.logical_and(tf.equal(tf.strings.substr(head, 0, 8), _PNG_SIGNATURE),
+                            tf.equal(tf.strings.substr(head, 12, 4), b"IHDR"))
+
+    def png():
+        raw = tf.cast(tf.io.decode_raw(tf.strings.substr(head, 16, 8), tf.uint8), tf.int64)
+        width, height = (((b[0] * 256 + b[1]) * 256 + b[2]) * 256 + b[3] for b in (raw[0:4], raw[4:8]))
+        return tf.stack([height, width])
+
+    def jpeg():
+        return tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64)
+    return tf.cond(tf.io.is_jpeg(data), jpeg, lambda: tf.cond(is_png, png, lambda: zero))
+
+
+def pixel_guard(data: tf.Tensor, name=None, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
+    """The encoded bytes, refused (InvalidArgumentError naming the file and its size) before any
+    decoding when the header claims more than `max_pixels` pixels.
+
+    The pre-flight check (check.py) holds raw files to the same limit, but a prepared folder's files
+    and TFRecord shards are read without it, and a PNG of 20,000 x 20,000 zeros compresses to a few
+    hundred KiB: decoding it would ask for 1.5 GiB per image in flight. Reading the header costs a
+    few string ops per image.
+    """
+    hw = header_dimensions(data)
+    pixels = hw[0] * hw[1]
+    what = [] if name is None else [name]
+    check = tf.debugging.Assert(
+        pixels <= max_pixels,
+        [(f"{PIXEL_LIMIT_MESSAGE} ({max_pixels:,}, check.Limits.max_pixels): downscale it; in a prepared folder "
+          "(data.prepared) the file or shard was damaged or not written by python -m cxrlt.prepare, so prepare "
+          "the folder again."), *what, "height x width:", hw[0], hw[1]])
+    with tf.control_dependencies([check]):
+        return tf.identity(data)
+
+
+def decode_grey(data: tf.Tensor, size=None, fit: str = "square", name=None) -> tf.Tensor:
     """Encoded JPEG/PNG/BMP/GIF bytes -> float32 [h, w, 1] grey in 0..1.
 
     With a target `size`, a JPEG is decoded at the smallest DCT scale that still covers it
@@ -55,8 +100,11 @@ def decode_grey(data: tf.Tensor, size=None, fit: str = "square") -> tf.Tensor:
     full-size radiographs, reads 4-64x fewer pixels. The scaled IDCT keeps each 8x8 block's low
     frequencies, a low-pass like the resize's own antialiasing. Other formats decode whole: PNG
     8/16-bit (16-bit scaled to 0..1, not truncated), grey/RGB/RGBA (the decoder's luma weights;
-    alpha dropped).
+    alpha dropped). Images whose header claims more than MAX_IMAGE_PIXELS are refused before any
+    decoding (`pixel_guard`; `name`, e.g. the path, goes into that error).
     """
+    data = pixel_guard(data, name)
+
     def whole():
         image = tf.io.decode_image(data, channels=1, dtype=tf.float32, expand_animations=False)
         return tf.ensure_shape(image, [None, None, 1])
@@ -98,13 +146,13 @@ def resize_grey(image: tf.Tensor, size: int, resize: str = "stretch", antialias:
 
 
 def decode_bytes(data: tf.Tensor, size: int, resize: str = "stretch", antialias: str = "auto",
-                 channels: int = 3) -> tf.Tensor:
+                 channels: int = 3, name=None) -> tf.Tensor:
     """Encoded image bytes -> float32 [size, size, channels] in 0..255 (3: decode_image's contract).
 
     channels=1 keeps the grey image: the training stream augments and mixes one channel and
     replicates it once per batch (`to_rgb`), a third of the work of every per-image op.
     """
-    image = decode_grey(data, size, "long" if resize == "letterbox" else "square")
+    image = decode_grey(data, size, "long" if resize == "letterbox" else "square", name)
     image = tf.clip_by_value(resize_grey(image, size, resize, antialias) * 255.0, 0.0, 255.0)
     return image if channels == 1 else tf.tile(image, (1, 1, channels))
 
@@ -117,7 +165,7 @@ def decode_image(path: tf.Tensor, size: int, resize: str = "stretch", antialias:
     replicate it to the 3 channels ImageNet backbones expect (G33). Large JPEGs are decoded at a
     reduced DCT scale (`decode_grey`), and resized as `resize_grey` says.
     """
-    return decode_bytes(tf.io.read_file(path), size, resize, antialias, channels)
+    return decode_bytes(tf.io.read_file(path), size, resize, antialias, channels, name=path)
 
 
 def to_rgb(images: tf.Tensor) -> tf.Tensor:
@@ -131,7 +179,7 @@ def _decoder(cfg: dict):
     """bytes or path -> grey float [size, size, 1] 0..255, with the input section's settings."""
     i = cfg["input"]
     args = (i["size"], i["resize"], i.get("antialias", "auto"), 1)
-    return (lambda data: decode_bytes(data, *args)), (lambda path: decode_image(path, *args))
+    return (lambda data, name=None: decode_bytes(data, *args, name=name)), (lambda path: decode_image(path, *args))
 
 
 # ------------------------------------------------------------------------------ raw vs prepared data
@@ -205,12 +253,13 @@ def _shard_stream(paths, labels, flags, cfg: dict, seed: int, shard) -> tf.data.
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16), block_length=1,
                        num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.map(parse_record, num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda r: (table.lookup(r["id"]), r["image"]))
-    ds = ds.filter(lambda row, _: row >= 0)
+    ds = ds.map(lambda r: (table.lookup(r["id"]), r["image"], r["id"]))
+    ds = ds.filter(lambda row, *_: row >= 0)
     if not by_file and n > 1:
         ds = ds.shard(n, i)
     ds = ds.shuffle(cfg["input"]["shuffle_buffer"], seed=seed, reshuffle_each_iteration=True)
-    return ds.map(lambda row, data: (decode(data), tf.gather(labels, row), tf.gather(flags, row)),
+    return ds.map(lambda row, data, rid: (decode(data, tf.strings.join(["TFRecord id ", rid])),
+                                          tf.gather(labels, row), tf.gather(flags, row)),
                   num_parallel_calls=AUTOTUNE)
 
 
@@ -267,7 +316,7 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
 
     `augment_fn(image, seed) -> image` runs per image; `mixer(step, images, labels)` per batch.
     Both take stateless seeds derived from `seed` and the element/batch index: the same seed
-    gives the same stream. With `minority` flags, `strategy_fn(image, is_minority)` replaces
+    gives the same stream. With `minority` flags, `strategy_fn(image, is_minority, seed)` replaces
     `augment_fn` (seed 000), and `minority_share` oversamples minority images (the `ros` sampler's
     epochs of `sampling.random_oversample_indices`: row indices, no repeated copies are materialised).
 
@@ -327,9 +376,16 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
 
 
 def _augmented(ds: tf.data.Dataset, seed: int, augment_fn, strategy_fn, shard=None) -> tf.data.Dataset:
-    """(image, label, is_minority) -> (augmented image, label)."""
+    """(image, label, is_minority) -> (augmented image, label).
+
+    Both paths give each element its own stateless seed (base seed, global element index): the
+    parallel map calls the augmentation in whatever order its threads run, so a seed drawn from a
+    shared stream in call order would make each image's augmentation depend on thread timing, and
+    a second pass over the dataset would not repeat the first."""
     if strategy_fn is not None:
-        return ds.map(lambda x, y, m: (strategy_fn(x, m), y), num_parallel_calls=AUTOTUNE)
+        return ds.enumerate().map(
+            lambda i, xym: (strategy_fn(xym[0], xym[2], _element_seed(seed, _global_index(i, shard))), xym[1]),
+            num_parallel_calls=AUTOTUNE)
     if augment_fn is not None:
         return ds.enumerate().map(
             lambda i, xym: (augment_fn(xym[0], _element_seed(seed, _global_index(i, shard))), xym[1]),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,10 +118,14 @@ class Prepared:
         return self.manifest["id"].to_numpy(dtype=str)[rows]
 
     def shard_paths(self, ids) -> list[str]:
-        """The TFRecord files that hold any of these ids, in shard order."""
+        """The TFRecord files that hold any of these ids, in shard order, each checked by
+        `check_record_lengths` before TensorFlow reads it."""
         wanted = self.manifest["shard"][self.manifest["id"].isin(set(ids))].unique()
         n = int(self.plan["n_shards"])
-        return [str(Layout(self.root).shard_file(int(k), n)) for k in sorted(wanted)]
+        paths = [str(Layout(self.root).shard_file(int(k), n)) for k in sorted(wanted)]
+        for path in paths:
+            check_record_lengths(path)
+        return paths
 
     def check_size(self, size: int) -> None:
         if size > self.long_side:
@@ -158,5 +163,77 @@ def _open(root: str, _mtime: int, _size: int) -> Prepared:
         raise PreparedError(f"{root} was prepared by another cxrlt version (format {plan.get('format_version')}); "
                             "prepare it again")
     manifest = pd.read_csv(layout.manifest, dtype={"id": str, "source": str, "file": str})
+    _confine(layout, manifest)
     bad = pd.read_csv(layout.bad, dtype=str) if layout.bad.exists() else pd.DataFrame(columns=["path"])
     return Prepared(Path(root), plan, manifest, bad)
+
+
+def _confine(layout: Layout, manifest: pd.DataFrame) -> None:
+    """Refuse a manifest whose `file` entries lead outside the prepared folder.
+
+    prepare.py only writes relative names under images/, but a folder copied from elsewhere is input
+    like any other: an entry `../../home/x/.ssh/id_rsa` or a symlinked file would be read (and, with
+    a JPEG or PNG there, trained on) silently. Names are resolved against the folder's real path;
+    directories are resolved once each and files only lstat'ed, so a 264,849-row manifest costs
+    about one system call per row.
+    """
+    if "file" not in manifest.columns:
+        raise PreparedError(f"{layout.manifest} has no 'file' column: prepare the folder again")
+    root = os.path.realpath(layout.root)
+    real_dirs: dict[str, str] = {}
+    outside = []
+    for i, name in enumerate(manifest["file"].to_numpy()):
+        if not isinstance(name, str) or not name.strip() or os.path.isabs(name):
+            outside.append((i + 2, name, "an empty or absolute name"))
+            continue
+        joined = os.path.normpath(os.path.join(root, name))
+        folder, base = os.path.split(joined)
+        if folder not in real_dirs:
+            real_dirs[folder] = os.path.realpath(folder)
+        target = os.path.join(real_dirs[folder], base)
+        if os.path.islink(target):
+            target = os.path.realpath(target)
+        if os.path.commonpath([root, target]) != root:
+            outside.append((i + 2, name, target))
+        if len(outside) >= 3:
+            break
+    if outside:
+        listed = "; ".join(f"line {line} file {name!r} (-> {target})" for line, name, target in outside)
+        raise PreparedError(f"{layout.manifest}: {listed} lies outside the prepared folder {layout.root}. "
+                            "python -m cxrlt.prepare only writes files inside it, so this manifest was edited or "
+                            "the folder comes from elsewhere: prepare the folder again from your label CSV")
+
+
+_RECORD_HEADER = struct.Struct("<QI")  # TFRecord: uint64 length, masked CRC-32C of it, data, masked CRC-32C
+
+
+@functools.lru_cache(maxsize=4096)
+def _record_lengths_ok(path: str, _mtime: int, size: int) -> str | None:
+    offset, n = 0, 0
+    with open(path, "rb") as fh:
+        while offset < size:
+            header = fh.read(_RECORD_HEADER.size)
+            if len(header) < _RECORD_HEADER.size:
+                return f"record {n} at byte {offset} is cut off (file size {size})"
+            length, _ = _RECORD_HEADER.unpack(header)
+            end = offset + _RECORD_HEADER.size + length + 4
+            if end > size:
+                return f"record {n} at byte {offset} claims {length:,} bytes, more than the file holds ({size:,})"
+            fh.seek(end)
+            offset, n = end, n + 1
+    return None
+
+
+def check_record_lengths(path) -> None:
+    """Refuse a TFRecord file whose record length fields run past its end, before TensorFlow reads it.
+
+    TensorFlow's reader checks a length's CRC and then allocates that many bytes: a shard from
+    elsewhere with a 1 TiB length and a valid CRC kills the process (std::bad_alloc), with no
+    Python exception. Walking the 12-byte record headers with seeks reads one page per record,
+    cached per file version (mtime, size).
+    """
+    stat = os.stat(path)
+    problem = _record_lengths_ok(str(path), stat.st_mtime_ns, stat.st_size)
+    if problem:
+        raise PreparedError(f"TFRecord shard {path}: {problem}; the shard is damaged or was not written by "
+                            "python -m cxrlt.prepare: prepare the folder again")

@@ -52,12 +52,34 @@ def write_submission(path, ids, probs: np.ndarray, *, classes, id_column: str = 
     return path, zip_path
 
 
+def _unsafe_entry(name: str) -> str | None:
+    """Why a zip member name would escape the folder it is unpacked into, or None.
+
+    An absolute name, a drive letter, a backslash (a Windows separator that other unzippers treat
+    as a plain character) or a `..` part: the grader's unzip may refuse such an archive (CodaLab
+    then reports a failed submission) or write outside its folder, and Python's zipfile reads the
+    entry happily, so --check would print OK for it."""
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "an absolute path"
+    if "\\" in name:
+        return "a backslash in the name"
+    if ".." in name.split("/"):
+        return "a '..' part"
+    return None
+
+
 def _read_frame(path: Path, id_column: str) -> pd.DataFrame:
     if not path.is_file():
         raise SubmissionError(f"{path} does not exist")
     try:
         if path.suffix == ".zip":
             with zipfile.ZipFile(path) as archive:
+                for name in archive.namelist():
+                    why = _unsafe_entry(name)
+                    if why:
+                        raise SubmissionError(f"{path}: the zip entry {name!r} has {why}, which CodaLab may reject "
+                                              "(and an unzip may write outside its folder); zip the CSV under its "
+                                              "plain file name, e.g. zip -j sub.zip sub.csv")
                 names = [n for n in archive.namelist() if n.endswith(".csv")]
                 if len(names) != 1:
                     raise SubmissionError(f"{path}: the zip must hold exactly one CSV, found {names}")

@@ -113,7 +113,14 @@ def _make_backbone(constructor, backbone: str, x, weights, include_preprocessing
 # What a cxrlt model file may name (config.json "module"/"class_name" pairs): Keras' own classes of
 # these kinds, nothing else (not builtins, os, a custom package, or a Keras function such as
 # keras.utils.get_file). Checked before Keras sees the file.
-CODE_CLASSES = {"Lambda", "__lambda__", "TFOpLambda", "function"}
+CODE_CLASSES = {"Lambda", "__lambda__", "TFOpLambda", "function",
+                # Keras' own wrappers of foreign code: a pickled torch module, JAX/Flax call functions
+                "TorchModuleWrapper", "JaxLayer", "FlaxLayer"}
+# Keras' own layers that load another model from a path named in the config (a SavedModel's graph runs as is).
+MODEL_LOADING_CLASSES = {"TFSMLayer"}
+# Config keys that, holding a string, make a Keras layer read a file when it is built: StringLookup,
+# IntegerLookup and TextVectorization take `vocabulary` (and `idf_weights`) as a list or as a file path.
+FILE_KEYS = {"vocabulary", "idf_weights", "filepath", "file_path", "path", "vocabulary_path", "vocabulary_file"}
 
 
 def _safe_bases() -> tuple[type, ...]:
@@ -161,6 +168,7 @@ def check_model_file(path: Path) -> None:
         if name in CODE_CLASSES:
             raise ModelFileError(f"{path} holds a {name} layer, i.e. Python code; cxrlt never runs code from a "
                                  "model file (refused)")
+        _refuse_file_reads(path, name, node.get("config"))
         if module is None:
             continue
         if not isinstance(module, str) or not isinstance(name, str) or not _is_keras_class(module, name):
@@ -170,6 +178,25 @@ def check_model_file(path: Path) -> None:
         if registered not in (None, name):
             raise ModelFileError(f"{path} names the custom object {registered!r}; refused (cxrlt models hold "
                                  "only built-in Keras layers)")
+
+
+def _refuse_file_reads(path: Path, name, layer_config) -> None:
+    """Keras' own layers pass the allow-list, but some read other files when built: TFSMLayer loads
+    a SavedModel (whose graph runs unchecked), StringLookup(vocabulary="/etc/passwd") reads any file
+    it is pointed at (its lines become the vocabulary, which the model then carries). A cxrlt model
+    needs neither, and safe_mode stops neither, so a model file may read nothing but itself."""
+    if name in MODEL_LOADING_CLASSES:
+        target = layer_config.get("filepath") if isinstance(layer_config, dict) else None
+        raise ModelFileError(f"{path} holds a {name} layer, which loads another model ({target!r}); cxrlt never "
+                             "loads a model named inside a model file (refused)")
+    if not isinstance(layer_config, dict):
+        return
+    for key in sorted(FILE_KEYS & set(layer_config)):
+        value = layer_config[key]
+        if isinstance(value, str) and value:
+            raise ModelFileError(f"{path} holds a {name} layer whose {key} is the file {value[:200]!r}; cxrlt never "
+                                 "reads files named inside a model file (refused: a cxrlt model holds only "
+                                 "built-in layers and its own weights)")
 
 
 def _walk(node):
