@@ -39,6 +39,18 @@ def test_mirrored_strategy_over_two_cpus_matches_one_device():
     assert "multiple of the 2 replicas" in result["odd_batch_error"]
 
 
+def test_jit_compiled_steps_train_on_one_device_and_under_mirrored_strategy():
+    """--jit-compile failed at the first step (next(iterator) inside the compiled function); now the forward
+    and backward pass compile and train like the plain step, k = 2 steps per call."""
+    result = _run_worker("jit")
+    for name in ("one", "mirrored"):
+        plain, xla = result[f"{name}_plain"], result[f"{name}_xla"]
+        assert xla["steps"] == plain["steps"] == 2
+        np.testing.assert_allclose(xla["loss"], plain["loss"], rtol=1e-4)
+        np.testing.assert_allclose(xla["weights"], plain["weights"], rtol=1e-4)
+    assert result["mirrored_xla"]["replicas"] == 2
+
+
 def test_mixed_bfloat16_training_with_focal_loss_and_mixers_stays_finite():
     result = _run_worker("bfloat16")
     assert result["policy"] == "mixed_bfloat16" and result["conv_compute_dtype"] == "bfloat16"

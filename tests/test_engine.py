@@ -94,6 +94,39 @@ def test_an_unreadable_image_stops_training_with_the_fix(tmp_path):
         trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)
 
 
+def test_k_steps_per_call_train_exactly_like_one_step_per_call(tmp_path):
+    """train.steps_per_execution: 6 steps per epoch in calls of 4 + 2 end each epoch exactly where k = 1 does."""
+    runs = {}
+    for k in (1, 4):
+        trainer = engine.Trainer(tf.distribute.get_strategy(), _model(), keras.optimizers.Adam(1e-2),
+                                 losses.get_loss("bce"), steps_per_execution=k)
+        trainer.restore(tmp_path / f"k{k}")
+        runs[k] = (trainer.fit(_epoch_datasets(0, 6), epochs=2, steps_per_epoch=6, verbose=0), trainer)
+    (h1, t1), (h4, t4) = runs[1], runs[4]
+    assert int(t4.optimizer.iterations.numpy()) == 12 and t4.finished_epochs == 2
+    np.testing.assert_allclose(h4["loss"], h1["loss"], rtol=1e-5)
+    for a, b in zip(t1.model.get_weights(), t4.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="steps_per_execution"):
+        engine.Trainer(tf.distribute.get_strategy(), _model(), keras.optimizers.Adam(), losses.get_loss("bce"),
+                       steps_per_execution=0)
+
+
+class FailingStepLoss(losses.MultiLabelLoss):
+    """A loss whose runtime assertion fails: an error of the train step, not of the input."""
+
+    def elementwise(self, y_true, logits):
+        with tf.control_dependencies([tf.debugging.assert_less(logits, -1e9, message="logits too large")]):
+            return losses.get_loss("bce").call(y_true, logits)
+
+
+def test_a_failing_train_step_is_not_reported_as_a_broken_image():
+    trainer = _trainer(FailingStepLoss())
+    with pytest.raises(engine.TrainingError, match="train step failed in epoch 1, batch 1") as caught:
+        trainer.fit(_epoch_datasets(0, 2), epochs=1, steps_per_epoch=2, verbose=0)
+    assert "cxrlt.check" not in str(caught.value)
+
+
 def test_callbacks_get_fits_hooks_and_can_add_logs():
     seen = []
 

@@ -32,7 +32,8 @@ def defaults() -> dict:
 FREEFORM = {"loss.params", "predict.view_weights"}
 # Settings whose default is null, and the type a value must have.
 NULLABLE = {"name": str, "data.labels": str, "data.image_root": str, "data.test_labels": str,
-            "data.test_image_root": str, "train.steps_per_epoch": int}
+            "data.test_image_root": str, "train.steps_per_epoch": int,
+            "train.steps_per_execution": int}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -229,6 +230,7 @@ FLAGS = {
     "--fold": "train.fold",
     "--folds": "train.folds",
     "--epochs": "train.epochs",
+    "--steps-per-execution": "train.steps_per_execution",
     "--batch-size": "train.batch_size",
     "--lr": "optim.lr",
     "--labels": "data.labels",

@@ -81,6 +81,14 @@ def get_strategy(name: str = "auto") -> tf.distribute.Strategy:
     return strategy
 
 
+def steps_per_execution(setting: int | None) -> int:
+    """train.steps_per_execution, with null resolved: 16 where a GPU is visible (a step there is short enough
+    that the host's per-call dispatch and loss read show), 1 on CPU (a step costs seconds)."""
+    if setting is not None:
+        return int(setting)
+    return 16 if tf.config.list_physical_devices("GPU") else 1
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """The one process that writes files: the 'chief' task, or worker 0 when TF_CONFIG names no chief."""
     resolver = getattr(strategy, "cluster_resolver", None)

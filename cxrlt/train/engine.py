@@ -46,12 +46,18 @@ class Trainer:
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, optimizer, loss, *,
-                 jit_compile: bool = False):
+                 jit_compile: bool = False, steps_per_execution: int = 1):
+        if int(steps_per_execution) < 1:
+            raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
         self.strategy, self.model, self.optimizer, self.loss = strategy, model, optimizer, loss
+        self.steps_per_execution, self.jit_compile = int(steps_per_execution), bool(jit_compile)
         self.chief = distribute.is_chief(strategy)
         with strategy.scope():
             optimizer.build(model.trainable_variables)
-        self._train_step = tf.function(self._distributed_step, jit_compile=jit_compile)
+        # XLA compiles the forward and backward pass only: the iterator (IteratorGetNext has no XLA
+        # kernel) and the optimizer update (a cross-replica merge under MirroredStrategy) stay outside.
+        self._gradients = tf.function(self._replica_gradients, jit_compile=jit_compile, reduce_retracing=True)
+        self._train_steps = tf.function(self._distributed_steps)
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="finished_epochs")
         self._manager: tf.train.CheckpointManager | None = None
         self._backup_dir: Path | None = None
@@ -75,20 +81,27 @@ class Trainer:
         self._manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=2)
         return self.finished_epochs
 
-    def _replica_step(self, batch):
-        images, labels = batch[0], batch[1]
-        mask = batch[2] if len(batch) > 2 else None
+    def _replica_gradients(self, images, labels, mask):
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             loss = self.loss(labels, logits, sample_weight=mask)
             scaled = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16, identity otherwise
-        grads = tape.gradient(scaled, self.model.trainable_variables)
+        return loss, tape.gradient(scaled, self.model.trainable_variables)
+
+    def _replica_step(self, batch):
+        mask = batch[2] if len(batch) > 2 else None
+        loss, grads = self._gradients(batch[0], batch[1], mask)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return loss
 
-    def _distributed_step(self, iterator):
-        per_replica = self.strategy.run(self._replica_step, args=(next(iterator),))
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    def _distributed_steps(self, iterator, n):
+        """`n` train steps in one call (a loop inside the graph: one host round trip per call, not per
+        step); returns the sum of their losses (each step's loss summed over replicas)."""
+        total = tf.constant(0.0, tf.float32)
+        for _ in tf.range(n):
+            per_replica = self.strategy.run(self._replica_step, args=(next(iterator),))
+            total += tf.cast(self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None), tf.float32)
+        return total
 
     def distributed_input(self, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset]):
         """Per-worker input pipelines: `dataset_fn(ctx)` builds batches of ctx.get_per_replica_batch_size(global)
@@ -100,7 +113,9 @@ class Trainer:
             label: str = "training") -> dict:
         """Train until `epochs` epochs are finished, counting those `restore` found; checkpoint each one.
 
-        `dataset` is a distributed dataset (see `distribute`) or a plain one (it is distributed as is).
+        `dataset` is a distributed dataset (see `distributed_input`) or a plain one (it is distributed as
+        is). Steps run `steps_per_execution` at a time: the loss is read, checked for NaN and shown to the
+        callbacks once per call (their batch hooks see the call's last step).
         Returns the history of the epochs run in this call: {key: [value per epoch]}.
         """
         if isinstance(dataset, tf.data.Dataset):
@@ -120,23 +135,14 @@ class Trainer:
         cbs.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
-            total = 0.0
-            for step in range(steps_per_epoch):
+            total, step = 0.0, 0
+            while step < steps_per_epoch:  # chunks of k steps; the last one ends exactly at the epoch's end
+                n = min(self.steps_per_execution, steps_per_epoch - step)
                 cbs.on_train_batch_begin(step)
-                try:
-                    value = float(self._train_step(iterator))
-                except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
-                    raise TrainingError(
-                        f"{label}: the input pipeline failed in epoch {epoch + 1}, batch {step + 1}: "
-                        f"{err.message.splitlines()[0][:300]}. Find the file with python -m cxrlt.check --deep "
-                        "--labels <your CSV>, then fix it or train with --skip-bad") from None
-                if not math.isfinite(value):
-                    raise TrainingError(
-                        f"{label}: the loss became {value} in epoch {epoch + 1}, batch {step + 1}; training stopped "
-                        "(the best model so far and the last finished epoch are kept). Lower --lr, check the labels, "
-                        "or turn off mixed precision")
+                value = self._run_steps(iterator, n, epoch, step, label)
                 total += value
-                cbs.on_train_batch_end(step, {"loss": total / (step + 1)})
+                step += n
+                cbs.on_train_batch_end(step - 1, {"loss": total / step})
             cbs.on_epoch_end(epoch, {"loss": total / steps_per_epoch})
             for key, value in recorder.logs.items():
                 history.setdefault(key, []).append(value)
@@ -147,6 +153,26 @@ class Trainer:
         cbs.on_train_end()
         return history
 
+    def _run_steps(self, iterator, n: int, epoch: int, step: int, label: str) -> float:
+        """Steps step+1..step+n of `epoch`; the sum of their losses. An error is called an input error only
+        when the input pipeline raised it (the op that failed is the iterator's or a decoder's)."""
+        where = f"epoch {epoch + 1}, batch {step + 1}" + (f"-{step + n}" if n > 1 else "")
+        try:
+            value = float(self._train_steps(iterator, tf.constant(n, tf.int32)))
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
+            first = err.message.splitlines()[0][:300]
+            if not _from_input(err):
+                raise TrainingError(f"{label}: the train step failed in {where}: {first}"
+                                    + (" (it is XLA-compiled: try without --jit-compile)" if self.jit_compile else "")) from err
+            raise TrainingError(
+                f"{label}: the input pipeline failed in {where}: {first}. Find the file with python -m cxrlt.check "
+                "--deep --labels <your CSV>, then fix it or train with --skip-bad") from None
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"{label}: the loss became {value} in {where}; training stopped (the best model so far and the last "
+                "finished epoch are kept). Lower --lr, check the labels, or turn off mixed precision")
+        return value
+
     def _save(self) -> None:
         if self._manager is None:
             return
@@ -155,6 +181,16 @@ class Trainer:
             log.info("epoch %d state saved: %s", self.finished_epochs, path)
         else:  # saving is collective under MultiWorkerMirroredStrategy; only the chief keeps it
             shutil.rmtree(self._manager.directory, ignore_errors=True)
+
+
+# Ops that only the input pipeline runs: an error raised by one of them is an input error.
+_INPUT_OPS = ("IteratorGetNext", "MultiDeviceIteratorGetNextFromShard", "Decode", "ReadFile", "ParseExample",
+              "TFRecord", "EnsureShape")
+
+
+def _from_input(err: tf.errors.OpError) -> bool:
+    text = f"{getattr(err, 'op', None) and err.op.type} {err.message}"
+    return any(name in text for name in _INPUT_OPS)
 
 
 class _EpochLogs(keras.callbacks.Callback):

@@ -121,7 +121,8 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
         loss = losses.get_loss(cfg["loss"]["name"], class_counts=train.class_counts(), n_images=len(train),
                                **cfg["loss"]["params"])
         optimizer = optim.make_optimizer(cfg, steps)
-    trainer = engine.Trainer(strategy, built.train_model, optimizer, loss, jit_compile=cfg["distribute"]["jit_compile"])
+    trainer = engine.Trainer(strategy, built.train_model, optimizer, loss, jit_compile=cfg["distribute"]["jit_compile"],
+                             steps_per_execution=distribute.steps_per_execution(cfg["train"]["steps_per_execution"]))
     start_epoch = trainer.restore(fold_dir / "backup")
     # A resumed fold draws a fresh stream rather than replaying the first epochs' order.
     seed = cfg["seed"] + k + 7919 * start_epoch
@@ -145,8 +146,9 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
             fold_dir / "tensorboard", images=lambda: sample_batch(cfg, train, seed, global_batch),
             class_names=classes, optimizer=optimizer))
     log.info("fold %d (of folds 0-%d): %d training, %d validation images, %d steps/epoch of %d, %s at %d px, "
-             "%d replica(s)", k, cfg["train"]["folds"] - 1, len(train), len(val), steps, global_batch, cfg["model"]["backbone"],
-             cfg["input"]["size"], strategy.num_replicas_in_sync)
+             "%d replica(s), %d step(s) per call%s", k, cfg["train"]["folds"] - 1, len(train), len(val), steps, global_batch,
+             cfg["model"]["backbone"], cfg["input"]["size"], strategy.num_replicas_in_sync, trainer.steps_per_execution,
+             ", XLA" if trainer.jit_compile else "")
     started = time.time()
     trainer.fit(trainer.distributed_input(dataset_fn), epochs=cfg["train"]["epochs"], steps_per_epoch=steps,
                 callbacks=fold_callbacks, verbose=verbose, label=f"fold {k}")
