@@ -74,7 +74,8 @@ def demo_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("demo")
     argv = ["--demo", "--out", str(root / "runs"), "--name", "demo", "--epochs", "2",
-            "--set", f"data.demo_dir={root / 'data'}", "--set", "data.demo_patients=120", *TINY]
+            "--set", f"data.demo_dir={root / 'data'}", "--set", "data.demo_patients=120", "--set", "input.cache=true",
+            *TINY]
     checkpoint = root / "runs" / "demo" / "fold0" / "backup" / "checkpoint"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     first = subprocess.Popen([sys.executable, "-m", "cxrlt.train", *argv], env=env,

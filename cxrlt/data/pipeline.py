@@ -228,7 +228,7 @@ def _use_shards(cfg: dict, minority_share) -> bool:
     return has
 
 
-def _shard_stream(paths, labels, flags, cfg: dict, seed: int, shard) -> tf.data.Dataset:
+def _shard_stream(paths, labels, flags, cfg: dict, seed: int, shard, skip: int = 0) -> tf.data.Dataset:
     """Instance sampling from TFRecord shards: interleave the shard files in a shuffled order, keep
     the records of these images (a fold's training part), shuffle them in a buffer, decode.
 
@@ -257,7 +257,7 @@ def _shard_stream(paths, labels, flags, cfg: dict, seed: int, shard) -> tf.data.
     ds = ds.filter(lambda row, *_: row >= 0)
     if not by_file and n > 1:
         ds = ds.shard(n, i)
-    ds = ds.shuffle(cfg["input"]["shuffle_buffer"], seed=seed, reshuffle_each_iteration=True)
+    ds = ds.shuffle(cfg["input"]["shuffle_buffer"], seed=seed, reshuffle_each_iteration=True).skip(skip)
     return ds.map(lambda row, data, rid: (decode(data, tf.strings.join(["TFRecord id ", rid])),
                                           tf.gather(labels, row), tf.gather(flags, row)),
                   num_parallel_calls=AUTOTUNE)
@@ -293,8 +293,9 @@ def _global_index(index: tf.Tensor, shard) -> tf.Tensor:
     return index * n + p
 
 
-def _stream(paths, labels, flags, cfg: dict, seed: int) -> tf.data.Dataset:
-    """One infinite shuffled stream of (grey image [size, size, 1], label, is_minority)."""
+def _stream(paths, labels, flags, cfg: dict, seed: int, skip: int = 0) -> tf.data.Dataset:
+    """One infinite shuffled stream of (grey image [size, size, 1], label, is_minority), from its
+    `skip`-th element on (skipped before decoding where the images are not cached)."""
     _, read = _decoder(cfg)
     n = len(paths)
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=str), labels.astype(np.float32), flags))
@@ -302,16 +303,16 @@ def _stream(paths, labels, flags, cfg: dict, seed: int) -> tf.data.Dataset:
     if cfg["input"]["cache"]:
         # Decode once, keep the resized images in RAM, shuffle the decoded images.
         ds = ds.map(decode, num_parallel_calls=AUTOTUNE).cache()
-        return ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+        return ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat().skip(skip)
     # Shuffling the path list is cheap even for 264,849 images; decode after it.
-    ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat().skip(skip)
     return ds.map(decode, num_parallel_calls=AUTOTUNE)
 
 
 def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int, batch_size: int,
                   augment_fn=None, mixer=None, minority: np.ndarray | None = None,
                   minority_share: float | None = None, strategy_fn=None, mask: np.ndarray | None = None,
-                  shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+                  shard: tuple[int, int] | None = None, start_batch: int = 0) -> tf.data.Dataset:
     """Infinite, sampled, augmented and mixed batches of (images, labels) for `fit`.
 
     `augment_fn(image, seed) -> image` runs per image; `mixer(step, images, labels)` per batch.
@@ -334,6 +335,12 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     The input is split before decoding (every n-th path, or every n-th TFRecord shard file) and
     the per-element/per-batch seeds are offset by i, so the n pipelines see disjoint images and
     draw different augmentations. `batch_size` is then this pipeline's batch.
+
+    `start_batch=b`: the stream from its b-th batch on, the same batches an uninterrupted stream gives
+    from there (what a resumed fold needs: the stream is a function of the seed and the position).
+    Every stage is positioned, not replayed: the image order and the sampler draws skip b x batch
+    elements before anything is decoded (with `input.cache` the cache fills on the first pass, as it
+    would anyway), and the per-element and per-batch seeds count on from b.
     With data.prepared set, the images come from the prepared folder (`source_files`).
     """
     paths, labels = np.asarray(paths, dtype=str), np.asarray(labels, dtype=np.float32)
@@ -342,9 +349,10 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
         labels = np.concatenate([labels, 1.0 - np.asarray(mask, dtype=np.float32)], axis=1)
     flags = np.zeros(len(paths), bool) if minority is None else np.asarray(minority, bool)
     _check_shard(shard)
+    skip = int(start_batch) * int(batch_size)
     from_shards = _use_shards(cfg, minority_share)
     if from_shards:
-        ds = _shard_stream(paths, labels, flags, cfg, seed, shard)
+        ds = _shard_stream(paths, labels, flags, cfg, seed, shard, skip)
     else:
         paths = source_files(paths, cfg)
         paths, labels, flags = _shard_arrays(shard, paths, labels, flags)
@@ -358,15 +366,17 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
             # Seed 000's oversampling (G28: len(train) draws with replacement, the minority share of them
             # minority images) is the `ros` sampler's epoch, so there is one oversampler.
             ros = {"name": "ros", "target_share": minority_share, "epoch_size": len(paths)}
-            ds = images_at(sampling.make_index_dataset(labels, ros, seed, minority_mask=flags), paths, labels, flags, cfg)
+            ds = images_at(sampling.make_index_dataset(labels, ros, seed, minority_mask=flags), paths, labels, flags, cfg,
+                           skip)
         else:
-            ds = sampled_images(paths, labels, flags, cfg, seed, n_classes)
-    augment = lambda d, s: _augmented(d, s, augment_fn, strategy_fn, shard)  # noqa: E731
+            ds = sampled_images(paths, labels, flags, cfg, seed, n_classes, skip)
+    augment = lambda d, s: _augmented(d, s, augment_fn, strategy_fn, shard, start=skip)  # noqa: E731
     ds = augment(ds, seed).batch(batch_size, drop_remainder=True)
     if not from_shards:
-        ds = balanced_batches(ds, paths, labels, flags, cfg, seed, batch_size, augment, n_classes)
+        ds = balanced_batches(ds, paths, labels, flags, cfg, seed, batch_size, augment, n_classes, start_batch)
     if mixer is not None:
-        ds = ds.enumerate().map(lambda i, xy: mixer(_global_index(i, shard), xy[0], xy[1]), num_parallel_calls=AUTOTUNE)
+        ds = ds.enumerate(start=start_batch).map(lambda i, xy: mixer(_global_index(i, shard), xy[0], xy[1]),
+                                                 num_parallel_calls=AUTOTUNE)
     if mask is not None:
         ds = ds.map(lambda x, y: (to_rgb(x), y[:, :n_classes], tf.cast(y[:, n_classes:] <= 0.0, tf.float32)),
                     num_parallel_calls=AUTOTUNE)
@@ -375,7 +385,7 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     return ds.prefetch(AUTOTUNE)
 
 
-def _augmented(ds: tf.data.Dataset, seed: int, augment_fn, strategy_fn, shard=None) -> tf.data.Dataset:
+def _augmented(ds: tf.data.Dataset, seed: int, augment_fn, strategy_fn, shard=None, start: int = 0) -> tf.data.Dataset:
     """(image, label, is_minority) -> (augmented image, label).
 
     Both paths give each element its own stateless seed (base seed, global element index): the
@@ -383,11 +393,11 @@ def _augmented(ds: tf.data.Dataset, seed: int, augment_fn, strategy_fn, shard=No
     shared stream in call order would make each image's augmentation depend on thread timing, and
     a second pass over the dataset would not repeat the first."""
     if strategy_fn is not None:
-        return ds.enumerate().map(
+        return ds.enumerate(start=start).map(
             lambda i, xym: (strategy_fn(xym[0], xym[2], _element_seed(seed, _global_index(i, shard))), xym[1]),
             num_parallel_calls=AUTOTUNE)
     if augment_fn is not None:
-        return ds.enumerate().map(
+        return ds.enumerate(start=start).map(
             lambda i, xym: (augment_fn(xym[0], _element_seed(seed, _global_index(i, shard))), xym[1]),
             num_parallel_calls=AUTOTUNE)
     return ds.map(lambda x, y, m: (x, y))
@@ -429,22 +439,24 @@ def sampled_index_stream(labels: np.ndarray, cfg: dict, seed: int) -> tf.data.Da
     return sampling.make_index_dataset(labels, spec, seed, **masks)
 
 
-def sampled_images(paths, labels, flags, cfg: dict, seed: int, n_classes: int | None = None) -> tf.data.Dataset:
+def sampled_images(paths, labels, flags, cfg: dict, seed: int, n_classes: int | None = None,
+                   skip: int = 0) -> tf.data.Dataset:
     """Infinite (grey image, label, is_minority) drawn by the configured sampler.
 
     The sampler sees the first `n_classes` label columns (the rest carry the uncertainty mask)."""
     index = sampled_index_stream(np.asarray(labels)[:, :n_classes], cfg, seed)
     if index is None:
-        return _stream(paths, labels, flags, cfg, seed)
-    return images_at(index, paths, labels, flags, cfg)
+        return _stream(paths, labels, flags, cfg, seed, skip)
+    return images_at(index, paths, labels, flags, cfg, skip)
 
 
-def images_at(index: tf.data.Dataset, paths, labels, flags, cfg: dict) -> tf.data.Dataset:
+def images_at(index: tf.data.Dataset, paths, labels, flags, cfg: dict, skip: int = 0) -> tf.data.Dataset:
     """(grey image, label, is_minority) for each row index of `index`: gather the row, then decode it.
 
     With `input.cache` the images are decoded once into one in-memory tensor [N, size, size, 1] (small
     data sets only, like the cache of `_stream`) and gathered by index."""
     _, read = _decoder(cfg)
+    index = index.skip(skip)  # positioned on the row indices: nothing skipped is decoded
     labels_t = tf.constant(np.asarray(labels, np.float32))
     flags_t = tf.constant(np.asarray(flags, bool))
     if cfg["input"]["cache"]:
@@ -461,7 +473,7 @@ def _decoded_table(paths, read) -> tf.Tensor:
 
 
 def balanced_batches(batches: tf.data.Dataset, paths, labels, flags, cfg: dict, seed: int, batch_size: int,
-                     augment, n_classes: int | None = None) -> tf.data.Dataset:
+                     augment, n_classes: int | None = None, start_batch: int = 0) -> tf.data.Dataset:
     """Balanced-MixUp (seed 003): zip each batch of the training stream with a batch of a class-sampled
     stream (q = mix.balanced_mixup_q) and blend them with `mix.BalancedMixer`; unchanged when off.
 
@@ -476,8 +488,9 @@ def balanced_batches(batches: tf.data.Dataset, paths, labels, flags, cfg: dict, 
         return batches
     class_seed = seed + sampling.BALANCED_SEED_OFFSET
     index = sampling.class_sampled_indices(np.asarray(labels)[:, :n_classes], mixer.q, class_seed)
-    others = augment(images_at(index, paths, labels, flags, cfg), class_seed).batch(batch_size, drop_remainder=True)
-    pairs = tf.data.Dataset.zip((batches, others)).enumerate()
+    others = images_at(index, paths, labels, flags, cfg, start_batch * batch_size)
+    others = augment(others, class_seed).batch(batch_size, drop_remainder=True)
+    pairs = tf.data.Dataset.zip((batches, others)).enumerate(start=start_batch)
     return pairs.map(lambda i, pair: mixer(i, pair[0], pair[1]), num_parallel_calls=AUTOTUNE)
 
 

@@ -10,7 +10,7 @@ replica's loss is already divided by the replica count, see cxrlt.losses). Aroun
 TensorBoard and the progress bar are the usual Keras pieces.
 
 Resume: after every finished epoch (after the callbacks, so the epoch's best model is on disk
-first) a tf.train.Checkpoint of (model, optimizer, epoch) is written to `backup_dir`, keeping the
+first) a tf.train.Checkpoint of (model, optimizer, epoch, the layers' random-number state) is written to `backup_dir`, keeping the
 last two. A killed fold restarts at its last finished epoch. Under MultiWorkerMirroredStrategy every
 worker takes part in saving (it is a collective operation); only the chief writes into
 `backup_dir`, the others into a scratch folder they delete.
@@ -72,7 +72,11 @@ class Trainer:
         Returns the number of finished epochs (0 for a fresh start).
         """
         self._backup_dir = Path(backup_dir)
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self._epoch)
+        # The random state of dropout and stochastic depth (Keras SeedGenerator variables) is not part of the
+        # model's checkpoint by default; without it a resumed fold would draw the first epoch's masks again.
+        rng = {f"rng{i}": v.value for i, v in enumerate(v for v in self.model.variables
+                                                       if v.path.endswith("seed_generator_state"))}
+        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self._epoch, rng=rng)
         latest = tf.train.latest_checkpoint(str(self._backup_dir))
         if latest:
             checkpoint.restore(latest).assert_existing_objects_matched()

@@ -124,14 +124,16 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     trainer = engine.Trainer(strategy, built.train_model, optimizer, loss, jit_compile=cfg["distribute"]["jit_compile"],
                              steps_per_execution=distribute.steps_per_execution(cfg["train"]["steps_per_execution"]))
     start_epoch = trainer.restore(fold_dir / "backup")
-    # A resumed fold draws a fresh stream rather than replaying the first epochs' order.
-    seed = cfg["seed"] + k + 7919 * start_epoch
+    # A resumed fold continues the stream it was on: the batches are a function of (seed, position), and
+    # the first `start_epoch * steps` steps are skipped before anything is decoded.
+    seed = cfg["seed"] + k
 
     def dataset_fn(ctx: "tf.distribute.InputContext"):
         # Input pipeline i of n reads every n-th image (or shard file) only: no worker decodes another's images.
         return pipeline.train_dataset(train.paths, train.labels, cfg, seed=seed, mask=train.mask,
                                       batch_size=ctx.get_per_replica_batch_size(global_batch),
                                       shard=(ctx.num_input_pipelines, ctx.input_pipeline_id),
+                                      start_batch=start_epoch * steps * (strategy.num_replicas_in_sync // ctx.num_input_pipelines),
                                       mixer=mix.mixer_from_config(cfg, seed), **augment.options_from_config(cfg, train, seed))
 
     verbose = cfg["train"]["verbose"]
