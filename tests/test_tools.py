@@ -30,3 +30,11 @@ def test_pipeline_benchmark_reports_rates_and_ratios(tmp_path):
     assert shards["ratio_vs"] == "decode+resize (ceiling)" and shards["ratio"] == shards["ratio_to_ceiling"]
     assert result["prepared shards: seed 002 full"]["ratio_vs"] == "seed 002 full (basic + mosaic p=0.5)"
     assert report["prepare"]["images"] == 6 and report["per_epoch"]["64"]["speedup"] > 0
+
+
+def test_loop_benchmark_times_each_k_against_the_first(tmp_path):
+    out = tmp_path / "loop.json"
+    assert bench.main(["loop", "--ks", "1", "4", "--steps", "8", "--rounds", "1", "--json", str(out)]) == 0
+    ks = json.loads(out.read_text())["ks"]
+    assert set(ks) == {"1", "4"} and ks["1"]["ratio"] == 1.0
+    assert all(k["steps_per_s"] > 0 for k in ks.values())

@@ -5,6 +5,7 @@
     python -m cxrlt.bench memory   [--n 48 --factor 4] [--json out.json]
     python -m cxrlt.bench ops      [--sizes 768] [--json out.json]
     python -m cxrlt.bench step     [--backbones efficientnetv2-b0] [--size 224] [--json out.json]   (cxrlt/bench_step.py)
+    python -m cxrlt.bench loop     [--ks 1 16] [--size 32] [--backbone NAME] [--json out.json]  (k steps per call)
 
 pipeline: images/s of the training input pipeline on full-resolution radiographs, for
 decode+resize only (the ceiling any variant can reach), the naive per-image Python/PIL generator a
@@ -474,10 +475,19 @@ def main(argv=None) -> int:
     _add_memory(sub)
     _add_ops(sub)
     bench_step.add_parser(sub, DEFAULT_IMAGES)
+    bench_step.add_loop_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "ops":  # before anything starts TensorFlow's thread pools
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
+    if args.command == "loop":  # from memory: no image list
+        print(f"k steps per call, {args.backbone or 'small conv net'} at {args.size} px, batch {args.batch_size}; "
+              f"{machine()}", flush=True)
+        results = {"machine": machine(), "command": "loop", "size": args.size, "batch_size": args.batch_size,
+                   "ks": bench_step.loop_bench(args.ks, args.size, args.batch_size, args.steps, args.rounds, args.backbone)}
+        if args.json:
+            atomic.write_json(args.json, results)
+        return 0
     if args.command == "memory-child":
         print(json.dumps(memory_child(args.kind, _read_paths(args.images), args.n, args.backbone, args.size,
                                       args.batch_size)))

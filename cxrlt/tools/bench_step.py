@@ -16,6 +16,7 @@ CPU beside the accelerator (see BENCHMARKS.md for the images/s it must reach).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -102,9 +103,55 @@ def step_bench(paths: np.ndarray, backbones, size: int, batch: int, steps: int, 
     return results
 
 
-def add_parser(sub, default_images) -> None:
-    from pathlib import Path
+def _small_model(size: int) -> keras.Model:
+    """A model whose step costs about as much as the host's per-call dispatch: where k steps per call show."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(inputs / 255.0)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
 
+
+def loop_bench(ks, size: int, batch: int, steps: int, rounds: int = 3, backbone: str | None = None) -> dict:
+    """Train steps/s of cxrlt.engine at k = train.steps_per_execution steps per traced call, from memory.
+    Each k gets its own Trainer; one untimed epoch traces it, then `rounds` timed epochs of `steps`
+    steps, interleaved over the k values (median per k), ratios against the first k."""
+    rates: dict[int, list[float]] = {}
+    trainers = {}
+    for k in ks:
+        model = _build(backbone, size) if backbone else _small_model(size)
+        trainer = engine.Trainer(tf.distribute.get_strategy(), model, keras.optimizers.Adam(1e-4),
+                                 losses.get_loss("focal"), steps_per_execution=k)
+        data = trainer.strategy.experimental_distribute_dataset(_memory_batch(size, batch))
+        trainer.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)  # tracing and warm-up
+        trainers[k] = (trainer, data)
+    for r in range(rounds):
+        for k, (trainer, data) in trainers.items():
+            start = time.perf_counter()
+            trainer.fit(data, epochs=trainer.finished_epochs + 1, steps_per_epoch=steps, verbose=0)
+            rates.setdefault(k, []).append(steps / (time.perf_counter() - start))
+    base = float(np.median(rates[ks[0]]))
+    out = {}
+    for k in ks:
+        rate = float(np.median(rates[k]))
+        out[str(k)] = {"steps_per_s": round(rate, 2), "images_per_s": round(rate * batch, 1),
+                       "ratio": round(rate / base, 3), "ratio_vs": f"k={ks[0]}"}
+        print(f"  k={k:<4} {rate:9.1f} steps/s  {rate * batch:9.1f} images/s  x{rate / base:.2f} of k={ks[0]}", flush=True)
+    return out
+
+
+def add_loop_parser(sub) -> None:
+    p = sub.add_parser("loop", help="train steps/s at k steps per call (train.steps_per_execution), from memory")
+    p.add_argument("--ks", nargs="+", type=int, default=[1, 16])
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=160, help="timed steps per round (a multiple of every k)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--backbone", help="a cxrlt backbone instead of the small conv net")
+    p.add_argument("--json", type=Path)
+
+
+def add_parser(sub, default_images) -> None:
     p = sub.add_parser("step", help="training images/s of cxrlt's engine against a bare model.fit from memory")
     p.add_argument("--images", type=Path, default=default_images)
     p.add_argument("--backbones", nargs="+", default=["efficientnetv2-b0"])
