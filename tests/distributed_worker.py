@@ -4,6 +4,7 @@ before TensorFlow runs its first op, which a pytest process that already used Te
     python tests/distributed_worker.py mirrored    # one device vs MirroredStrategy(2 CPUs): same losses, same weights
     python tests/distributed_worker.py bfloat16    # mixed_bfloat16 training with focal loss and the mixers stays finite
     python tests/distributed_worker.py jit         # --jit-compile trains on one device and under MirroredStrategy(2 CPUs)
+    python tests/distributed_worker.py masked      # the masked mean (--uncertain ignore) is global under MirroredStrategy
 
 Prints one JSON object on the last line of stdout.
 """
@@ -99,37 +100,48 @@ def bfloat16() -> dict:
             "logits_finite": bool(np.isfinite(np.asarray(logits)).all())}
 
 
-def jit() -> dict:
-    """Two XLA-compiled steps (k = 2 per call) per strategy, from the same weights on the same batches."""
+def _small_run(strategy, tensors, *, compiled: bool = False) -> dict:
+    """Two steps (k = 2 per call) of a small conv net from fixed weights on the same global batches."""
     import keras
 
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((SIZE, SIZE, 3))
+        x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs / 255.0)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        model = keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
+        optimizer = keras.optimizers.Adam(1e-2)
+        loss = losses.get_loss("focal")
+    trainer = engine.Trainer(strategy, model, optimizer, loss, jit_compile=compiled, steps_per_execution=2)
+
+    def dataset_fn(ctx):
+        return tf.data.Dataset.from_tensor_slices(tensors).batch(ctx.get_per_replica_batch_size(GLOBAL_BATCH)).repeat()
+
+    history = trainer.fit(trainer.distributed_input(dataset_fn), epochs=1, steps_per_epoch=STEPS, verbose=0)
+    return {"loss": history["loss"], "steps": int(optimizer.iterations.numpy()), "replicas": strategy.num_replicas_in_sync,
+            "weights": [float(np.abs(w).sum()) for w in model.get_weights()]}
+
+
+def jit() -> dict:
+    """XLA-compiled steps train like plain ones, on one device and under MirroredStrategy."""
     distribute.split_cpu(2)
     images, labels = _data(2)
-    out = {}
-    for name in ("one", "mirrored"):
-        for compiled in (False, True):
-            strategy = distribute.get_strategy(name)
-            with strategy.scope():
-                keras.utils.set_random_seed(0)
-                inputs = keras.Input((SIZE, SIZE, 3))
-                x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs / 255.0)
-                x = keras.layers.GlobalAveragePooling2D()(x)
-                model = keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
-                optimizer = keras.optimizers.Adam(1e-2)
-                loss = losses.get_loss("focal")
-            trainer = engine.Trainer(strategy, model, optimizer, loss, jit_compile=compiled, steps_per_execution=2)
+    return {f"{name}_{'xla' if compiled else 'plain'}": _small_run(distribute.get_strategy(name), (images, labels),
+                                                                    compiled=compiled)
+            for name in ("one", "mirrored") for compiled in (False, True)}
 
-            def dataset_fn(ctx):
-                return tf.data.Dataset.from_tensor_slices((images, labels)).batch(ctx.get_per_replica_batch_size(GLOBAL_BATCH)).repeat()
 
-            history = trainer.fit(trainer.distributed_input(dataset_fn), epochs=1, steps_per_epoch=STEPS, verbose=0)
-            out[f"{name}_{'xla' if compiled else 'plain'}"] = {
-                "loss": history["loss"], "steps": int(optimizer.iterations.numpy()),
-                "replicas": strategy.num_replicas_in_sync,
-                "weights": [float(np.abs(w).sum()) for w in model.get_weights()]}
-    return out
+def masked() -> dict:
+    """--uncertain ignore under MirroredStrategy: the two replicas' halves hold very different numbers of
+    known labels (the first half of each batch almost all masked); the loss is the global masked mean."""
+    distribute.split_cpu(2)
+    images, labels = _data(3)
+    mask = np.ones_like(labels)
+    for b in range(STEPS):
+        mask[b * GLOBAL_BATCH: b * GLOBAL_BATCH + GLOBAL_BATCH // 2, 1:] = 0.0
+    return {name: _small_run(distribute.get_strategy(name), (images, labels, mask)) for name in ("one", "mirrored")}
 
 
 if __name__ == "__main__":
-    result = {"mirrored": mirrored, "bfloat16": bfloat16, "jit": jit}[sys.argv[1]]()
+    result = {"mirrored": mirrored, "bfloat16": bfloat16, "jit": jit, "masked": masked}[sys.argv[1]]()
     print(json.dumps(result))

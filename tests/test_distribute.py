@@ -51,6 +51,13 @@ def test_jit_compiled_steps_train_on_one_device_and_under_mirrored_strategy():
     assert result["mirrored_xla"]["replicas"] == 2
 
 
+def test_the_masked_mean_is_over_the_global_batch_under_mirrored_strategy():
+    result = _run_worker("masked")
+    assert result["mirrored"]["replicas"] == 2
+    np.testing.assert_allclose(result["mirrored"]["loss"], result["one"]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(result["mirrored"]["weights"], result["one"]["weights"], rtol=1e-5)
+
+
 def test_mixed_bfloat16_training_with_focal_loss_and_mixers_stays_finite():
     result = _run_worker("bfloat16")
     assert result["policy"] == "mixed_bfloat16" and result["conv_compute_dtype"] == "bfloat16"

@@ -88,3 +88,21 @@ def test_a_stream_started_at_batch_b_is_the_uninterrupted_stream_from_b(tmp_path
             np.testing.assert_array_equal(xa.numpy(), xb.numpy())
             np.testing.assert_array_equal(ya.numpy(), yb.numpy())
         assert not np.array_equal(whole[0][0].numpy(), later[0][0].numpy())
+
+
+def test_class_aware_sampling_sees_the_whole_table_on_every_input_pipeline(tmp_path):
+    """Multi-worker: a rare class whose images all fall into pipeline 1's share is still drawn by pipeline 0
+    (class statistics from the whole table), and the two pipelines draw different streams."""
+    rng = np.random.default_rng(0)
+    paths = np.array([str(write_png(tmp_path / f"{i}.png", rng.integers(0, 255, (20, 20), dtype=np.uint8)))
+                      for i in range(16)])
+    labels = np.zeros((16, 2), np.float32)
+    labels[:, 0] = 1.0
+    labels[[1, 3], 1] = 1.0  # odd rows: pipeline 1 of 2 would hold every positive of class 1
+    cfg = config.load(overrides={"input": {"size": 32, "resize": "stretch"}, "sampling": {"sampler": "class"},
+                                 "mix": {"mosaic": 0.0}})
+    drawn = [np.concatenate([y.numpy() for _, y in pipeline.train_dataset(paths, labels, cfg, seed=0, batch_size=4,
+                                                                          shard=(2, i)).take(8)])
+             for i in (0, 1)]
+    assert drawn[0][:, 1].sum() >= 8  # class-balanced: about half of pipeline 0's 32 draws are class-1 images
+    assert not np.array_equal(drawn[0], drawn[1])

@@ -355,7 +355,15 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
         ds = _shard_stream(paths, labels, flags, cfg, seed, shard, skip)
     else:
         paths = source_files(paths, cfg)
-        paths, labels, flags = _shard_arrays(shard, paths, labels, flags)
+        whole = (paths, labels, flags)
+        sample_seed = seed
+        if _samples_by_statistics(cfg, minority_share) and shard is not None and shard[0] > 1:
+            # Class-aware sampling needs the whole table's class statistics (a worker's share would change
+            # them with the number of workers, and a rare class could vanish from a worker): every pipeline
+            # samples the whole table, with its own seed.
+            sample_seed = seed + PIPELINE_SEED_OFFSET * shard[1]
+        else:
+            paths, labels, flags = _shard_arrays(shard, paths, labels, flags)
         if len(paths) == 0:
             raise ValueError(f"input pipeline {shard} has no images: fewer images than input pipelines")
         if minority_share is not None:
@@ -366,14 +374,15 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
             # Seed 000's oversampling (G28: len(train) draws with replacement, the minority share of them
             # minority images) is the `ros` sampler's epoch, so there is one oversampler.
             ros = {"name": "ros", "target_share": minority_share, "epoch_size": len(paths)}
-            ds = images_at(sampling.make_index_dataset(labels, ros, seed, minority_mask=flags), paths, labels, flags, cfg,
-                           skip)
+            ds = images_at(sampling.make_index_dataset(labels, ros, sample_seed, minority_mask=flags), paths, labels,
+                           flags, cfg, skip)
         else:
-            ds = sampled_images(paths, labels, flags, cfg, seed, n_classes, skip)
+            ds = sampled_images(paths, labels, flags, cfg, sample_seed, n_classes, skip)
     augment = lambda d, s: _augmented(d, s, augment_fn, strategy_fn, shard, start=skip)  # noqa: E731
     ds = augment(ds, seed).batch(batch_size, drop_remainder=True)
     if not from_shards:
-        ds = balanced_batches(ds, paths, labels, flags, cfg, seed, batch_size, augment, n_classes, start_batch)
+        pipeline_seed = seed + PIPELINE_SEED_OFFSET * (shard[1] if shard else 0)
+        ds = balanced_batches(ds, *whole, cfg, pipeline_seed, batch_size, augment, n_classes, start_batch)
     if mixer is not None:
         ds = ds.enumerate(start=start_batch).map(lambda i, xy: mixer(_global_index(i, shard), xy[0], xy[1]),
                                                  num_parallel_calls=AUTOTUNE)
@@ -410,6 +419,15 @@ def _augmented(ds: tf.data.Dataset, seed: int, augment_fn, strategy_fn, shard=No
 
 def _sampling_section(cfg: dict) -> dict:
     return {**sampling.SECTION_DEFAULTS, **(cfg.get("sampling") or {})}
+
+
+PIPELINE_SEED_OFFSET = 7919  # input pipeline i of n samples the whole table with seed + this x i
+
+
+def _samples_by_statistics(cfg: dict, minority_share) -> bool:
+    """Whether the training images are drawn from class statistics (any sampler but instance, or seed 000's
+    oversampling), which a worker's share of the table would distort."""
+    return minority_share is not None or _sampling_section(cfg)["sampler"] != "instance"
 
 
 def _check_single_sampler(cfg: dict) -> None:

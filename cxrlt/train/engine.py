@@ -85,18 +85,31 @@ class Trainer:
         self._manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=2)
         return self.finished_epochs
 
-    def _replica_gradients(self, images, labels, mask):
+    def _replica_gradients(self, images, labels, mask, rescale):
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
-            loss = self.loss(labels, logits, sample_weight=mask)
+            loss = self.loss(labels, logits, sample_weight=mask) * rescale
             scaled = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16, identity otherwise
         return loss, tape.gradient(scaled, self.model.trainable_variables)
 
     def _replica_step(self, batch):
         mask = batch[2] if len(batch) > 2 else None
-        loss, grads = self._gradients(batch[0], batch[1], mask)
+        loss, grads = self._gradients(batch[0], batch[1], mask, self._global_mean_factor(mask))
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return loss
+
+    def _global_mean_factor(self, mask):
+        """With a label mask (--uncertain ignore) the masked mean must be over the global batch's unmasked
+        labels, not the mean of each replica's own masked mean (replicas with few known labels would weigh
+        as much as full ones). Each replica's loss is its sum / its count / R (cxrlt.losses); times
+        R x count / global count it is its sum / the global count, and the replicas' losses add up to the
+        global masked mean. The count is all-reduced here, outside the XLA-compiled part."""
+        replicas = self.strategy.num_replicas_in_sync
+        if mask is None or replicas == 1 or getattr(self.loss, "reduction", None) != "masked_mean":
+            return tf.constant(1.0, tf.float32)
+        local = tf.reduce_sum(tf.cast(mask, tf.float32))
+        total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
+        return tf.math.divide_no_nan(local * replicas, total)
 
     def _distributed_steps(self, iterator, n):
         """`n` train steps in one call (a loop inside the graph: one host round trip per call, not per
