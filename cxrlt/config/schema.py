@@ -32,7 +32,7 @@ BACKBONES = {
     "convnext-large": "ConvNeXtLarge",
 }
 # loss.name (cxrlt.model.losses.LOSSES holds each one's defaults and builder; a test keeps the two in step)
-LOSSES = ("asl", "bce", "class_balanced", "focal", "logit_adjusted", "weighted_bce")
+LOSSES = ("asl", "bce", "class_balanced", "distribution_balanced", "focal", "ldam", "logit_adjusted", "weighted_bce")
 # augment.strategy of seed 000 -> (minority pipeline, majority pipeline, oversample minority images?)
 STRATEGIES = {
     "baseline": ("weak", "weak", False),

@@ -144,6 +144,8 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
         fold_callbacks.insert(1, tensorboard_log.TensorBoardLogger(
             fold_dir / "tensorboard", images=lambda: sample_batch(cfg, train, seed, global_batch),
             class_names=classes, optimizer=optimizer))
+    if hasattr(loss, "set_epoch"):  # every worker: each has its own copy of the loss's epoch switch
+        fold_callbacks.insert(0, callbacks.LossEpoch(loss))
     log.info("fold %d (of folds 0-%d): %d training, %d validation images, %d steps/epoch of %d, %s at %d px, "
              "%d replica(s)", k, cfg["train"]["folds"] - 1, len(train), len(val), steps, global_batch, cfg["model"]["backbone"],
              cfg["input"]["size"], strategy.num_replicas_in_sync)
