@@ -50,6 +50,7 @@ STUDY_AGGREGATIONS = ("none", "mean", "max", "view_mean")
 ENSEMBLE_METHODS = ("mean", "rank", "logit")
 STRATEGY_NAMES = ("auto", "one", "mirrored", "multiworker")  # distribute.strategy
 OPTIMIZERS = ("adam", "adamw", "sgd")
+HEADS = ("gap", "csra", "ml_decoder")  # model.head (cxrlt.model.models / heads)
 PREPARED_READERS = ("auto", "files", "tfrecord")
 
 CHOICES: dict[str, tuple] = {
@@ -65,6 +66,7 @@ CHOICES: dict[str, tuple] = {
     "mix.mosaic_variant": MOSAIC_VARIANTS,
     "mix.balanced_mixup_labels": LABEL_MODES,
     "model.backbone": tuple(sorted(BACKBONES)),
+    "model.head": HEADS,
     "loss.name": LOSSES,
     "optim.name": OPTIMIZERS,
     "optim.schedule": ("constant", "cosine"),
@@ -144,6 +146,7 @@ RANGES: dict[str, Range] = {
     "mix.balanced_mixup": Range(0, 100, cap=True),
     "mix.balanced_mixup_q": Q,
     "model.dropout": Range(0, 1, hi_open=True),
+    "model.csra_lambda": Range(0, 100, cap=True),
     "optim.lr": Range(0, 10, lo_open=True, cap=True),
     "optim.beta_1": Range(0, 1, hi_open=True),
     "optim.beta_2": Range(0, 1, hi_open=True),
