@@ -152,6 +152,7 @@ RANGES: dict[str, Range] = {
     "optim.beta_2": Range(0, 1, hi_open=True),
     "optim.weight_decay": Range(0, 10, cap=True),
     "optim.reference_batch": Range(1, MAX_BATCH, cap=True),
+    "optim.warmup_epochs": Range(0, 100_000, cap=True),
     "train.epochs": Range(1, 100_000, cap=True),
     "train.batch_size": Range(1, MAX_BATCH, cap=True),
     "train.folds": Range(2, 100, cap=True),
@@ -197,6 +198,9 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"input.size must be an integer >= 32, got {size!r}")
     for key, rule in RANGES.items():
         check_range(key, get(cfg, key))
+    if cfg["optim"]["warmup_epochs"] and cfg["optim"]["warmup_epochs"] >= t["epochs"]:
+        raise ConfigError(f"optim.warmup_epochs ({cfg['optim']['warmup_epochs']}) must be below train.epochs "
+                          f"({t['epochs']}): the warm-up comes before the schedule")
     fold = t["fold"]
     if fold != "all" and (not isinstance(fold, int) or not 0 <= fold < t["folds"]):
         raise ConfigError(f"train.fold must be 'all' or an index in 0..{t['folds'] - 1}, got {fold!r}")
