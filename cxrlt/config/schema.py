@@ -46,7 +46,7 @@ LABEL_MODES = ("clip_sum", "convex")
 MOSAIC_VARIANTS = ("both", "crop", "resize")
 UNCERTAIN_POLICIES = ("error", "zero", "one", "ignore")
 TTA_VIEWS = ("identity", "hflip")  # no vertical flips or rotations: anatomically impossible radiographs
-STUDY_AGGREGATIONS = ("none", "mean", "max", "view_mean")
+STUDY_AGGREGATIONS = ("none", "mean", "max", "view_mean", "view_groups")
 ENSEMBLE_METHODS = ("mean", "rank", "logit")
 STRATEGY_NAMES = ("auto", "one", "mirrored", "multiworker")  # distribute.strategy
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -159,6 +159,7 @@ RANGES: dict[str, Range] = {
     "train.steps_per_epoch": Range(1, MAX_COUNT, cap=True, null="one pass"),
     "predict.batch_size": Range(1, MAX_BATCH, cap=True),
     "ensemble.fit_rounds": Range(1, 100_000, cap=True),
+    "ensemble.normal_gating": UNIT,
 }
 
 
