@@ -130,3 +130,23 @@ def test_ablation_trains_a_two_variant_grid_on_shared_folds_and_resumes(demo_run
     with pytest.raises(SystemExit):  # a variant on other folds is refused before it trains
         ablate.main(["--grid", str(grid3), "--out", str(out), *_forwarded(train_argv)])
     assert not (out / "three" / "runs" / "sqrt" / "config.yaml").exists()
+
+
+def test_beyond_seed002_grid_builds_every_variants_loss_and_head(tmp_path):
+    from cxrlt.config import schema
+    from cxrlt.model import losses
+
+    loaded = ablate.load_grid(REPO / "configs" / "ablations" / "beyond_seed002.yaml")
+    seen = set()
+    for name in loaded["variants"]:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(ablate.variant_config(loaded, name, None)))
+        cfg = ablate.resolve(ablate.train_argv(path, tmp_path, name, ["--demo", "--epochs", "6"]))
+        loss = losses.get_loss(cfg["loss"]["name"], class_counts=[3, 30, 300], n_images=600, **cfg["loss"]["params"])
+        assert cfg["model"]["head"] in schema.HEADS
+        seen.add((cfg["loss"]["name"], cfg["model"]["head"], cfg["optim"]["warmup_epochs"],
+                  getattr(loss, "drw_epoch", None), getattr(loss, "prevalence", None) is not None))
+    assert ("focal", "gap", 0, None, False) in seen and ("focal", "csra", 0, None, False) in seen
+    assert ("focal", "ml_decoder", 0, None, False) in seen and ("focal", "gap", 1, None, False) in seen
+    assert ("ldam", "gap", 0, 4, False) in seen and ("ldam", "gap", 0, None, False) in seen
+    assert ("asl", "gap", 0, None, True) in seen and ("distribution_balanced", "gap", 0, None, False) in seen

@@ -19,7 +19,7 @@ def _case(seed, n=40, c=4):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 10_000), st.sampled_from(["mean", "max", "view_mean"]))
+@given(st.integers(0, 10_000), st.sampled_from(["mean", "max", "view_mean", "view_groups"]))
 def test_every_image_of_a_study_gets_the_same_scores(seed, method):
     probs, studies, views = _case(seed)
     pooled = aggregate.aggregate(probs, studies, method, views=views)
@@ -41,6 +41,31 @@ def test_methods_compute_what_they_say():
     for method in aggregate.METHODS:  # a study of one image keeps its scores
         assert np.allclose(aggregate.aggregate(probs, studies, method, views=views)[2], probs[2])
     assert np.array_equal(aggregate.aggregate(probs, studies, "none"), probs)
+
+
+def _ref_view_groups(probs, studies, views):
+    """The CXR-LT 2024 rule, by loops: per study, mean of the frontal images' mean and the lateral images' mean."""
+    out = np.empty(probs.shape, np.float64)
+    studies, lateral = np.asarray(studies), np.isin([str(v).upper() for v in views], ["LATERAL", "LL", "RL", "XTABLE LATERAL"])
+    for s in np.unique(studies):
+        rows = studies == s
+        means = [probs[rows & g].mean(axis=0) for g in (lateral, ~lateral) if (rows & g).any()]
+        out[rows] = np.mean(means, axis=0)
+    return out
+
+
+def test_view_groups_is_the_mean_of_the_frontal_mean_and_the_lateral_mean():
+    probs = np.array([[0.2], [0.4], [0.9], [0.5], [0.7], [0.1], [0.3]], np.float32)
+    studies = ["a", "a", "a", "b", "b", "c", "c"]
+    views = ["PA", "AP", "LATERAL", "AP", "PA", "LL", "lateral"]
+    pooled = aggregate.aggregate(probs, studies, "view_groups", views=views)
+    assert np.allclose(pooled[:3], ((0.2 + 0.4) / 2 + 0.9) / 2)   # two frontal, one lateral: not the plain mean 0.5
+    assert np.allclose(pooled[3:5], 0.6) and np.allclose(pooled[5:], 0.2)   # one group only: its mean
+    for seed in range(20):
+        p, s, v = _case(seed)
+        np.testing.assert_allclose(aggregate.aggregate(p, s, "view_groups", views=v), _ref_view_groups(p, s, v),
+                                   rtol=1e-6)
+    assert np.allclose(aggregate.aggregate(probs, studies, "view_groups"), aggregate.aggregate(probs, studies, "mean"))
 
 
 def test_view_weights_are_configurable_and_zero_weights_fall_back_to_the_mean():

@@ -69,3 +69,20 @@ def test_fitted_weights_never_score_below_the_best_single_run_on_their_data(seed
     assert fitted == pytest.approx(info["fitted_mAP"])
     assert fitted >= max(combine.mean_ap(y, p) for p in preds) - 1e-12
     assert weights.sum() == pytest.approx(1) and (weights >= 0).all()
+
+
+def test_normal_gating_scales_abnormal_scores_by_the_normal_score():
+    from cxrlt import config
+
+    probs = np.array([[0.8, 0.5, 0.2], [0.1, 0.9, 0.6]], np.float32)
+    gated = combine.normal_gating(probs, ["Atelectasis", "No Finding", "Nodule"], 0.5)
+    expected = probs * (1 - 0.5 * probs[:, [1]])
+    expected[:, 1] = probs[:, 1]  # the normal class itself is kept
+    np.testing.assert_allclose(gated, expected, rtol=1e-6)
+    assert gated.dtype == probs.dtype
+    np.testing.assert_allclose(combine.normal_gating(probs, ["a", "normal", "b"], 1.0)[:, 0], [0.8 * 0.5, 0.1 * 0.1], rtol=1e-6)
+    assert combine.normal_gating(probs, ["a", "b", "c"], 0.0) is probs  # off: untouched, no class needed
+    with pytest.raises(config.ConfigError, match="needs a normal class \\('No Finding' or 'Normal'\\)"):
+        combine.normal_gating(probs, ["Atelectasis", "Effusion", "Nodule"], 0.5)
+    with pytest.raises(config.ConfigError, match="in \\[0, 1\\]"):
+        combine.normal_gating(probs, ["a", "No Finding", "b"], 1.5)

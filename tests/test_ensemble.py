@@ -163,6 +163,25 @@ def test_an_ensemble_config_file_drives_the_cli(demo_run, tmp_path, capsys):
     assert np.allclose(logit.to_numpy(), single.to_numpy(), atol=2e-6)  # one run: logit averaging is the identity
 
 
+def test_normal_gating_and_view_groups_from_the_cli(demo_run, tmp_path, capsys):
+    root, _, _ = demo_run
+    run = str(root / "runs" / "demo")
+    assert ensemble.main(["--runs", run, "--normal-gating", "0.5", "--out", str(tmp_path / "g.csv"), "--no-zip"]) == 0
+    assert "normal gating 0.5" in capsys.readouterr().out
+    single = pd.read_csv(root / "submissions" / "demo.csv", dtype={"dicom_id": str}).set_index("dicom_id")
+    gated = pd.read_csv(tmp_path / "g.csv", dtype={"dicom_id": str}).set_index("dicom_id").loc[single.index]
+    expected = single.to_numpy() * (1 - 0.5 * single[["No Finding"]].to_numpy())
+    expected[:, list(single.columns).index("No Finding")] = single["No Finding"].to_numpy()
+    np.testing.assert_allclose(gated.to_numpy(), expected, atol=2e-6)
+    assert ensemble.main(["--runs", run, "--study-aggregation", "view_groups", "--out", str(tmp_path / "v.csv"),
+                          "--no-zip"]) == 0
+    assert "study aggregation view_groups" in capsys.readouterr().out
+    for bad in (["--normal-gating", "2"], ["--normal-gating", "-0.1"]):
+        with pytest.raises(SystemExit):
+            ensemble.main(["--runs", run, *bad, "--out", str(tmp_path / "x.csv")])
+        assert "ensemble.normal_gating must be a number in [0, 1]" in capsys.readouterr().err
+
+
 def test_prediction_names_a_broken_image_in_the_list_before_any_model_runs(demo_run, tmp_path, capsys):
     from cxrlt.predict import inference as predict
 

@@ -47,6 +47,15 @@ def ref_asl(y, z, gamma_neg=4.0, gamma_pos=0.0, clip=0.05):
     return -(y * pos + (1.0 - y) * neg)
 
 
+def ref_asl_chexfusion(y, z, prev, gamma_neg=4.0, gamma_pos=1.0, clip=0.05):
+    """CheXFusion's weighting of ASL: the positive term x exp(1 - p), the negative term x exp(p), p = prevalence."""
+    p = sig(z)
+    p_m = np.maximum(p - clip, 0.0)
+    pos = np.exp(1.0 - prev) * (1.0 - p) ** gamma_pos * np.log(p)
+    neg = np.exp(prev) * p_m ** gamma_neg * np.log(1.0 - p_m)
+    return -(y * pos + (1.0 - y) * neg)
+
+
 def ref_asl_ridnik(y, z, gamma_neg=4.0, gamma_pos=0.0, clip=0.05):
     """The authors' code (AsymmetricLoss.forward, Alibaba-MIIL/ASL), per element, for 0/1 labels."""
     xs_pos = sig(z)
@@ -57,6 +66,50 @@ def ref_asl_ridnik(y, z, gamma_neg=4.0, gamma_pos=0.0, clip=0.05):
     pt = xs_pos * y + xs_neg * (1 - y)
     gamma = gamma_pos * y + gamma_neg * (1 - y)
     return -loss * (1.0 - pt) ** gamma
+
+
+def ref_ldam_margins(counts, max_m=0.5):
+    """Cao et al. 2019, eq. 12 and their code: Delta_j = C / n_j^(1/4), C so that the largest margin is max_m."""
+    m = 1.0 / np.sqrt(np.sqrt(np.maximum(counts, 1)))
+    return m * (max_m / m.max())
+
+
+def ref_ldam(y, z, counts, max_m=0.5, s=1.0, eps=0.0, drw=None):
+    """Binary LDAM per class: the positive logit loses its margin, the scaled logit goes through BCE;
+    DRW multiplies class j by its effective-number weight (Cao et al., Algorithm 1)."""
+    out = ref_bce(y, s * (z - y * ref_ldam_margins(counts, max_m)), eps)
+    return out if drw is None else out * drw
+
+
+def ref_db_paper(y, z, counts, n, alpha=0.1, beta=10.0, mu=0.2, lam=2.0, kappa=0.05):
+    """Wu et al. 2020 for 0/1 labels, eqs. 4-5 (re-balanced weight, smoothed) and 8 (negative-tolerant
+    regularisation), with nu = their code's init bias, -kappa * log(N / n_i - 1) / lam, added to the logit."""
+    n_c = np.clip(np.maximum(counts, 1), 1, n - 1)
+    p_c = 1.0 / np.maximum(counts, 1)                        # class-level sampling frequency (x 1/C)
+    p_i = (y * p_c).sum(axis=1, keepdims=True)               # instance-level: sum over its positive classes
+    r = p_c / p_i
+    r_hat = alpha + 1.0 / (1.0 + np.exp(-beta * (r - mu)))
+    nu = -np.log(n / n_c - 1.0) * kappa / lam
+    zz = z + nu
+    pos = np.log1p(np.exp(-zz))
+    neg = np.log1p(np.exp(lam * zz)) / lam
+    return r_hat * (y * pos + (1.0 - y) * neg)
+
+
+def ref_db_code(y, z, counts, n, alpha=0.1, beta=10.0, mu=0.2, lam=2.0, kappa=0.05, gamma=0.0, present=None):
+    """The authors' ResampleLoss (rebalance + logit_reg [+ focal]) per element, soft labels as their code treats them;
+    `present` (a 0/1 mask) leaves masked labels out of the image's positives."""
+    freq_inv = 1.0 / np.maximum(counts, 1)
+    rate = (y * (1.0 if present is None else present) * freq_inv).sum(axis=1, keepdims=True)
+    weight = 1.0 / (1.0 + np.exp(-beta * (freq_inv / rate - mu))) + alpha
+    n_c = np.clip(np.maximum(counts, 1), 1, n - 1)
+    zz = (z - np.log(n / n_c - 1.0) * kappa / lam)
+    zz = zz * (1 - y) * lam + zz * y
+    weight = weight / lam * (1 - y) + weight * y
+    bce = -(y * np.log(sig(zz)) + (1.0 - y) * np.log(1.0 - sig(zz)))
+    if gamma:
+        bce = (1.0 - np.exp(-bce)) ** gamma * bce
+    return weight * bce
 
 
 def ref_prior(counts, n):
@@ -117,6 +170,16 @@ def cases(counts):
         ("asl", {}, lambda y, z: ref_asl(y, z)),
         ("asl", {"gamma_pos": 1.0, "clip": 0.0}, lambda y, z: ref_asl(y, z, 4.0, 1.0, 0.0)),
         ("asl", {"gamma_neg": 2.0, "clip": 0.1}, lambda y, z: ref_asl(y, z, 2.0, 0.0, 0.1)),
+        ("asl", {"class_weighting": "chexfusion", "gamma_pos": 1.0},
+         lambda y, z: ref_asl_chexfusion(y, z, counts / N_IMAGES)),
+        ("ldam", {}, lambda y, z: ref_ldam(y, z, counts)),
+        ("ldam", {"max_margin": 1.0, "s": 2.0, "label_smoothing": 0.05},
+         lambda y, z: ref_ldam(y, z, counts, 1.0, 2.0, 0.05)),
+        ("ldam", {"drw_epoch": 3}, lambda y, z: ref_ldam(y, z, counts)),  # before epoch 3: no re-weighting
+        ("distribution_balanced", {}, lambda y, z, present=None: ref_db_code(y, z, counts, N_IMAGES, present=present)),
+        ("distribution_balanced", {"neg_scale": 5.0, "init_bias": 0.1, "alpha": 0.2, "gamma": 2.0},
+         lambda y, z, present=None: ref_db_code(y, z, counts, N_IMAGES, alpha=0.2, lam=5.0, kappa=0.1, gamma=2.0,
+                                                present=present)),
         ("logit_adjusted", {}, lambda y, z: ref_bce(y, z + np.log(prior / (1 - prior)))),
         ("logit_adjusted", {"tau": 0.5, "label_smoothing": 0.02},
          lambda y, z: ref_bce(y, z + 0.5 * np.log(prior / (1 - prior)), 0.02)),
@@ -138,12 +201,15 @@ def test_matches_numpy_reference_with_and_without_masks(data, case):
     loss = build(name, params, data["counts"])
     y, z = data["y"], data["z"]
     elements = ref(y.astype(np.float64), z.astype(np.float64))
+    masked = elements
+    if name == "distribution_balanced":  # its weight depends on the image's other (unmasked) labels
+        masked = ref(y.astype(np.float64), z.astype(np.float64), present=data["mask"].astype(np.float64))
     np.testing.assert_allclose(float(loss(y, z)), reduce_ref(elements), rtol=1e-5)
-    np.testing.assert_allclose(float(loss(y, z, sample_weight=data["mask"])), reduce_ref(elements, data["mask"]), rtol=1e-5)
+    np.testing.assert_allclose(float(loss(y, z, sample_weight=data["mask"])), reduce_ref(masked, data["mask"]), rtol=1e-5)
     np.testing.assert_allclose(float(loss(y, z, sample_weight=data["per_image"])),
                                reduce_ref(elements, data["per_image"]), rtol=1e-5)
     unreduced = build(name, {**params, "reduction": "none"}, data["counts"])(y, z, sample_weight=data["mask"])
-    np.testing.assert_allclose(unreduced.numpy(), elements * data["mask"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(unreduced.numpy(), masked * data["mask"], rtol=1e-4, atol=1e-6)
 
 
 def test_masking_ignores_the_masked_elements_entirely(data):
@@ -235,8 +301,17 @@ def test_low_precision_logits_close_to_float32(data, name, dtype):
 # ----------------------------------------------------------------------------- registry, statistics, config
 
 def test_registry_errors():
-    with pytest.raises(ValueError, match="asl, bce, class_balanced, focal, logit_adjusted, weighted_bce"):
+    with pytest.raises(ValueError, match="asl, bce, class_balanced, distribution_balanced, focal, ldam, "
+                                         "logit_adjusted, weighted_bce"):
+        losses.get_loss("ldma")
+    with pytest.raises(ValueError, match="class_counts"):
         losses.get_loss("ldam")
+    with pytest.raises(ValueError, match="n_images"):
+        losses.get_loss("distribution_balanced", class_counts=[1, 2])
+    with pytest.raises(ValueError, match="class_weighting"):
+        losses.get_loss("asl", class_weighting="inverse", class_counts=[1, 2], n_images=3)
+    with pytest.raises(ValueError, match="integer >= 0"):
+        losses.get_loss("ldam", drw_epoch=-1, class_counts=[1, 2])
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['gama'\].*gamma"):
         losses.get_loss("focal", gama=2.0)
     with pytest.raises(ValueError, match="class_counts"):
@@ -292,3 +367,64 @@ def test_compile_and_fit_with_an_element_mask():
     assert np.isfinite(history.history["loss"][-1])
     np.testing.assert_array_equal(after[0][:, 2], before[0][:, 2])  # no gradient reached class 2
     assert not np.allclose(after[0][:, :2], before[0][:, :2])
+
+
+# ----------------------------------------------------------------------------- LDAM-DRW, distribution-balanced
+
+def test_ldam_margins_follow_n_to_the_minus_quarter():
+    counts = np.array([1, 16, 81, 10000])
+    m = losses.ldam_margins(counts, 0.5)
+    np.testing.assert_allclose(m, 0.5 / np.array([1, 2, 3, 10]))  # n^-1/4 = 1, 1/2, 1/3, 1/10; rarest = max_margin
+    np.testing.assert_allclose(m, ref_ldam_margins(counts))
+
+
+def test_drw_switches_on_at_its_epoch_inside_a_traced_step(data):
+    """DRW is a variable the loss reads: set_epoch flips it without retracing, and a fresh (resumed) loss set to
+    the same epoch gives the same value."""
+    counts, y, z = data["counts"], data["y"], data["z"]
+    loss = build("ldam", {"drw_epoch": 2, "drw_beta": 0.999}, counts)
+    traced = tf.function(lambda a, b: loss(a, b, sample_weight=data["mask"]))
+    plain = reduce_ref(ref_ldam(y.astype(np.float64), z.astype(np.float64), counts), data["mask"])
+    weighted = reduce_ref(ref_ldam(y.astype(np.float64), z.astype(np.float64), counts,
+                                   drw=ref_cb_weights(counts, 0.999)), data["mask"])
+    for epoch, expected in ((0, plain), (1, plain), (2, weighted), (5, weighted)):
+        assert loss.set_epoch(epoch) == (epoch >= 2)
+        np.testing.assert_allclose(float(traced(y, z)), expected, rtol=1e-5)
+    assert traced.experimental_get_tracing_count() == 1
+    resumed = build("ldam", {"drw_epoch": 2, "drw_beta": 0.999}, counts)
+    resumed.set_epoch(3)
+    np.testing.assert_allclose(float(resumed(y, z, sample_weight=data["mask"])), weighted, rtol=1e-5)
+    assert build("ldam", {}, counts).set_epoch(100) is False  # drw_epoch null: plain LDAM throughout
+
+
+def test_the_trainer_flips_drw_through_the_loss_epoch_callback():
+    from cxrlt.train import callbacks, engine
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    loss = losses.get_loss("ldam", class_counts=[5, 50, 500], drw_epoch=1)
+    trainer = engine.Trainer(tf.distribute.get_strategy(), model, keras.optimizers.SGD(0.01), loss)
+    rng = np.random.default_rng(0)
+    ds = tf.data.Dataset.from_tensor_slices((rng.normal(size=(16, 4)).astype(np.float32),
+                                             (rng.uniform(size=(16, 3)) > 0.5).astype(np.float32))).batch(4).repeat()
+    seen = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(float(loss.switch.numpy()))
+
+    trainer.fit(ds, epochs=3, steps_per_epoch=2, callbacks=[callbacks.LossEpoch(loss), Spy()], verbose=0)
+    assert seen == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_distribution_balanced_equals_the_paper_on_hard_labels(data):
+    y = (data["y"] > 0.5).astype(np.float32)
+    y[:, 0] = 1.0  # every image has a positive (CXR-LT: "No Finding" is a class)
+    loss = build("distribution_balanced", {"reduction": "none"}, data["counts"])
+    ref = ref_db_paper(y.astype(np.float64), data["z"].astype(np.float64), data["counts"], N_IMAGES)
+    np.testing.assert_allclose(loss(y, data["z"]).numpy(), ref, rtol=1e-4, atol=1e-6)
+    # the re-balanced weight is r = (1/n_i) / sum over the image's positives of 1/n_j, then smoothed
+    r = losses.get_loss("distribution_balanced", class_counts=[1, 4], n_images=10).rebalance_weight(
+        np.array([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]], np.float32))
+    raw = np.array([[1 / 1.25, 0.25 / 1.25], [4.0, 1.0], [np.inf, np.inf]])
+    np.testing.assert_allclose(r.numpy(), 0.1 + 1 / (1 + np.exp(-10 * (raw - 0.2))), rtol=1e-6)

@@ -166,3 +166,90 @@ def test_corrupt_and_foreign_model_files_are_named(tmp_path):
         models.load(tmp_path / "empty.keras")
     with pytest.raises(models.ModelFileError, match="does not exist"):
         models.load(tmp_path / "nope.keras")
+
+
+# ----------------------------------------------------------------------------- model.head: csra, ml_decoder
+
+def _tiny_head_model(head, classes=3, size=16):
+    """A two-conv 'backbone' (4 x 4 feature map) under one of cxrlt's heads: what build() puts on a real one."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="tiny_conv")(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="tiny_features")(x)
+    logits = models.attach_head(x, classes, head, dropout=0.1, csra_lambda=0.1)
+    probs = keras.layers.Activation("sigmoid", name="probabilities", dtype="float32")(logits)
+    return keras.Model(inputs, logits), keras.Model(inputs, probs)
+
+
+def test_csra_is_the_mean_plus_lambda_times_the_max_of_the_class_scores():
+    train_model, model = _tiny_head_model("csra")
+    head = model.get_layer("logits")
+    kernel = np.random.default_rng(3).normal(size=head.kernel.shape).astype("float32")
+    head.kernel.assign(kernel)
+    head.bias.assign(np.array([0.5, -1.0, 0.0], "float32"))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    features = keras.Model(model.inputs, model.get_layer("tiny_features").output)(x).numpy()
+    scores = np.einsum("bhwd,dc->bhwc", features.astype(np.float64), kernel)
+    expected = scores.mean(axis=(1, 2)) + 0.1 * scores.max(axis=(1, 2)) + np.array([0.5, -1.0, 0.0])
+    np.testing.assert_allclose(train_model(x, training=False).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("head", ["csra", "ml_decoder"])
+def test_attention_heads_train_save_load_safely_and_predict_the_same(head, tmp_path):
+    from cxrlt.model import losses
+    from cxrlt.report import explain
+
+    train_model, model = _tiny_head_model(head)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    y = (rng.uniform(size=(4, 3)) > 0.5).astype("float32")
+    optimizer, loss = keras.optimizers.Adam(1e-3), losses.get_loss("focal")
+    before = [w.copy() for w in model.get_weights()]
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:  # one train step, eager
+        value = loss(y, train_model(x, training=True))
+    grads = tape.gradient(value, train_model.trainable_variables)
+    assert all(g is not None for g in grads)
+    optimizer.apply_gradients(zip(grads, train_model.trainable_variables))
+    assert any(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
+    if head == "ml_decoder":
+        d = model.get_layer("logits")
+        assert d.queries.shape == (3, 768) and d.group_kernel.shape == (3, 768)
+        assert d.ffn1.kernel.shape == (768, 2048) and d.attention.num_heads == 8 and d.dropout == 0.1
+    models.save(model, tmp_path / "m.keras")
+    loaded = models.load(tmp_path / "m.keras", num_classes=3)
+    np.testing.assert_allclose(loaded(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-5, atol=1e-6)
+    assert type(loaded.get_layer("logits")) is type(model.get_layer("logits"))
+
+    # the allow-list takes exactly cxrlt's own head under its own registered name
+    def rename(config):
+        for layer in config["config"]["layers"]:
+            if layer["config"]["name"] == "logits":
+                layer["registered_name"] = "evil>Head"
+    _rewrite_config(tmp_path / "m.keras", tmp_path / "renamed.keras", rename)
+    with pytest.raises(models.ModelFileError, match="registered name 'evil>Head'"):
+        models.load(tmp_path / "renamed.keras")
+
+    # Grad-CAM finds the feature map under the head and gives a [0, 1] map per class
+    assert explain.feature_layer(loaded).name == "tiny_features"
+    maps = explain.gradcam(loaded, x[:1], [0, 1])
+    assert maps.shape == (2, 1, 16, 16) and maps.min() >= 0.0 and maps.max() <= 1.0
+
+
+def test_build_puts_each_head_on_a_real_backbone():
+    x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    for head in ("csra", "ml_decoder"):
+        built = models.build("efficientnetv2-b0", 4, 32, head=head, dropout=0.2)
+        assert [layer.name for layer in built.model.layers[-3:]] == ["head_dropout", "logits", "probabilities"]
+        probs = built.model(x, training=False).numpy()
+        np.testing.assert_allclose(probs, 1 / (1 + np.exp(-built.train_model(x, training=False).numpy())), rtol=1e-5)
+        for node in models._walk(keras.saving.serialize_keras_object(built.model)):
+            if "module" in node and (node["module"], node["class_name"]) not in models.heads_mod.OWN_LAYERS:
+                assert models._is_keras_class(node["module"], node["class_name"]), node
+        from cxrlt.report import explain
+
+        assert explain.feature_layer(built.model).name == "top_activation"
+        keras.backend.clear_session()
+    with pytest.raises(ValueError, match="unknown head 'mlp'"):
+        models.build("efficientnetv2-b0", 4, 32, head="mlp")

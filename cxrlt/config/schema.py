@@ -32,7 +32,7 @@ BACKBONES = {
     "convnext-large": "ConvNeXtLarge",
 }
 # loss.name (cxrlt.model.losses.LOSSES holds each one's defaults and builder; a test keeps the two in step)
-LOSSES = ("asl", "bce", "class_balanced", "focal", "logit_adjusted", "weighted_bce")
+LOSSES = ("asl", "bce", "class_balanced", "distribution_balanced", "focal", "ldam", "logit_adjusted", "weighted_bce")
 # augment.strategy of seed 000 -> (minority pipeline, majority pipeline, oversample minority images?)
 STRATEGIES = {
     "baseline": ("weak", "weak", False),
@@ -46,10 +46,11 @@ LABEL_MODES = ("clip_sum", "convex")
 MOSAIC_VARIANTS = ("both", "crop", "resize")
 UNCERTAIN_POLICIES = ("error", "zero", "one", "ignore")
 TTA_VIEWS = ("identity", "hflip")  # no vertical flips or rotations: anatomically impossible radiographs
-STUDY_AGGREGATIONS = ("none", "mean", "max", "view_mean")
+STUDY_AGGREGATIONS = ("none", "mean", "max", "view_mean", "view_groups")
 ENSEMBLE_METHODS = ("mean", "rank", "logit")
 STRATEGY_NAMES = ("auto", "one", "mirrored", "multiworker")  # distribute.strategy
 OPTIMIZERS = ("adam", "adamw", "sgd")
+HEADS = ("gap", "csra", "ml_decoder")  # model.head (cxrlt.model.models / heads)
 PREPARED_READERS = ("auto", "files", "tfrecord")
 
 CHOICES: dict[str, tuple] = {
@@ -65,6 +66,7 @@ CHOICES: dict[str, tuple] = {
     "mix.mosaic_variant": MOSAIC_VARIANTS,
     "mix.balanced_mixup_labels": LABEL_MODES,
     "model.backbone": tuple(sorted(BACKBONES)),
+    "model.head": HEADS,
     "loss.name": LOSSES,
     "optim.name": OPTIMIZERS,
     "optim.schedule": ("constant", "cosine"),
@@ -144,11 +146,13 @@ RANGES: dict[str, Range] = {
     "mix.balanced_mixup": Range(0, 100, cap=True),
     "mix.balanced_mixup_q": Q,
     "model.dropout": Range(0, 1, hi_open=True),
+    "model.csra_lambda": Range(0, 100, cap=True),
     "optim.lr": Range(0, 10, lo_open=True, cap=True),
     "optim.beta_1": Range(0, 1, hi_open=True),
     "optim.beta_2": Range(0, 1, hi_open=True),
     "optim.weight_decay": Range(0, 10, cap=True),
     "optim.reference_batch": Range(1, MAX_BATCH, cap=True),
+    "optim.warmup_epochs": Range(0, 100_000, cap=True),
     "train.epochs": Range(1, 100_000, cap=True),
     "train.batch_size": Range(1, MAX_BATCH, cap=True),
     "train.folds": Range(2, 100, cap=True),
@@ -156,6 +160,7 @@ RANGES: dict[str, Range] = {
     "train.steps_per_execution": Range(1, 10_000, cap=True, null="1 without a GPU, 16 with one"),
     "predict.batch_size": Range(1, MAX_BATCH, cap=True),
     "ensemble.fit_rounds": Range(1, 100_000, cap=True),
+    "ensemble.normal_gating": UNIT,
 }
 
 
@@ -195,6 +200,9 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"input.size must be an integer >= 32, got {size!r}")
     for key, rule in RANGES.items():
         check_range(key, get(cfg, key))
+    if cfg["optim"]["warmup_epochs"] and cfg["optim"]["warmup_epochs"] >= t["epochs"]:
+        raise ConfigError(f"optim.warmup_epochs ({cfg['optim']['warmup_epochs']}) must be below train.epochs "
+                          f"({t['epochs']}): the warm-up comes before the schedule")
     fold = t["fold"]
     if fold != "all" and (not isinstance(fold, int) or not 0 <= fold < t["folds"]):
         raise ConfigError(f"train.fold must be 'all' or an index in 0..{t['folds'] - 1}, got {fold!r}")

@@ -40,6 +40,16 @@ Losses (``name``: parameters, defaults):
 * ``asl`` (Ridnik et al. 2021; BEYOND THE SEEDS, G27): ``gamma_neg=4.0, gamma_pos=0.0, clip=0.05,
   label_smoothing=0.0``.
 * ``logit_adjusted`` (Menon et al. 2021; BEYOND THE SEEDS, G27): ``tau=1.0, label_smoothing=0.0``.
+* ``asl`` also takes ``class_weighting="none" | "chexfusion"`` (CheXFusion, CXR-LT 2023 winner: positives
+  times ``exp(1 - p_c)``, negatives times ``exp(p_c)``, ``p_c = n_c / N`` the class prevalence).
+* ``ldam`` (Cao et al. 2019; BEYOND THE SEEDS): ``max_margin=0.5, s=1.0, drw_epoch=None, drw_beta=0.9999,
+  label_smoothing=0.0``; margins ``~ n_c^-1/4`` on the positive logits, DRW (effective-number class weights)
+  from epoch ``drw_epoch`` on (null = never); see :class:`LDAMLoss`.
+* ``distribution_balanced`` (Wu et al. 2020; BEYOND THE SEEDS): ``alpha=0.1, beta=10.0, mu=0.2,
+  neg_scale=2.0, init_bias=0.05, gamma=0.0, label_smoothing=0.0``; see :class:`DistributionBalancedLoss`.
+
+Losses with a part that starts at an epoch (``ldam``'s DRW) have ``set_epoch(epoch)``; the trainer calls it
+before every epoch (``cxrlt.train.callbacks.LossEpoch``), a resumed fold included.
 
 Every loss also takes ``reduction`` and ``name``. Losses that need the training-fold statistics
 (``weighted_bce``, ``class_balanced``, ``logit_adjusted``, ``focal`` with inverse-frequency alpha)
@@ -175,7 +185,8 @@ class MultiLabelLoss(keras.losses.Loss):
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         with keras.name_scope(self.name):
-            values = self.call(y_true, y_pred)
+            values = self.call(y_true, y_pred) if sample_weight is None else self.call_weighted(
+                y_true, y_pred, sample_weight)
             if sample_weight is None:
                 weights = ops.ones_like(values)
             else:
@@ -194,6 +205,10 @@ class MultiLabelLoss(keras.losses.Loss):
             else:  # sum_over_batch_size
                 loss = total / ops.cast(ops.size(values), "float32")
             return _scale_for_replicas(loss)
+
+    def call_weighted(self, y_true, y_pred, sample_weight):
+        """``call`` for losses whose elements depend on other labels of the image: they may need the mask."""
+        return self.call(y_true, y_pred)
 
     def get_config(self) -> dict:
         return {"name": self.name, "reduction": self.reduction, "label_smoothing": self.label_smoothing,
@@ -280,13 +295,16 @@ class AsymmetricLoss(MultiLabelLoss):
     ``disable_torch_grad_focal_loss=False``).
     """
 
-    def __init__(self, *, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, **kwargs):
+    def __init__(self, *, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, prevalence=None,
+                 **kwargs):
         super().__init__(**kwargs)
         if float(gamma_neg) < 0 or float(gamma_pos) < 0:
             raise ValueError(f"asl: gammas must be >= 0, got gamma_neg={gamma_neg}, gamma_pos={gamma_pos}")
         if not 0.0 <= float(clip) < 1.0:
             raise ValueError(f"asl: clip must be in [0, 1), got {clip}")
         self.gamma_neg, self.gamma_pos, self.clip = float(gamma_neg), float(gamma_pos), float(clip)
+        # CheXFusion's class weighting (class_weighting: chexfusion): positives x exp(1 - p), negatives x exp(p)
+        self.prevalence = _vector(prevalence)
 
     def elementwise(self, y_true, logits):
         y = _smooth(y_true, self.label_smoothing)
@@ -301,10 +319,15 @@ class AsymmetricLoss(MultiLabelLoss):
         neg = ops.power(ops.maximum(p_m, _TINY), self.gamma_neg) * log_not_pm
         if self.gamma_neg == 0:  # p_m == 0 -> 0**0 = 1 (plain BCE on the shifted probability)
             neg = log_not_pm
+        if self.prevalence is not None:
+            prev = np.asarray(self.prevalence, np.float32)
+            pos = pos * ops.convert_to_tensor(np.exp(1.0 - prev))
+            neg = neg * ops.convert_to_tensor(np.exp(prev))
         return -(y * pos + (1.0 - y) * neg)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "gamma_neg": self.gamma_neg, "gamma_pos": self.gamma_pos, "clip": self.clip}
+        return {**super().get_config(), "gamma_neg": self.gamma_neg, "gamma_pos": self.gamma_pos, "clip": self.clip,
+                "prevalence": self.prevalence}
 
 
 @keras.saving.register_keras_serializable(package="cxrlt")
@@ -330,6 +353,155 @@ class LogitAdjustedBCE(MultiLabelLoss):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "log_prior_odds": self.log_prior_odds, "tau": self.tau}
+
+
+def ldam_margins(class_counts, max_margin: float = 0.5) -> np.ndarray:
+    """LDAM margins (Cao et al., NeurIPS 2019): ``Delta_j = C / n_j ** (1/4)`` with C such that the
+    largest margin (the rarest class) is ``max_margin``; counts are floored at 1."""
+    if not float(max_margin) >= 0:
+        raise ValueError(f"ldam: max_margin must be >= 0, got {max_margin}")
+    counts = np.maximum(_counts(class_counts, "ldam"), 1.0)
+    m = counts ** -0.25
+    return m * (float(max_margin) / m.max())
+
+
+class EpochAwareLoss(MultiLabelLoss):
+    """A loss with a part switched on at a given epoch (``set_epoch``, called by the trainer's callback).
+
+    The switch is a non-trainable variable read inside the loss, so a traced train step sees the new
+    value without retracing; it holds no state of its own beyond the epoch, so a resumed fold that calls
+    ``set_epoch(start_epoch)`` is exactly where an uninterrupted one is.
+    """
+
+    def __init__(self, *, switch_epoch: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if switch_epoch is not None and (isinstance(switch_epoch, bool) or int(switch_epoch) != switch_epoch
+                                         or switch_epoch < 0):
+            raise ValueError(f"{type(self).__name__}: the switch epoch must be null or an integer >= 0, got {switch_epoch}")
+        self.switch_epoch = None if switch_epoch is None else int(switch_epoch)
+        # made here, eagerly (inside the strategy scope when the trainer builds the loss), never inside a traced step
+        self.switch = None if self.switch_epoch is None else keras.Variable(
+            0.0, trainable=False, dtype="float32", name="loss_epoch_switch")
+
+    def set_epoch(self, epoch: int) -> bool:
+        """Before epoch ``epoch`` (0-based) trains: on from ``switch_epoch`` on. Returns whether it is on."""
+        if self.switch is None:
+            return False
+        on = int(epoch) >= self.switch_epoch
+        self.switch.assign(1.0 if on else 0.0)
+        return on
+
+
+@keras.saving.register_keras_serializable(package="cxrlt")
+class LDAMLoss(EpochAwareLoss):
+    """LDAM with deferred re-weighting (Cao et al., NeurIPS 2019), multi-label binary form. BEYOND THE SEEDS.
+
+    Label-distribution-aware margins ``Delta_j`` (:func:`ldam_margins`, proportional to ``n_j^-1/4``) are
+    subtracted from the logits of the positive labels, the result is scaled by ``s`` and scored with BCE:
+    ``BCE(y_smoothed, s * (z - y * Delta))`` (soft labels move the margin linearly). Cao et al. scale
+    cosine logits by s = 30; cxrlt's heads give unnormalised logits, hence the default s = 1.
+
+    DRW: from epoch ``drw_epoch`` (0-based; null = never) every element of class j is multiplied by the
+    effective-number weight ``(1 - beta) / (1 - beta^n_j)``, normalised to sum to C (Cao et al.: beta 0.9999,
+    the switch at 80% of training, 160 of 200 epochs).
+    """
+
+    def __init__(self, *, margins, drw_weights, s: float = 1.0, drw_epoch: int | None = None, **kwargs):
+        super().__init__(switch_epoch=drw_epoch, **kwargs)
+        if not float(s) > 0:
+            raise ValueError(f"ldam: s must be > 0, got {s}")
+        self.margins, self.drw_weights, self.s = _vector(margins), _vector(drw_weights), float(s)
+        self.drw_epoch = self.switch_epoch
+
+    def elementwise(self, y_true, logits):
+        y = _smooth(y_true, self.label_smoothing)
+        margin = ops.convert_to_tensor(np.asarray(self.margins, np.float32))
+        values = _bce(y, self.s * (logits - y_true * margin))
+        if self.drw_epoch is None:
+            return values
+        w = ops.convert_to_tensor(np.asarray(self.drw_weights, np.float32))
+        on = ops.convert_to_tensor(self.switch)
+        return values * (1.0 + on * (w - 1.0))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "margins": self.margins, "drw_weights": self.drw_weights, "s": self.s,
+                "drw_epoch": self.drw_epoch}
+
+
+def db_bias(class_counts, n_images, init_bias: float = 0.05, neg_scale: float = 2.0) -> np.ndarray:
+    """Distribution-balanced loss's class-specific logit bias (Wu et al. 2020, their code's ``init_bias``):
+    ``-kappa * log(N / n_j - 1) / lambda`` = ``kappa / lambda * log(n_j / (N - n_j))``, added to the logits.
+    Counts are clipped to [1, N - 1] (a class without positives, or without negatives, stays finite)."""
+    counts = _counts(class_counts, "distribution_balanced")
+    n = _n_images(n_images, counts, "distribution_balanced")
+    c = np.clip(counts, 1.0, max(n - 1.0, 1.0))
+    return -np.log(n / c - 1.0 + 1e-12) * float(init_bias) / float(neg_scale)
+
+
+@keras.saving.register_keras_serializable(package="cxrlt")
+class DistributionBalancedLoss(MultiLabelLoss):
+    """Distribution-balanced loss (Wu et al., ECCV 2020). BEYOND THE SEEDS.
+
+    Re-balanced weighting: for image k and class i, ``r_ki = (1 / n_i) / sum_{j positive in k} (1 / n_j)``
+    (the class-level over the instance-level sampling frequency; soft labels weight the sum), smoothed
+    ``r^_ki = alpha + sigmoid(beta (r_ki - mu))`` (paper: alpha 0.1, beta 10, mu 0.2); an image without
+    positives gets ``alpha + 1``. It weights positives and negatives alike.
+
+    Negative-tolerant regularisation: logits get the class-specific bias ``nu_i`` (:func:`db_bias`), then
+    ``L = r^ [ y log(1 + e^-(z + nu)) + (1 - y) / lambda log(1 + e^(lambda (z + nu))) ]``
+    (lambda = ``neg_scale``). Labels masked out by a [B, C] sample_weight are not among the image's positives.
+    For soft labels this is the authors' code's form: the logit is scaled by
+    ``lambda (1 - y) + y`` and the weight by ``(1 - y) / lambda + y``, then weighted BCE. ``gamma > 0``
+    adds their focal factor ``(1 - p_t)^gamma`` (p_t from the regularised logit); 0 (default) = plain DB.
+    """
+
+    def __init__(self, *, freq_inv, bias, alpha: float = 0.1, beta: float = 10.0, mu: float = 0.2,
+                 neg_scale: float = 2.0, gamma: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if not float(neg_scale) > 0 or float(gamma) < 0 or float(alpha) < 0:
+            raise ValueError(f"distribution_balanced: neg_scale must be > 0, gamma and alpha >= 0, got neg_scale="
+                             f"{neg_scale}, gamma={gamma}, alpha={alpha}")
+        self.freq_inv, self.bias = _vector(freq_inv), _vector(bias)
+        self.alpha, self.beta, self.mu = float(alpha), float(beta), float(mu)
+        self.neg_scale, self.gamma = float(neg_scale), float(gamma)
+
+    def call_weighted(self, y_true, y_pred, sample_weight):
+        """A [B, C] mask also hides masked labels from the image's positive set (the instance-level frequency)."""
+        w = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+        if len(w.shape) != 2:
+            return self.call(y_true, y_pred)
+        y_true = ops.cast(ops.convert_to_tensor(y_true), "float32")
+        logits = ops.cast(ops.convert_to_tensor(y_pred), "float32")
+        values = self.elementwise(y_true, logits, present=ops.cast(w > 0, "float32"))
+        if self.class_weight is not None:
+            values = values * ops.convert_to_tensor(np.asarray(self.class_weight, np.float32))
+        return values
+
+    def rebalance_weight(self, y_true, present=None):
+        inv = ops.convert_to_tensor(np.asarray(self.freq_inv, np.float32))
+        known = y_true if present is None else y_true * present
+        rate = ops.sum(known * inv, axis=-1, keepdims=True)
+        safe = ops.where(rate > 0, rate, 1.0)
+        r = inv / safe
+        smoothed = self.alpha + ops.sigmoid(self.beta * (r - self.mu))
+        return ops.where(rate > 0, smoothed, self.alpha + 1.0)
+
+    def elementwise(self, y_true, logits, present=None):
+        y = _smooth(y_true, self.label_smoothing)
+        weight = self.rebalance_weight(y_true, present)
+        z = logits + ops.convert_to_tensor(np.asarray(self.bias, np.float32))
+        lam = self.neg_scale
+        z = z * (lam * (1.0 - y) + y)
+        weight = weight * ((1.0 - y) / lam + y)
+        values = _bce(y, z)
+        if self.gamma:
+            p_t = ops.exp(-values)  # as their code: exp(-BCE) of the regularised logit
+            values = ops.power(ops.maximum(1.0 - p_t, _TINY), self.gamma) * values
+        return weight * values
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "freq_inv": self.freq_inv, "bias": self.bias, "alpha": self.alpha,
+                "beta": self.beta, "mu": self.mu, "neg_scale": self.neg_scale, "gamma": self.gamma}
 
 
 # ----------------------------------------------------------------------------- registry
@@ -377,6 +549,35 @@ def _class_balanced(p, class_counts, n_images):
     raise ValueError(f"class_balanced: base must be 'bce' or 'focal', got {base!r}")
 
 
+def prevalence(class_counts, n_images) -> np.ndarray:
+    """Raw per-class prevalence n_c / N (CheXFusion's p in its exp(1 - p) / exp(p) class weights)."""
+    counts = _counts(class_counts, "asl class_weighting")
+    return counts / _n_images(n_images, counts, "asl class_weighting")
+
+
+def _asl(p, class_counts, n_images):
+    p = dict(p)
+    weighting = p.pop("class_weighting")
+    if weighting not in ("none", "chexfusion", None):
+        raise ValueError(f"asl: class_weighting must be 'none' or 'chexfusion', got {weighting!r}")
+    prev = prevalence(class_counts, n_images) if weighting == "chexfusion" else None
+    return AsymmetricLoss(prevalence=prev, **p)
+
+
+def _ldam(p, class_counts, n_images):
+    p = dict(p)
+    margins = ldam_margins(class_counts, p.pop("max_margin"))
+    beta = p.pop("drw_beta")
+    return LDAMLoss(margins=margins, drw_weights=class_balanced_weights(class_counts, beta), **p)
+
+
+def _distribution_balanced(p, class_counts, n_images):
+    p = dict(p)
+    counts = np.maximum(_counts(class_counts, "distribution_balanced"), 1.0)
+    bias = db_bias(class_counts, n_images, p.pop("init_bias"), p["neg_scale"])
+    return DistributionBalancedLoss(freq_inv=1.0 / counts, bias=bias, **p)
+
+
 # name -> (parameter defaults, builder(params, class_counts, n_images))
 LOSSES: dict[str, tuple[dict[str, Any], Callable]] = {
     "focal": ({"alpha": 0.25, "gamma": 2.0, "apply_class_balancing": True, "label_smoothing": 0.01}, _focal),
@@ -388,8 +589,14 @@ LOSSES: dict[str, tuple[dict[str, Any], Callable]] = {
          "label_smoothing": 0.0},
         _class_balanced,
     ),
-    "asl": ({"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05, "label_smoothing": 0.0},
-            lambda p, c, n: AsymmetricLoss(**p)),
+    "asl": ({"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05, "label_smoothing": 0.0, "class_weighting": "none"},
+            _asl),
+    "ldam": ({"max_margin": 0.5, "s": 1.0, "drw_epoch": None, "drw_beta": 0.9999, "label_smoothing": 0.0}, _ldam),
+    "distribution_balanced": (
+        {"alpha": 0.1, "beta": 10.0, "mu": 0.2, "neg_scale": 2.0, "init_bias": 0.05, "gamma": 0.0,
+         "label_smoothing": 0.0},
+        _distribution_balanced,
+    ),
     "logit_adjusted": (
         {"tau": 1.0, "label_smoothing": 0.0},
         lambda p, c, n: LogitAdjustedBCE(log_prior_odds=np.log(prior(c, n) / (1.0 - prior(c, n))), **p),

@@ -1,4 +1,5 @@
-"""Backbone by name -> global average pooling -> dropout -> one logit per class (seed 002's head).
+"""Backbone by name -> global average pooling -> dropout -> one logit per class (seed 002's head; `model.head:
+csra | ml_decoder` put cxrlt.model.heads' attention heads on the last feature map instead).
 
 The training model ends in logits (losses take `from_logits=True`: stable, and needed by the
 logit-based losses); the model that is saved and shipped ends in sigmoid probabilities, so a
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import keras
 
-from ..config.schema import BACKBONES  # name -> keras.applications constructor name
+from ..config.schema import BACKBONES, HEADS  # name -> keras.applications constructor name; model.head names
 from ..utils.errors import UserError
+from . import heads as heads_mod
 
 # The last feature map before pooling (G26), as Keras 3.15 names it. ConvNeXt(include_top=False) ends in an
 # auto-named LayerNormalization ("layer_normalization", "_N" suffixed when several models are built in one
@@ -46,8 +48,9 @@ def backbone_names() -> list[str]:
 
 
 def build(backbone: str, num_classes: int, image_size: int, *, weights: str | None = "none",
-          dropout: float = 0.3, pixel_range: str = "0_255") -> Built:
-    """Build the classifier. `weights`: none | imagenet | path to a backbone weights file."""
+          dropout: float = 0.3, pixel_range: str = "0_255", head: str = "gap", csra_lambda: float = 0.1) -> Built:
+    """Build the classifier. `weights`: none | imagenet | path to a backbone weights file.
+    `head`: gap (seed 002) | csra | ml_decoder (cxrlt.model.heads), on the backbone's last feature map."""
     if backbone not in BACKBONES:
         import difflib
 
@@ -62,14 +65,30 @@ def build(backbone: str, num_classes: int, image_size: int, *, weights: str | No
     include_preprocessing = pixel_range == "0_255"
     if not include_preprocessing:
         x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit_range")(x)
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; use one of {', '.join(HEADS)}")
     base = _make_backbone(constructor, backbone, x, weights, include_preprocessing)
-    features = keras.layers.GlobalAveragePooling2D(name="gap")(base.output)
-    features = keras.layers.Dropout(dropout, name="head_dropout")(features)
-    logits = keras.layers.Dense(num_classes, name="logits", dtype="float32")(features)
+    if head == "gap":
+        features = keras.layers.GlobalAveragePooling2D(name="gap")(base.output)
+        features = keras.layers.Dropout(dropout, name="head_dropout")(features)
+        logits = keras.layers.Dense(num_classes, name="logits", dtype="float32")(features)
+    else:
+        logits = attach_head(base.output, num_classes, head, dropout=dropout, csra_lambda=csra_lambda)
     probs = keras.layers.Activation("sigmoid", name="probabilities", dtype="float32")(logits)
     name = backbone.replace("-", "_")
     return Built(train_model=keras.Model(inputs, logits, name=f"{name}_logits"),
                  model=keras.Model(inputs, probs, name=name))
+
+
+def attach_head(feature_map, num_classes: int, head: str, *, dropout: float = 0.3, csra_lambda: float = 0.1):
+    """feature map [B, H, W, D] -> dropout ("head_dropout") -> the csra / ml_decoder head, named "logits" (float32).
+    Grad-CAM (cxrlt.report.explain) finds the feature map as the input of "head_dropout"."""
+    x = keras.layers.Dropout(dropout, name="head_dropout")(feature_map)
+    if head == "csra":
+        return heads_mod.CSRA(num_classes, lam=csra_lambda, name="logits", dtype="float32")(x)
+    if head == "ml_decoder":
+        return heads_mod.MLDecoder(num_classes, name="logits", dtype="float32")(x)
+    raise ValueError(f"attach_head builds csra or ml_decoder, not {head!r} (gap is built by build)")
 
 
 def _make_backbone(constructor, backbone: str, x, weights, include_preprocessing: bool) -> keras.Model:
@@ -144,7 +163,7 @@ def check_model_file(path: Path) -> None:
 
     Keras' safe_mode already refuses Lambda layers; this adds an allow-list (Keras' own layer,
     operation, initializer... classes: defence in depth against deserialisation tricks such as
-    CVE-2025-1550 and CVE-2025-8747), checks every member's CRC (a truncated or bit-flipped file),
+    CVE-2025-1550 and CVE-2025-8747) plus cxrlt's two head layers (cxrlt.model.heads.OWN_LAYERS), checks every member's CRC (a truncated or bit-flipped file),
     and never accepts the legacy .h5 format, which has no safe mode for everything it can hold.
     """
     if not zipfile.is_zipfile(path):
@@ -170,6 +189,11 @@ def check_model_file(path: Path) -> None:
                                  "model file (refused)")
         _refuse_file_reads(path, name, node.get("config"))
         if module is None:
+            continue
+        if (module, name) in heads_mod.OWN_LAYERS:  # cxrlt's own heads: exactly these names, numbers-only configs
+            if node.get("registered_name") != heads_mod.OWN_LAYERS[(module, name)]:
+                raise ModelFileError(f"{path} names {module}.{name} under the registered name "
+                                     f"{node.get('registered_name')!r}; refused")
             continue
         if not isinstance(module, str) or not isinstance(name, str) or not _is_keras_class(module, name):
             raise ModelFileError(f"{path} names {module}.{name}, which is not one of Keras' own layer or "

@@ -17,6 +17,24 @@ def scaled_lr(lr: float, rule: str, global_batch: int, reference_batch: int) -> 
     raise ConfigError(f"optim.lr_scaling must be none, linear or sqrt, got {rule!r}")
 
 
+def schedule(lr: float, name: str, steps_per_epoch: int, epochs: int, warmup_epochs: int = 0):
+    """The learning rate (a float) or its schedule: constant | cosine (to 0 at the last step), after
+    `warmup_epochs` of linear warm-up (from 0 at step 0 to `lr` at step warmup_epochs * steps_per_epoch;
+    with the constant schedule the rate then stays at `lr`)."""
+    import keras
+
+    if not warmup_epochs:
+        if name == "cosine":
+            return keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps_per_epoch * epochs)
+        return lr
+    if not 0 < warmup_epochs < epochs:
+        raise ConfigError(f"optim.warmup_epochs ({warmup_epochs}) must be below train.epochs ({epochs})")
+    warmup = steps_per_epoch * warmup_epochs
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=steps_per_epoch * (epochs - warmup_epochs), warmup_target=lr, warmup_steps=warmup,
+        alpha=1.0 if name == "constant" else 0.0)  # alpha 1: the "decay" keeps the rate at lr
+
+
 def make_optimizer(cfg: dict, steps_per_epoch: int):
     """The optimizer of the config; the learning rate scaled with the global batch if optim.lr_scaling asks.
 
@@ -25,8 +43,7 @@ def make_optimizer(cfg: dict, steps_per_epoch: int):
 
     o = cfg["optim"]
     lr = scaled_lr(o["lr"], o["lr_scaling"], cfg["train"]["batch_size"], o["reference_batch"])
-    if o["schedule"] == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps_per_epoch * cfg["train"]["epochs"])
+    lr = schedule(lr, o["schedule"], steps_per_epoch, cfg["train"]["epochs"], o.get("warmup_epochs", 0))
     if o["name"] == "adam" and not o["weight_decay"]:
         optimizer = keras.optimizers.Adam(lr, beta_1=o["beta_1"], beta_2=o["beta_2"])
     elif o["name"] in ("adam", "adamw"):

@@ -2,8 +2,10 @@
 
 In CXR-LT the labels belong to the study (the radiology report), so the frontal and lateral images
 of one study carry the same findings; pooling their scores lets one view's evidence help the other.
-Methods: `mean`, `max`, `view_mean` (mean weighted by view, e.g. frontal 1.0, lateral 0.5), or
-`none` (the default: seed 002 scores each image on its own and shows no evidence for pooling).
+Methods: `mean`, `max`, `view_mean` (mean weighted by view, e.g. frontal 1.0, lateral 0.5), `view_groups`
+(CXR-LT 2024, 5th in task 1: the mean of the frontal images and the mean of the lateral images, then the
+mean of the two; a study with one group takes that group's mean; lateral = a ViewPosition in LATERAL_VIEWS,
+every other view, unknown or empty included, counts as frontal), or `none` (the default: seed 002 scores each image on its own and shows no evidence for pooling).
 Metrics stay per image. A study's images belong to one patient, hence to one fold, so pooling
 out-of-fold predictions never mixes in a model that saw the study.
 
@@ -24,6 +26,10 @@ from ..config import ConfigError, defaults
 from ..config.schema import STUDY_AGGREGATIONS as METHODS
 # Views with no entry of their own take `default`; names are compared upper-cased (MIMIC ViewPosition).
 DEFAULT_VIEW_WEIGHTS = defaults()["predict"]["view_weights"]  # defaults.yaml is the one copy
+
+
+# view_groups: the views of the lateral group (upper-cased MIMIC ViewPosition values); everything else is frontal
+LATERAL_VIEWS = frozenset({"LATERAL", "LL", "RL", "XTABLE LATERAL"})
 
 
 class AggregationError(ConfigError):
@@ -70,8 +76,13 @@ def aggregate(probs: np.ndarray, studies, method: str = "mean", *, views=None,
     if method == "max":
         pooled = np.maximum.reduceat(values, starts, axis=0)
     else:
-        w = np.ones(len(probs)) if method == "mean" else view_weights_of(views if views is not None else [""] * len(probs),
-                                                                         view_weights)
+        views = views if views is not None else [""] * len(probs)
+        if method == "mean":
+            w = np.ones(len(probs))
+        elif method == "view_groups":
+            w = view_group_weights(inverse, views)
+        else:
+            w = view_weights_of(views, view_weights)
         w = w[order]
         sizes = np.diff(np.r_[starts, len(values)])
         w_sum = np.add.reduceat(w, starts)
@@ -82,6 +93,19 @@ def aggregate(probs: np.ndarray, studies, method: str = "mean", *, views=None,
     out = np.empty_like(values)
     out[order] = pooled[np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(values)]))]
     return out.astype(probs.dtype, copy=False)
+
+
+def view_group_weights(study_index: np.ndarray, views) -> np.ndarray:
+    """Per-image weights that turn a study's weighted mean into the mean of its group means (view_groups):
+    1 / (images of the same study and group) / (groups in the study)."""
+    if len(views) != len(study_index):
+        raise AggregationError(f"{len(views)} view names for {len(study_index)} prediction rows")
+    lateral = np.array([str(v).strip().upper() in LATERAL_VIEWS for v in views], dtype=np.int64)
+    _, group, group_size = np.unique(study_index.astype(np.int64) * 2 + lateral, return_inverse=True,
+                                     return_counts=True)
+    has = np.zeros((int(study_index.max()) + 1, 2), bool)
+    has[study_index, lateral] = True
+    return 1.0 / group_size[group] / has.sum(axis=1)[study_index]
 
 
 def study_sizes(studies) -> dict[int, int]:

@@ -6,15 +6,18 @@ For each requested finding (default: the --top most probable), a heatmap over th
 finding, an overview PNG, the raw maps in maps.npz, probabilities in gradcam.json).
 
 Method (Selvaraju et al. 2017; seed 000 used it, G26): the target layer is the last feature map
-before global average pooling, found as the input of the model's `gap` layer, which works for every
-backbone: EfficientNetV2's `top_activation` and, for ConvNeXt in Keras 3.15, the final
+before global average pooling, found as the input of the model's `gap` layer (with `model.head: csra` or
+`ml_decoder`, of its `head_dropout` layer: the same backbone output), which works for every backbone: EfficientNetV2's `top_activation` and, for ConvNeXt in Keras 3.15, the final
 LayerNormalization that `include_top=False` ends with (its auto-generated name varies, so it is not
 looked up by name). The class score is the **logit** (the input of the final sigmoid): the map from
 the probability differs only by the positive factor p(1 - p) per image and class, which the [0, 1]
 normalisation removes, but that factor underflows to 0 for confident predictions. Channel weights
 are the spatially averaged gradients; the map is ReLU(sum of weighted channels), resized to the
 image, divided by its maximum. An all-zero map is a result, not a failure: no region raises the
-score (usual for a finding the model thinks absent); the PNG says so. Each fold model's map is computed on the image as predict sees it
+score (usual for a finding the model thinks absent); the PNG says so. With the csra and ml_decoder heads
+Grad-CAM is computed the same way (gradients of the class logit through the head); it no longer equals CAM
+(which only a GAP + dense head has), and for ml_decoder, whose cross-attention mixes positions, the
+spatially averaged gradient is a coarser guide to where the evidence is. Each fold model's map is computed on the image as predict sees it
 (decoded, resized per input.resize, no TTA) and the maps are averaged with equal weight, then
 rescaled to [0, 1]; probabilities are the fold mean. A backbone downsamples by 32, so a model
 trained at 64 px has a 2 x 2 map and one at 32 px a single cell that cannot localise anything
@@ -62,11 +65,14 @@ def feature_layer(model, name: str | None = None):
             close = difflib.get_close_matches(name, [layer.name for layer in model.layers], n=3)
             raise ExplainError(f"the model has no layer {name!r}" + (f"; close: {close}" if close else "")) from None
     try:
-        gap = model.get_layer("gap")
+        return model.get_layer("gap").input._keras_history[0]
     except ValueError:
-        raise ExplainError(f"model {model.name} has no 'gap' pooling layer; is it a cxrlt model? "
-                           "Name the target layer with --layer") from None
-    return gap.input._keras_history[0]
+        pass
+    try:  # model.head csra / ml_decoder: feature map -> "head_dropout" -> head layer "logits"
+        return model.get_layer("head_dropout").input._keras_history[0]
+    except ValueError:
+        raise ExplainError(f"model {model.name} has neither a 'gap' pooling layer nor a 'head_dropout' layer before "
+                           "its head; is it a cxrlt model? Name the target layer with --layer") from None
 
 
 def gradcam_model(model, layer=None):

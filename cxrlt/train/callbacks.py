@@ -69,6 +69,19 @@ class ModelSelector(keras.callbacks.Callback):
             atomic.write_json(self.state_path, {"epoch": epoch + 1, "score": score, "monitor": self.monitor})
 
 
+class LossEpoch(keras.callbacks.Callback):
+    """Tell a loss with an epoch switch (``set_epoch``: LDAM's DRW) which epoch starts. On every worker (each
+    has its own loss); a resumed fold's first epoch sets it too, so a resume switches exactly as a straight run."""
+
+    def __init__(self, loss):
+        super().__init__()
+        self.loss = loss
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.loss.set_epoch(epoch) and epoch == self.loss.switch_epoch:
+            log.info("epoch %d: %s switches on its deferred re-weighting", epoch + 1, type(self.loss).__name__)
+
+
 class HistoryWriter(keras.callbacks.Callback):
     """history.csv with one row per finished epoch; a repeated epoch (after a resume) replaces its row."""
 

@@ -117,7 +117,8 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     with strategy.scope():
         built = models.build(cfg["model"]["backbone"], len(classes), cfg["input"]["size"],
                              weights=cfg["model"]["weights"], dropout=cfg["model"]["dropout"],
-                             pixel_range=cfg["input"]["pixel_range"])
+                             pixel_range=cfg["input"]["pixel_range"], head=cfg["model"]["head"],
+                             csra_lambda=cfg["model"]["csra_lambda"])
         loss = losses.get_loss(cfg["loss"]["name"], class_counts=train.class_counts(), n_images=len(train),
                                **cfg["loss"]["params"])
         optimizer = optim.make_optimizer(cfg, steps)
@@ -147,6 +148,8 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
         fold_callbacks.insert(1, tensorboard_log.TensorBoardLogger(
             fold_dir / "tensorboard", images=lambda: sample_batch(cfg, train, seed, global_batch),
             class_names=classes, optimizer=optimizer))
+    if hasattr(loss, "set_epoch"):  # every worker: each has its own copy of the loss's epoch switch
+        fold_callbacks.insert(0, callbacks.LossEpoch(loss))
     log.info("fold %d (of folds 0-%d): %d training, %d validation images, %d steps/epoch of %d, %s at %d px, "
              "%d replica(s), %d step(s) per call%s", k, cfg["train"]["folds"] - 1, len(train), len(val), steps, global_batch,
              cfg["model"]["backbone"], cfg["input"]["size"], strategy.num_replicas_in_sync, trainer.steps_per_execution,
