@@ -188,3 +188,19 @@ def test_every_loss_and_backbone_name_is_written_once():
 def test_numeric_settings_have_ranges(key, value, match):
     with pytest.raises(config.ConfigError, match=match):
         config.load(None, {key: value})
+
+
+def test_a_replica_batch_too_small_for_its_mixer_is_refused(tmp_path, capsys):
+    """Mixing runs on each replica's batch: Mosaic with 2 images per replica would tile images with themselves."""
+    from cxrlt.data import mix
+    from cxrlt.train import kfold as train
+
+    assert mix.images_needed({"mosaic": 0.5, "mixup": 0.3}) == (4, "mix.mosaic")
+    assert mix.images_needed({"mosaic": 0.0, "cutmix": 0.3}) == (2, "mix.cutmix")
+    assert mix.images_needed({"mosaic": 0.0, "mixup": 0.0, "cutmix": 0.0}) == (1, None)
+    argv = ["--demo", "--set", f"data.demo_dir={tmp_path / 'd'}", "--set", "data.demo_patients=20", "--out",
+            str(tmp_path / "runs"), "--batch-size", "2", "--weights", "none", "--size", "32", "--folds", "2"]
+    with pytest.raises(SystemExit) as exc:
+        train.main(argv)
+    assert exc.value.code == 2
+    assert "mix.mosaic combines 4 images of each replica's batch" in capsys.readouterr().err

@@ -593,3 +593,16 @@ def mixer_from_config(cfg: dict, seed: int) -> BatchMixer | None:
     if not any(m[k] for k in ("mosaic", "mixup", "cutmix", "cutout")):
         return None
     return BatchMixer.from_config(m, seed=seed)
+
+
+def images_needed(mix_cfg: Mapping) -> tuple[int, str | None]:
+    """The fewest images a batch needs for the configured mixers to combine different images, and the
+    mixer that needs them. Mixing runs on each replica's own batch: Mosaic tiles four images of it, MixUp
+    and CutMix pair two, so with fewer a mixer combines an image with itself (seed 002's batch 8 on 8
+    GPUs gives each replica one image)."""
+    if mix_cfg.get("mosaic", 0) > 0:
+        return 4, "mix.mosaic"
+    for key in ("mixup", "cutmix"):
+        if mix_cfg.get(key, 0) > 0:
+            return 2, f"mix.{key}"
+    return 1, None

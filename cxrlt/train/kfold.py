@@ -106,7 +106,13 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     train, val = table.subset(fold_of != k), table.subset(fold_of == k)
     classes, groups = list(table.classes), run.groups()
     global_batch = cfg["train"]["batch_size"]
-    distribute.check_batch(strategy, global_batch)
+    per_replica = distribute.check_batch(strategy, global_batch)
+    needed, mixer = mix.images_needed(cfg["mix"])
+    if per_replica < needed:
+        raise config.ConfigError(
+            f"{mixer} combines {needed} images of each replica's batch, but train.batch_size {global_batch} over "
+            f"{strategy.num_replicas_in_sync} replicas gives {per_replica}: raise --batch-size to at least "
+            f"{needed * strategy.num_replicas_in_sync} or set {mixer}=0")
     steps = cfg["train"]["steps_per_epoch"] or len(train) // global_batch
     if steps < 1:
         raise config.ConfigError(f"fold {k}: {len(train)} training images are fewer than one batch of {global_batch}")
