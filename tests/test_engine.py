@@ -15,9 +15,9 @@ from cxrlt.data import pipeline
 CLASSES = 4
 
 
-def _model(seed: int = 0) -> keras.Model:
+def _model(seed: int = 0, size: int = 8) -> keras.Model:
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input((8, 8, 3))
+    inputs = keras.Input((size, size, 3))
     x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
@@ -125,6 +125,33 @@ def test_a_failing_train_step_is_not_reported_as_a_broken_image():
     with pytest.raises(engine.TrainingError, match="train step failed in epoch 1, batch 1") as caught:
         trainer.fit(_epoch_datasets(0, 2), epochs=1, steps_per_epoch=2, verbose=0)
     assert "cxrlt.check" not in str(caught.value)
+
+
+def test_augmentation_and_mixing_in_the_train_step_train_like_the_host_pipeline(tmp_path):
+    """augment.device accelerator through the engine: the replica step runs device_preprocess on uint8
+    batches; the losses and weights equal training on the host pipeline's batches."""
+    from cxrlt import config
+    from cxrlt.data import augment, mix
+
+    from .conftest import write_png
+
+    rng = np.random.default_rng(1)
+    paths = np.array([str(write_png(tmp_path / f"{i}.png", rng.integers(0, 255, (32, 32), dtype=np.uint8)))
+                      for i in range(16)])
+    labels = (rng.random((16, CLASSES)) < 0.4).astype(np.float32)
+    cfg = config.load(overrides={"input": {"size": 32, "resize": "stretch"}, "mix": {"mosaic": 0.5, "mixup": 0.5}})
+    mixer = mix.mixer_from_config(cfg, 2)
+    host = pipeline.train_dataset(paths, labels, cfg, seed=2, batch_size=4, mixer=mixer,
+                                  augment_fn=augment.make_basic_augment(cfg["augment"]))
+    raw = pipeline.train_dataset(paths, labels, cfg, seed=2, batch_size=4, on_device=True)
+    results = []
+    for data, preprocess in ((host, None), (raw, pipeline.device_preprocess(cfg["augment"], mixer, CLASSES))):
+        trainer = engine.Trainer(tf.distribute.get_strategy(), _model(size=32), keras.optimizers.Adam(1e-2),
+                                 losses.get_loss("bce"), preprocess=preprocess, steps_per_execution=2)
+        results.append((trainer.fit(data, epochs=2, steps_per_epoch=2, verbose=0)["loss"], trainer.model.get_weights()))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-4)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
 def test_callbacks_get_fits_hooks_and_can_add_logs():

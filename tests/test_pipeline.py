@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image
 
@@ -106,3 +107,43 @@ def test_class_aware_sampling_sees_the_whole_table_on_every_input_pipeline(tmp_p
              for i in (0, 1)]
     assert drawn[0][:, 1].sum() >= 8  # class-balanced: about half of pipeline 0's 32 draws are class-1 images
     assert not np.array_equal(drawn[0], drawn[1])
+
+
+def test_accelerator_mode_gives_the_host_batches(tmp_path):
+    """augment.device accelerator: tf.data ships uint8 grey batches and the seeds; device_preprocess (the
+    batched basic set, the mixers, grey -> RGB, in the train step) gives the host path's batches for the
+    same seed. The images are at the training size, so the uint8 trip loses nothing."""
+    from cxrlt.data import augment, mix
+
+    rng = np.random.default_rng(0)
+    paths = np.array([str(write_png(tmp_path / f"{i}.png", rng.integers(0, 255, (32, 32), dtype=np.uint8)))
+                      for i in range(12)])
+    labels = (rng.random((12, 3)) < 0.5).astype(np.float32)
+    mask = (rng.random((12, 3)) < 0.8).astype(np.float32)
+    cfg = config.load(overrides={"input": {"size": 32, "resize": "stretch"},
+                                 "augment": {"scale": 0.2, "rotate_deg": 15, "brightness": 0.1, "contrast": 0.2},
+                                 "mix": {"mosaic": 0.4, "mixup": 0.3, "cutmix": 0.3, "cutout": 0.5}})
+    mixer = mix.mixer_from_config(cfg, 5)
+    host = list(pipeline.train_dataset(paths, labels, cfg, seed=5, batch_size=4, mask=mask, mixer=mixer,
+                                       augment_fn=augment.make_basic_augment(cfg["augment"])).take(6))
+    raw = list(pipeline.train_dataset(paths, labels, cfg, seed=5, batch_size=4, mask=mask, on_device=True).take(6))
+    assert raw[0]["images"].dtype == tf.uint8 and raw[0]["images"].shape == (4, 32, 32, 1)
+    preprocess = tf.function(pipeline.device_preprocess(cfg["augment"], mixer, 3, masked=True))
+    for (xh, yh, mh), batch in zip(host, raw):
+        xd, yd, md = preprocess(batch)
+        np.testing.assert_allclose(xd.numpy(), xh.numpy(), atol=2e-3)
+        np.testing.assert_allclose(yd.numpy(), yh.numpy(), atol=1e-6)
+        np.testing.assert_array_equal(md.numpy(), mh.numpy())
+    assert not np.allclose(host[0][0].numpy()[0], host[1][0].numpy()[0])  # augmentation did something
+    with pytest.raises(ValueError, match="device_preprocess"):
+        pipeline.train_dataset(paths, labels, cfg, seed=5, batch_size=4, mixer=mixer, on_device=True)
+
+
+def test_augment_device_resolves_and_says_why():
+    from cxrlt.data import augment
+
+    assert augment.resolve_device(config.load()) == ("host", "augment.device auto, no GPU visible")  # CI has no GPU
+    assert augment.resolve_device(config.load(overrides={"augment": {"device": "accelerator"}}))[0] == "accelerator"
+    strategy = config.load(overrides={"augment": {"device": "accelerator", "strategy": "strong-weak"}})
+    with pytest.raises(ValueError, match="albumentations on the host"):
+        augment.resolve_device(strategy)

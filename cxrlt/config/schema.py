@@ -45,6 +45,7 @@ SAMPLERS = ("instance", "class", "sqrt", "q", "ros", "rus")
 LABEL_MODES = ("clip_sum", "convex")
 MOSAIC_VARIANTS = ("both", "crop", "resize")
 UNCERTAIN_POLICIES = ("error", "zero", "one", "ignore")
+AUGMENT_DEVICES = ("auto", "host", "accelerator")  # where augmentation and mixing run (augment.device)
 TTA_VIEWS = ("identity", "hflip")  # no vertical flips or rotations: anatomically impossible radiographs
 STUDY_AGGREGATIONS = ("none", "mean", "max", "view_mean", "view_groups")
 ENSEMBLE_METHODS = ("mean", "rank", "logit")
@@ -61,6 +62,7 @@ CHOICES: dict[str, tuple] = {
     "input.antialias": ("auto", "always"),
     "input.pixel_range": ("0_255", "0_1"),
     "augment.strategy": ("none", *STRATEGIES),
+    "augment.device": AUGMENT_DEVICES,
     "sampling.sampler": SAMPLERS,
     "mix.label_mode": LABEL_MODES,
     "mix.mosaic_variant": MOSAIC_VARIANTS,

@@ -81,7 +81,7 @@ log = logging.getLogger(__name__)
 
 # Called without a config, the basic set does nothing but flip: the per-image keys of the `augment:` section of
 # defaults.yaml (the one copy of the settings) at strength 0, plus two a library caller may set.
-_STRATEGY_KEYS = {"strategy", "tail_quantile", "minority_share"}  # same config section, not ours
+_STRATEGY_KEYS = {"strategy", "tail_quantile", "minority_share", "device"}  # same config section, not ours
 BASIC_DEFAULTS = {
     **{k: (v if isinstance(v, bool) else 0.0) for k, v in defaults()["augment"].items() if k not in _STRATEGY_KEYS},
     "fill_mode": "reflect",
@@ -131,32 +131,74 @@ def _affine(image: tf.Tensor, zoom, angle, fill_mode: str) -> tf.Tensor:
     return out[0]
 
 
+def _draws(seed, cfg: dict):
+    """One image's random parameters from its stateless seed [2]: (flip?, zoom, angle in radians, brightness
+    shift, contrast factor). Shared by the per-image (host) and the batched (accelerator) forms, so both
+    draw the same numbers for the same seed."""
+    s_flip, s_zoom, s_rot, s_bright, s_contrast = tf.unstack(
+        tf.random.experimental.stateless_split(_salted(seed), 5))
+    flip = tf.random.stateless_uniform([], s_flip) < 0.5 if cfg["hflip"] else tf.constant(False)
+    scale, rotate = float(cfg["scale"]), float(cfg["rotate_deg"])
+    zoom = 1.0 + tf.random.stateless_uniform([], s_zoom, -scale, scale) if scale > 0 else tf.constant(1.0)
+    angle = (tf.random.stateless_uniform([], s_rot, -rotate, rotate) * (math.pi / 180.0)
+             if rotate > 0 else tf.constant(0.0))
+    b, c = float(cfg["brightness"]), float(cfg["contrast"])
+    shift = tf.random.stateless_uniform([], s_bright, -b, b) * 255.0 if b > 0 else tf.constant(0.0)
+    factor = tf.random.stateless_uniform([], s_contrast, 1.0 - c, 1.0 + c) if c > 0 else tf.constant(1.0)
+    return flip, zoom, angle, shift, factor
+
+
 def _basic(image, seed, cfg: dict) -> tf.Tensor:
     image = tf.convert_to_tensor(image)
     static = image.shape
     dtype = image.dtype
     image = tf.cast(image, tf.float32)
-    s_flip, s_zoom, s_rot, s_bright, s_contrast = tf.unstack(
-        tf.random.experimental.stateless_split(_salted(seed), 5))
+    flip, zoom, angle, shift, factor = _draws(seed, cfg)
     if cfg["hflip"]:
-        flip = tf.random.stateless_uniform([], s_flip) < 0.5
         image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-    scale, rotate = float(cfg["scale"]), float(cfg["rotate_deg"])
-    if scale > 0 or rotate > 0:
-        zoom = 1.0 + tf.random.stateless_uniform([], s_zoom, -scale, scale) if scale > 0 else tf.constant(1.0)
-        angle = (tf.random.stateless_uniform([], s_rot, -rotate, rotate) * (math.pi / 180.0)
-                 if rotate > 0 else tf.constant(0.0))
+    if float(cfg["scale"]) > 0 or float(cfg["rotate_deg"]) > 0:
         image = _affine(image, zoom, angle, cfg["fill_mode"])
     if cfg["brightness"] > 0:
-        b = float(cfg["brightness"])
-        image = image + tf.random.stateless_uniform([], s_bright, -b, b) * 255.0
+        image = image + shift
     if cfg["contrast"] > 0:
-        c = float(cfg["contrast"])
-        factor = tf.random.stateless_uniform([], s_contrast, 1.0 - c, 1.0 + c)
         mean = tf.reduce_mean(image)
         image = (image - mean) * factor + mean
     image = tf.clip_by_value(image, 0.0, 255.0)
     return tf.ensure_shape(tf.cast(image, dtype), static)
+
+
+def batch_basic(images, seeds, cfg: dict) -> tf.Tensor:
+    """Seed 002's basic set on a batch float [B, H, W, C] with one stateless seed [2] per image (seeds
+    [B, 2]): the same draws as `_basic`, but the flip, zoom and rotation are one projective transform
+    per image applied to the whole batch in one op, and brightness and contrast are batch arithmetic:
+    the form that runs inside the train step on an accelerator."""
+    images = tf.cast(images, tf.float32)
+    flip, zoom, angle, shift, factor = tf.map_fn(
+        lambda seed: _draws(seed, cfg), tf.cast(seeds, tf.int64),
+        fn_output_signature=(tf.bool, tf.float32, tf.float32, tf.float32, tf.float32))
+    shape = tf.shape(images)
+    h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    cy, cx = (h - 1.0) / 2.0, (w - 1.0) / 2.0
+    a, b = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    # the output pixel (x, y) samples the rotated/zoomed point (x', y') of the flipped image, i.e. the
+    # input at (w - 1 - x', y') when flipped: compose the flip into the transform's x row
+    x_row = tf.stack([a, -b, cx - a * cx + b * cy], axis=1)
+    x_row = tf.where(flip[:, None], tf.constant([0.0, 0.0, 1.0])[None] * (w - 1.0) - x_row, x_row)
+    y_row = tf.stack([b, a, cy - b * cx - a * cy], axis=1)
+    transforms = tf.concat([x_row, y_row, tf.zeros_like(x_row[:, :2])], axis=1)
+    images = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode=cfg["fill_mode"].upper())
+    images = images + shift[:, None, None, None]
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    images = (images - mean) * factor[:, None, None, None] + mean
+    return tf.clip_by_value(images, 0.0, 255.0)
+
+
+def make_batch_augment(cfg: Mapping | None = None):
+    """(images [B, H, W, C], seeds [B, 2]) -> images, the settings checked once (see `batch_basic`)."""
+    checked = _basic_config(cfg)
+    return lambda images, seeds: batch_basic(images, seeds, checked)
 
 
 def basic_augment(image, seed, cfg: Mapping | None = None) -> tf.Tensor:
@@ -316,6 +358,28 @@ def minority_mask(labels: np.ndarray, class_counts, tail_quantile: float = 0.5, 
             if str(name).strip().lower().replace("_", " ") == "no finding":
                 tail[j] = False
     return (labels[:, tail] > 0).any(axis=1)
+
+
+def resolve_device(cfg: dict) -> tuple[str, str]:
+    """augment.device resolved to host | accelerator, and why (for the log). Seed 000's albumentations
+    strategies (NumPy on the host) and Balanced-MixUp (a second input stream) stay on the host."""
+    setting = cfg["augment"].get("device", "auto")
+    host_only = None
+    if cfg["augment"]["strategy"] != "none":
+        host_only = f"augment.strategy {cfg['augment']['strategy']} runs albumentations on the host"
+    elif (cfg.get("mix") or {}).get("balanced_mixup", 0):
+        host_only = "mix.balanced_mixup draws a second stream on the host"
+    if setting == "accelerator":
+        if host_only:
+            raise ValueError(f"augment.device accelerator: {host_only}; set augment.device host (or auto)")
+        return "accelerator", "augment.device accelerator"
+    if setting == "host":
+        return "host", "augment.device host"
+    if not tf.config.list_physical_devices("GPU"):
+        return "host", "augment.device auto, no GPU visible"
+    if host_only:
+        return "host", f"augment.device auto, {host_only}"
+    return "accelerator", "augment.device auto, a GPU is visible"
 
 
 def options_from_config(cfg: dict, train, seed: int) -> dict:

@@ -312,7 +312,8 @@ def _stream(paths, labels, flags, cfg: dict, seed: int, skip: int = 0) -> tf.dat
 def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int, batch_size: int,
                   augment_fn=None, mixer=None, minority: np.ndarray | None = None,
                   minority_share: float | None = None, strategy_fn=None, mask: np.ndarray | None = None,
-                  shard: tuple[int, int] | None = None, start_batch: int = 0) -> tf.data.Dataset:
+                  shard: tuple[int, int] | None = None, start_batch: int = 0,
+                  on_device: bool = False) -> tf.data.Dataset:
     """Infinite, sampled, augmented and mixed batches of (images, labels) for `fit`.
 
     `augment_fn(image, seed) -> image` runs per image; `mixer(step, images, labels)` per batch.
@@ -342,7 +343,16 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     elements before anything is decoded (with `input.cache` the cache fills on the first pass, as it
     would anyway), and the per-element and per-batch seeds count on from b.
     With data.prepared set, the images come from the prepared folder (`source_files`).
+
+    `on_device=True` (augment.device accelerator): tf.data only reads, decodes, resizes and batches; the
+    batches are dicts of uint8 grey images [B, H, W, 1] (4x less host-to-device traffic than float grey),
+    the labels (+ mask columns), each image's augmentation seed [B, 2] and the batch's mixer step, and
+    `device_preprocess` turns them into what the host path yields, inside the train step. Pass no
+    augment_fn / mixer then.
     """
+    if on_device and (augment_fn is not None or mixer is not None or strategy_fn is not None):
+        raise ValueError("on_device batches carry the raw images: give the augmentation and the mixer to "
+                         "device_preprocess, not to train_dataset")
     paths, labels = np.asarray(paths, dtype=str), np.asarray(labels, dtype=np.float32)
     n_classes = labels.shape[1]
     if mask is not None:
@@ -378,6 +388,10 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
                            flags, cfg, skip)
         else:
             ds = sampled_images(paths, labels, flags, cfg, sample_seed, n_classes, skip)
+    if on_device:
+        if (cfg.get("mix") or {}).get("balanced_mixup", 0):
+            raise ValueError("mix.balanced_mixup runs on the host only: set augment.device host")
+        return _raw_batches(ds, seed, shard, skip, batch_size, start_batch).prefetch(AUTOTUNE)
     augment = lambda d, s: _augmented(d, s, augment_fn, strategy_fn, shard, start=skip)  # noqa: E731
     ds = augment(ds, seed).batch(batch_size, drop_remainder=True)
     if not from_shards:
@@ -392,6 +406,40 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     else:
         ds = ds.map(lambda x, y: (to_rgb(x), y), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def _raw_batches(ds: tf.data.Dataset, seed: int, shard, skip: int, batch_size: int, start_batch: int) -> tf.data.Dataset:
+    """(grey image, label, flag) -> dicts of uint8 batches with the seeds the host path would use."""
+    def element(i, xym):
+        image = tf.cast(tf.round(tf.clip_by_value(xym[0], 0.0, 255.0)), tf.uint8)
+        return image, xym[1], _element_seed(seed, _global_index(i, shard))
+
+    ds = ds.enumerate(start=skip).map(element, num_parallel_calls=AUTOTUNE).batch(batch_size, drop_remainder=True)
+    return ds.enumerate(start=start_batch).map(
+        lambda i, b: {"images": b[0], "labels": b[1], "seeds": b[2], "step": _global_index(i, shard)})
+
+
+def device_preprocess(augment_cfg, mixer, n_classes: int, masked: bool = False):
+    """The accelerator half of `train_dataset(on_device=True)`: batch dict -> (images, labels[, mask]),
+    the basic augmentation (`augment.batch_basic`: the same draws as the host path's per-image form),
+    the batch mixer with the same step seed, grey -> RGB, run by the train step on each replica.
+    For the same seed it gives the host path's batch (to float rounding; the decoded image is rounded to
+    uint8 for the trip, which the host path does not do: at most half a grey level before augmentation)."""
+    from . import augment
+
+    batch_augment = augment.make_batch_augment(augment_cfg)
+
+    def preprocess(batch):
+        images = batch_augment(tf.cast(batch["images"], tf.float32), batch["seeds"])
+        labels = batch["labels"]
+        if mixer is not None:
+            images, labels = mixer(batch["step"], images, labels)
+        images = to_rgb(images)
+        if masked:
+            return images, labels[:, :n_classes], tf.cast(labels[:, n_classes:] <= 0.0, tf.float32)
+        return images, labels
+
+    return preprocess
 
 
 def _augmented(ds: tf.data.Dataset, seed: int, augment_fn, strategy_fn, shard=None, start: int = 0) -> tf.data.Dataset:

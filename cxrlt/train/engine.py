@@ -46,11 +46,12 @@ class Trainer:
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, optimizer, loss, *,
-                 jit_compile: bool = False, steps_per_execution: int = 1):
+                 jit_compile: bool = False, steps_per_execution: int = 1, preprocess=None):
         if int(steps_per_execution) < 1:
             raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
         self.strategy, self.model, self.optimizer, self.loss = strategy, model, optimizer, loss
         self.steps_per_execution, self.jit_compile = int(steps_per_execution), bool(jit_compile)
+        self.preprocess = preprocess  # batch -> (images, labels[, mask]) on the replica (augment.device accelerator)
         self.chief = distribute.is_chief(strategy)
         with strategy.scope():
             optimizer.build(model.trainable_variables)
@@ -93,6 +94,8 @@ class Trainer:
         return loss, tape.gradient(scaled, self.model.trainable_variables)
 
     def _replica_step(self, batch):
+        if self.preprocess is not None:
+            batch = self.preprocess(batch)
         mask = batch[2] if len(batch) > 2 else None
         loss, grads = self._gradients(batch[0], batch[1], mask, self._global_mean_factor(mask))
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))

@@ -128,12 +128,17 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
         loss = losses.get_loss(cfg["loss"]["name"], class_counts=train.class_counts(), n_images=len(train),
                                **cfg["loss"]["params"])
         optimizer = optim.make_optimizer(cfg, steps)
-    trainer = engine.Trainer(strategy, built.train_model, optimizer, loss, jit_compile=cfg["distribute"]["jit_compile"],
-                             steps_per_execution=distribute.steps_per_execution(cfg["train"]["steps_per_execution"]))
-    start_epoch = trainer.restore(fold_dir / "backup")
     # A resumed fold continues the stream it was on: the batches are a function of (seed, position), and
     # the first `start_epoch * steps` steps are skipped before anything is decoded.
     seed = cfg["seed"] + k
+    device_mode, device_why = augment.resolve_device(cfg)
+    on_device = device_mode == "accelerator"
+    preprocess = (pipeline.device_preprocess(cfg["augment"], mix.mixer_from_config(cfg, seed), len(classes),
+                                             masked=train.mask is not None) if on_device else None)
+    trainer = engine.Trainer(strategy, built.train_model, optimizer, loss, jit_compile=cfg["distribute"]["jit_compile"],
+                             steps_per_execution=distribute.steps_per_execution(cfg["train"]["steps_per_execution"]),
+                             preprocess=preprocess)
+    start_epoch = trainer.restore(fold_dir / "backup")
 
     def dataset_fn(ctx: "tf.distribute.InputContext"):
         # Input pipeline i of n reads every n-th image (or shard file) only: no worker decodes another's images.
@@ -141,7 +146,9 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
                                       batch_size=ctx.get_per_replica_batch_size(global_batch),
                                       shard=(ctx.num_input_pipelines, ctx.input_pipeline_id),
                                       start_batch=start_epoch * steps * (strategy.num_replicas_in_sync // ctx.num_input_pipelines),
-                                      mixer=mix.mixer_from_config(cfg, seed), **augment.options_from_config(cfg, train, seed))
+                                      on_device=on_device,
+                                      **({} if on_device else {"mixer": mix.mixer_from_config(cfg, seed),
+                                                               **augment.options_from_config(cfg, train, seed)}))
 
     verbose = cfg["train"]["verbose"]
     verbose = ((1 if sys.stdout.isatty() else 2) if verbose == "auto" else int(verbose)) if chief else 0
@@ -157,9 +164,9 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     if hasattr(loss, "set_epoch"):  # every worker: each has its own copy of the loss's epoch switch
         fold_callbacks.insert(0, callbacks.LossEpoch(loss))
     log.info("fold %d (of folds 0-%d): %d training, %d validation images, %d steps/epoch of %d, %s at %d px, "
-             "%d replica(s), %d step(s) per call%s", k, cfg["train"]["folds"] - 1, len(train), len(val), steps, global_batch,
+             "%d replica(s), %d step(s) per call%s, augmentation and mixing on the %s (%s)", k, cfg["train"]["folds"] - 1, len(train), len(val), steps, global_batch,
              cfg["model"]["backbone"], cfg["input"]["size"], strategy.num_replicas_in_sync, trainer.steps_per_execution,
-             ", XLA" if trainer.jit_compile else "")
+             ", XLA" if trainer.jit_compile else "", device_mode, device_why)
     started = time.time()
     trainer.fit(trainer.distributed_input(dataset_fn), epochs=cfg["train"]["epochs"], steps_per_epoch=steps,
                 callbacks=fold_callbacks, verbose=verbose, label=f"fold {k}")
