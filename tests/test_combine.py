@@ -86,3 +86,25 @@ def test_normal_gating_scales_abnormal_scores_by_the_normal_score():
         combine.normal_gating(probs, ["Atelectasis", "Effusion", "Nodule"], 0.5)
     with pytest.raises(config.ConfigError, match="in \\[0, 1\\]"):
         combine.normal_gating(probs, ["a", "No Finding", "b"], 1.5)
+
+
+def test_rank_average_breaks_ties_of_the_mean_by_the_rank_average():
+    """Two runs, three images: the mean has a tie (0.2, 0.2) between images of different mean rank;
+    before the fix both got 0.2 and AP fell from 0.50 (the rank average's) to 0.33."""
+    from cxrlt.evaluate import metrics
+
+    a = np.array([[0.1], [0.2], [0.3]])
+    b = np.array([[0.3], [0.4], [0.1]])
+    y = np.array([0.0, 0.0, 1.0])
+    out = combine.combine([a, b], method="rank")[:, 0]
+    assert np.isclose(metrics.average_precision(y, out), 0.5)
+    assert out[0] < out[2] < out[1]  # mean ranks 0.5, 1.5, 1.0 (of 2)
+    # the mean ensemble's values 0.2, 0.2, 0.3; the tie spread downwards (away from 0.5) into the gap below it
+    assert np.allclose(sorted(out), [0.15, 0.2, 0.3])
+
+
+def test_tie_breaking_keeps_order_range_and_the_half_decisions():
+    level = np.array([0.0, 0.0, 0.2, 0.2, 0.2, 0.5, 0.5, 0.7, 1.0, 1.0])
+    out = combine._break_ties(level)
+    assert (np.diff(out) > 0).all() and out.min() >= 0 and out.max() <= 1
+    assert ((out >= 0.5) == (level >= 0.5)).all()

@@ -49,7 +49,9 @@ def rank_average(preds, weights=None) -> np.ndarray:
     near 0.5 for half the images, which ruins F1 at 0.5 (how CodaLab scores mF1), so each class's
     ranking is given the values of the probability mean (its sorted values, assigned in rank order;
     tied ranks share their mean): the ordering, hence AP and AUC, is the rank average's, the
-    value distribution is the mean ensemble's.
+    value distribution is the mean ensemble's. Where the mean has tied values, images with
+    different mean ranks would get one value and the ranking would be lost (two runs, three
+    images: AP 0.50 -> 0.33), so such ties are broken by the rank average itself (`_break_ties`).
     """
     from scipy.stats import rankdata
 
@@ -65,8 +67,44 @@ def rank_average(preds, weights=None) -> np.ndarray:
         column = np.empty(n)
         column[order] = values[:, j]
         _, tie = np.unique(ranks[:, j], return_inverse=True)
-        out[:, j] = (np.bincount(tie, column) / np.bincount(tie))[tie]
+        out[:, j] = _break_ties(np.bincount(tie, column) / np.bincount(tie))[tie]
     return out
+
+
+def _break_ties(level: np.ndarray) -> np.ndarray:
+    """Strictly increasing values for the rank groups, `level` (non-decreasing, one per distinct mean
+    rank in rank order) changed only where neighbours are equal.
+
+    A run of k equal values v is spread over part of the gap to its neighbouring value, away from
+    0.5: upwards for v >= 0.5, downwards for v < 0.5, so that no 0.5 decision (CodaLab's mF1) changes
+    and no value crosses its neighbours or leaves [0, 1]. (At 0 or 1, where there is no room away
+    from 0.5, the run spreads towards 0.5 but stops short of it.)"""
+    level = level.astype(np.float64).copy()
+    n = len(level)
+    if n < 2:
+        return level
+    new = np.r_[True, np.diff(level) != 0]
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], n]
+    for a, b in zip(starts, ends):
+        k = b - a
+        if k == 1:
+            continue
+        v = level[a]
+        lo = level[a - 1] if a > 0 else 0.0
+        hi = level[b] if b < n else 1.0
+        t = np.arange(k, dtype=np.float64) / k
+        if v >= 0.5 and hi > v:
+            level[a:b] = v + t * (hi - v) / 2
+        elif v < 0.5 and lo < v:
+            level[a:b] = v - t[::-1] * (v - lo) / 2
+        elif v >= 0.5:  # v = 1 at the top: downwards, staying at or above 0.5
+            floor = max(lo, 0.5)
+            level[a:b] = v - t[::-1] * (v - floor) / 2
+        else:  # v = 0 at the bottom: upwards, staying below 0.5
+            ceil = min(hi, 0.5)
+            level[a:b] = v + t * (ceil - v) / 2
+    return level
 
 
 COMBINE = {"mean": mean_average, "rank": rank_average, "logit": logit_average}
