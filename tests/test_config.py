@@ -76,7 +76,7 @@ def test_diff_lists_changed_settings():
     (["--set", "optim.name=rmsprop"], "optim.name must be one of adam, adamw, sgd"),
     (["--set", "optim.schedule=step"], "optim.schedule must be one of constant, cosine"),
     (["--uncertain", "maybe"], "data.uncertain must be one of error, zero, one, ignore"),
-    (["--classes", "cxrlt2030"], "data.classes must be one of auto, cxrlt2023, nih14"),
+    (["--classes", "cxrlt2030"], "data.classes must be one of auto, edition, cxrlt2023, nih14"),
     (["--set", "data.classes=[A, A]"], "each class once"),
     (["--check-images", "full"], "data.check_images must be one of header, deep, off"),
     (["--strategy", "horovod"], "distribute.strategy must be one of auto, one, mirrored, multiworker"),

@@ -126,7 +126,7 @@ def test_class_list_mismatch_is_refused(tmp_path):
     ("path,,A\nx.png,3,1\n", "column\\(s\\) \\[2\\].*no name but hold values"),
     ("path\tA\nx.png\t1\n", "no image path column.*tabs or semicolons"),
     ("path,A\nx.png,1\n\"unclosed,0\n", "not readable CSV|fields"),
-    ("path,A\nx.png,1\ny.png,0\nx.png,1\n", "1 duplicate ids.*'x' in rows 2, 4"),
+    ("path,A\nx.png,1\ny.png,0\nx.png,1\n", "1 duplicate ids.*'x.png' in rows 2, 4"),
     ("dicom_id,path,A\nd1,x.png,1\n,y.png,0\n", "empty 'dicom_id' in rows 3"),
     ("path,patient_id,A\nx.png,,1\n", "empty 'patient_id' in rows 2.*grouped by patient"),
     ("path,A\nx.png,1\n,0\n", "empty 'path' in rows 3"),
@@ -163,7 +163,7 @@ def test_spellings_of_0_and_1_are_read_and_nothing_else_is(tmp_path):
 def test_excel_style_file_with_bom_blank_rows_and_trailing_commas(tmp_path):
     (tmp_path / "l.csv").write_bytes("\ufeffpath,A,\r\nx.png,1,\r\n\r\n,,\r\ny.png,0,\r\n".encode())
     table = read_labels(tmp_path / "l.csv")
-    assert table.classes == ("A",) and list(table.ids) == ["x", "y"]
+    assert table.classes == ("A",) and list(table.ids) == ["x.png", "y.png"]  # generic: the path is the id
     np.testing.assert_array_equal(table.labels[:, 0], [1, 0])
 
 

@@ -147,3 +147,29 @@ def test_augment_device_resolves_and_says_why():
     strategy = config.load(overrides={"augment": {"device": "accelerator", "strategy": "strong-weak"}})
     with pytest.raises(ValueError, match="albumentations on the host"):
         augment.resolve_device(strategy)
+
+
+def test_16bit_pngs_with_12bit_content_through_the_decoder(tmp_path):
+    """PadChest-like: 12-bit values (window 300..4095) in a 16-bit PNG; a flat image decodes to zeros."""
+    grey = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))
+    v16 = (300 + grey.astype(np.float64) / 248 * (4095 - 300)).astype(np.uint16)
+    Image.fromarray(v16).save(tmp_path / "p16.png")
+    path = tf.constant(str(tmp_path / "p16.png"))
+    assert bool(pipeline.is_png16(tf.io.read_file(path)))
+    full = pipeline.decode_image(path, 32, channels=1, intensity="full_range").numpy()
+    assert full.max() < 16.5  # 4095 / 65535 of 255: the near-black picture full_range gives
+    for mode in ("minmax", "percentile"):
+        out = pipeline.decode_image(path, 32, channels=1, intensity=mode).numpy()[..., 0]
+        assert out.min() == 0 and out.max() == 255  # the image's own range stretched over 0..255
+        np.testing.assert_allclose(out, grey.astype(np.float32) / 248 * 255, atol=1.5 if mode == "minmax" else 4)
+    flat = np.full((8, 8), 2000, np.uint16)
+    Image.fromarray(flat).save(tmp_path / "flat.png")
+    assert pipeline.decode_image(tf.constant(str(tmp_path / "flat.png")), 8, intensity="percentile").numpy().max() == 0
+
+
+def test_8bit_images_decode_exactly_as_before_whatever_the_intensity(grey_images):
+    _, paths = grey_images
+    for p in paths:
+        base = pipeline.decode_image(tf.constant(str(p)), 24).numpy()
+        for mode in ("minmax", "percentile"):
+            np.testing.assert_array_equal(pipeline.decode_image(tf.constant(str(p)), 24, intensity=mode).numpy(), base)

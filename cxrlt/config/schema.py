@@ -53,13 +53,17 @@ STRATEGY_NAMES = ("auto", "one", "mirrored", "multiworker")  # distribute.strate
 OPTIMIZERS = ("adam", "adamw", "sgd")
 HEADS = ("gap", "csra", "ml_decoder")  # model.head (cxrlt.model.models / heads)
 PREPARED_READERS = ("auto", "files", "tfrecord")
+# input.intensity: how a 16-bit PNG's values become 0..1 (8-bit images are never touched); data/pipeline.py
+INTENSITIES = ("full_range", "minmax", "percentile")
 
 CHOICES: dict[str, tuple] = {
     "data.uncertain": UNCERTAIN_POLICIES,
     "data.check_images": ("header", "deep", "off"),
     "data.prepared_reader": PREPARED_READERS,
+    "data.demo_edition": ("cxrlt2023", "cxrlt2024-task1", "cxrlt2026-task1"),
     "input.resize": ("stretch", "letterbox"),
     "input.antialias": ("auto", "always"),
+    "input.intensity": INTENSITIES,
     "input.pixel_range": ("0_255", "0_1"),
     "augment.strategy": ("none", *STRATEGIES),
     "augment.device": AUGMENT_DEVICES,
@@ -240,11 +244,12 @@ def _check_mix(mix: dict) -> None:
 
 
 def _check_data(cfg: dict) -> None:
-    from ..data import classes  # numpy only: the class lists of the editions
+    from ..data import classes, editions  # numpy only: the class lists of the editions
 
     d = cfg["data"]
-    if isinstance(d["classes"], str) and d["classes"] != "auto":
-        choice("data.classes", d["classes"], ["auto", *sorted(classes.SCHEMAS)])
+    choice("data.edition", d["edition"], editions.NAMES)
+    if isinstance(d["classes"], str) and d["classes"] not in ("auto", "edition"):
+        choice("data.classes", d["classes"], ["auto", "edition", *sorted(classes.SCHEMAS), *editions.EDITIONS])
     if isinstance(d["classes"], list) and (not d["classes"] or len(set(map(str, d["classes"]))) != len(d["classes"])):
         raise ConfigError(f"data.classes must list each class once, got {d['classes']}")
 

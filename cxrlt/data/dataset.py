@@ -4,7 +4,12 @@ Accepted layouts (columns are found by name, case-sensitive):
 - CXR-LT 2023: ``path`` (relative to an image root), ``study_id``, ``ViewPosition``, class columns;
   the patient comes from the MIMIC path ``files/pXX/pXXXXXXXX/sYYYYYYYY/<dicom_id>.jpg``.
 - CXR-LT 2024: ``dicom_id, subject_id, study_id, ViewPosition, fpath`` + class columns.
+- CXR-LT 2026: ``ImageID`` (the PadChest PNG file name: id and path), ``StudyDate_DICOM``,
+  ``PatientID`` (a ~38-digit number, kept as text) + class columns.
 - Generic / NIH: a path column, an optional patient column, 0/1 class columns.
+
+Which edition a file is (its class list and order, its id column) is `editions.py`'s business;
+`data.edition: auto` detects it from the header.
 """
 
 from __future__ import annotations
@@ -24,19 +29,23 @@ import numpy as np
 import pandas as pd
 
 from ..config.schema import UNCERTAIN_POLICIES
-from . import classes as cls
+from . import classes as cls, editions as eds
 from ..utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-PATH_COLUMNS = ("path", "fpath", "Path", "filepath", "file", "image", "Image Index")
-ID_COLUMNS = ("dicom_id", "image_id", "id")
-PATIENT_COLUMNS = ("subject_id", "patient_id", "Patient ID", "patient")
+PATH_COLUMNS = ("path", "fpath", "Path", "filepath", "file", "image", "Image Index", "ImageID")
+ID_COLUMNS = ("dicom_id", "image_id", "id", "ImageID")
+PATIENT_COLUMNS = ("subject_id", "patient_id", "Patient ID", "patient", "PatientID")
 STUDY_COLUMNS = ("study_id", "study")
 VIEW_COLUMNS = ("ViewPosition", "view", "View Position")
 METADATA_COLUMNS = set(PATH_COLUMNS + ID_COLUMNS + PATIENT_COLUMNS + STUDY_COLUMNS + VIEW_COLUMNS) | {
     "split", "fold", "Sex", "Age", "sex", "age", "license", "doi", "url", "finding",
+    "StudyDate_DICOM", "ViewCodeSequence_CodeMeaning",
 }
+# A number a spreadsheet has rounded to scientific notation (PadChest's 38-digit PatientIDs opened
+# and re-saved in Excel become '1.90E+38'): distinct patients merge into one, so it is refused.
+_MANGLED_NUMBER = re.compile(r"^[+-]?\d+(?:\.\d+)?[eE][+-]?\d+$")
 # Cell texts that mean "no value" (what pandas, R and spreadsheets write for a missing number):
 # a label cell holding one of these is treated like a blank cell, i.e. by the --uncertain policy.
 MISSING_TEXTS = {"nan", "na", "n/a"}
@@ -71,6 +80,8 @@ class LabelTable:
     classes: tuple[str, ...]
     labels: np.ndarray | None  # float32 [N, C] of 0/1, None for an unlabelled image list
     mask: np.ndarray | None = field(default=None)  # float32 [N, C], 0 where a label is ignored
+    edition: str = "generic"   # editions.NAMES: what the file was read as
+    id_column: str = "dicom_id"  # the column `ids` came from (a submission's first column)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -96,30 +107,50 @@ def read_labels(
     csv_path: str | os.PathLike,
     *,
     image_root: str | os.PathLike | None = None,
-    classes: str | Sequence[str] | None = "auto",
+    classes: str | Sequence[str] | None = "edition",
     require_labels: bool = True,
     uncertain: str = "error",
     allow_outside_root: bool = False,
     check_files: bool = False,
+    edition: str = "auto",
+    exclude: str | os.PathLike | None = None,
 ) -> LabelTable:
-    """Parse and validate a label CSV. Every problem raises LabelFileError naming file/rows/columns."""
+    """Parse and validate a label CSV. Every problem raises LabelFileError naming file/rows/columns.
+
+    `edition`: auto (detected from the header, one log line says which and why) or an
+    editions.NAMES name. `classes`: "edition" (the edition's class list and order; for a generic
+    file every 0/1 column), "auto" (every 0/1 column, whatever the edition: also how a near-miss of
+    an edition's class list is accepted), a schema name or an explicit list. `exclude`: a file of
+    ids (editions' Removal.csv) whose rows are dropped before any other row check, so a removed
+    image never stops a run (the image screen runs later, on the table returned)."""
     csv_path = Path(csv_path)
     if uncertain not in UNCERTAIN_POLICIES:
         raise LabelFileError(f"--uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
-    try:
-        wanted = cls.resolve_schema(classes)
-    except ValueError as err:
-        raise LabelFileError(str(err)) from None
     frame = _read_csv(csv_path)
     where = str(csv_path)
+    try:
+        # the near-miss check guards the edition's own list: --classes auto or an explicit list opt out
+        found = eds.resolve(edition, list(frame.columns), where, classes_auto=classes != "edition")
+        if classes == "edition":
+            wanted = found.edition.classes if found.edition else None
+        elif isinstance(classes, str) and classes in eds.EDITIONS:
+            wanted = eds.EDITIONS[classes].classes
+        else:
+            wanted = cls.resolve_schema(classes)
+    except ValueError as err:
+        raise LabelFileError(str(err)) from None
+    ed = found.edition
 
-    path_col = _first_present(frame, PATH_COLUMNS)
+    path_col = _first_present(frame, ((ed.path_column,) if ed and ed.path_column else ()) + PATH_COLUMNS)
     if path_col is None:
         header = ",".join(map(str, frame.columns))
         hint = (" (the header has tabs or semicolons: the file must be comma-separated)"
                 if re.search(r"[\t;]", header) else "")
         raise LabelFileError(f"{where}: no image path column; expected one of {list(PATH_COLUMNS)}, "
                              f"found {list(frame.columns)[:12]}{hint}")
+    id_col = _first_present(frame, ((ed.id_column,) if ed and ed.id_column else ()) + ID_COLUMNS)
+    if exclude is not None:
+        frame = _drop_excluded(frame, read_exclusions(exclude), id_col, path_col, where)
     lines = frame.index.to_numpy()
     blank = frame[path_col].isna().to_numpy()
     if blank.any():
@@ -129,20 +160,25 @@ def read_labels(
     root = Path(image_root) if image_root is not None else csv_path.parent
     paths = _resolve_paths(rel_paths, root, where, path_col, allow_outside_root, check_absolute=image_root is not None)
 
-    id_col = _first_present(frame, ID_COLUMNS)
     if id_col:
         blank_ids = frame[id_col].isna().to_numpy()
         if blank_ids.any():
             raise LabelFileError(f"{where}: empty '{id_col}' in rows {_rows(lines[blank_ids])}")
         ids = frame[id_col].str.strip().to_numpy(dtype=object)
+        id_name = id_col
+    elif ed is None:
+        # generic: the path as written is the id (file stems collide when two folders hold image.png),
+        # and the submission's id column is headed by the path column's name
+        ids, id_name = rel_paths.to_numpy(dtype=object), path_col
     else:
-        # the file stem: last path part without its extension (vectorised: CXR-LT has 264,849 rows)
+        # an edition's file without its id column (CXR-LT 2023's train.csv): the file stem is the dicom_id
         ids = rel_paths.str.rstrip("/").str.rsplit("/", n=1).str[-1].str.replace(r"(?<=.)\.[^.]*$", "", regex=True)
         ids = ids.to_numpy(dtype=str)
-    _check_unique(ids, lines, where, id_col or f"{path_col} (file stem)")
+        id_name = ed.id_column or "dicom_id"
+    _check_unique(ids, lines, where, id_col or (f"{path_col} (file stem)" if ed else path_col))
 
     patients = _patients(frame, rel_paths, ids, where)
-    studies = _studies(frame, rel_paths, ids)
+    studies = _studies(frame, rel_paths, ids, patients)
     view_col = _first_present(frame, VIEW_COLUMNS)
     views = frame[view_col].fillna("").astype(str).to_numpy() if view_col else np.full(len(frame), "", dtype=object)
 
@@ -155,7 +191,8 @@ def read_labels(
         raise LabelFileError(f"{where}: no class columns found. {CXRLT_HELP}")
 
     table = LabelTable(source=csv_path, ids=ids, paths=np.asarray(paths), patients=patients, studies=studies,
-                       views=np.asarray(views), classes=tuple(class_names), labels=labels, mask=mask)
+                       views=np.asarray(views), classes=tuple(class_names), labels=labels, mask=mask,
+                       edition=found.name, id_column=id_name)
     if check_files:
         missing = [i for i, p in enumerate(table.paths) if not os.path.isfile(p)]
         if missing:
@@ -165,6 +202,46 @@ def read_labels(
                 f"Check --image-root (the folder the '{path_col}' column is relative to)."
             )
     return table
+
+
+def read_exclusions(path: str | os.PathLike) -> set[str]:
+    """The ids listed in an exclusion file: a CSV with an id column (ImageID, dicom_id, id, ...,
+    or a path column), or one id per line (an optional header line is skipped). CXR-LT 2026's
+    Removal.csv is read as it comes."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabelFileError(f"exclusion file {path} does not exist (--exclude / data.exclude)")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise LabelFileError(f"exclusion file {path} is not UTF-8 text; re-save it as UTF-8") from None
+    rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row and any(c.strip() for c in row)]
+    if not rows:
+        raise LabelFileError(f"exclusion file {path} is empty; expected one id per line or a CSV with an id column")
+    header = [c.strip() for c in rows[0]]
+    known = [c for c in ID_COLUMNS + PATH_COLUMNS if c in header]
+    if known:
+        col = header.index(known[0])
+        values = [row[col].strip() for row in rows[1:] if len(row) > col]
+    elif len(header) == 1:
+        values = [row[0].strip() for row in rows]
+    else:
+        raise LabelFileError(f"exclusion file {path}: {len(header)} columns but none is an id column "
+                             f"({', '.join(ID_COLUMNS)}); keep one id per line or name the id column")
+    return {v for v in values if v}
+
+
+def _drop_excluded(frame: pd.DataFrame, excluded: set[str], id_col: str | None, path_col: str,
+                   where: str) -> pd.DataFrame:
+    """The rows whose id (or path as written) is not in `excluded`; the count is logged."""
+    hit = frame[path_col].fillna("").str.strip().isin(excluded).to_numpy(copy=True)
+    if id_col:
+        hit |= frame[id_col].fillna("").str.strip().isin(excluded).to_numpy()
+    log.info("%s: %d of %d images left out by the exclusion list (%d ids listed)", where, int(hit.sum()),
+             len(frame), len(excluded))
+    if hit.all():
+        raise LabelFileError(f"{where}: the exclusion list removes every image")
+    return frame[~hit]
 
 
 def _read_csv(csv_path: Path) -> pd.DataFrame:
@@ -343,7 +420,16 @@ def _patients(frame: pd.DataFrame, rel_paths: pd.Series, ids: np.ndarray, where:
         if blank.any():  # one "nan" patient would pull unrelated images into one fold
             raise LabelFileError(f"{where}: empty '{col}' in rows {_rows(frame.index.to_numpy()[blank])}; "
                                  "every image needs its patient (folds are grouped by patient)")
-        return frame[col].str.strip().to_numpy(dtype=object)
+        values = frame[col].str.strip()
+        mangled = values.str.fullmatch(_MANGLED_NUMBER).to_numpy(dtype=bool)
+        if mangled.any():
+            first = values[mangled].iloc[0]
+            raise LabelFileError(
+                f"{where}: '{col}' holds numbers in scientific notation ({first!r}) in rows "
+                f"{_rows(frame.index.to_numpy()[mangled])}: a spreadsheet rounded the patient ids, so different "
+                "patients now share one and folds would leak between them. Use the original CSV (never re-saved "
+                "from Excel) or read the column as text")
+        return values.to_numpy(dtype=object)
     found = rel_paths.str.extract(_MIMIC_PATIENT, expand=False)
     if found.notna().all():
         return found.to_numpy(dtype=str)
@@ -351,10 +437,14 @@ def _patients(frame: pd.DataFrame, rel_paths: pd.Series, ids: np.ndarray, where:
     return ids.copy()
 
 
-def _studies(frame: pd.DataFrame, rel_paths: pd.Series, ids: np.ndarray) -> np.ndarray:
+def _studies(frame: pd.DataFrame, rel_paths: pd.Series, ids: np.ndarray, patients: np.ndarray) -> np.ndarray:
     col = _first_present(frame, STUDY_COLUMNS)
     if col:
         return np.where(frame[col].isna().to_numpy(), ids, frame[col].fillna("").str.strip().to_numpy(dtype=object))
+    if "StudyDate_DICOM" in frame.columns:
+        # CXR-LT 2026 has no study id: the images of one patient taken on one day are one study
+        date = frame["StudyDate_DICOM"].fillna("").str.strip().to_numpy(dtype=object)
+        return np.where(date == "", ids, patients.astype(object) + "/" + date)
     found = rel_paths.str.extract(_MIMIC_STUDY, expand=False)
     return found.to_numpy(dtype=str) if found.notna().all() else ids.copy()
 

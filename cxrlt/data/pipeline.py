@@ -19,7 +19,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from ..config.schema import MAX_IMAGE_PIXELS, PREPARED_READERS
+from ..config.schema import INTENSITIES, MAX_IMAGE_PIXELS, PREPARED_READERS
 from . import sampling
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -91,7 +91,42 @@ def pixel_guard(data: tf.Tensor, name=None, max_pixels: int = MAX_IMAGE_PIXELS) 
         return tf.identity(data)
 
 
-def decode_grey(data: tf.Tensor, size=None, fit: str = "square", name=None) -> tf.Tensor:
+PERCENTILES = (0.5, 99.5)  # input.intensity: percentile
+
+
+def is_png16(data: tf.Tensor) -> tf.Tensor:
+    """True for PNG bytes whose IHDR says 16 bits per sample (byte 24: the bit depth)."""
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, 25), b"\0" * 25]), 0, 25)
+    return tf.logical_and(tf.logical_and(tf.equal(tf.strings.substr(head, 0, 8), _PNG_SIGNATURE),
+                                         tf.equal(tf.strings.substr(head, 12, 4), b"IHDR")),
+                          tf.equal(tf.strings.substr(head, 24, 1), b"\x10"))
+
+
+def stretch16(data: tf.Tensor, intensity: str) -> tf.Tensor:
+    """A 16-bit PNG -> float32 [h, w, 1] in 0..1, its own value range stretched (per image).
+
+    PadChest PNGs are 16-bit, but the range used varies per image (many hold 12-bit values, max
+    4095): divided by 65535 (full_range) such an image is a near-black picture using 1/16 of the
+    grey levels. minmax maps the image's own min..max to 0..1; percentile maps its 0.5..99.5 %
+    values (from a 65,536-bin histogram: no sort of millions of pixels) and clips, so a few burned-in
+    saturated pixels (labels, markers) do not squeeze the anatomy into a few grey levels.
+    A flat image decodes to zeros."""
+    pixels = tf.io.decode_png(data, channels=1, dtype=tf.uint16)
+    values = tf.cast(pixels, tf.float32)
+    if intensity == "minmax":
+        lo, hi = tf.reduce_min(values), tf.reduce_max(values)
+    else:
+        counts = tf.math.bincount(tf.reshape(tf.cast(pixels, tf.int32), [-1]), minlength=65536, maxlength=65536)
+        cdf = tf.cast(tf.cumsum(counts), tf.float32) / tf.cast(tf.maximum(tf.size(pixels), 1), tf.float32)
+        lo = tf.cast(tf.argmax(tf.cast(cdf >= PERCENTILES[0] / 100.0, tf.int32)), tf.float32)
+        hi = tf.cast(tf.argmax(tf.cast(cdf >= PERCENTILES[1] / 100.0, tf.int32)), tf.float32)
+    span = hi - lo
+    image = tf.where(span > 0, tf.clip_by_value((values - lo) / tf.maximum(span, 1.0), 0.0, 1.0), tf.zeros_like(values))
+    return tf.ensure_shape(image, [None, None, 1])
+
+
+def decode_grey(data: tf.Tensor, size=None, fit: str = "square", name=None,
+                intensity: str = "full_range") -> tf.Tensor:
     """Encoded JPEG/PNG/BMP/GIF bytes -> float32 [h, w, 1] grey in 0..1.
 
     With a target `size`, a JPEG is decoded at the smallest DCT scale that still covers it
@@ -101,13 +136,21 @@ def decode_grey(data: tf.Tensor, size=None, fit: str = "square", name=None) -> t
     frequencies, a low-pass like the resize's own antialiasing. Other formats decode whole: PNG
     8/16-bit (16-bit scaled to 0..1, not truncated), grey/RGB/RGBA (the decoder's luma weights;
     alpha dropped). Images whose header claims more than MAX_IMAGE_PIXELS are refused before any
-    decoding (`pixel_guard`; `name`, e.g. the path, goes into that error).
+    decoding (`pixel_guard`; `name`, e.g. the path, goes into that error). `intensity` (input.intensity)
+    changes 16-bit PNGs only (`stretch16`); every other image takes the same ops as before it existed.
     """
+    if intensity not in INTENSITIES:
+        raise ValueError(f"input.intensity must be one of {INTENSITIES}, got {intensity!r}")
     data = pixel_guard(data, name)
 
-    def whole():
+    def any_image():
         image = tf.io.decode_image(data, channels=1, dtype=tf.float32, expand_animations=False)
         return tf.ensure_shape(image, [None, None, 1])
+
+    whole = any_image
+    if intensity != "full_range":
+        def whole():
+            return tf.cond(is_png16(data), lambda: stretch16(data, intensity), any_image)
 
     if size is None:
         return whole()
@@ -146,26 +189,26 @@ def resize_grey(image: tf.Tensor, size: int, resize: str = "stretch", antialias:
 
 
 def decode_bytes(data: tf.Tensor, size: int, resize: str = "stretch", antialias: str = "auto",
-                 channels: int = 3, name=None) -> tf.Tensor:
+                 channels: int = 3, name=None, intensity: str = "full_range") -> tf.Tensor:
     """Encoded image bytes -> float32 [size, size, channels] in 0..255 (3: decode_image's contract).
 
     channels=1 keeps the grey image: the training stream augments and mixes one channel and
     replicates it once per batch (`to_rgb`), a third of the work of every per-image op.
     """
-    image = decode_grey(data, size, "long" if resize == "letterbox" else "square", name)
+    image = decode_grey(data, size, "long" if resize == "letterbox" else "square", name, intensity)
     image = tf.clip_by_value(resize_grey(image, size, resize, antialias) * 255.0, 0.0, 255.0)
     return image if channels == 1 else tf.tile(image, (1, 1, channels))
 
 
 def decode_image(path: tf.Tensor, size: int, resize: str = "stretch", antialias: str = "auto",
-                 channels: int = 3) -> tf.Tensor:
+                 channels: int = 3, intensity: str = "full_range") -> tf.Tensor:
     """Any JPEG/PNG (8/16-bit, grey/RGB/RGBA) -> float32 [size, size, 3] in 0..255.
 
     Radiographs are grey: decode to one channel (16-bit PNGs are scaled, not truncated) and
     replicate it to the 3 channels ImageNet backbones expect (G33). Large JPEGs are decoded at a
     reduced DCT scale (`decode_grey`), and resized as `resize_grey` says.
     """
-    return decode_bytes(tf.io.read_file(path), size, resize, antialias, channels, name=path)
+    return decode_bytes(tf.io.read_file(path), size, resize, antialias, channels, name=path, intensity=intensity)
 
 
 def to_rgb(images: tf.Tensor) -> tf.Tensor:
@@ -179,7 +222,9 @@ def _decoder(cfg: dict):
     """bytes or path -> grey float [size, size, 1] 0..255, with the input section's settings."""
     i = cfg["input"]
     args = (i["size"], i["resize"], i.get("antialias", "auto"), 1)
-    return (lambda data, name=None: decode_bytes(data, *args, name=name)), (lambda path: decode_image(path, *args))
+    intensity = i.get("intensity", "full_range")  # a run made before input.intensity existed: as it decoded then
+    return ((lambda data, name=None: decode_bytes(data, *args, name=name, intensity=intensity)),
+            (lambda path: decode_image(path, *args, intensity=intensity)))
 
 
 # ------------------------------------------------------------------------------ raw vs prepared data

@@ -1,0 +1,158 @@
+"""CXR-LT editions: readers and auto-detection, near-miss class lists, removal lists, 38-digit
+patient ids, task-2 column order by name, submissions in each edition's layout. No TensorFlow."""
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrlt.data import classes as cls, editions, folds
+from cxrlt.data.dataset import LabelFileError, read_labels
+from cxrlt.ensemble import submission
+
+
+def _frame(edition: str, n: int = 8, seed: int = 0) -> pd.DataFrame:
+    """A label CSV in the edition's layout (columns as the organisers' files have them)."""
+    rng = np.random.default_rng(seed)
+    e = editions.EDITIONS[edition]
+    rows = []
+    for i in range(n):
+        if edition == "cxrlt2026-task1":
+            row = {"ImageID": f"2161{i:04d}_{i:03d}-1.png", "StudyDate_DICOM": f"2015010{i % 3}",
+                   "PatientID": str(10 ** 37 + i // 2 * 123456789012345678901)}
+        else:
+            subject, study = 10000000 + i // 2, 50000000 + i // 2
+            row = {"dicom_id": f"d{i:04d}", "subject_id": str(subject), "study_id": f"s{study}",
+                   "ViewPosition": "" if i == 3 else "PA", "ViewCodeSequence_CodeMeaning": "postero-anterior",
+                   "fpath": f"files/p{str(subject)[:2]}/p{subject}/s{study}/d{i:04d}.jpg"}
+        row.update({c: int(v) for c, v in zip(e.classes, rng.integers(0, 2, len(e.classes)))})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("edition, id_column", [("cxrlt2024-task1", "dicom_id"), ("cxrlt2024-task2", "dicom_id"),
+                                                ("cxrlt2026-task1", "ImageID")])
+def test_each_edition_is_detected_and_read_with_its_columns(tmp_path, caplog, edition, id_column):
+    frame = _frame(edition)
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    with caplog.at_level(logging.INFO, logger="cxrlt"):
+        table = read_labels(tmp_path / "train.csv")
+    assert table.edition == edition and table.id_column == id_column
+    assert table.classes == editions.EDITIONS[edition].classes
+    assert f"edition {edition} (auto-detected: all" in caplog.text
+    assert list(table.ids) == list(frame[id_column])
+    np.testing.assert_array_equal(table.labels, frame[list(table.classes)].to_numpy(np.float32))
+
+
+def test_edition_facts():
+    assert len(editions.CXRLT2024_TASK1) == 40 and list(editions.CXRLT2024_TASK1) == sorted(editions.CXRLT2024_TASK1)
+    assert len(editions.CXRLT2026_TASK1) == 30 and editions.CXRLT2026_TASK1[:3] == ("Normal", "aortic elongation",
+                                                                                     "cardiomegaly")
+    sub = editions.CXRLT2024_TASK2_SUBMISSION
+    assert len(sub) == 26 and sub[sub.index("Mass") + 1] == "Normal" and sub[sub.index("Normal") + 1] == "Nodule"
+    train = editions.CXRLT2024_TASK2
+    assert list(train) == sorted(sub) and train[train.index("Nodule") + 1] == "Normal"
+
+
+def test_task2_from_the_40_class_file_and_its_submission_written_by_name(tmp_path):
+    """data.edition cxrlt2024-task2 on the 40-class training file: the 26 task-2 classes in training
+    (alphabetical) order; the submission puts each column where the sample has it, by name."""
+    _frame("cxrlt2024-task1").to_csv(tmp_path / "train.csv", index=False)
+    table = read_labels(tmp_path / "train.csv", edition="cxrlt2024-task2")
+    assert table.classes == editions.CXRLT2024_TASK2
+    probs = np.tile(np.linspace(0.01, 0.26, 26), (len(table), 1))  # column j of the model = 0.01 (j + 1)
+    sample = tmp_path / "development_task2_sample_submission.csv"
+    pd.DataFrame({"dicom_id": table.ids, **{c: 0.5 for c in editions.CXRLT2024_TASK2_SUBMISSION}}).to_csv(sample,
+                                                                                                           index=False)
+    id_column, order, ids = submission.layout_from_sample(sample, list(table.classes), table.ids)
+    idx = [list(table.classes).index(c) for c in order]
+    out, _ = submission.write_submission(tmp_path / "sub.csv", ids, probs[:, idx], classes=order, id_column=id_column,
+                                         expected_ids=table.ids, make_zip=False)
+    written = pd.read_csv(out)
+    assert list(written.columns[1:]) == list(editions.CXRLT2024_TASK2_SUBMISSION)
+    for c in ("Normal", "Nodule", "Mass"):  # each value stayed with its class
+        assert written[c].iloc[0] == pytest.approx(probs[0, list(table.classes).index(c)], abs=1e-6)
+    assert submission.main(["--check", str(out), "--sample-submission", str(sample)]) == 0
+    swapped = written[["dicom_id", *editions.CXRLT2024_TASK2]]  # alphabetical: Normal after Nodule
+    swapped.to_csv(tmp_path / "alpha.csv", index=False)
+    assert submission.main(["--check", str(tmp_path / "alpha.csv"), "--edition", "cxrlt2024-task2"]) == 1
+
+
+def test_a_near_miss_of_an_edition_names_the_missing_columns_unless_classes_auto(tmp_path):
+    frame = _frame("cxrlt2024-task2").drop(columns=["Pleural Effusion"])
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    with pytest.raises(LabelFileError, match="25 of the 26 CXR-LT 2024 task 2 class columns; missing 'Pleural "
+                                             "Effusion'.*--classes auto"):
+        read_labels(tmp_path / "train.csv")
+    table = read_labels(tmp_path / "train.csv", classes="auto")
+    assert len(table.classes) == 25 and table.edition == "generic"
+    old = pd.DataFrame({"path": ["a.png", "b.png"], **{c: [0, 1] for c in cls.CXRLT2023 if c != "Hernia"}})
+    old.to_csv(tmp_path / "old.csv", index=False)
+    with pytest.raises(LabelFileError, match="25 of the 26 CXR-LT 2023 class columns; missing 'Hernia'"):
+        read_labels(tmp_path / "old.csv")
+
+
+def test_generic_ids_are_the_path_so_same_named_files_do_not_collide(tmp_path):
+    pd.DataFrame({"path": ["a/image.png", "b/image.png"], "A": [0, 1]}).to_csv(tmp_path / "l.csv", index=False)
+    table = read_labels(tmp_path / "l.csv")
+    assert table.edition == "generic" and table.id_column == "path" and list(table.ids) == ["a/image.png", "b/image.png"]
+
+
+def test_38_digit_patient_ids_are_text_and_group_correctly(tmp_path):
+    """Two patients whose ids differ only in the last digits: as float64 they would be one patient."""
+    a, b = "19032873654021982314021938476501234567", "19032873654021982314021938476501234568"
+    assert float(a) == float(b)
+    frame = _frame("cxrlt2026-task1", n=6)
+    frame["PatientID"] = [a, a, b, b, a, b]
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    table = read_labels(tmp_path / "train.csv")
+    assert list(table.patients) == [a, a, b, b, a, b]
+    assert table.studies[0] == f"{a}/{frame.StudyDate_DICOM[0]}"  # a study: one patient on one day
+    fold_of = folds.make_folds(table, 2, seed=0)
+    assert len(set(fold_of[table.patients == a])) == 1 and len(set(fold_of[table.patients == b])) == 1
+    assert set(fold_of) == {0, 1}
+
+
+def test_excel_mangled_patient_ids_are_refused_naming_the_row(tmp_path):
+    frame = _frame("cxrlt2026-task1", n=4)
+    frame.loc[2, "PatientID"] = "1.90E+38"
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    with pytest.raises(LabelFileError, match="'PatientID' holds numbers in scientific notation \\('1.90E\\+38'\\) "
+                                             "in rows 4 .*spreadsheet"):
+        read_labels(tmp_path / "train.csv")
+
+
+@pytest.mark.parametrize("content", ["ImageID\n{a}\n{b}\n", "{a}\n{b}\n", "ImageID,reason\n{a},bad\n{b},dup\n"])
+def test_exclusion_lists_as_they_come(tmp_path, caplog, content):
+    frame = _frame("cxrlt2026-task1", n=6)
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    removal = tmp_path / "Removal.csv"
+    removal.write_text(content.format(a=frame.ImageID[1], b=frame.ImageID[4]))
+    with caplog.at_level(logging.INFO, logger="cxrlt"):
+        table = read_labels(tmp_path / "train.csv", exclude=removal)
+    assert len(table) == 4 and frame.ImageID[1] not in table.ids and frame.ImageID[4] not in table.ids
+    assert "2 of 6 images left out by the exclusion list" in caplog.text
+
+
+def test_submission_per_edition_passes_check_against_its_sample_header(tmp_path):
+    for name, e in editions.EDITIONS.items():
+        frame = _frame(name, n=5) if name != "cxrlt2023" else None
+        ids = list(frame[e.id_column]) if frame is not None else [f"d{i}" for i in range(5)]
+        sample = tmp_path / f"{name}_sample.csv"
+        pd.DataFrame({e.id_column: ids, **{c: 0.0 for c in e.submission_classes}}).to_csv(sample, index=False)
+        probs = np.random.default_rng(0).random((5, len(e.submission_classes)))
+        out, _ = submission.write_submission(tmp_path / f"{name}.csv", ids, probs, classes=e.submission_classes,
+                                             id_column=e.id_column, expected_ids=ids, make_zip=False)
+        assert submission.main(["--check", str(out), "--sample-submission", str(sample)]) == 0
+        assert submission.main(["--check", str(out), "--edition", name]) == 0
+    assert submission.main(["--check", str(tmp_path / "cxrlt2026-task1.csv")]) == 1  # 2023's layout by default
+
+
+def test_a_sample_of_another_task_or_other_images_is_refused(tmp_path):
+    sample = tmp_path / "s.csv"
+    pd.DataFrame({"dicom_id": ["a", "b"], **{c: 0 for c in editions.CXRLT2024_TASK1}}).to_csv(sample, index=False)
+    with pytest.raises(submission.SubmissionError, match="class columns differ.*Adenopathy"):
+        submission.layout_from_sample(sample, list(editions.CXRLT2024_TASK2))
+    with pytest.raises(submission.SubmissionError, match="ids differ from the test list: 1 not in the test list \\['b'\\]"):
+        submission.layout_from_sample(sample, list(editions.CXRLT2024_TASK1), ["a", "c"])
