@@ -84,3 +84,13 @@ def test_check_cli_reports_ok_and_errors(tmp_path, capsys):
     assert main(["--check", str(tmp_path / "good.csv")]) == 0
     assert main(["--check", str(tmp_path / "bad.csv")]) == 1
     assert "'Edema'" in capsys.readouterr().err
+
+
+def test_values_just_below_half_are_not_written_as_half(tmp_path):
+    """A threshold-mapped 0.49999951 is a negative; 6-decimal rounding must not make it 0.500000."""
+    probs = np.array([[0.4999995], [0.49999951], [0.49999949], [0.5], [0.5000004], [0.9999999]])
+    ids = [f"i{k}" for k in range(len(probs))]
+    out, _ = write_submission(tmp_path / "s.csv", ids, probs, classes=["A"], make_zip=False)
+    written = pd.read_csv(out)["A"].to_numpy()
+    np.testing.assert_array_equal(written >= 0.5, probs[:, 0] >= 0.5)
+    assert written[1] == 0.499999 and written[2] == 0.499999 and written[3] == 0.5

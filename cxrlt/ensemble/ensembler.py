@@ -52,8 +52,25 @@ def find_runs(root: Path) -> list[runs.Run]:
 
 
 def submission_order(classes) -> list[str]:
-    """CXR-LT's official column order when the classes are CXR-LT's, else the training order."""
+    """CXR-LT 2023's official column order when the classes are CXR-LT 2023's, else the training order
+    (runs made before editions; newer runs carry their edition's order, `runs.Run.submission_layout`)."""
     return list(cls.CXRLT2023) if set(classes) == set(cls.CXRLT2023) else list(classes)
+
+
+def submission_layout(run_list: list[runs.Run], args, table=None):
+    """(id column, class order, row order into `table` or None) of the submission: the runs' edition,
+    or the official sample file (--sample-submission), which must name the same classes and images."""
+    id_column, order = run_list[0].submission_layout()
+    rows = None
+    if getattr(args, "sample_submission", None):
+        from . import submission
+
+        ids = None if table is None else table.ids
+        sample_id, order, sample_ids = submission.layout_from_sample(args.sample_submission, list(order), ids)
+        id_column = sample_id
+        if table is not None:
+            rows = pd.Index([str(i) for i in table.ids]).get_indexer([str(i) for i in sample_ids])
+    return args.id_column or id_column, list(order), rows
 
 
 def check_same_classes(run_list: list[runs.Run]) -> None:
@@ -201,7 +218,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-root", help="folder the test list's paths are relative to")
     parser.add_argument("--tta", nargs="+", choices=sorted(predict.TTA), help="TTA views (default: each run's)")
     parser.add_argument("--out", type=Path, help="submission CSV (default: submissions/<run names>.csv)")
-    parser.add_argument("--id-column", default="dicom_id")
+    parser.add_argument("--id-column", help="submission id column (default: the runs' edition's, e.g. dicom_id, "
+                                            "ImageID for 2026, or the sample submission's)")
+    parser.add_argument("--sample-submission", type=Path, metavar="FILE",
+                        help="official sample submission: its header order and id list are used and checked")
+    parser.add_argument("--edition", help="with --check and no --runs: the edition whose layout to check "
+                                          "(default cxrlt2023)")
     parser.add_argument("--no-zip", action="store_true")
     parser.add_argument("--check", type=Path, metavar="FILE", help="only validate an existing submission CSV/zip and exit")
     cli.add_common(parser)
@@ -282,12 +304,13 @@ def main(argv=None) -> int:
                                 image_root=args.image_root, tta=args.tta)
         probs = aggregate.aggregate(probs, table.studies, pooling, views=table.views, view_weights=view_weights)
         probs = normal_gating(probs, table.classes, s["normal_gating"])
-        order = submission_order(table.classes)
+        id_column, order, rows = submission_layout(run_list, args, table)
         idx = [list(table.classes).index(c) for c in order]
         submitted = probs if apply is None else thr.to_half(probs, apply)
+        rows = np.arange(len(table)) if rows is None else rows
         out = Path(s["out"]) if s["out"] else Path("submissions") / ("+".join(run.root.name for run in run_list) + ".csv")
-        csv_path, zip_path = submission.write_submission(out, table.ids, submitted[:, idx], classes=order,
-                                                         id_column=args.id_column, expected_ids=table.ids,
+        csv_path, zip_path = submission.write_submission(out, table.ids[rows], submitted[rows][:, idx], classes=order,
+                                                         id_column=id_column, expected_ids=table.ids,
                                                          make_zip=not args.no_zip)
         print(f"wrote {csv_path}" + (f" and {zip_path}" if zip_path else "")
               + f": {len(table)} images x {len(order)} classes from {len(run_list)} run(s); method {s['method']}, "
@@ -332,16 +355,21 @@ def check(args) -> int:
     from ..data import dataset
     from . import submission
 
-    classes = cls.CXRLT2023
+    run_classes, run_id, edition = None, None, args.edition
     if args.runs:
         run_list = [runs.Run(Path(p)) for p in args.runs]
         check_same_classes(run_list)
-        classes = submission_order(run_list[0].classes())
-    expected = None
+        run_id, run_classes = run_list[0].submission_layout()
+        edition = run_list[0].edition()
+    id_column, classes, expected = submission.expected_layout(
+        edition, args.sample_submission, args.id_column or (None if args.sample_submission else run_id), run_classes)
     if args.labels:
-        expected = dataset.read_labels(args.labels, classes=list(classes), require_labels=False,
-                                       allow_outside_root=True).ids
-    print(submission.check_file(args.check, classes=classes, expected_ids=expected, id_column=args.id_column))
+        listed = dataset.read_labels(args.labels, classes=list(classes), require_labels=False,
+                                     allow_outside_root=True, edition=edition or "auto").ids
+        if expected is not None and set(map(str, expected)) != set(map(str, listed)):
+            raise submission.SubmissionError(f"{args.labels} and {args.sample_submission} list different images")
+        expected = listed
+    print(submission.check_file(args.check, classes=classes, expected_ids=expected, id_column=id_column))
     return 0
 
 

@@ -1,10 +1,13 @@
 """The CXR-LT CodaLab submission: validated before it is written, written atomically, zipped.
 
-    python -m cxrlt.submission --check submissions/ens.csv [--labels test.csv]
+    python -m cxrlt.submission --check submissions/ens.csv [--labels test.csv] [--edition NAME |
+                               --sample-submission development_task1_sample_submission.csv]
 
-A submission is an id column (`dicom_id`) then one probability column per class in the official
-order, one row per test image, every id once, values finite in [0, 1]. A file that breaks any of
-these is never written; an existing good file is left as it was.
+A submission is an id column (the edition's: `dicom_id` for 2023/2024, `ImageID` for 2026) then
+one probability column per class in the official order, one row per test image, every id once,
+values finite in [0, 1]. A file that breaks any of these is never written; an existing good file
+is left as it was. An official sample submission, when given, is the authority on the header and
+the id list.
 """
 
 from __future__ import annotations
@@ -30,10 +33,64 @@ def validate_frame(frame: pd.DataFrame, *, classes, expected_ids=None, id_column
     check_table(frame, classes, id_column=id_column, expected_ids=expected_ids, ordered=True, probabilities=True)
 
 
+DECIMALS = 6  # what the CSV keeps (float_format below)
+
+
+def keep_decision(probs: np.ndarray) -> np.ndarray:
+    """Values below 0.5 that 6-decimal rounding would write as 0.500000 become 0.499999.
+
+    CodaLab counts a value >= 0.5 as a positive. A threshold-mapped score in [0.4999995, 0.5) is a
+    negative in memory but would be written as 0.500000 and read back as a positive; flooring just
+    those values keeps every 0.5 decision as it was (and moves no value by more than 1e-6)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    below = (probs < 0.5) & (np.round(probs, DECIMALS) >= 0.5)
+    return np.where(below, 0.5 - 10.0 ** -DECIMALS, probs)
+
+
+def read_sample(path) -> tuple[str, list[str], np.ndarray]:
+    """(id column, class columns in order, ids in order) of an official sample submission."""
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"sample submission {path} does not exist (--sample-submission)")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise SubmissionError(f"sample submission {path}: not a readable CSV ({err})") from None
+    if frame.shape[1] < 2:
+        raise SubmissionError(f"sample submission {path}: expected an id column then class columns, "
+                              f"found {list(frame.columns)}")
+    id_column, order = frame.columns[0], list(frame.columns[1:])
+    ids = frame[id_column].astype(str).str.strip().to_numpy()
+    dup = pd.Series(ids)[pd.Series(ids).duplicated()].unique()
+    if len(dup):
+        raise SubmissionError(f"sample submission {path}: {len(dup)} duplicate ids in {id_column!r}: {some_of(dup)}")
+    return id_column, order, ids
+
+
+def layout_from_sample(sample, classes, ids=None) -> tuple[str, list[str], np.ndarray]:
+    """The sample's (id column, class order, ids), checked against the model's classes and, when
+    given, the test list's ids: a sample naming other classes or other images is an error, never
+    a silently reordered or partial submission."""
+    id_column, order, sample_ids = read_sample(sample)
+    missing, extra = [c for c in classes if c not in order], [c for c in order if c not in classes]
+    if missing or extra:
+        raise SubmissionError(f"sample submission {sample}: its class columns differ from the model's: the sample "
+                              f"lacks {some_of(missing)}, has no model for {some_of(extra)} (is it another task's "
+                              "sample?)")
+    if ids is not None:
+        ids = [str(i) for i in ids]
+        lacking, surplus = sorted(set(sample_ids) - set(ids)), sorted(set(ids) - set(sample_ids))
+        if lacking or surplus:
+            raise SubmissionError(f"sample submission {sample}: its ids differ from the test list: {len(lacking)} "
+                                  f"not in the test list {some_of(lacking)}, {len(surplus)} test images not in "
+                                  f"the sample {some_of(surplus)}; predict the list the sample belongs to")
+    return id_column, order, sample_ids
+
+
 def write_submission(path, ids, probs: np.ndarray, *, classes, id_column: str = "dicom_id", expected_ids=None,
                      make_zip: bool = True) -> tuple[Path, Path | None]:
     path = Path(path)
-    frame = pd.DataFrame(np.asarray(probs, dtype=np.float64), columns=list(classes))
+    frame = pd.DataFrame(keep_decision(probs), columns=list(classes))
     frame.insert(0, id_column, [str(i) for i in ids])
     validate_frame(frame, classes=classes, expected_ids=expected_ids, id_column=id_column)
     if not make_zip:
@@ -108,20 +165,47 @@ def check_file(path, *, classes, expected_ids=None, id_column: str = "dicom_id")
     return f"OK: {path} has {len(frame)} rows, {id_column} + {len(classes)} classes in order, values in [0, 1]"
 
 
+def expected_layout(edition: str | None, sample, id_column: str | None, classes=None) -> tuple[str, list[str], object]:
+    """(id column, class order, sample ids or None) a submission is checked against: the sample
+    submission when given, else the edition's (default CXR-LT 2023), else `classes` (a run's)."""
+    from ..data import editions
+
+    if sample is not None:
+        base = classes if classes is not None else (
+            editions.get(edition).submission_classes if edition not in (None, "generic") else None)
+        if base is None:
+            got_id, order, ids = read_sample(sample)
+        else:
+            got_id, order, ids = layout_from_sample(sample, list(base))
+        return id_column or got_id, order, ids
+    if classes is not None:
+        return id_column or "dicom_id", list(classes), None
+    ed = editions.get(edition or "cxrlt2023")
+    if ed is None:
+        raise SubmissionError("--edition generic has no fixed class list: pass --sample-submission or --runs")
+    return id_column or ed.id_column, list(ed.submission_classes), None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxrlt.submission", description=__doc__.split("\n")[0])
     parser.add_argument("--check", required=True, type=Path, help="submission CSV (or .zip) to validate")
     parser.add_argument("--labels", type=Path, help="test image list; its ids must each appear once")
-    parser.add_argument("--id-column", default="dicom_id")
+    parser.add_argument("--edition", help="cxrlt2023 (default) | cxrlt2024-task1 | cxrlt2024-task2 | cxrlt2026-task1")
+    parser.add_argument("--sample-submission", type=Path, help="official sample file: header order and id list")
+    parser.add_argument("--id-column", help="default: the edition's (dicom_id; ImageID for 2026) or the sample's")
     args = parser.parse_args(argv)
     expected = None
     try:
+        id_column, order, sample_ids = expected_layout(args.edition, args.sample_submission, args.id_column)
+        expected = sample_ids
         if args.labels:
             from ..data.dataset import read_labels
 
-            expected = read_labels(args.labels, classes=cls.CXRLT2023, require_labels=False,
-                                   allow_outside_root=True).ids
-        print(check_file(args.check, classes=cls.CXRLT2023, expected_ids=expected, id_column=args.id_column))
+            expected = read_labels(args.labels, classes=order, require_labels=False, allow_outside_root=True,
+                                   edition=args.edition or "auto").ids
+            if sample_ids is not None and set(map(str, sample_ids)) != set(map(str, expected)):
+                raise SubmissionError(f"{args.labels} and {args.sample_submission} list different images")
+        print(check_file(args.check, classes=order, expected_ids=expected, id_column=id_column))
     except (SubmissionError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

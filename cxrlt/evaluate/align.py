@@ -90,7 +90,7 @@ def align(pred_csv: Path, table: dataset.LabelTable, id_column: str | None = Non
     """Predictions reordered to the label table's rows and classes; every mismatch is named."""
     if not pred_csv.is_file():
         raise MismatchError(f"prediction file {pred_csv} does not exist")
-    frame = pd.read_csv(pred_csv, dtype={id_column or "dicom_id": str, "id": str})
+    frame = pd.read_csv(pred_csv, dtype={id_column or "dicom_id": str, "id": str, "ImageID": str, "dicom_id": str})
     try:
         return check_table(frame, table.classes, id_column=id_column or frame.columns[0], expected_ids=table.ids,
                            reference=str(table.source))
@@ -102,16 +102,24 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxrlt.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--pred", required=True, type=Path, help="prediction CSV: id column then class columns")
     parser.add_argument("--labels", required=True, type=Path, help="label CSV with the same ids")
-    parser.add_argument("--classes", default="auto", help="cxrlt2023 | nih14 | auto (the label CSV's 0/1 columns)")
+    parser.add_argument("--classes", default="edition",
+                        help="edition (the edition's classes, default) | cxrlt2023 | nih14 | auto (the label CSV's 0/1 columns)")
+    parser.add_argument("--edition", default="auto", help="auto (from the label CSV's columns) | cxrlt2023 | "
+                        "cxrlt2024-task1 | cxrlt2024-task2 (score the 26 task-2 classes of a 40-class file) | "
+                        "cxrlt2026-task1 | generic")
     parser.add_argument("--id-column", help="id column of the prediction CSV (default: its first column)")
     parser.add_argument("--json", type=Path, help="also write the metrics as JSON (keys mAP, mAUC, mF1, per_class)")
     cli.add_common(parser)
     args = parser.parse_args(argv)
     cli.setup(args)
     try:
-        table = dataset.read_labels(args.labels, classes=args.classes, allow_outside_root=True)
+        table = dataset.read_labels(args.labels, classes=args.classes, allow_outside_root=True, edition=args.edition)
         probs = align(args.pred, table, args.id_column)
-        groups = cls.class_groups(table.classes, table.class_counts())
+        from ..data import editions
+
+        edition = editions.get(table.edition)
+        counts = table.class_counts()
+        groups = edition.groups(table.classes, counts) if edition else cls.class_groups(table.classes, counts)
         result = metrics.evaluate(table.labels, probs, list(table.classes), groups=groups)
     except (MismatchError, dataset.LabelFileError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -93,8 +93,10 @@ def read_image_list(run: runs.Run, path, image_root=None) -> dataset.LabelTable:
     d = run.config()["data"]
     if image_root is None and d.get("test_labels") and Path(path) == Path(d["test_labels"]):
         image_root = d.get("test_image_root")
+    edition = run.edition()  # the training file's edition: a test list has its id and path columns
     table = dataset.read_labels(path, image_root=image_root, classes=list(run.classes()), require_labels=False,
-                                uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"])
+                                uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
+                                edition=edition)
     mode = d.get("check_images", "header")
     if mode != "off":
         # Every listed image needs a prediction: a bad one is named now (never skipped), not as a

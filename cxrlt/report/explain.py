@@ -222,7 +222,8 @@ def explain_image(fold_models: FoldModels, image_path, requested=None, *, top: i
     run = fold_models.run
     cfg, class_names = run.config(), list(run.classes())
     try:
-        image = pipeline.decode_image(tf.constant(str(image_path)), cfg["input"]["size"], cfg["input"]["resize"])
+        image = pipeline.decode_image(tf.constant(str(image_path)), cfg["input"]["size"], cfg["input"]["resize"],
+                                       intensity=cfg["input"].get("intensity", "full_range"))
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as err:
         raise ExplainError(f"{image_path}: cannot decode the image ({err.message.splitlines()[0][:200]}); "
                            "JPEG or PNG expected") from None

@@ -232,7 +232,8 @@ def augmentation_preview(data: ReportData, path: Path, n: int = 5, seed: int = 0
     cfg = data.cfg
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(data.paths), size=min(n, len(data.paths)), replace=False)
-    images = tf.stack([pipeline.decode_image(tf.constant(p), cfg["input"]["size"], cfg["input"]["resize"])
+    images = tf.stack([pipeline.decode_image(tf.constant(p), cfg["input"]["size"], cfg["input"]["resize"],
+                                              intensity=cfg["input"].get("intensity", "full_range"))
                        for p in data.paths[idx]])
     grid = preview.rows(images, tf.constant(data.y_true[idx], tf.float32), cfg, seed)
     m, a = cfg["mix"], cfg["augment"]

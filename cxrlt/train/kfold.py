@@ -43,17 +43,29 @@ def resolve_data(cfg: dict) -> dataset.LabelTable:
     if d["demo"]:
         from ..data.synthetic import make_demo
 
-        demo = make_demo(d["demo_dir"], n_patients=d["demo_patients"], image_size=d["demo_image_size"])
-        d.update(labels=str(demo.train_csv), image_root=str(demo.root), test_labels=str(demo.test_csv),
-                 test_image_root=str(demo.root), classes="cxrlt2023")
+        edition = d.get("demo_edition", "cxrlt2023")
+        if edition == "cxrlt2023":  # the demo as it always was
+            demo = make_demo(d["demo_dir"], n_patients=d["demo_patients"], image_size=d["demo_image_size"])
+            d.update(labels=str(demo.train_csv), image_root=str(demo.root), test_labels=str(demo.test_csv),
+                     test_image_root=str(demo.root), classes="cxrlt2023")
+        else:  # another edition's layout, beside the 2023 demo
+            demo = make_demo(f"{d['demo_dir']}-{edition}", n_patients=d["demo_patients"],
+                             image_size=d["demo_image_size"], edition=edition)
+            d.update(labels=str(demo.train_csv), image_root=str(demo.root), test_labels=str(demo.test_csv),
+                     test_image_root=str(demo.root), edition=edition,
+                     exclude=str(demo.exclude) if demo.exclude else d.get("exclude"))
     if not d["labels"]:
         raise config.ConfigError(NO_DATA)
     for key in ("labels", "image_root", "test_labels", "test_image_root", "prepared"):
         if d[key]:
             d[key] = str(Path(d[key]).expanduser().resolve())
+    if d.get("exclude"):
+        d["exclude"] = str(Path(d["exclude"]).expanduser().resolve())
+    # the exclusion list is applied while reading, so a removed (e.g. broken) image is never screened
     table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=d["classes"],
                                 uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
-                                check_files=d["check_images"] == "off")
+                                check_files=d["check_images"] == "off", edition=d.get("edition", "auto"),
+                                exclude=d.get("exclude"))
     if d["check_images"] != "off":
         # Pre-flight: every bad image is named now, not as a decode error hours into the run; with
         # --skip-bad they are left out and listed in the run directory (nothing dropped unrecorded).
@@ -64,10 +76,17 @@ def resolve_data(cfg: dict) -> dataset.LabelTable:
         table = check.screen_table(table, deep=deep, skip_bad=d["skip_bad"], record_dir=record)
         if d["test_labels"]:  # the submission needs every test image: bad ones stop the run, never skipped
             test = dataset.read_labels(d["test_labels"], image_root=d["test_image_root"], classes=list(table.classes),
-                                       require_labels=False, uncertain=d["uncertain"],
+                                       require_labels=False, uncertain=d["uncertain"], edition=table.edition,
                                        allow_outside_root=d["allow_outside_root"])
             check.screen_table(test, deep=deep, record_dir=record / "test_images", what="test", can_skip=False)
     return table
+
+
+def submission_classes(edition, classes) -> list[str]:
+    """The official column order when the run's classes are its edition's, else the training order."""
+    if edition is not None and set(classes) == set(edition.submission_classes):
+        return list(edition.submission_classes)
+    return list(classes)
 
 
 def open_run(cfg: dict, table: dataset.LabelTable, force: bool) -> runs.Run:
@@ -82,10 +101,17 @@ def open_run(cfg: dict, table: dataset.LabelTable, force: bool) -> runs.Run:
             )
     atomic.write_text(run.config_path, config.dump(cfg))
     counts = table.class_counts()
+    from ..data import editions
+
+    edition = editions.get(table.edition)
     atomic.write_json(run.classes_json, {
         "classes": list(table.classes),
         "train_counts": counts.astype(int).tolist(),
-        "groups": cls.class_groups(table.classes, counts),
+        "groups": edition.groups(table.classes, counts) if edition else cls.class_groups(table.classes, counts),
+        # what a submission of this run looks like: the edition's id column and column order
+        "edition": table.edition,
+        "id_column": table.id_column,
+        "submission_classes": submission_classes(edition, table.classes),
     })
     return run
 

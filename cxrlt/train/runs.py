@@ -70,6 +70,20 @@ class Run:
     def groups(self) -> dict[str, str]:
         return self._class_info()["groups"]
 
+    def submission_layout(self) -> tuple[str, tuple[str, ...]]:
+        """(id column, class columns in the official order) of this run's submissions. Runs made
+        before editions existed were CXR-LT 2023 or generic: dicom_id and the 2023 order rule."""
+        info = self._class_info()
+        if "submission_classes" in info:
+            return info["id_column"], tuple(info["submission_classes"])
+        classes = tuple(info["classes"])
+        from ..data import classes as cls
+
+        return "dicom_id", (cls.CXRLT2023 if set(classes) == set(cls.CXRLT2023) else classes)
+
+    def edition(self) -> str:
+        return self._class_info().get("edition", "auto")
+
     def _class_info(self) -> dict:
         if not self.classes_json.exists():
             raise RunError(f"{self.root}: no classes.json; is this a cxrlt run directory?")
