@@ -36,6 +36,9 @@ class DemoData:
     root: Path       # image root; CSV paths are relative to it
     train_csv: Path  # labelled training list
     test_csv: Path   # labelled test list (labels kept so the demo can be scored offline)
+    exclude: Path | None = None            # a removal list (the 2026 layout's Removal.csv)
+    sample_submission: Path | None = None  # the test list's sample submission (2024 / 2026 layouts)
+    edition: str = "cxrlt2023"
 
 
 def prevalences() -> dict[str, float]:
@@ -186,8 +189,14 @@ def _sample_studies(n_patients: int, rng: np.random.Generator) -> pd.DataFrame:
 
 
 def make_demo(out_dir, *, n_patients: int = 400, image_size: int = 128, seed: int = 0,
-              test_fraction: float = 0.2) -> DemoData:
-    """Generate (or reuse, if already complete with these parameters) the demo set in `out_dir`."""
+              test_fraction: float = 0.2, edition: str = "cxrlt2023") -> DemoData:
+    """Generate (or reuse, if already complete with these parameters) the demo set in `out_dir`.
+
+    `edition` other than cxrlt2023 writes that edition's layout instead (`make_edition_demo`); the
+    2023 demo is made exactly as it always was (same files, byte for byte)."""
+    if edition != "cxrlt2023":
+        return make_edition_demo(out_dir, edition, n_patients=n_patients, image_size=image_size, seed=seed,
+                                 test_fraction=test_fraction)
     out = Path(out_dir)
     params = {"version": VERSION, "n_patients": n_patients, "image_size": image_size, "seed": seed,
               "test_fraction": test_fraction}
@@ -221,18 +230,132 @@ def make_demo(out_dir, *, n_patients: int = 400, image_size: int = 128, seed: in
     return demo
 
 
+DEMO_EDITIONS = {"2023": "cxrlt2023", "2024": "cxrlt2024-task1", "2026": "cxrlt2026-task1"}
+# Where a class of another edition takes its visible trace from (a 2023 class): the demo's labels
+# stay learnable from the pixels. Classes of the same name map to themselves, Normal to No Finding.
+_TRACE_OF = {
+    "aortic elongation": "Tortuous Aorta", "aortic atheromatosis": "Calcification of the Aorta",
+    "alveolar pattern": "Consolidation", "azygos lobe": "Pleural Other", "Hydropneumothorax": "Pneumothorax",
+    "Kyphosis": "Fibrosis", "pneumoperitoneo": "Pneumoperitoneum", "vascular hilar enlargement":
+    "Enlarged Cardiomediastinum", "vertebral degenerative changes": "Fibrosis", "hyperinflated lung": "Emphysema",
+    "interstitial pattern": "Infiltration", "central venous catheter": "Support Devices",
+    "hypoexpansion": "Lung Opacity", "bronchiectasis": "Lung Lesion", "hemidiaphragm elevation": "Edema",
+    "sternotomy": "Pneumomediastinum", "calcified densities": "Pneumonia", "Adenopathy": "Enlarged Cardiomediastinum",
+    "Azygos Lobe": "Pleural Other", "Clavicle Fracture": "Fracture", "Fissure": "Pleural Thickening",
+    "Granuloma": "Nodule", "Infarction": "Lung Opacity", "Lobar Atelectasis": "Atelectasis",
+    "Pulmonary Embolism": "Edema", "Pulmonary Hypertension": "Enlarged Cardiomediastinum",
+    "Rib Fracture": "Fracture", "Round(ed) Atelectasis": "Atelectasis", "Tuberculosis": "Infiltration",
+}
+
+
+def _trace_class(name: str) -> str:
+    if name == "Normal":
+        return "No Finding"
+    if name in cls.CXRLT2023:
+        return name
+    return _TRACE_OF.get(name) or next(c for c in cls.CXRLT2023 if c.lower() == name.lower())
+
+
+def make_edition_demo(out_dir, edition: str, *, n_patients: int = 400, image_size: int = 128, seed: int = 0,
+                      test_fraction: float = 0.2) -> DemoData:
+    """A demo set in another edition's layout, so each edition runs end to end without its data.
+
+    cxrlt2024-task1: the 2024 columns (dicom_id, subject_id, study_id 's5...', ViewPosition, some
+    blank, ViewCodeSequence_CodeMeaning, fpath) + 40 classes, MIMIC-style JPEG paths.
+    cxrlt2026-task1: ImageID (flat PNG file names), StudyDate_DICOM, PatientID (38 digits, two
+    patients differing only past float64's 16 digits) + 30 classes; the images are 16-bit PNGs
+    holding 12-bit values in a per-image window, and a Removal.csv lists one broken file (which must
+    never reach the image screen) and one ordinary image. Both write a sample submission of the
+    test list. Each class's label is that of the 2023 finding whose trace it borrows (`_TRACE_OF`).
+    """
+    from . import editions
+
+    e = editions.EDITIONS[edition]
+    out = Path(out_dir)
+    params = {"version": VERSION, "edition": edition, "n_patients": n_patients, "image_size": image_size,
+              "seed": seed, "test_fraction": test_fraction}
+    demo = DemoData(root=out, train_csv=out / "train.csv", test_csv=out / "test.csv",
+                    exclude=out / "Removal.csv" if edition.startswith("cxrlt2026") else None,
+                    sample_submission=out / "test_sample_submission.csv", edition=edition)
+    manifest = out / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text()).get("params") == params:
+        return demo
+    rng = np.random.default_rng([seed, 2026 if demo.exclude else 2024])
+    frame = _sample_studies(n_patients, rng)
+    labels = pd.DataFrame({c: frame[_trace_class(c)].to_numpy() for c in e.classes})
+    n = len(frame)
+    if demo.exclude:
+        draws = rng.choice(10 ** 6, len(frame.subject.unique()), replace=False)
+        base = [10 ** 37 + 10 ** 20 * int(v) for v in draws]  # 38 digits, beyond float64's 16
+        patient_of = {s: str(base[i]) for i, s in enumerate(frame.subject.unique())}
+        first, second = list(patient_of)[:2]
+        patient_of[second] = str(int(patient_of[first]) + 1)  # equal as floats, two patients as text
+        days = {st: f"2015{1 + i % 12:02d}{1 + i % 28:02d}" for i, st in enumerate(frame.study_id.unique())}
+        meta = pd.DataFrame({"ImageID": [f"{_dicom_id(seed, i)[:17].replace('-', '')}_{i:05d}.png" for i in range(n)],
+                             "StudyDate_DICOM": [days[st] for st in frame.study_id],
+                             "PatientID": [patient_of[s] for s in frame.subject]})
+        files = meta.ImageID.tolist()
+    else:
+        dicom = [_dicom_id(seed, i) for i in range(n)]
+        files = [f"files/p{str(s)[:2]}/p{s}/s{st}/{d}.jpg" for s, st, d in zip(frame.subject, frame.study_id, dicom)]
+        view = frame.ViewPosition.where(rng.random(n) > 0.04, "")  # ~4 % blank, as in the 2024 files
+        meta = pd.DataFrame({"dicom_id": dicom, "subject_id": frame.subject.astype(str),
+                             "study_id": ["s" + str(st) for st in frame.study_id], "ViewPosition": view,
+                             "ViewCodeSequence_CodeMeaning": view.map({"PA": "postero-anterior", "AP": "antero-posterior",
+                                                                       "LATERAL": "lateral", "": ""}),
+                             "fpath": files})
+    for i, row in enumerate(frame.itertuples(index=False)):
+        pixels = render({c: frame.at[i, c] for c in cls.CXRLT2023}, image_size, np.random.default_rng([seed, i]))
+        if row.ViewPosition == "LATERAL":
+            pixels = np.ascontiguousarray(pixels[:, ::-1])
+        path = out / files[i]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        if demo.exclude:  # PadChest: 16-bit PNG, 12-bit values in a window that varies per image
+            lo, hi = rng.uniform(0, 400), rng.uniform(2500, 4095)
+            Image.fromarray(np.round(lo + pixels / 255.0 * (hi - lo)).astype(np.uint16)).save(buffer, format="PNG")
+        else:
+            Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+        with atomic.atomic_path(path) as tmp:
+            tmp.write_bytes(buffer.getvalue())
+    table = pd.concat([meta, labels], axis=1)
+    subjects = frame.subject.unique()
+    test_subjects = set(rng.choice(subjects, max(1, int(round(len(subjects) * test_fraction))), replace=False))
+    is_test = frame.subject.isin(test_subjects).to_numpy()
+    train = table.loc[~is_test]
+    if demo.exclude:
+        broken = "broken_00000.png"  # truncated: the image screen would stop the run, were it not removed
+        (out / broken).write_bytes(b"\x89PNG\r\n\x1a\n")
+        extra = train.iloc[[0]].copy()
+        extra["ImageID"] = broken
+        train = pd.concat([train, extra], ignore_index=True)
+        atomic.write_csv(demo.exclude, pd.DataFrame({"ImageID": [broken, train.ImageID.iloc[1]]}))
+    atomic.write_csv(demo.train_csv, train)
+    atomic.write_csv(demo.test_csv, table.loc[is_test])
+    sample = pd.DataFrame({e.id_column: table.loc[is_test, e.id_column].to_numpy(),
+                           **{c: 0.5 for c in e.submission_classes}})
+    atomic.write_csv(demo.sample_submission, sample)
+    atomic.write_json(manifest, {"params": params, "images": len(table)})
+    return demo
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxrlt.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="demo_data")
     parser.add_argument("--patients", type=int, default=400)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--edition", choices=sorted(DEMO_EDITIONS), default="2023", help="the layout to write")
     args = parser.parse_args(argv)
-    demo = make_demo(args.out, n_patients=args.patients, image_size=args.size, seed=args.seed)
+    edition = DEMO_EDITIONS[args.edition]
+    demo = make_demo(args.out, n_patients=args.patients, image_size=args.size, seed=args.seed, edition=edition)
     for split in (demo.train_csv, demo.test_csv):
         frame = pd.read_csv(split)
         print(f"{split}: {len(frame)} images")
-    counts = pd.read_csv(demo.train_csv)[list(cls.CXRLT2023)].sum().sort_values(ascending=False)
+    from .editions import EDITIONS
+
+    names = list(EDITIONS[edition].classes)
+    counts = pd.read_csv(demo.train_csv)[names].sum().sort_values(ascending=False)
     print(counts.to_string())
     return 0
 
