@@ -158,6 +158,8 @@ def forwarded_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--set", item]
     if args.demo:
         argv.append("--demo")
+    if getattr(args, "demo_edition", None):
+        argv += ["--demo-edition", args.demo_edition]
     if args.mixed_precision:
         argv.append("--mixed-precision")
     return argv
