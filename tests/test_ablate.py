@@ -150,3 +150,16 @@ def test_beyond_seed002_grid_builds_every_variants_loss_and_head(tmp_path):
     assert ("focal", "ml_decoder", 0, None, False) in seen and ("focal", "gap", 1, None, False) in seen
     assert ("ldam", "gap", 0, 4, False) in seen and ("ldam", "gap", 0, None, False) in seen
     assert ("asl", "gap", 0, None, True) in seen and ("distribution_balanced", "gap", 0, None, False) in seen
+
+
+def test_demo_edition_reaches_every_variant():
+    """configs/ablations/intensity_16bit.yaml runs on the 2026-layout demo: the flag must reach each child."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    parser.add_argument("--folds-csv")
+    args = parser.parse_args(["--demo-edition", "2026", "--size", "64"])
+    argv = ablate.forwarded_argv(args)
+    assert argv[argv.index("--demo-edition") + 1] == "2026"
+    assert ablate.resolve(argv)["data"]["demo_edition"] == "cxrlt2026-task1"
