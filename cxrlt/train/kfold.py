@@ -137,7 +137,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
                                              masked=train.mask is not None) if on_device else None)
     trainer = engine.Trainer(strategy, built.train_model, optimizer, loss, jit_compile=cfg["distribute"]["jit_compile"],
                              steps_per_execution=distribute.steps_per_execution(cfg["train"]["steps_per_execution"]),
-                             preprocess=preprocess)
+                             preprocess=preprocess, ema=cfg["train"]["ema"])
     start_epoch = trainer.restore(fold_dir / "backup")
 
     def dataset_fn(ctx: "tf.distribute.InputContext"):
