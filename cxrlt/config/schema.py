@@ -222,9 +222,9 @@ def validate(cfg: dict) -> None:
             raise ConfigError(problem)
     _check_data(cfg)
     weights = cfg["model"]["weights"]
-    if weights not in ("none", "imagenet") and not Path(str(weights)).expanduser().is_file():
-        raise ConfigError(f"model.weights must be none, imagenet or an existing weights file, got {weights!r} "
-                          "(no such file)")
+    if weights not in ("none", "imagenet") and not Path(str(weights)).expanduser().exists():
+        raise ConfigError(f"model.weights must be none, imagenet or an existing weights file (or a folder from "
+                          f"python -m cxrlt weights), got {weights!r} (no such file)")
     init = cfg["model"]["init"]
     if init is not None and not Path(str(init)).expanduser().exists():
         raise ConfigError(f"model.init must be a cxrlt run directory or a .keras model file, got {init!r} (no such path)")

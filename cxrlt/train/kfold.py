@@ -121,10 +121,17 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
         log.warning("fold %d: no positive training image for %s", k, ", ".join(empty))
 
     with strategy.scope():
+        init = cfg["model"]["init"]  # a resumed fold's checkpoint holds the weights: no init, no download
+        init = init if init and not (fold_dir / "backup" / "checkpoint").exists() else None
         built = models.build(cfg["model"]["backbone"], len(classes), cfg["input"]["size"],
-                             weights=cfg["model"]["weights"], dropout=cfg["model"]["dropout"],
+                             weights="none" if cfg["model"]["init"] else cfg["model"]["weights"],
+                             dropout=cfg["model"]["dropout"],
                              pixel_range=cfg["input"]["pixel_range"], head=cfg["model"]["head"],
                              csra_lambda=cfg["model"]["csra_lambda"])
+        if init:
+            from . import init_from
+
+            init_from.initialise(init, run, k, built.model, classes)
         loss = losses.get_loss(cfg["loss"]["name"], class_counts=train.class_counts(), n_images=len(train),
                                **cfg["loss"]["params"])
         optimizer = optim.make_optimizer(cfg, steps)
