@@ -51,6 +51,8 @@ def resolve_data(cfg: dict) -> dataset.LabelTable:
     for key in ("labels", "image_root", "test_labels", "test_image_root", "prepared"):
         if d[key]:
             d[key] = str(Path(d[key]).expanduser().resolve())
+    if cfg["model"]["init"]:  # a rerun from another folder finds the same source
+        cfg["model"]["init"] = str(Path(cfg["model"]["init"]).expanduser().resolve())
     table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=d["classes"],
                                 uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
                                 check_files=d["check_images"] == "off")
