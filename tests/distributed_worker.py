@@ -5,6 +5,7 @@ before TensorFlow runs its first op, which a pytest process that already used Te
     python tests/distributed_worker.py bfloat16    # mixed_bfloat16 training with focal loss and the mixers stays finite
     python tests/distributed_worker.py jit         # --jit-compile trains on one device and under MirroredStrategy(2 CPUs)
     python tests/distributed_worker.py masked      # the masked mean (--uncertain ignore) is global under MirroredStrategy
+    python tests/distributed_worker.py ema         # train.ema under MirroredStrategy(2 CPUs) equals one device
 
 Prints one JSON object on the last line of stdout.
 """
@@ -100,7 +101,7 @@ def bfloat16() -> dict:
             "logits_finite": bool(np.isfinite(np.asarray(logits)).all())}
 
 
-def _small_run(strategy, tensors, *, compiled: bool = False) -> dict:
+def _small_run(strategy, tensors, *, compiled: bool = False, ema: float = 0.0, callbacks=()) -> dict:
     """Two steps (k = 2 per call) of a small conv net from fixed weights on the same global batches."""
     import keras
 
@@ -112,13 +113,17 @@ def _small_run(strategy, tensors, *, compiled: bool = False) -> dict:
         model = keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
         optimizer = keras.optimizers.Adam(1e-2)
         loss = losses.get_loss("focal")
-    trainer = engine.Trainer(strategy, model, optimizer, loss, jit_compile=compiled, steps_per_execution=2)
+    trainer = engine.Trainer(strategy, model, optimizer, loss, jit_compile=compiled, steps_per_execution=2, ema=ema)
 
     def dataset_fn(ctx):
         return tf.data.Dataset.from_tensor_slices(tensors).batch(ctx.get_per_replica_batch_size(GLOBAL_BATCH)).repeat()
 
-    history = trainer.fit(trainer.distributed_input(dataset_fn), epochs=1, steps_per_epoch=STEPS, verbose=0)
-    return {"loss": history["loss"], "steps": int(optimizer.iterations.numpy()), "replicas": strategy.num_replicas_in_sync,
+    history = trainer.fit(trainer.distributed_input(dataset_fn), epochs=1, steps_per_epoch=STEPS, verbose=0,
+                          callbacks=[cb(model) for cb in callbacks])
+    return {**({"ema": [float(np.abs(a.numpy()).sum()) for a in trainer.ema.averages],
+                "ema_copies_differ": max(float(np.abs(np.asarray(c) - a.numpy()).max())
+                                         for a in trainer.ema.averages for c in strategy.experimental_local_results(a))}
+               if ema else {}),"loss": history["loss"], "steps": int(optimizer.iterations.numpy()), "replicas": strategy.num_replicas_in_sync,
             "weights": [float(np.abs(w).sum()) for w in model.get_weights()]}
 
 
@@ -142,6 +147,31 @@ def masked() -> dict:
     return {name: _small_run(distribute.get_strategy(name), (images, labels, mask)) for name in ("one", "mirrored")}
 
 
+def ema() -> dict:
+    """train.ema under MirroredStrategy: each device averages its own copy; the averages, and the weights the
+    epoch-end callbacks see (every replica's copy swapped in), equal one device's."""
+    import keras
+
+    distribute.split_cpu(2)
+    images, labels = _data(4)
+    out = {}
+    for name in ("one", "mirrored"):
+        strategy, seen = distribute.get_strategy(name), {}
+
+        class Seen(keras.callbacks.Callback):
+            def __init__(self, model):
+                super().__init__()
+                self.watched = model
+
+            def on_epoch_end(self, epoch, logs=None):
+                seen["weights"] = [float(np.abs(v.numpy()).sum()) for v in self.watched.weights]
+                seen["copies_differ"] = max(float(np.abs(np.asarray(c) - v.numpy()).max()) for v in self.watched.weights
+                                            for c in strategy.experimental_local_results(v.value))
+
+        out[name] = {**_small_run(strategy, (images, labels), ema=0.5, callbacks=[Seen]), "seen": seen}
+    return out
+
+
 if __name__ == "__main__":
-    result = {"mirrored": mirrored, "bfloat16": bfloat16, "jit": jit, "masked": masked}[sys.argv[1]]()
+    result = {"mirrored": mirrored, "bfloat16": bfloat16, "jit": jit, "masked": masked, "ema": ema}[sys.argv[1]]()
     print(json.dumps(result))

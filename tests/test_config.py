@@ -87,6 +87,8 @@ def test_diff_lists_changed_settings():
     (["--folds", "3", "--fold", "3"], "0..2"),
     (["--lr", "0"], "optim.lr must be > 0"),
     (["--set", "model.dropout=1.0"], "model.dropout must be in \\[0, 1\\)"),
+    (["--set", "train.ema=1"], "train.ema must be in \\[0, 1\\)"),
+    (["--init", "/nowhere/run"], "model.init must be a cxrlt run directory or a .keras model file"),
     (["--set", "train.steps_per_epoch=0"], "steps_per_epoch must be null \\(one pass\\) or >= 1"),
     (["--set", "predict.batch_size=0"], "predict.batch_size must be >= 1"),
     (["--set", "mix.mixup_alpha=0"], "mix.mixup_alpha must be > 0"),

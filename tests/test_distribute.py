@@ -124,3 +124,15 @@ def test_learning_rate_scaling_rules():
     assert scaled_lr(1e-4, "sqrt", 32, 8) == pytest.approx(2e-4)
     with pytest.raises(ConfigError, match="optim.lr_scaling"):
         scaled_lr(1e-4, "cubic", 64, 8)
+
+
+def test_weight_ema_under_mirrored_strategy_matches_one_device():
+    """train.ema: each replica averages its own copy with no communication; the averages and the weights the
+    epoch-end callbacks see (every replica's copy swapped in) equal one device's."""
+    result = _run_worker("ema")
+    one, two = result["one"], result["mirrored"]
+    assert two["replicas"] == 2 and one["replicas"] == 1
+    np.testing.assert_allclose(two["ema"], one["ema"], rtol=1e-5)
+    np.testing.assert_allclose(two["seen"]["weights"], one["ema"], rtol=1e-5)  # the callbacks saw the averages
+    assert max(abs(a - b) for a, b in zip(one["ema"], one["weights"])) > 1e-3
+    assert two["ema_copies_differ"] == 0.0 and two["seen"]["copies_differ"] == 0.0

@@ -199,3 +199,66 @@ def test_label_masks_travel_through_the_mixers(tmp_path):
     # each uncertain cell is ignored in the two outputs its image shows in (as itself and as a partner)
     assert 0 < (m.numpy() == 0).sum() <= 4
     assert ((m.numpy() == 0).sum(axis=0)[[0, 3]] == 0).all()
+
+
+def _bn_model() -> keras.Model:
+    """The small model plus BatchNorm: its moving statistics are averaged too."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Activation("relu")(x))
+    return keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
+
+
+def _ema_trainer(decay: float = 0.8) -> engine.Trainer:
+    return engine.Trainer(tf.distribute.get_strategy(), _bn_model(), keras.optimizers.Adam(1e-2),
+                          losses.get_loss("bce"), ema=decay)
+
+
+def test_weight_ema_equals_a_numpy_reference_and_is_what_the_callbacks_see():
+    """train.ema: after every step ema = d ema + (1 - d) w (from the initial weights, BatchNorm statistics
+    included); at each epoch's end the callbacks (validation, model selection) see the averages, and training
+    goes on from the raw weights."""
+    decay, raw, seen = 0.8, [], []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raw.append([w.copy() for w in trainer.model.get_weights()])
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append([w.copy() for w in trainer.model.get_weights()])
+
+    trainer = _ema_trainer(decay)
+    ema = [w.astype(np.float64) for w in trainer.model.get_weights()]
+    trainer.fit(_epoch_datasets(0, 3), epochs=2, steps_per_epoch=3, callbacks=[Watch()], verbose=0)
+    assert len(raw) == 6 and len(seen) == 2
+    expected = []
+    for step in raw:
+        ema = [decay * e + (1 - decay) * w for e, w in zip(ema, step)]
+        expected.append(ema)
+    for got, want in ((seen[0], expected[2]), (seen[1], expected[5])):
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert max(np.abs(a - b).max() for a, b in zip(seen[1], raw[-1])) > 1e-3  # the averages are not the weights
+    for a, b in zip(trainer.model.get_weights(), raw[-1]):  # after the callbacks: the raw weights again
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_resumed_ema_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    straight = _ema_trainer()
+    straight.restore(tmp_path / "a")
+    straight.fit(_epoch_datasets(0, 3), epochs=2, steps_per_epoch=3, verbose=0)
+    first = _ema_trainer()
+    first.restore(tmp_path / "b")
+    first.fit(_epoch_datasets(0, 3), epochs=1, steps_per_epoch=3, verbose=0)
+    resumed = _ema_trainer()
+    for average in resumed.ema.averages:  # nothing may survive from the fresh trainer's own averages
+        average.assign(tf.zeros_like(average))
+    assert resumed.restore(tmp_path / "b") == 1
+    resumed.fit(_epoch_datasets(1, 3), epochs=2, steps_per_epoch=3, verbose=0)
+    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(straight.ema.averages, resumed.ema.averages):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="ema must be in"):
+        engine.Trainer(tf.distribute.get_strategy(), _model(), keras.optimizers.Adam(), losses.get_loss("bce"), ema=1.0)

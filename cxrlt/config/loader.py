@@ -33,7 +33,7 @@ FREEFORM = {"loss.params", "predict.view_weights"}
 # Settings whose default is null, and the type a value must have.
 NULLABLE = {"name": str, "data.labels": str, "data.image_root": str, "data.test_labels": str,
             "data.test_image_root": str, "train.steps_per_epoch": int,
-            "train.steps_per_execution": int}
+            "train.steps_per_execution": int, "model.init": str}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -227,6 +227,7 @@ FLAGS = {
     "--size": "input.size",
     "--backbone": "model.backbone",
     "--weights": "model.weights",
+    "--init": "model.init",
     "--fold": "train.fold",
     "--folds": "train.folds",
     "--epochs": "train.epochs",

@@ -162,6 +162,7 @@ RANGES: dict[str, Range] = {
     "train.epochs": Range(1, 100_000, cap=True),
     "train.batch_size": Range(1, MAX_BATCH, cap=True),
     "train.folds": Range(2, 100, cap=True),
+    "train.ema": Range(0, 1, hi_open=True),
     "train.steps_per_epoch": Range(1, MAX_COUNT, cap=True, null="one pass"),
     "train.steps_per_execution": Range(1, 10_000, cap=True, null="1 without a GPU, 16 with one"),
     "predict.batch_size": Range(1, MAX_BATCH, cap=True),
@@ -225,9 +226,12 @@ def validate(cfg: dict) -> None:
             raise ConfigError(problem)
     _check_data(cfg)
     weights = cfg["model"]["weights"]
-    if weights not in ("none", "imagenet") and not Path(str(weights)).expanduser().is_file():
-        raise ConfigError(f"model.weights must be none, imagenet or an existing weights file, got {weights!r} "
-                          "(no such file)")
+    if weights not in ("none", "imagenet") and not Path(str(weights)).expanduser().exists():
+        raise ConfigError(f"model.weights must be none, imagenet or an existing weights file (or a folder from "
+                          f"python -m cxrlt weights), got {weights!r} (no such file)")
+    init = cfg["model"]["init"]
+    if init is not None and not Path(str(init)).expanduser().exists():
+        raise ConfigError(f"model.init must be a cxrlt run directory or a .keras model file, got {init!r} (no such path)")
     name = None if cfg.get("name") is None else str(cfg["name"])
     if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
         raise ConfigError(f"name {name!r} must be a plain folder name (the run goes to {cfg['out']}/<name>)")

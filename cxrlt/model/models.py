@@ -21,16 +21,13 @@ import keras
 from ..config.schema import BACKBONES, HEADS  # name -> keras.applications constructor name; model.head names
 from ..utils.errors import UserError
 from . import heads as heads_mod
+from .pretrained import WeightsError, resolve as resolve_weights_file  # WeightsError is models.WeightsError too
 
 # The last feature map before pooling (G26), as Keras 3.15 names it. ConvNeXt(include_top=False) ends in an
 # auto-named LayerNormalization ("layer_normalization", "_N" suffixed when several models are built in one
 # process); "..._stage_3_block_2_identity" is the last block's branch before its residual add. So
 # cxrlt.explain.feature_layer takes the input of the "gap" layer instead of looking a name up here.
 FEATURE_LAYER = {"efficientnetv2": "top_activation", "convnext": "layer_normalization"}
-
-
-class WeightsError(UserError, RuntimeError):
-    """Pretrained weights that cannot be had; the message names the fix."""
 
 
 class ModelFileError(UserError):
@@ -50,7 +47,8 @@ def backbone_names() -> list[str]:
 def build(backbone: str, num_classes: int, image_size: int, *, weights: str | None = "none",
           dropout: float = 0.3, pixel_range: str = "0_255", head: str = "gap", csra_lambda: float = 0.1) -> Built:
     """Build the classifier. `weights`: none | imagenet | path to a backbone weights file.
-    `head`: gap (seed 002) | csra | ml_decoder (cxrlt.model.heads), on the backbone's last feature map."""
+    `head`: gap (seed 002) | csra | ml_decoder (cxrlt.model.heads), on the backbone's last feature map.
+    A weights path may be a folder written by `python -m cxrlt weights` (its <backbone>.weights.h5 is used)."""
     if backbone not in BACKBONES:
         import difflib
 
@@ -107,8 +105,9 @@ def _make_backbone(constructor, backbone: str, x, weights, include_preprocessing
                 "~/.keras/models/ on a machine that can download it)."
             ) from None
     path = Path(os.path.expanduser(str(weights)))
-    if not path.is_file():
+    if not path.exists():
         raise WeightsError(f"weights file {path} does not exist (use --weights none|imagenet|PATH)")
+    path = resolve_weights_file(path, backbone)  # a folder from `cxrlt weights`; refuses another backbone's file
     model = constructor(weights=None, **kwargs)
     # Keras reports layers it could not fill only as warnings ("Skipping ... Affected layers will
     # retain their freshly-initialized weights"): a partial load must not pass as a pretrained model.

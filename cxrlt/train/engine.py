@@ -14,6 +14,11 @@ first) a tf.train.Checkpoint of (model, optimizer, epoch, the layers' random-num
 last two. A killed fold restarts at its last finished epoch. Under MultiWorkerMirroredStrategy every
 worker takes part in saving (it is a collective operation); only the chief writes into
 `backup_dir`, the others into a scratch folder they delete.
+
+Weight EMA (`train.ema`, `WeightEMA` below): an exponential moving average of the model's float variables,
+updated after every step. At each epoch's end the averages are swapped into the model for the callbacks
+(so validation scores them and model selection saves them as model.keras, which prediction then uses) and
+swapped back before the checkpoint, which holds both the raw weights and the averages.
 """
 
 from __future__ import annotations
@@ -46,15 +51,18 @@ class Trainer:
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, optimizer, loss, *,
-                 jit_compile: bool = False, steps_per_execution: int = 1, preprocess=None):
+                 jit_compile: bool = False, steps_per_execution: int = 1, preprocess=None, ema: float = 0.0):
         if int(steps_per_execution) < 1:
             raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
+        if not 0.0 <= float(ema) < 1.0:
+            raise ValueError(f"ema must be in [0, 1) (0 = off), got {ema}")
         self.strategy, self.model, self.optimizer, self.loss = strategy, model, optimizer, loss
         self.steps_per_execution, self.jit_compile = int(steps_per_execution), bool(jit_compile)
         self.preprocess = preprocess  # batch -> (images, labels[, mask]) on the replica (augment.device accelerator)
         self.chief = distribute.is_chief(strategy)
         with strategy.scope():
             optimizer.build(model.trainable_variables)
+        self.ema = WeightEMA(strategy, model, float(ema)) if ema else None
         # XLA compiles the forward and backward pass only: the iterator (IteratorGetNext has no XLA
         # kernel) and the optimizer update (a cross-replica merge under MirroredStrategy) stay outside.
         self._gradients = tf.function(self._replica_gradients, jit_compile=jit_compile, reduce_retracing=True)
@@ -77,7 +85,8 @@ class Trainer:
         # model's checkpoint by default; without it a resumed fold would draw the first epoch's masks again.
         rng = {f"rng{i}": v.value for i, v in enumerate(v for v in self.model.variables
                                                        if v.path.endswith("seed_generator_state"))}
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self._epoch, rng=rng)
+        extra = {"ema": self.ema.tracked()} if self.ema is not None else {}
+        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self._epoch, rng=rng, **extra)
         latest = tf.train.latest_checkpoint(str(self._backup_dir))
         if latest:
             checkpoint.restore(latest).assert_existing_objects_matched()
@@ -121,6 +130,9 @@ class Trainer:
         for _ in tf.range(n):
             per_replica = self.strategy.run(self._replica_step, args=(next(iterator),))
             total += tf.cast(self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None), tf.float32)
+            if self.ema is not None:
+                with tf.control_dependencies([total]):  # after this step's update of the weights
+                    self.ema.update()
         return total
 
     def distributed_input(self, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset]):
@@ -163,7 +175,13 @@ class Trainer:
                 total += value
                 step += n
                 cbs.on_train_batch_end(step - 1, {"loss": total / step})
-            cbs.on_epoch_end(epoch, {"loss": total / steps_per_epoch})
+            if self.ema is not None:  # the callbacks validate and save the averaged weights
+                self.ema.swap()
+            try:
+                cbs.on_epoch_end(epoch, {"loss": total / steps_per_epoch})
+            finally:
+                if self.ema is not None:  # training and its checkpoint go on from the raw weights
+                    self.ema.swap()
             for key, value in recorder.logs.items():
                 history.setdefault(key, []).append(value)
             self._epoch.assign(epoch + 1)
@@ -201,6 +219,47 @@ class Trainer:
             log.info("epoch %d state saved: %s", self.finished_epochs, path)
         else:  # saving is collective under MultiWorkerMirroredStrategy; only the chief keeps it
             shutil.rmtree(self._manager.directory, ignore_errors=True)
+
+
+class WeightEMA:
+    """ema <- decay * ema + (1 - decay) * w after every train step, for every float variable of the model
+    (the trainable weights and BatchNorm's moving statistics, as timm's ModelEmaV2; the dropout seed state is
+    int and left out), starting from the weights the model has when the Trainer is made.
+
+    Keras 3's own `use_ema` averages the trainable variables only and can only overwrite the weights with the
+    averages (`finalize_variable_values`), not swap them back for the next epoch; the averages here are
+    tf.Variables made under the strategy's scope (mirrored like the weights), updated with
+    `strategy.extended.update` in cross-replica context, so each device averages its own copy (no
+    communication), and they are checkpointed with the rest of the state.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, decay: float):
+        self.strategy, self.decay = strategy, float(decay)
+        self.variables = [v for v in model.variables if v.dtype in ("float16", "bfloat16", "float32", "float64")]
+        with strategy.scope():
+            self.averages = [tf.Variable(v.value, trainable=False, name=f"ema_{i}")
+                             for i, v in enumerate(self.variables)]
+
+    def tracked(self) -> dict:
+        return {f"v{i}": a for i, a in enumerate(self.averages)}
+
+    def update(self) -> None:
+        decay = tf.constant(self.decay, tf.float32)
+
+        def step(average, value):
+            return average.assign(tf.cast(decay, average.dtype) * average
+                                  + tf.cast(1.0 - decay, average.dtype) * tf.cast(value, average.dtype))
+
+        for average, variable in zip(self.averages, self.variables):
+            self.strategy.extended.update(average, step, args=(variable.value,))
+
+    def swap(self) -> None:
+        """Exchange the model's weights and the averages (eager, once per epoch)."""
+        with self.strategy.scope():
+            for average, variable in zip(self.averages, self.variables):
+                raw = variable.numpy()
+                variable.assign(average.numpy())
+                average.assign(raw)
 
 
 # Ops that only the input pipeline runs: an error raised by one of them is an input error.

@@ -61,6 +61,8 @@ def resolve_data(cfg: dict) -> dataset.LabelTable:
             d[key] = str(Path(d[key]).expanduser().resolve())
     if d.get("exclude"):
         d["exclude"] = str(Path(d["exclude"]).expanduser().resolve())
+    if cfg["model"]["init"]:  # a rerun from another folder finds the same source
+        cfg["model"]["init"] = str(Path(cfg["model"]["init"]).expanduser().resolve())
     # the exclusion list is applied while reading, so a removed (e.g. broken) image is never screened
     table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=d["classes"],
                                 uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
@@ -147,10 +149,17 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
         log.warning("fold %d: no positive training image for %s", k, ", ".join(empty))
 
     with strategy.scope():
+        init = cfg["model"]["init"]  # a resumed fold's checkpoint holds the weights: no init, no download
+        init = init if init and not (fold_dir / "backup" / "checkpoint").exists() else None
         built = models.build(cfg["model"]["backbone"], len(classes), cfg["input"]["size"],
-                             weights=cfg["model"]["weights"], dropout=cfg["model"]["dropout"],
+                             weights="none" if cfg["model"]["init"] else cfg["model"]["weights"],
+                             dropout=cfg["model"]["dropout"],
                              pixel_range=cfg["input"]["pixel_range"], head=cfg["model"]["head"],
                              csra_lambda=cfg["model"]["csra_lambda"])
+        if init:
+            from . import init_from
+
+            init_from.initialise(init, run, k, built.model, classes)
         loss = losses.get_loss(cfg["loss"]["name"], class_counts=train.class_counts(), n_images=len(train),
                                **cfg["loss"]["params"])
         optimizer = optim.make_optimizer(cfg, steps)
@@ -163,7 +172,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
                                              masked=train.mask is not None) if on_device else None)
     trainer = engine.Trainer(strategy, built.train_model, optimizer, loss, jit_compile=cfg["distribute"]["jit_compile"],
                              steps_per_execution=distribute.steps_per_execution(cfg["train"]["steps_per_execution"]),
-                             preprocess=preprocess)
+                             preprocess=preprocess, ema=cfg["train"]["ema"])
     start_epoch = trainer.restore(fold_dir / "backup")
 
     def dataset_fn(ctx: "tf.distribute.InputContext"):
