@@ -38,3 +38,12 @@ def test_loop_benchmark_times_each_k_against_the_first(tmp_path):
     ks = json.loads(out.read_text())["ks"]
     assert set(ks) == {"1", "4"} and ks["1"]["ratio"] == 1.0
     assert all(k["steps_per_s"] > 0 for k in ks.values())
+
+
+def test_heads_benchmark_reports_rate_and_parameters_per_head(tmp_path):
+    out = tmp_path / "heads.json"
+    assert bench.main(["heads", "--heads", "csra", "--size", "32", "--steps", "2", "--warmup", "1",
+                       "--json", str(out)]) == 0
+    heads = json.loads(out.read_text())["heads"]
+    assert heads["csra"]["ratio"] == 1.0 and heads["csra"]["images_per_s"] > 0
+    assert heads["csra"]["trainable_params"] > 5_000_000  # B0's backbone + the CSRA head

@@ -476,6 +476,7 @@ def main(argv=None) -> int:
     _add_ops(sub)
     bench_step.add_parser(sub, DEFAULT_IMAGES)
     bench_step.add_loop_parser(sub)
+    bench_step.add_heads_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "ops":  # before anything starts TensorFlow's thread pools
         tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -485,6 +486,15 @@ def main(argv=None) -> int:
               f"{machine()}", flush=True)
         results = {"machine": machine(), "command": "loop", "size": args.size, "batch_size": args.batch_size,
                    "ks": bench_step.loop_bench(args.ks, args.size, args.batch_size, args.steps, args.rounds, args.backbone)}
+        if args.json:
+            atomic.write_json(args.json, results)
+        return 0
+    if args.command == "heads":  # from memory: no image list
+        print(f"model.head step cost, {args.backbone} at {args.size} px, batch {args.batch_size}; {machine()}", flush=True)
+        results = {"machine": machine(), "command": "heads", "backbone": args.backbone, "size": args.size,
+                   "batch_size": args.batch_size,
+                   "heads": bench_step.head_bench(args.backbone, args.size, args.batch_size, args.steps, args.warmup,
+                                                  args.heads)}
         if args.json:
             atomic.write_json(args.json, results)
         return 0

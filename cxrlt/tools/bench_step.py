@@ -51,9 +51,9 @@ def _memory_batch(size: int, batch: int):
     return tf.data.Dataset.from_tensors((images, labels)).repeat()
 
 
-def _build(backbone: str, size: int):
+def _build(backbone: str, size: int, head: str = "gap"):
     keras.utils.set_random_seed(0)
-    return models.build(backbone, CLASSES, size, weights="none").train_model
+    return models.build(backbone, CLASSES, size, weights="none", head=head).train_model
 
 
 def bare_fit(backbone: str, size: int, batch: int, steps: int, warmup: int) -> float:
@@ -65,9 +65,10 @@ def bare_fit(backbone: str, size: int, batch: int, steps: int, warmup: int) -> f
     return _rate(clock, warmup, batch)
 
 
-def engine_fit(backbone: str, size: int, batch: int, steps: int, warmup: int, dataset=None) -> float:
+def engine_fit(backbone: str, size: int, batch: int, steps: int, warmup: int, dataset=None, head: str = "gap",
+               model=None) -> float:
     strategy = tf.distribute.get_strategy()
-    model = _build(backbone, size)
+    model = model if model is not None else _build(backbone, size, head)
     trainer = engine.Trainer(strategy, model, keras.optimizers.Adam(1e-4), losses.get_loss("focal"))
     clock = _BatchClock()
     trainer.fit(dataset if dataset is not None else _memory_batch(size, batch), epochs=1,
@@ -101,6 +102,33 @@ def step_bench(paths: np.ndarray, backbones, size: int, batch: int, steps: int, 
             print(f"  {name:<24}{rate:8.2f} images/s  x{rate / ceiling:.3f} of the ceiling", flush=True)
         results[backbone] = row
     return results
+
+
+def head_bench(backbone: str, size: int, batch: int, steps: int, warmup: int, heads) -> dict:
+    """Train images/s of one backbone with each model.head (cxrlt.engine from memory), ratios against the
+    first head, and each head's parameter count: what the CSRA and ML-Decoder heads cost over GAP."""
+    out, base = {}, None
+    for head in heads:
+        model = _build(backbone, size, head)
+        params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
+        rate = engine_fit(backbone, size, batch, steps, warmup, model=model)
+        base = base or rate
+        out[head] = {"images_per_s": round(rate, 3), "ratio": round(rate / base, 3), "ratio_vs": heads[0],
+                     "trainable_params": params}
+        print(f"  head {head:<11}{rate:8.2f} images/s  x{rate / base:.3f} of {heads[0]}  "
+              f"{params / 1e6:6.2f} M trainable parameters", flush=True)
+    return out
+
+
+def add_heads_parser(sub) -> None:
+    p = sub.add_parser("heads", help="train images/s of one backbone with each model.head, from memory")
+    p.add_argument("--heads", nargs="+", default=["gap", "csra", "ml_decoder"])
+    p.add_argument("--backbone", default="efficientnetv2-b0")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per head")
+    p.add_argument("--warmup", type=int, default=3, help="untimed first steps (tracing)")
+    p.add_argument("--json", type=Path)
 
 
 def _small_model(size: int) -> keras.Model:
