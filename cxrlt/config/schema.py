@@ -159,6 +159,7 @@ RANGES: dict[str, Range] = {
     "train.batch_size": Range(1, MAX_BATCH, cap=True),
     "train.folds": Range(2, 100, cap=True),
     "train.steps_per_epoch": Range(1, MAX_COUNT, cap=True, null="one pass"),
+    "train.accumulate": Range(1, 1024, cap=True),
     "train.steps_per_execution": Range(1, 10_000, cap=True, null="1 without a GPU, 16 with one"),
     "predict.batch_size": Range(1, MAX_BATCH, cap=True),
     "ensemble.fit_rounds": Range(1, 100_000, cap=True),
