@@ -71,6 +71,15 @@ class Trainer:
         # XLA compiles the forward and backward pass only: the iterator (IteratorGetNext has no XLA
         # kernel) and the optimizer update (a cross-replica merge under MirroredStrategy) stay outside.
         self._gradients = tf.function(self._replica_gradients, jit_compile=jit_compile, reduce_retracing=True)
+        if strategy.num_replicas_in_sync > 1 and _synchronized_batchnorm(model):
+            # model.sync_batchnorm: the BN layers all-reduce their moments in the forward pass, a cross-replica
+            # merge that MirroredStrategy cannot run inside a nested tf.function (let alone an XLA cluster): the
+            # forward and backward pass are traced inline into the replica step instead.
+            if jit_compile:
+                raise TrainingError("model.sync_batchnorm all-reduces the BatchNorm statistics between the replicas "
+                                    "inside the forward pass, which cannot be XLA-compiled: turn off "
+                                    "distribute.jit_compile (--jit-compile) or model.sync_batchnorm")
+            self._gradients = self._replica_gradients
         self._train_steps = tf.function(self._distributed_steps)
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="finished_epochs")
         self._manager: tf.train.CheckpointManager | None = None
@@ -234,6 +243,11 @@ class Trainer:
             log.info("epoch %d state saved: %s", self.finished_epochs, path)
         else:  # saving is collective under MultiWorkerMirroredStrategy; only the chief keeps it
             shutil.rmtree(self._manager.directory, ignore_errors=True)
+
+
+def _synchronized_batchnorm(model) -> bool:
+    return any(getattr(layer, "synchronized", False) for layer in model._flatten_layers()
+               if isinstance(layer, keras.layers.BatchNormalization))
 
 
 # Ops that only the input pipeline runs: an error raised by one of them is an input error.

@@ -128,7 +128,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
         built = models.build(cfg["model"]["backbone"], len(classes), cfg["input"]["size"],
                              weights=cfg["model"]["weights"], dropout=cfg["model"]["dropout"],
                              pixel_range=cfg["input"]["pixel_range"], head=cfg["model"]["head"],
-                             csra_lambda=cfg["model"]["csra_lambda"])
+                             csra_lambda=cfg["model"]["csra_lambda"], sync_batchnorm=cfg["model"]["sync_batchnorm"])
         loss = losses.get_loss(cfg["loss"]["name"], class_counts=train.class_counts(), n_images=len(train),
                                **cfg["loss"]["params"])
         optimizer = optim.make_optimizer(cfg, steps)
