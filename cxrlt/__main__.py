@@ -24,6 +24,7 @@ COMMANDS = {
     "bench": ("cxrlt.tools.bench", "input pipeline, step, prediction and memory benchmarks"),
     "augment": ("cxrlt.tools.preview", "preview grid of augmented and mixed batches"),
     "synthetic": ("cxrlt.data.synthetic", "write the synthetic demo data set"),
+    "data_service": ("cxrlt.data.service", "tf.data service dispatcher or worker (input.data_service)"),
 }
 
 

@@ -221,6 +221,11 @@ class Trainer:
         where = f"epoch {epoch + 1}, batch {step + 1}" + (f"-{step + n}" if n > 1 else "")
         try:
             value = float(self._train_steps(iterator, tf.constant(n, tf.int32)))
+        except tf.errors.OutOfRangeError:
+            raise TrainingError(
+                f"{label}: the input stream ended in {where}; training streams never end on their own, so a tf.data "
+                "service worker (input.data_service) was probably lost. Restart it and rerun: the fold resumes after "
+                "its last finished epoch") from None
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
             first = err.message.splitlines()[0][:300]
             if not _from_input(err):

@@ -185,6 +185,7 @@ def sample_batch(cfg: dict, train: dataset.LabelTable, seed: int, batch_size: in
     fold's own augmentation and mixing (a small sample, so the preview decodes a handful of files)."""
     from ..data import augment, mix, pipeline
 
+    cfg = {**cfg, "input": {**cfg["input"], "data_service": None}}  # a handful of images: no service job for them
     pick = np.random.default_rng(seed).permutation(len(train))[:4 * batch_size]
     sample = train.subset(np.sort(pick))
     options = augment.options_from_config(cfg, sample, seed)
