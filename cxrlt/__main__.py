@@ -25,6 +25,7 @@ COMMANDS = {
     "augment": ("cxrlt.tools.preview", "preview grid of augmented and mixed batches"),
     "synthetic": ("cxrlt.data.synthetic", "write the synthetic demo data set"),
     "weights": ("cxrlt.model.pretrained", "fetch a backbone's ImageNet weights for offline nodes"),
+    "data_service": ("cxrlt.data.service", "tf.data service dispatcher or worker (input.data_service)"),
 }
 
 

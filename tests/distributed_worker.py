@@ -6,6 +6,7 @@ before TensorFlow runs its first op, which a pytest process that already used Te
     python tests/distributed_worker.py jit         # --jit-compile trains on one device and under MirroredStrategy(2 CPUs)
     python tests/distributed_worker.py masked      # the masked mean (--uncertain ignore) is global under MirroredStrategy
     python tests/distributed_worker.py ema         # train.ema under MirroredStrategy(2 CPUs) equals one device
+    python tests/distributed_worker.py accel       # model.sync_batchnorm and train.accumulate under MirroredStrategy
 
 Prints one JSON object on the last line of stdout.
 """
@@ -172,6 +173,82 @@ def ema() -> dict:
     return out
 
 
+def _bn_run(strategy, images, labels, *, sync: bool, compiled: bool = False) -> dict:
+    """One step of a small conv -> BatchNorm net on one global batch of 8; its BN moving statistics after it."""
+    import keras
+
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((SIZE, SIZE, 3))
+        x = keras.layers.Conv2D(4, 3, strides=4, use_bias=False)(inputs / 255.0)
+        x = keras.layers.BatchNormalization(momentum=0.5, name="bn")(x)
+        x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+        model = keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
+        if sync:
+            assert models.synchronize_batchnorm(model) == 1
+        optimizer = keras.optimizers.SGD(0.1)
+        loss = losses.get_loss("bce")
+    trainer = engine.Trainer(strategy, model, optimizer, loss, jit_compile=compiled)
+
+    def dataset_fn(ctx):
+        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(ctx.get_per_replica_batch_size(GLOBAL_BATCH)).repeat()
+
+    trainer.fit(trainer.distributed_input(dataset_fn), epochs=1, steps_per_epoch=1, verbose=0)
+    bn = model.get_layer("bn")
+    return {"moving_mean": np.asarray(bn.moving_mean).tolist(), "moving_variance": np.asarray(bn.moving_variance).tolist(),
+            "kernel": float(np.abs(np.asarray(model.layers[-1].kernel)).sum())}
+
+
+def _accumulated_run(strategy, tensors, *, global_batch: int, accumulate: int) -> dict:
+    import keras
+
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((SIZE, SIZE, 3))
+        x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs / 255.0)
+        model = keras.Model(inputs, keras.layers.Dense(CLASSES)(keras.layers.GlobalAveragePooling2D()(x)))
+        optimizer = keras.optimizers.Adam(1e-2)
+        loss = losses.get_loss("bce")
+    trainer = engine.Trainer(strategy, model, optimizer, loss, accumulate=accumulate)
+
+    def dataset_fn(ctx):
+        return tf.data.Dataset.from_tensor_slices(tensors).batch(ctx.get_per_replica_batch_size(global_batch)).repeat()
+
+    history = trainer.fit(trainer.distributed_input(dataset_fn), epochs=1, steps_per_epoch=1, verbose=0)
+    return {"loss": history["loss"], "updates": int(optimizer.iterations.numpy()), "replicas": strategy.num_replicas_in_sync,
+            "weights": [np.asarray(w).ravel().tolist() for w in model.get_weights()]}
+
+
+def accel() -> dict:
+    """model.sync_batchnorm: BN statistics over the global batch under MirroredStrategy(2 CPUs) equal one
+    device's on the whole batch (and differ without sync); train.accumulate under MirroredStrategy: 2
+    micro-batches of a global 8 (4 per replica) train like one device's batch of 16, masked mean included."""
+    distribute.split_cpu(2)
+    images, labels = _data(4)
+    images[GLOBAL_BATCH // 2:GLOBAL_BATCH] *= 0.2  # the second replica's half is much darker: its own statistics differ
+    one, mirrored = distribute.get_strategy("one"), distribute.get_strategy("mirrored")
+    result = {"one": _bn_run(one, images, labels, sync=False),
+              "mirrored_sync": _bn_run(mirrored, images, labels, sync=True),
+              "mirrored_plain": _bn_run(mirrored, images, labels, sync=False)}
+    try:
+        _bn_run(mirrored, images, labels, sync=True, compiled=True)
+        result["sync_xla_error"] = None
+    except engine.TrainingError as err:
+        result["sync_xla_error"] = str(err)
+    built = models.build("efficientnetv2-b0", CLASSES, SIZE, weights="none", sync_batchnorm=True)
+    import keras
+
+    bns = [layer for layer in built.model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    result["build_bn_layers"], result["build_bn_synced"] = len(bns), sum(bool(layer.synchronized) for layer in bns)
+    mask = np.ones_like(labels)
+    mask[:GLOBAL_BATCH // 2, 1:] = 0.0  # the first micro-batch's first replica knows few labels
+    result["accumulate_one"] = _accumulated_run(one, (images, labels, mask), global_batch=2 * GLOBAL_BATCH, accumulate=1)
+    result["accumulate_mirrored"] = _accumulated_run(mirrored, (images, labels, mask), global_batch=GLOBAL_BATCH,
+                                                     accumulate=2)
+    return result
+
+
 if __name__ == "__main__":
-    result = {"mirrored": mirrored, "bfloat16": bfloat16, "jit": jit, "masked": masked, "ema": ema}[sys.argv[1]]()
+    result = {"mirrored": mirrored, "bfloat16": bfloat16, "jit": jit, "masked": masked, "ema": ema,
+              "accel": accel}[sys.argv[1]]()
     print(json.dumps(result))

@@ -4,6 +4,7 @@ layout and the cluster must be set before TensorFlow's first op)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -63,6 +64,34 @@ def test_mixed_bfloat16_training_with_focal_loss_and_mixers_stays_finite():
     assert result["policy"] == "mixed_bfloat16" and result["conv_compute_dtype"] == "bfloat16"
     assert result["logits_dtype"] == "float32"  # the head and the loss stay float32
     assert all(np.isfinite(result["losses"])) and result["logits_finite"]
+
+
+@functools.lru_cache(maxsize=None)
+def _accel_result() -> dict:
+    return _run_worker("accel")  # one process for the two tests below
+
+
+def test_synchronized_batchnorm_under_mirrored_strategy_sees_the_global_batch():
+    """model.sync_batchnorm: after one step on 2 replicas whose halves differ, the BN moving statistics equal one
+    device's on the whole batch; without sync they differ. XLA is refused with the fix; build() syncs every BN."""
+    result = _accel_result()
+    one, synced, plain = result["one"], result["mirrored_sync"], result["mirrored_plain"]
+    for key in ("moving_mean", "moving_variance"):
+        np.testing.assert_allclose(synced[key], one[key], rtol=1e-5, atol=1e-7)
+        assert np.max(np.abs(np.subtract(plain[key], one[key]))) > 1e-3
+    assert "turn off distribute.jit_compile" in result["sync_xla_error"]
+    assert result["build_bn_layers"] > 10 and result["build_bn_synced"] == result["build_bn_layers"]
+
+
+def test_accumulated_steps_under_mirrored_strategy_train_like_one_device_on_the_whole_update():
+    """train.accumulate 2 on 2 replicas (micro-batches of 8 = 4 per replica, uneven label masks) makes the update
+    one device makes from a batch of 16: the same loss (the masked mean of the update) and weights."""
+    result = _accel_result()
+    one, mirrored = result["accumulate_one"], result["accumulate_mirrored"]
+    assert mirrored["replicas"] == 2 and mirrored["updates"] == one["updates"] == 1
+    np.testing.assert_allclose(mirrored["loss"], one["loss"], rtol=1e-5)
+    for a, b in zip(one["weights"], mirrored["weights"]):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
 def _free_ports(n: int) -> list[int]:

@@ -262,3 +262,37 @@ def test_a_resumed_ema_run_ends_where_an_uninterrupted_one_does(tmp_path):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="ema must be in"):
         engine.Trainer(tf.distribute.get_strategy(), _model(), keras.optimizers.Adam(), losses.get_loss("bce"), ema=1.0)
+
+
+def test_accumulated_micro_batches_train_like_one_batch_of_their_size(tmp_path):
+    """train.accumulate: 2 micro-batches of 8 per update train to the weights of 1 batch of 16 (same images),
+    the masked mean over the whole update included (the two halves hold very different numbers of known
+    labels), with k = 2 updates per call; optimizer.iterations counts updates."""
+    images, labels = _data(64, seed=4)
+    mask = np.ones_like(labels)
+    mask[::16, :] = 0.0
+    mask[:8, 1:] = 0.0  # the first micro-batch of each 16 knows far fewer labels than the second
+    mask[16:24, 1:] = 0.0
+    runs = {}
+    for batch, n in ((16, 1), (8, 2)):
+        data = tf.data.Dataset.from_tensor_slices((images, labels, mask)).batch(batch).repeat()
+        trainer = engine.Trainer(tf.distribute.get_strategy(), _model(), keras.optimizers.Adam(1e-2),
+                                 losses.get_loss("bce"), steps_per_execution=2, accumulate=n)
+        trainer.restore(tmp_path / f"n{n}")
+        runs[n] = (trainer.fit(data, epochs=2, steps_per_epoch=2, verbose=0)["loss"], trainer)
+    (loss1, t1), (loss2, t2) = runs[1], runs[2]
+    assert int(t2.optimizer.iterations.numpy()) == 4 == int(t1.optimizer.iterations.numpy())
+    np.testing.assert_allclose(loss2, loss1, rtol=1e-5)
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(t1.model.get_weights(), _model().get_weights()))
+    assert moved > 1e-3
+    for a, b in zip(t1.model.get_weights(), t2.model.get_weights()):  # float32 sums in another order
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # and the weighting matters: the plain mean of the two micro-batches' own masked means trains differently
+    plain = engine.Trainer(tf.distribute.get_strategy(), _model(), keras.optimizers.Adam(1e-2), losses.get_loss("bce"),
+                           accumulate=2)
+    plain._global_mean_factors = lambda masks: [tf.constant(0.5)] * len(masks)
+    other = plain.fit(tf.data.Dataset.from_tensor_slices((images, labels, mask)).batch(8).repeat(), epochs=2,
+                      steps_per_epoch=2, verbose=0)["loss"]
+    assert abs(other[0] - loss1[0]) > 1e-4
+    with pytest.raises(ValueError, match="accumulate"):
+        engine.Trainer(tf.distribute.get_strategy(), _model(), keras.optimizers.Adam(), losses.get_loss("bce"), accumulate=0)

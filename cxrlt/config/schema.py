@@ -131,6 +131,7 @@ RANGES: dict[str, Range] = {
     "data.demo_image_size": Range(32, MAX_SIZE, cap=True),
     "input.size": Range(32, MAX_SIZE, cap=True),
     "input.shuffle_buffer": Range(1, 10**7, cap=True),
+    "input.data_service_streams": Range(1, 1024, cap=True),
     "augment.tail_quantile": UNIT,
     "augment.minority_share": SHARE,
     "augment.scale": Range(0, 1, hi_open=True),
@@ -164,6 +165,7 @@ RANGES: dict[str, Range] = {
     "train.folds": Range(2, 100, cap=True),
     "train.ema": Range(0, 1, hi_open=True),
     "train.steps_per_epoch": Range(1, MAX_COUNT, cap=True, null="one pass"),
+    "train.accumulate": Range(1, 1024, cap=True),
     "train.steps_per_execution": Range(1, 10_000, cap=True, null="1 without a GPU, 16 with one"),
     "predict.batch_size": Range(1, MAX_BATCH, cap=True),
     "ensemble.fit_rounds": Range(1, 100_000, cap=True),
@@ -225,6 +227,7 @@ def validate(cfg: dict) -> None:
         if problem:
             raise ConfigError(problem)
     _check_data(cfg)
+    _check_data_service(cfg)
     weights = cfg["model"]["weights"]
     if weights not in ("none", "imagenet") and not Path(str(weights)).expanduser().exists():
         raise ConfigError(f"model.weights must be none, imagenet or an existing weights file (or a folder from "
@@ -256,6 +259,25 @@ def _check_data(cfg: dict) -> None:
         choice("data.classes", d["classes"], ["auto", "edition", *sorted(classes.SCHEMAS), *editions.EDITIONS])
     if isinstance(d["classes"], list) and (not d["classes"] or len(set(map(str, d["classes"]))) != len(d["classes"])):
         raise ConfigError(f"data.classes must list each class once, got {d['classes']}")
+
+
+def _check_data_service(cfg: dict) -> None:
+    """input.data_service: a grpc address, and only pipelines made of TensorFlow ops (a tf.data service worker
+    runs the serialized graph; Python generators and numpy_function stay behind in the trainer's process)."""
+    address = cfg["input"]["data_service"]
+    if address is None:
+        return
+    import re
+
+    if not isinstance(address, str) or not re.fullmatch(r"grpc://[^\s:/]+:\d{1,5}", address):
+        raise ConfigError(f"input.data_service must be null or grpc://HOST:PORT of a tf.data service dispatcher "
+                          f"(python -m cxrlt.data_service --dispatcher), got {address!r}")
+    sampler, strategy = cfg["sampling"]["sampler"], cfg["augment"]["strategy"]
+    if sampler in ("ros", "rus") or strategy != "none":
+        what = f"sampling.sampler {sampler}" if sampler in ("ros", "rus") else f"augment.strategy {strategy}"
+        raise ConfigError(f"input.data_service cannot run {what}: it uses Python code (a numpy epoch generator or "
+                          "albumentations) that tf.data service workers cannot run; train without input.data_service "
+                          "or use a TensorFlow-only sampler/augmentation (instance/class/sqrt/q, augment.strategy none)")
 
 
 def oversampling_conflict(sampler: str, strategy: str) -> str | None:

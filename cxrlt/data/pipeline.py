@@ -394,7 +394,19 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     the labels (+ mask columns), each image's augmentation seed [B, 2] and the batch's mixer step, and
     `device_preprocess` turns them into what the host path yields, inside the train step. Pass no
     augment_fn / mixer then.
+
+    With `input.data_service` set (grpc://HOST:PORT), the stream is `service_streams`' round-robin of
+    `input.data_service_streams` sub-streams, each produced by a tf.data service worker.
     """
+    service = (cfg.get("input") or {}).get("data_service")
+    if service:
+        local = {**cfg, "input": {**cfg["input"], "data_service": None}}
+
+        def build(sub_shard, sub_start):
+            return train_dataset(paths, labels, local, seed=seed, batch_size=batch_size, augment_fn=augment_fn,
+                                 mixer=mixer, minority=minority, minority_share=minority_share, strategy_fn=strategy_fn,
+                                 mask=mask, shard=sub_shard, start_batch=sub_start, on_device=on_device)
+        return service_streams(build, int(cfg["input"].get("data_service_streams", 4)), shard, start_batch, service)
     if on_device and (augment_fn is not None or mixer is not None or strategy_fn is not None):
         raise ValueError("on_device batches carry the raw images: give the augmentation and the mixer to "
                          "device_preprocess, not to train_dataset")
@@ -451,6 +463,45 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     else:
         ds = ds.map(lambda x, y: (to_rgb(x), y), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def service_streams(build, streams: int, shard=None, start_batch: int = 0, service: str | None = None) -> tf.data.Dataset:
+    """Input scale-out on tf.data service: this input pipeline's batches as a round-robin of `streams`
+    sub-streams, sub-stream s run by one tf.data service worker (or locally with service=None, the same
+    batches: what the tests compare against).
+
+    `build(shard, start_batch)` makes one sub-stream: pipeline i of n is split once more into shards
+    (n x streams, i x streams + s), so the sub-streams read disjoint images and draw their own augmentation
+    and mixing seeds (cxrlt's global element/batch indices), like the input pipelines of several workers.
+
+    Why not one job over the whole pipeline: with ShardingPolicy.OFF every worker would produce the same
+    seeded stream (each batch W times), and DYNAMIC sharding of the path list would give each worker its own
+    element count (duplicate augmentation seeds, a nondeterministic order, nothing to resume from). Here
+    each sub-stream is its own job whose source is `range(1)` under DYNAMIC sharding: the dispatcher gives
+    that one split, i.e. the whole infinite sub-stream, to exactly one worker; the other workers get none.
+    The trainer reads batch g from sub-stream g mod streams, so the batches are a function of (seed, streams,
+    position) whatever the number of workers or their speed, and a resumed fold positions each sub-stream
+    at its share of the batches already used (exact resume). The price: `streams` bounds the number of
+    workers doing useful work (more streams than workers is fine, a worker runs several), the slowest
+    sub-stream sets the pace (round-robin waits for it), and a lost worker's sub-streams are not moved
+    to another worker (DYNAMIC visits a split at most once): reading stalls (seen with 2 workers on
+    127.0.0.1), the trainer is stopped and rerun, and resumes after its last finished epoch.
+    """
+    if int(streams) < 1:
+        raise ValueError(f"input.data_service_streams must be >= 1, got {streams}")
+    _check_shard(shard)
+    n, i = shard or (1, 0)
+    subs = []
+    for s in range(streams):
+        ds = build((n * streams, i * streams + s), (int(start_batch) - s + streams - 1) // streams)
+        if service:
+            ds = tf.data.Dataset.range(1).flat_map(lambda _, ds=ds: ds).apply(tf.data.experimental.service.distribute(
+                processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=service))
+        subs.append(ds)
+    if streams == 1:
+        return subs[0]
+    order = tf.data.Dataset.range(int(start_batch), 2 ** 62).map(lambda g: g % streams)
+    return tf.data.Dataset.choose_from_datasets(subs, order).prefetch(AUTOTUNE)
 
 
 def _raw_batches(ds: tf.data.Dataset, seed: int, shard, skip: int, batch_size: int, start_batch: int) -> tf.data.Dataset:

@@ -45,10 +45,12 @@ def backbone_names() -> list[str]:
 
 
 def build(backbone: str, num_classes: int, image_size: int, *, weights: str | None = "none",
-          dropout: float = 0.3, pixel_range: str = "0_255", head: str = "gap", csra_lambda: float = 0.1) -> Built:
+          dropout: float = 0.3, pixel_range: str = "0_255", head: str = "gap", csra_lambda: float = 0.1,
+          sync_batchnorm: bool = False) -> Built:
     """Build the classifier. `weights`: none | imagenet | path to a backbone weights file.
     `head`: gap (seed 002) | csra | ml_decoder (cxrlt.model.heads), on the backbone's last feature map.
-    A weights path may be a folder written by `python -m cxrlt weights` (its <backbone>.weights.h5 is used)."""
+    A weights path may be a folder written by `python -m cxrlt weights` (its <backbone>.weights.h5 is used).
+    `sync_batchnorm`: every BatchNormalization normalises over the global batch (`synchronize_batchnorm`)."""
     if backbone not in BACKBONES:
         import difflib
 
@@ -74,8 +76,28 @@ def build(backbone: str, num_classes: int, image_size: int, *, weights: str | No
         logits = attach_head(base.output, num_classes, head, dropout=dropout, csra_lambda=csra_lambda)
     probs = keras.layers.Activation("sigmoid", name="probabilities", dtype="float32")(logits)
     name = backbone.replace("-", "_")
-    return Built(train_model=keras.Model(inputs, logits, name=f"{name}_logits"),
-                 model=keras.Model(inputs, probs, name=name))
+    built = Built(train_model=keras.Model(inputs, logits, name=f"{name}_logits"), model=keras.Model(inputs, probs, name=name))
+    if sync_batchnorm:  # backbone and head: the two models share their layers
+        synchronize_batchnorm(built.train_model)
+    return built
+
+
+def synchronize_batchnorm(model: keras.Model) -> int:
+    """Make every BatchNormalization layer of `model` (nested models included) synchronized: under a
+    tf.distribute strategy its batch mean and variance are all-reduced over the replicas, so it normalises
+    over the global batch, as one device would (a per-replica batch of 2-4 radiographs at 768 px gives
+    noisy statistics). Returns how many layers it changed.
+
+    Keras 3 reads `BatchNormalization.synchronized` on every call (its moments use the replica context's
+    all-reduce when it is set, plain moments outside a strategy), so setting the attribute on the built
+    layers is enough: no rebuild, the weights stay, and the saved config records synchronized=true, which
+    outside a strategy or with training=False (prediction) changes nothing."""
+    count = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+            count += 1
+    return count
 
 
 def attach_head(feature_map, num_classes: int, head: str, *, dropout: float = 0.3, csra_lambda: float = 0.1):

@@ -42,7 +42,9 @@ def make_optimizer(cfg: dict, steps_per_epoch: int):
     import keras
 
     o = cfg["optim"]
-    lr = scaled_lr(o["lr"], o["lr_scaling"], cfg["train"]["batch_size"], o["reference_batch"])
+    # the batch an update sees: train.batch_size x train.accumulate micro-batches
+    effective = cfg["train"]["batch_size"] * cfg["train"].get("accumulate", 1)
+    lr = scaled_lr(o["lr"], o["lr_scaling"], effective, o["reference_batch"])
     lr = schedule(lr, o["schedule"], steps_per_epoch, cfg["train"]["epochs"], o.get("warmup_epochs", 0))
     if o["name"] == "adam" and not o["weight_decay"]:
         optimizer = keras.optimizers.Adam(lr, beta_1=o["beta_1"], beta_2=o["beta_2"])

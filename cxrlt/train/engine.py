@@ -9,6 +9,16 @@ replica's loss is already divided by the replica count, see cxrlt.losses). Aroun
 (`loss`, plus whatever a callback adds, e.g. `val_mAP`), so validation, model selection, history,
 TensorBoard and the progress bar are the usual Keras pieces.
 
+Gradient accumulation (`accumulate=N`, train.accumulate): one step is one optimizer update made of N
+micro-batches, each drawn from the input as an ordinary batch; their gradients are summed (each weighted
+so that the sum is the gradient of the mean loss over all N micro-batches, masked mean included) and
+applied once. The N micro-batches of a step are taken and reduced inside one traced call, one after the
+other (control dependencies, so only one micro-batch's activations are alive at a time), so no
+accumulator outlives a call: every epoch end and checkpoint falls between updates and resume stays
+exact. Everything else counts updates: `steps_per_epoch`, `steps_per_execution` (k updates = k x N
+micro-batches per call), `optimizer.iterations` and hence the lr schedules. BatchNorm still normalises
+over each micro-batch (use model.sync_batchnorm to widen it over the replicas).
+
 Resume: after every finished epoch (after the callbacks, so the epoch's best model is on disk
 first) a tf.train.Checkpoint of (model, optimizer, epoch, the layers' random-number state) is written to `backup_dir`, keeping the
 last two. A killed fold restarts at its last finished epoch. Under MultiWorkerMirroredStrategy every
@@ -51,13 +61,17 @@ class Trainer:
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, optimizer, loss, *,
-                 jit_compile: bool = False, steps_per_execution: int = 1, preprocess=None, ema: float = 0.0):
+                 jit_compile: bool = False, steps_per_execution: int = 1, preprocess=None, ema: float = 0.0,
+                 accumulate: int = 1):
         if int(steps_per_execution) < 1:
             raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
         if not 0.0 <= float(ema) < 1.0:
             raise ValueError(f"ema must be in [0, 1) (0 = off), got {ema}")
+        if int(accumulate) < 1:
+            raise ValueError(f"accumulate must be >= 1, got {accumulate}")
         self.strategy, self.model, self.optimizer, self.loss = strategy, model, optimizer, loss
         self.steps_per_execution, self.jit_compile = int(steps_per_execution), bool(jit_compile)
+        self.accumulate = int(accumulate)  # micro-batches per optimizer update
         self.preprocess = preprocess  # batch -> (images, labels[, mask]) on the replica (augment.device accelerator)
         self.chief = distribute.is_chief(strategy)
         with strategy.scope():
@@ -66,6 +80,15 @@ class Trainer:
         # XLA compiles the forward and backward pass only: the iterator (IteratorGetNext has no XLA
         # kernel) and the optimizer update (a cross-replica merge under MirroredStrategy) stay outside.
         self._gradients = tf.function(self._replica_gradients, jit_compile=jit_compile, reduce_retracing=True)
+        if strategy.num_replicas_in_sync > 1 and _synchronized_batchnorm(model):
+            # model.sync_batchnorm: the BN layers all-reduce their moments in the forward pass, a cross-replica
+            # merge that MirroredStrategy cannot run inside a nested tf.function (let alone an XLA cluster): the
+            # forward and backward pass are traced inline into the replica step instead.
+            if jit_compile:
+                raise TrainingError("model.sync_batchnorm all-reduces the BatchNorm statistics between the replicas "
+                                    "inside the forward pass, which cannot be XLA-compiled: turn off "
+                                    "distribute.jit_compile (--jit-compile) or model.sync_batchnorm")
+            self._gradients = self._replica_gradients
         self._train_steps = tf.function(self._distributed_steps)
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="finished_epochs")
         self._manager: tf.train.CheckpointManager | None = None
@@ -102,33 +125,53 @@ class Trainer:
             scaled = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16, identity otherwise
         return loss, tape.gradient(scaled, self.model.trainable_variables)
 
-    def _replica_step(self, batch):
-        if self.preprocess is not None:
-            batch = self.preprocess(batch)
-        mask = batch[2] if len(batch) > 2 else None
-        loss, grads = self._gradients(batch[0], batch[1], mask, self._global_mean_factor(mask))
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-        return loss
+    def _replica_step(self, *batches):
+        """One optimizer update from the replica's `accumulate` micro-batches (one without accumulation)."""
+        batches = [self.preprocess(b) if self.preprocess is not None else b for b in batches]
+        masks = [b[2] if len(b) > 2 else None for b in batches]
+        factors = self._global_mean_factors(masks)
+        total, summed = None, None
+        for batch, mask, factor in zip(batches, masks, factors):
+            # one micro-batch after the other: the next forward pass waits for the last gradients, so the
+            # activations of only one micro-batch are alive at a time
+            with tf.control_dependencies([] if summed is None else [g for g in summed if g is not None]):
+                loss, grads = self._gradients(batch[0], batch[1], mask, factor)
+            if summed is None:
+                total, summed = loss, list(grads)
+            else:
+                total += loss
+                summed = [a if b is None else (b if a is None else a + b) for a, b in zip(summed, grads)]
+        self.optimizer.apply_gradients(zip(summed, self.model.trainable_variables))
+        return total
 
-    def _global_mean_factor(self, mask):
-        """With a label mask (--uncertain ignore) the masked mean must be over the global batch's unmasked
-        labels, not the mean of each replica's own masked mean (replicas with few known labels would weigh
-        as much as full ones). Each replica's loss is its sum / its count / R (cxrlt.losses); times
-        R x count / global count it is its sum / the global count, and the replicas' losses add up to the
-        global masked mean. The count is all-reduced here, outside the XLA-compiled part."""
-        replicas = self.strategy.num_replicas_in_sync
-        if mask is None or replicas == 1 or getattr(self.loss, "reduction", None) != "masked_mean":
-            return tf.constant(1.0, tf.float32)
-        local = tf.reduce_sum(tf.cast(mask, tf.float32))
-        total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
-        return tf.math.divide_no_nan(local * replicas, total)
+    def _global_mean_factors(self, masks):
+        """Weights of the micro-batches' losses so that their sum is the mean loss of the whole update: the
+        global batch over every replica, and the N micro-batches of an accumulated step.
+
+        Without a mask (or with a loss that is not a masked mean) each micro-batch's loss is already its
+        global batch's mean (cxrlt.losses divides by the replicas in sync): each weighs 1/N.
+        With a label mask (--uncertain ignore) the masked mean must be over all unmasked labels of the
+        update, not the mean of each replica's (or micro-batch's) own masked mean: those with few known
+        labels would weigh as much as full ones. Each replica's loss is its sum / its count / R
+        (cxrlt.losses); times R x count / total count it is its sum / the total count, and the losses
+        of all replicas and micro-batches add up to the masked mean of the update. The total count is
+        all-reduced here, outside the XLA-compiled part."""
+        n, replicas = len(masks), self.strategy.num_replicas_in_sync
+        if masks[0] is None or getattr(self.loss, "reduction", None) != "masked_mean" or (replicas == 1 and n == 1):
+            return [tf.constant(1.0 / n, tf.float32)] * n
+        local = [tf.reduce_sum(tf.cast(m, tf.float32)) for m in masks]
+        total = tf.add_n(local)
+        if replicas > 1:
+            total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, total)
+        return [tf.math.divide_no_nan(c * replicas, total) for c in local]
 
     def _distributed_steps(self, iterator, n):
-        """`n` train steps in one call (a loop inside the graph: one host round trip per call, not per
-        step); returns the sum of their losses (each step's loss summed over replicas)."""
+        """`n` train steps (optimizer updates) in one call (a loop inside the graph: one host round trip per
+        call, not per step); returns the sum of their losses (each step's loss summed over replicas)."""
         total = tf.constant(0.0, tf.float32)
         for _ in tf.range(n):
-            per_replica = self.strategy.run(self._replica_step, args=(next(iterator),))
+            batches = tuple(next(iterator) for _ in range(self.accumulate))
+            per_replica = self.strategy.run(self._replica_step, args=batches)
             total += tf.cast(self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None), tf.float32)
             if self.ema is not None:
                 with tf.control_dependencies([total]):  # after this step's update of the weights
@@ -197,6 +240,11 @@ class Trainer:
         where = f"epoch {epoch + 1}, batch {step + 1}" + (f"-{step + n}" if n > 1 else "")
         try:
             value = float(self._train_steps(iterator, tf.constant(n, tf.int32)))
+        except tf.errors.OutOfRangeError:
+            raise TrainingError(
+                f"{label}: the input stream ended in {where}; training streams never end on their own, so a tf.data "
+                "service worker (input.data_service) was probably lost. Restart it and rerun: the fold resumes after "
+                "its last finished epoch") from None
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
             first = err.message.splitlines()[0][:300]
             if not _from_input(err):
@@ -260,6 +308,11 @@ class WeightEMA:
                 raw = variable.numpy()
                 variable.assign(average.numpy())
                 average.assign(raw)
+
+
+def _synchronized_batchnorm(model) -> bool:
+    return any(getattr(layer, "synchronized", False) for layer in model._flatten_layers()
+               if isinstance(layer, keras.layers.BatchNormalization))
 
 
 # Ops that only the input pipeline runs: an error raised by one of them is an input error.

@@ -141,9 +141,13 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
             f"{mixer} combines {needed} images of each replica's batch, but train.batch_size {global_batch} over "
             f"{strategy.num_replicas_in_sync} replicas gives {per_replica}: raise --batch-size to at least "
             f"{needed * strategy.num_replicas_in_sync} or set {mixer}=0")
-    steps = cfg["train"]["steps_per_epoch"] or len(train) // global_batch
+    # train.accumulate: a step is one optimizer update of `accumulate` micro-batches of global_batch images each;
+    # steps_per_epoch counts updates, so an epoch always ends between updates (nothing accumulated is lost)
+    accumulate = cfg["train"]["accumulate"]
+    steps = cfg["train"]["steps_per_epoch"] or len(train) // (global_batch * accumulate)
     if steps < 1:
-        raise config.ConfigError(f"fold {k}: {len(train)} training images are fewer than one batch of {global_batch}")
+        raise config.ConfigError(f"fold {k}: {len(train)} training images are fewer than one update of {global_batch} "
+                                 f"x {accumulate} (train.batch_size x train.accumulate)")
     empty = [c for c, n in zip(classes, train.class_counts()) if n == 0]
     if empty:
         log.warning("fold %d: no positive training image for %s", k, ", ".join(empty))
@@ -155,7 +159,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
                              weights="none" if cfg["model"]["init"] else cfg["model"]["weights"],
                              dropout=cfg["model"]["dropout"],
                              pixel_range=cfg["input"]["pixel_range"], head=cfg["model"]["head"],
-                             csra_lambda=cfg["model"]["csra_lambda"])
+                             csra_lambda=cfg["model"]["csra_lambda"], sync_batchnorm=cfg["model"]["sync_batchnorm"])
         if init:
             from . import init_from
 
@@ -172,7 +176,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
                                              masked=train.mask is not None) if on_device else None)
     trainer = engine.Trainer(strategy, built.train_model, optimizer, loss, jit_compile=cfg["distribute"]["jit_compile"],
                              steps_per_execution=distribute.steps_per_execution(cfg["train"]["steps_per_execution"]),
-                             preprocess=preprocess, ema=cfg["train"]["ema"])
+                             preprocess=preprocess, ema=cfg["train"]["ema"], accumulate=accumulate)
     start_epoch = trainer.restore(fold_dir / "backup")
 
     def dataset_fn(ctx: "tf.distribute.InputContext"):
@@ -180,7 +184,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
         return pipeline.train_dataset(train.paths, train.labels, cfg, seed=seed, mask=train.mask,
                                       batch_size=ctx.get_per_replica_batch_size(global_batch),
                                       shard=(ctx.num_input_pipelines, ctx.input_pipeline_id),
-                                      start_batch=start_epoch * steps * (strategy.num_replicas_in_sync // ctx.num_input_pipelines),
+                                      start_batch=start_epoch * steps * accumulate * (strategy.num_replicas_in_sync // ctx.num_input_pipelines),
                                       on_device=on_device,
                                       **({} if on_device else {"mixer": mix.mixer_from_config(cfg, seed),
                                                                **augment.options_from_config(cfg, train, seed)}))
@@ -198,8 +202,9 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
             class_names=classes, optimizer=optimizer))
     if hasattr(loss, "set_epoch"):  # every worker: each has its own copy of the loss's epoch switch
         fold_callbacks.insert(0, callbacks.LossEpoch(loss))
-    log.info("fold %d (of folds 0-%d): %d training, %d validation images, %d steps/epoch of %d, %s at %d px, "
+    log.info("fold %d (of folds 0-%d): %d training, %d validation images, %d steps/epoch of %d%s, %s at %d px, "
              "%d replica(s), %d step(s) per call%s, augmentation and mixing on the %s (%s)", k, cfg["train"]["folds"] - 1, len(train), len(val), steps, global_batch,
+             f" x {accumulate} accumulated micro-batches" if accumulate > 1 else "",
              cfg["model"]["backbone"], cfg["input"]["size"], strategy.num_replicas_in_sync, trainer.steps_per_execution,
              ", XLA" if trainer.jit_compile else "", device_mode, device_why)
     started = time.time()
@@ -215,6 +220,7 @@ def sample_batch(cfg: dict, train: dataset.LabelTable, seed: int, batch_size: in
     fold's own augmentation and mixing (a small sample, so the preview decodes a handful of files)."""
     from ..data import augment, mix, pipeline
 
+    cfg = {**cfg, "input": {**cfg["input"], "data_service": None}}  # a handful of images: no service job for them
     pick = np.random.default_rng(seed).permutation(len(train))[:4 * batch_size]
     sample = train.subset(np.sort(pick))
     options = augment.options_from_config(cfg, sample, seed)
