@@ -162,6 +162,18 @@ def test_train_refuses_an_ensemble_config(capsys):
     assert "python -m cxrlt.ensemble --config" in capsys.readouterr().err
 
 
+def test_a_config_of_only_a_name_is_not_an_ensemble_config(tmp_path):
+    """An ablation's baseline variant ({} over an empty base) is written as `name: seed002`: it trains the
+    defaults, it is not an ensemble config (this refusal stopped the beyond_seed002 grid's first variant)."""
+    from cxrlt.train import kfold as train
+
+    (tmp_path / "only_name.yaml").write_text("name: seed002\n")
+    train.refuse_ensemble_config(tmp_path / "only_name.yaml")  # no error
+    (tmp_path / "ens.yaml").write_text("name: e\nensemble: {runs: [a]}\n")
+    with pytest.raises(config.ConfigError, match="ensemble config"):
+        train.refuse_ensemble_config(tmp_path / "ens.yaml")
+
+
 def test_a_bad_study_aggregation_fails_at_config_time():
     with pytest.raises(config.ConfigError, match="predict.study_aggregation must be one of"):
         config.load(overrides={"predict": {"study_aggregation": "median"}})

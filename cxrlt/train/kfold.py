@@ -298,7 +298,7 @@ def refuse_ensemble_config(path) -> None:
             sections = set(yaml.safe_load(Path(path).read_text()) or {})
         except yaml.YAMLError:
             return  # config.load names the YAML error
-        if sections and sections <= {"ensemble", "name"}:
+        if "ensemble" in sections and sections <= {"ensemble", "name"}:  # a config of only a name trains the defaults
             raise config.ConfigError(f"{path} is an ensemble config (only an 'ensemble:' section): run it with "
                                      f"python -m cxrlt.ensemble --config {path}")
 
