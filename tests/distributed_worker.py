@@ -5,6 +5,7 @@ before TensorFlow runs its first op, which a pytest process that already used Te
     python tests/distributed_worker.py bfloat16    # mixed_bfloat16 training with focal loss and the mixers stays finite
     python tests/distributed_worker.py jit         # --jit-compile trains on one device and under MirroredStrategy(2 CPUs)
     python tests/distributed_worker.py masked      # the masked mean (--uncertain ignore) is global under MirroredStrategy
+    python tests/distributed_worker.py validation  # validation spread over MirroredStrategy(2 CPUs) scores as one device
 
 Prints one JSON object on the last line of stdout.
 """
@@ -142,6 +143,53 @@ def masked() -> dict:
     return {name: _small_run(distribute.get_strategy(name), (images, labels, mask)) for name in ("one", "mirrored")}
 
 
+def _validated_run(strategy, images, labels, val_images, val_labels) -> dict:
+    """Scores of a list of 37 images (odd: the replicas' last batches are uneven, one replica idles) before
+    training, then one epoch of training with the fold's validation callback, under `strategy`."""
+    import keras
+
+    from cxrlt.predict.step import Predictor
+    from cxrlt.train import callbacks
+
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((SIZE, SIZE, 3))
+        x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs / 255.0)
+        logits = keras.layers.Dense(CLASSES)(keras.layers.GlobalAveragePooling2D()(x))
+        model = keras.Model(inputs, logits)
+        probs_model = keras.Model(inputs, keras.layers.Activation("sigmoid", dtype="float32")(logits))
+        optimizer = keras.optimizers.Adam(1e-2)
+        loss = losses.get_loss("focal")
+    predictor = Predictor(probs_model, strategy=strategy)
+
+    def validate():
+        return predictor.shard(len(val_images), lambda rows, batch: tf.data.Dataset.from_tensor_slices(
+            val_images[rows]).batch(batch), batch_size=4, label="validation")
+
+    before = validate()
+    hflip = Predictor(probs_model, ("identity", "hflip"), strategy=strategy).shard(
+        len(val_images), lambda rows, batch: tf.data.Dataset.from_tensor_slices(val_images[rows]).batch(batch),
+        batch_size=5)
+    trainer = engine.Trainer(strategy, model, optimizer, loss)
+    dataset_fn = lambda ctx: tf.data.Dataset.from_tensor_slices((images, labels)).batch(  # noqa: E731
+        ctx.get_per_replica_batch_size(GLOBAL_BATCH)).repeat()
+    history = trainer.fit(trainer.distributed_input(dataset_fn), epochs=1, steps_per_epoch=STEPS, verbose=0,
+                          callbacks=[callbacks.ValidationMetrics(validate, val_labels, [f"c{i}" for i in range(CLASSES)], None)])
+    return {"replicas": strategy.num_replicas_in_sync, "before": before.tolist(), "tta": hflip.tolist(),
+            "after": validate().tolist(), "val_mAP": history["val_mAP"], "loss": history["loss"]}
+
+
+def validation() -> dict:
+    distribute.split_cpu(2)
+    images, labels = _data(4)
+    rng = np.random.default_rng(5)
+    val_images = rng.uniform(0, 255, (37, SIZE, SIZE, 3)).astype(np.float32)
+    val_labels = (rng.random((37, CLASSES)) < 0.4).astype(np.float32)
+    return {name: _validated_run(distribute.get_strategy(name), images, labels, val_images, val_labels)
+            for name in ("one", "mirrored")}
+
+
 if __name__ == "__main__":
-    result = {"mirrored": mirrored, "bfloat16": bfloat16, "jit": jit, "masked": masked}[sys.argv[1]]()
+    result = {"mirrored": mirrored, "bfloat16": bfloat16, "jit": jit, "masked": masked,
+              "validation": validation}[sys.argv[1]]()
     print(json.dumps(result))

@@ -58,6 +58,22 @@ def test_the_masked_mean_is_over_the_global_batch_under_mirrored_strategy():
     np.testing.assert_allclose(result["mirrored"]["weights"], result["one"]["weights"], rtol=1e-5)
 
 
+def test_validation_spread_over_two_replicas_scores_as_one_device():
+    """Each replica predicts its share of the 37 validation images (uneven: one replica idles in the last
+    group); the gathered scores are in list order and equal one device's, before and after a training
+    epoch, with and without TTA, and the epoch's val_mAP is the same."""
+    result = _run_worker("validation")
+    one, two = result["one"], result["mirrored"]
+    assert one["replicas"] == 1 and two["replicas"] == 2
+    for key in ("before", "tta", "after"):
+        assert np.asarray(two[key]).shape == (37, 5)
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-5, atol=1e-6)
+    assert np.ptp(np.asarray(one["before"]), axis=0).min() > 1e-4  # rows differ: an order mix-up would show
+    assert np.abs(np.asarray(one["after"]) - np.asarray(one["before"])).max() > 1e-3  # the epoch trained
+    np.testing.assert_allclose(two["val_mAP"], one["val_mAP"], rtol=1e-6)
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)
+
+
 def test_mixed_bfloat16_training_with_focal_loss_and_mixers_stays_finite():
     result = _run_worker("bfloat16")
     assert result["policy"] == "mixed_bfloat16" and result["conv_compute_dtype"] == "bfloat16"
