@@ -6,6 +6,8 @@ before TensorFlow runs its first op, which a pytest process that already used Te
     python tests/distributed_worker.py jit         # --jit-compile trains on one device and under MirroredStrategy(2 CPUs)
     python tests/distributed_worker.py masked      # the masked mean (--uncertain ignore) is global under MirroredStrategy
     python tests/distributed_worker.py validation  # validation spread over MirroredStrategy(2 CPUs) scores as one device
+    python tests/distributed_worker.py audited ARGS  # python -m cxrlt.train ARGS, recording every file this process
+                                                     # changes under $CXRLT_AUDIT_ROOTS into $CXRLT_AUDIT_OUT (JSON)
 
 Prints one JSON object on the last line of stdout.
 """
@@ -189,7 +191,60 @@ def validation() -> dict:
             for name in ("one", "mirrored")}
 
 
+# Python's audit events that change a file or folder (os.replace raises "os.rename"); builtins.open and os.open
+# raise "open", with a mode or with flags that say whether it writes.
+_CHANGES = ("os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os.chmod", "os.link", "os.symlink",
+            "os.utime", "shutil.rmtree", "shutil.copyfile", "shutil.move")
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+
+def audited(argv) -> int:
+    """Run cxrlt.train in this process and record (event, path) for every Python-level change under the roots.
+    TensorFlow's own C++ writes (checkpoints, TensorBoard events) are not seen; the test looks at those files."""
+    from pathlib import Path
+
+    from cxrlt.train import kfold
+
+    roots = [os.path.realpath(r) for r in os.environ["CXRLT_AUDIT_ROOTS"].split(os.pathsep)]
+    events, recording = [], [True]
+
+    def under_roots(path) -> str | None:
+        if isinstance(path, int) or path is None:
+            return None
+        try:
+            path = os.path.realpath(os.fsdecode(path))
+        except (TypeError, ValueError):
+            return None
+        return path if any(path == r or path.startswith(r + os.sep) for r in roots) else None
+
+    def hook(event, args):
+        if not recording[0]:
+            return
+        if event == "open":
+            path, mode, flags = (list(args) + [None, None, None])[:3]
+            writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                isinstance(flags, int) and flags & _WRITE_FLAGS)
+            paths = [path] if writes else []
+        elif event in _CHANGES:
+            paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
+        else:
+            return
+        for path in paths:
+            hit = under_roots(path)
+            if hit:
+                events.append([event, hit])
+
+    sys.addaudithook(hook)
+    try:
+        return kfold.main(argv)
+    finally:
+        recording[0] = False
+        Path(os.environ["CXRLT_AUDIT_OUT"]).write_text(json.dumps(events))
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "audited":
+        sys.exit(audited(sys.argv[2:]))
     result = {"mirrored": mirrored, "bfloat16": bfloat16, "jit": jit, "masked": masked,
               "validation": validation}[sys.argv[1]]()
     print(json.dumps(result))

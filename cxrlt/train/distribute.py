@@ -214,7 +214,7 @@ def _peer_message(err: BaseException) -> str | None:
     if not aborted and not isinstance(err, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
                                             tf.errors.CancelledError, tf.errors.AbortedError)):
         return None
-    text = text.split(_PEER_ABORT, 1)[-1]
+    text = text.rsplit(_PEER_ABORT, 1)[-1]  # TensorFlow may repeat its own prefix
     for end in ("\nThe error could be from a previous", "\nAdditional GRPC error", "\n\t [[", "\n\t[["):
         text = text.split(end, 1)[0]
     return re.sub(r"^Error reported from /job:\w+/(replica:\d+/)?task:\d+: ", "", text.strip())
