@@ -6,6 +6,7 @@ before TensorFlow runs its first op, which a pytest process that already used Te
     python tests/distributed_worker.py jit         # --jit-compile trains on one device and under MirroredStrategy(2 CPUs)
     python tests/distributed_worker.py masked      # the masked mean (--uncertain ignore) is global under MirroredStrategy
     python tests/distributed_worker.py validation  # validation spread over MirroredStrategy(2 CPUs) scores as one device
+    python tests/distributed_worker.py agree       # (TF_CONFIG: two workers) broadcast, agreement, a worker's failure
     python tests/distributed_worker.py audited ARGS  # python -m cxrlt.train ARGS, recording every file this process
                                                      # changes under $CXRLT_AUDIT_ROOTS into $CXRLT_AUDIT_OUT (JSON)
 
@@ -191,6 +192,33 @@ def validation() -> dict:
             for name in ("one", "mirrored")}
 
 
+def agree() -> dict:
+    """Under MultiWorkerMirroredStrategy (TF_CONFIG names two workers): the chief's values reach both workers,
+    equal values pass `agree`, different ones stop both workers with the same error, and an exception on
+    worker 1 ends the chief's pending collective with worker 1's message."""
+    strategy = distribute.get_strategy("multiworker")
+    index = distribute.worker_position(strategy)[0]
+    result = {"chief": distribute.is_chief(strategy), "position": distribute.worker_position(strategy),
+              "from_chief": distribute.from_chief(strategy, [7.0, float(index)] if index == 0 else [1.0, 2.0]).tolist(),
+              "stop": distribute.chief_decides(strategy, index == 0),
+              "sum": distribute.sum_over_workers(strategy, [index + 1.0, 1.0]).tolist()}
+    distribute.agree(strategy, "the same list", distribute.digest(np.array(["a", "b"]), 3))
+    try:
+        distribute.agree(strategy, "the image list", distribute.digest(np.array(["a", "b"]), index))
+        result["differ"] = None
+    except distribute.DistributeError as err:
+        result["differ"] = str(err)
+    try:
+        with distribute.failures_end_every_worker(strategy):
+            if index == 1:
+                raise ValueError("worker 1 cannot read its shard")
+            distribute.barrier(strategy)  # the chief waits here for a worker that will never come
+        result["failure"] = None
+    except (distribute.WorkerFailed, ValueError) as err:
+        result["failure"] = f"{type(err).__name__}: {err}"
+    return result
+
+
 # Python's audit events that change a file or folder (os.replace raises "os.rename"); builtins.open and os.open
 # raise "open", with a mode or with flags that say whether it writes.
 _CHANGES = ("os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os.chmod", "os.link", "os.symlink",
@@ -246,5 +274,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "audited":
         sys.exit(audited(sys.argv[2:]))
     result = {"mirrored": mirrored, "bfloat16": bfloat16, "jit": jit, "masked": masked,
-              "validation": validation}[sys.argv[1]]()
+              "validation": validation, "agree": agree}[sys.argv[1]]()
     print(json.dumps(result))

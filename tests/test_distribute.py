@@ -168,6 +168,37 @@ def test_two_workers_train_only_the_chief_writes_and_a_failure_on_the_chief_ends
             "history.csv", "oof.csv", "done.json"} <= written, sorted(written)
 
 
+def test_two_workers_follow_the_chief_refuse_to_diverge_and_a_failing_worker_stops_the_chief(tmp_path):
+    """No model: the agreement helpers between two worker processes. The chief's values reach both; values
+    that must be equal but are not stop both with the same error (not a hang in a later collective of another
+    shape); worker 1 raising while the chief waits in a collective ends the chief with worker 1's message."""
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": json.dumps(tf_config)}
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), "agree"], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    chief, other = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
+    assert (chief["chief"], other["chief"]) == (True, False)
+    assert chief["position"] == [0, 2] and other["position"] == [1, 2]
+    assert chief["from_chief"] == other["from_chief"] == [7.0, 0.0]
+    assert chief["stop"] is other["stop"] is True
+    assert chief["sum"] == other["sum"] == [3.0, 2.0]
+    for result in (chief, other):  # both stop, each saying what it saw
+        assert result["differ"].startswith("the image list differs between the chief and 1 other worker(s)")
+    assert "worker0: the same as the chief" in chief["differ"] and "worker1: not the same" in other["differ"]
+    assert other["failure"] == "ValueError: worker 1 cannot read its shard"
+    assert chief["failure"].startswith("WorkerFailed: worker0 stopped because another worker failed: worker1 failed: "
+                                       "ValueError: worker 1 cannot read its shard"), chief["failure"]
+
+
 def test_strategy_names_and_tf_config(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert distribute.resolve_name("auto") == "one"  # no GPU, no cluster
