@@ -71,8 +71,9 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
     if multi:
         from . import distribute
 
-        distribute.agree(strategy, f"the training list {d['labels']} (ids, paths, labels)",
-                         distribute.digest(table.ids, table.paths, table.labels, table.mask))
+        # ids and labels, not paths: hosts may mount the shared images at different places
+        distribute.agree(strategy, f"the training list {d['labels']} (image ids and labels)",
+                         distribute.digest(table.ids, table.labels, table.mask))
     if d["check_images"] != "off":
         # Pre-flight: every bad image is named now, not as a decode error hours into the run; with
         # --skip-bad they are left out and listed in the run directory (nothing dropped unrecorded).
