@@ -141,7 +141,8 @@ def load_folds(run: runs.Run, table: dataset.LabelTable, cfg: dict, strategy=Non
 
 
 def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray, k: int, strategy) -> None:
-    """Train fold k (resuming it if a checkpoint exists), then, on the chief, predict its validation split."""
+    """Train fold k (resuming it if a checkpoint exists), then predict its validation split (every worker a
+    share; the chief scores and writes)."""
     import keras
 
     from . import callbacks, distribute, engine, tensorboard_log
