@@ -7,6 +7,10 @@ before TensorFlow runs its first op, which a pytest process that already used Te
     python tests/distributed_worker.py masked      # the masked mean (--uncertain ignore) is global under MirroredStrategy
     python tests/distributed_worker.py ema         # train.ema under MirroredStrategy(2 CPUs) equals one device
     python tests/distributed_worker.py accel       # model.sync_batchnorm and train.accumulate under MirroredStrategy
+    python tests/distributed_worker.py validation  # validation spread over MirroredStrategy(2 CPUs) scores as one device
+    python tests/distributed_worker.py agree       # (TF_CONFIG: two workers) broadcast, agreement, a worker's failure
+    python tests/distributed_worker.py audited ARGS  # python -m cxrlt.train ARGS, recording every file this process
+                                                     # changes under $CXRLT_AUDIT_ROOTS into $CXRLT_AUDIT_OUT (JSON)
 
 Prints one JSON object on the last line of stdout.
 """
@@ -248,7 +252,133 @@ def accel() -> dict:
     return result
 
 
+def _validated_run(strategy, images, labels, val_images, val_labels) -> dict:
+    """Scores of a list of 37 images (odd: the replicas' last batches are uneven, one replica idles) before
+    training, then one epoch of training with the fold's validation callback, under `strategy`."""
+    import keras
+
+    from cxrlt.predict.step import Predictor
+    from cxrlt.train import callbacks
+
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((SIZE, SIZE, 3))
+        x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs / 255.0)
+        logits = keras.layers.Dense(CLASSES)(keras.layers.GlobalAveragePooling2D()(x))
+        model = keras.Model(inputs, logits)
+        probs_model = keras.Model(inputs, keras.layers.Activation("sigmoid", dtype="float32")(logits))
+        optimizer = keras.optimizers.Adam(1e-2)
+        loss = losses.get_loss("focal")
+    predictor = Predictor(probs_model, strategy=strategy)
+
+    def validate():
+        return predictor.shard(len(val_images), lambda rows, batch: tf.data.Dataset.from_tensor_slices(
+            val_images[rows]).batch(batch), batch_size=4, label="validation")
+
+    before = validate()
+    hflip = Predictor(probs_model, ("identity", "hflip"), strategy=strategy).shard(
+        len(val_images), lambda rows, batch: tf.data.Dataset.from_tensor_slices(val_images[rows]).batch(batch),
+        batch_size=5)
+    trainer = engine.Trainer(strategy, model, optimizer, loss)
+    dataset_fn = lambda ctx: tf.data.Dataset.from_tensor_slices((images, labels)).batch(  # noqa: E731
+        ctx.get_per_replica_batch_size(GLOBAL_BATCH)).repeat()
+    history = trainer.fit(trainer.distributed_input(dataset_fn), epochs=1, steps_per_epoch=STEPS, verbose=0,
+                          callbacks=[callbacks.ValidationMetrics(validate, val_labels, [f"c{i}" for i in range(CLASSES)], None)])
+    return {"replicas": strategy.num_replicas_in_sync, "before": before.tolist(), "tta": hflip.tolist(),
+            "after": validate().tolist(), "val_mAP": history["val_mAP"], "loss": history["loss"]}
+
+
+def validation() -> dict:
+    distribute.split_cpu(2)
+    images, labels = _data(4)
+    rng = np.random.default_rng(5)
+    val_images = rng.uniform(0, 255, (37, SIZE, SIZE, 3)).astype(np.float32)
+    val_labels = (rng.random((37, CLASSES)) < 0.4).astype(np.float32)
+    return {name: _validated_run(distribute.get_strategy(name), images, labels, val_images, val_labels)
+            for name in ("one", "mirrored")}
+
+
+def agree() -> dict:
+    """Under MultiWorkerMirroredStrategy (TF_CONFIG names two workers): the chief's values reach both workers,
+    equal values pass `agree`, different ones stop both workers with the same error, and an exception on
+    worker 1 ends the chief's pending collective with worker 1's message."""
+    strategy = distribute.get_strategy("multiworker")
+    index = distribute.worker_position(strategy)[0]
+    result = {"chief": distribute.is_chief(strategy), "position": distribute.worker_position(strategy),
+              "from_chief": distribute.from_chief(strategy, [7.0, float(index)] if index == 0 else [1.0, 2.0]).tolist(),
+              "stop": distribute.chief_decides(strategy, index == 0),
+              "sum": distribute.sum_over_workers(strategy, [index + 1.0, 1.0]).tolist()}
+    distribute.agree(strategy, "the same list", distribute.digest(np.array(["a", "b"]), 3))
+    try:
+        distribute.agree(strategy, "the image list", distribute.digest(np.array(["a", "b"]), index))
+        result["differ"] = None
+    except distribute.DistributeError as err:
+        result["differ"] = str(err)
+    try:
+        with distribute.failures_end_every_worker(strategy):
+            if index == 1:
+                raise ValueError("worker 1 cannot read its shard")
+            distribute.barrier(strategy)  # the chief waits here for a worker that will never come
+        result["failure"] = None
+    except (distribute.WorkerFailed, ValueError) as err:
+        result["failure"] = f"{type(err).__name__}: {err}"
+    return result
+
+
+# Python's audit events that change a file or folder (os.replace raises "os.rename"); builtins.open and os.open
+# raise "open", with a mode or with flags that say whether it writes.
+_CHANGES = ("os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os.chmod", "os.link", "os.symlink",
+            "os.utime", "shutil.rmtree", "shutil.copyfile", "shutil.move")
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+
+def audited(argv) -> int:
+    """Run cxrlt.train in this process and record (event, path) for every Python-level change under the roots.
+    TensorFlow's own C++ writes (checkpoints, TensorBoard events) are not seen; the test looks at those files."""
+    from pathlib import Path
+
+    from cxrlt.train import kfold
+
+    roots = [os.path.realpath(r) for r in os.environ["CXRLT_AUDIT_ROOTS"].split(os.pathsep)]
+    events, recording = [], [True]
+
+    def under_roots(path) -> str | None:
+        if isinstance(path, int) or path is None:
+            return None
+        try:
+            path = os.path.realpath(os.fsdecode(path))
+        except (TypeError, ValueError):
+            return None
+        return path if any(path == r or path.startswith(r + os.sep) for r in roots) else None
+
+    def hook(event, args):
+        if not recording[0]:
+            return
+        if event == "open":
+            path, mode, flags = (list(args) + [None, None, None])[:3]
+            writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                isinstance(flags, int) and flags & _WRITE_FLAGS)
+            paths = [path] if writes else []
+        elif event in _CHANGES:
+            paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
+        else:
+            return
+        for path in paths:
+            hit = under_roots(path)
+            if hit:
+                events.append([event, hit])
+
+    sys.addaudithook(hook)
+    try:
+        return kfold.main(argv)
+    finally:
+        recording[0] = False
+        Path(os.environ["CXRLT_AUDIT_OUT"]).write_text(json.dumps(events))
+
+
 if __name__ == "__main__":
-    result = {"mirrored": mirrored, "bfloat16": bfloat16, "jit": jit, "masked": masked, "ema": ema,
-              "accel": accel}[sys.argv[1]]()
+    if sys.argv[1] == "audited":
+        sys.exit(audited(sys.argv[2:]))
+    result = {"mirrored": mirrored, "bfloat16": bfloat16, "jit": jit, "masked": masked, "ema": ema, "accel": accel,
+              "validation": validation, "agree": agree}[sys.argv[1]]()
     print(json.dumps(result))

@@ -4,7 +4,7 @@ selection, history.csv.
 cxrlt.engine drives them as `fit` would, in the order `fold_callbacks` gives, and records the epoch
 as finished (its checkpoint) only after all of them ran: a kill between any two steps repeats at
 most the interrupted epoch, and every file written is whole (atomic writes). Only the chief process
-gets the callbacks that write files.
+gets the callbacks that score, select and write; every worker predicts its share of the validation images.
 """
 
 from __future__ import annotations
@@ -27,13 +27,17 @@ log = logging.getLogger(__name__)
 class ValidationMetrics(keras.callbacks.Callback):
     """Score the fold's validation split each epoch with the competition metric (macro mAP)."""
 
-    def __init__(self, predict_probs, y_true: np.ndarray, classes, groups: dict | None):
-        """`predict_probs()` returns the current model's probabilities for the validation images, [N, C]."""
+    def __init__(self, predict_probs, y_true: np.ndarray, classes, groups: dict | None, score: bool = True):
+        """`predict_probs()` returns the current model's probabilities for the validation images, [N, C].
+        Every worker calls it (the prediction is spread over all of them); only the chief (`score`) scores."""
         super().__init__()
         self.predict_probs, self.y_true, self.classes, self.groups = predict_probs, y_true, list(classes), groups
+        self.score = score
 
     def on_epoch_end(self, epoch, logs=None):
         probs = self.predict_probs()
+        if not self.score:
+            return
         result = metrics.evaluate(self.y_true, probs, self.classes, groups=self.groups)
         logs = logs if logs is not None else {}
         logs["val_mAP"], logs["val_mAUC"], logs["val_mF1"] = result["mAP"], result["mAUC"], result["mF1"]
@@ -100,8 +104,11 @@ class HistoryWriter(keras.callbacks.Callback):
 
 
 def fold_callbacks(fold_dir: Path, model_to_save: keras.Model, predict_probs, y_val, classes, groups, checkpoint: str,
-                   optimizer=None) -> list[keras.callbacks.Callback]:
-    """The chief's callbacks for one fold, in the order they must run."""
+                   optimizer=None, chief: bool = True) -> list[keras.callbacks.Callback]:
+    """One fold's callbacks, in the order they must run: on the chief all of them; on another worker only its
+    part of the validation prediction (model selection, the files and the stop decision are the chief's)."""
+    if not chief:
+        return [ValidationMetrics(predict_probs, y_val, classes, groups, score=False)]
     return [
         ValidationMetrics(predict_probs, y_val, classes, groups),
         ModelSelector(model_to_save, fold_dir / "model.keras", mode=checkpoint),

@@ -16,10 +16,14 @@ refuses otherwise); cxrlt.train makes it first thing.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
 
+import numpy as np
 import tensorflow as tf
 
 log = logging.getLogger(__name__)
@@ -105,6 +109,149 @@ def worker_id(strategy: tf.distribute.Strategy) -> str:
     if resolver is None or resolver.task_type is None:
         return "local"
     return f"{resolver.task_type}{resolver.task_id}"
+
+
+def is_multiworker(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def local_replicas(strategy: tf.distribute.Strategy) -> int:
+    """Replicas (devices) of this process; the same on every worker (MultiWorkerMirroredStrategy requires it)."""
+    return max(1, len(strategy.extended.worker_devices))
+
+
+def worker_position(strategy: tf.distribute.Strategy) -> tuple[int, int]:
+    """(this worker's index, number of workers): worker w holds the global replicas w*L .. w*L+L-1."""
+    per_worker = local_replicas(strategy)
+    count = max(1, strategy.num_replicas_in_sync // per_worker)
+    if count == 1:
+        return 0, 1
+    first = []
+    strategy.experimental_distribute_values_from_function(lambda ctx: first.append(ctx.replica_id_in_sync_group) or 0)
+    return first[0] // per_worker, count
+
+
+# --- agreement between workers ----------------------------------------------------------------------
+# Every worker runs the same command, but only the chief decides what changes the control flow (the images
+# left out by --skip-bad, whether training stops) and every worker must issue the same collectives in the same
+# order with the same shapes, or they hang. These helpers move small host arrays between the workers with one
+# all-reduce each. Values travel as float32: integers below 2**24 and 0/1 masks are exact, and each element
+# has one non-zero contribution (x + 0 = x), so every worker receives the same bits.
+
+def sum_over_workers(strategy: tf.distribute.Strategy, array) -> np.ndarray:
+    """Element-wise sum of `array` over the workers (each worker's first replica contributes it, the others 0).
+    Every worker must call it, in the same order, with the same shape. Without workers: `array` itself."""
+    array = np.asarray(array, np.float32)
+    if not is_multiworker(strategy):
+        return array
+    per_worker = local_replicas(strategy)
+    zeros = np.zeros_like(array)
+    value = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(array if ctx.replica_id_in_sync_group % per_worker == 0 else zeros))
+    return np.asarray(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None))
+
+
+def from_chief(strategy: tf.distribute.Strategy, array) -> np.ndarray:
+    """The chief's `array` on every worker (the others pass an array of the same shape; its values are ignored)."""
+    array = np.asarray(array, np.float32)
+    return sum_over_workers(strategy, array if is_chief(strategy) else np.zeros_like(array))
+
+
+def chief_decides(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+    """The chief's yes/no on every worker (e.g. stop training): one decision, followed everywhere."""
+    return bool(from_chief(strategy, [1.0 if flag else 0.0])[0])
+
+
+def digest(*parts) -> np.ndarray:
+    """A fingerprint of `parts` (strings, numbers, arrays) as 8 float32 values (16 bits each: exact)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray) and part.dtype.kind in "biuf":
+            h.update(np.ascontiguousarray(part).tobytes() + str(part.shape).encode())
+        elif isinstance(part, np.ndarray):  # strings, objects: their text, not their pointers
+            h.update("\x1f".join(map(str, part.ravel())).encode())
+        else:
+            h.update(repr(part).encode())
+        h.update(b"\0")
+    return np.frombuffer(h.digest()[:16], dtype=">u2").astype(np.float32)
+
+
+def agree(strategy: tf.distribute.Strategy, what: str, values) -> None:
+    """Stop every worker (each with the same error) when `values` differ from the chief's.
+
+    For what every worker computes itself and must compute identically (the image list, the folds, the step
+    count, the epoch to resume at): pass a fixed-length vector (e.g. a `digest`), the same length everywhere.
+    """
+    if not is_multiworker(strategy):
+        return
+    mine = np.asarray(values, np.float32).ravel()
+    chief = from_chief(strategy, mine)
+    differ = int(sum_over_workers(strategy, [0.0 if np.array_equal(mine, chief) else 1.0])[0])
+    if differ:
+        raise DistributeError(
+            f"{what} differs between the chief and {differ} other worker(s) (seen from {worker_id(strategy)}: "
+            f"{'the same as the chief' if np.array_equal(mine, chief) else 'not the same as the chief'}). Every "
+            "worker must read the same files: put the label CSV, the images and --out on storage all hosts share, "
+            "and run the same command (same config and flags) on every host")
+
+
+# --- one failure ends every worker -------------------------------------------------------------------
+
+class WorkerFailed(UserError):
+    """Another worker failed; the message carries its own."""
+
+
+_PEER_ABORT = "Collective ops is aborted by: "
+
+
+def _peer_message(err: BaseException) -> str | None:
+    """The message another worker reported (or TensorFlow's word for a worker that vanished), if `err` is a
+    collective that was aborted because of it."""
+    if not isinstance(err, tf.errors.OpError):
+        return None
+    text = err.message or type(err).__name__
+    aborted = _PEER_ABORT in text
+    if not aborted and not isinstance(err, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                                            tf.errors.CancelledError, tf.errors.AbortedError)):
+        return None
+    text = text.rsplit(_PEER_ABORT, 1)[-1]  # TensorFlow may repeat its own prefix
+    for end in ("\nThe error could be from a previous", "\nAdditional GRPC error", "\n\t [[", "\n\t[["):
+        text = text.split(end, 1)[0]
+    return re.sub(r"^Error reported from /job:\w+/(replica:\d+/)?task:\d+: ", "", text.strip())
+
+
+@contextlib.contextmanager
+def failures_end_every_worker(strategy: tf.distribute.Strategy):
+    """Around everything a worker does after the strategy exists: an exception on one worker ends all of them.
+
+    Under MultiWorkerMirroredStrategy a worker that raises reports its message to the cluster's coordination
+    service before it exits (`report_error_to_cluster`); TensorFlow then aborts every other worker's pending and
+    next collective with that message, and they stop with `WorkerFailed` naming the worker and its message
+    (measured on 127.0.0.1: at once, not after a timeout). A worker that dies without a word (SIGKILL, OOM) is
+    caught by the coordination service's heartbeats instead (about 10 s; a vanished chief closes its sockets,
+    which the others see at once). Without workers this does nothing.
+    """
+    if not is_multiworker(strategy):
+        yield
+        return
+    me = worker_id(strategy)
+    try:
+        yield
+    except BaseException as err:
+        peer = _peer_message(err)
+        if peer is not None:
+            raise WorkerFailed(f"{me} stopped because another worker failed: {peer}") from None
+        if isinstance(err, SystemExit) and not err.code:
+            raise
+        message = f"{me}{' (the chief)' if is_chief(strategy) else ''} failed: {type(err).__name__}: {err}"
+        try:
+            from tensorflow.python.eager import context
+
+            context.context().report_error_to_cluster(tf.errors.ABORTED, message[:4000])
+        except Exception as report_err:  # noqa: BLE001 - the heartbeats still tell the others, only later
+            log.warning("could not report the failure to the other workers (%s); they stop when they miss this "
+                        "worker's heartbeats", report_err)
+        raise
 
 
 def barrier(strategy: tf.distribute.Strategy) -> None:

@@ -23,7 +23,7 @@ Resume: after every finished epoch (after the callbacks, so the epoch's best mod
 first) a tf.train.Checkpoint of (model, optimizer, epoch, the layers' random-number state) is written to `backup_dir`, keeping the
 last two. A killed fold restarts at its last finished epoch. Under MultiWorkerMirroredStrategy every
 worker takes part in saving (it is a collective operation); only the chief writes into
-`backup_dir`, the others into a scratch folder they delete.
+`backup_dir`, the others into a scratch folder of their host's temp directory, which they delete.
 
 Weight EMA (`train.ema`, `WeightEMA` below): an exponential moving average of the model's float variables,
 updated after every step. At each epoch's end the averages are swapped into the model for the callbacks
@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -113,8 +115,10 @@ class Trainer:
         latest = tf.train.latest_checkpoint(str(self._backup_dir))
         if latest:
             checkpoint.restore(latest).assert_existing_objects_matched()
+        # Saving is collective under MultiWorkerMirroredStrategy: the other workers save too, into a scratch
+        # folder of their own host (outside the run directory), deleted after each save.
         directory = (self._backup_dir if self.chief
-                     else self._backup_dir.parent / f".{self._backup_dir.name}-{distribute.worker_id(self.strategy)}")
+                     else Path(tempfile.gettempdir()) / f"cxrlt-{distribute.worker_id(self.strategy)}-{os.getpid()}" / "backup")
         self._manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=2)
         return self.finished_epochs
 
@@ -229,6 +233,9 @@ class Trainer:
                 history.setdefault(key, []).append(value)
             self._epoch.assign(epoch + 1)
             self._save()
+            # A callback's stop (the chief's callbacks select and stop) is decided once and followed by every
+            # worker: a worker that trained on alone would wait forever in the next step's all-reduce.
+            self.model.stop_training = distribute.chief_decides(self.strategy, bool(self.model.stop_training))
             if self.model.stop_training:
                 break
         cbs.on_train_end()
@@ -266,7 +273,7 @@ class Trainer:
         if self.chief:
             log.info("epoch %d state saved: %s", self.finished_epochs, path)
         else:  # saving is collective under MultiWorkerMirroredStrategy; only the chief keeps it
-            shutil.rmtree(self._manager.directory, ignore_errors=True)
+            shutil.rmtree(Path(self._manager.directory).parent, ignore_errors=True)
 
 
 class WeightEMA:

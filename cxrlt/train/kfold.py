@@ -37,23 +37,38 @@ RESUMABLE_CHANGES = ("train.fold", "train.verbose", "distribute.", "predict.batc
                      "data.prepared")  # prepared data: the same images, pre-resized
 
 
-def resolve_data(cfg: dict) -> dataset.LabelTable:
-    """Point the config at its data (generating the demo set if asked) and read the training table."""
+def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
+    """Point the config at its data (generating the demo set if asked) and read the training table.
+
+    With a multi-worker `strategy` only the chief generates, screens and records (image_check.csv,
+    excluded_images.csv); every worker reads the same label CSV, checks that it reads the same list as the
+    chief, and trains on the images the chief kept (its --skip-bad decision, received in one all-reduce).
+    """
+    chief, multi = _roles(strategy)
     d = cfg["data"]
     if d["demo"]:
-        from ..data.synthetic import make_demo
+        from ..data import synthetic
 
         edition = d.get("demo_edition", "cxrlt2023")
-        if edition == "cxrlt2023":  # the demo as it always was
-            demo = make_demo(d["demo_dir"], n_patients=d["demo_patients"], image_size=d["demo_image_size"])
-            d.update(labels=str(demo.train_csv), image_root=str(demo.root), test_labels=str(demo.test_csv),
-                     test_image_root=str(demo.root), classes="cxrlt2023")
-        else:  # another edition's layout, beside the 2023 demo
-            demo = make_demo(f"{d['demo_dir']}-{edition}", n_patients=d["demo_patients"],
-                             image_size=d["demo_image_size"], edition=edition)
-            d.update(labels=str(demo.train_csv), image_root=str(demo.root), test_labels=str(demo.test_csv),
-                     test_image_root=str(demo.root), edition=edition,
-                     exclude=str(demo.exclude) if demo.exclude else d.get("exclude"))
+        # the 2023 demo as it always was; another edition's layout beside it
+        folder = Path(d["demo_dir"] if edition == "cxrlt2023" else f"{d['demo_dir']}-{edition}")
+        if chief:
+            demo = synthetic.make_demo(folder, n_patients=d["demo_patients"], image_size=d["demo_image_size"],
+                                       edition=edition)
+        if multi:
+            from . import distribute
+
+            distribute.barrier(strategy)  # the workers read the demo set once the chief has made it
+        if not chief:
+            demo = synthetic.DemoData(root=folder, train_csv=folder / "train.csv", test_csv=folder / "test.csv",
+                                      exclude=folder / "Removal.csv" if edition.startswith("cxrlt2026") else None,
+                                      edition=edition)
+        d.update(labels=str(demo.train_csv), image_root=str(demo.root), test_labels=str(demo.test_csv),
+                 test_image_root=str(demo.root))
+        if edition == "cxrlt2023":
+            d.update(classes="cxrlt2023")
+        else:
+            d.update(edition=edition, exclude=str(demo.exclude) if demo.exclude else d.get("exclude"))
     if not d["labels"]:
         raise config.ConfigError(NO_DATA)
     for key in ("labels", "image_root", "test_labels", "test_image_root", "prepared"):
@@ -68,19 +83,32 @@ def resolve_data(cfg: dict) -> dataset.LabelTable:
                                 uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
                                 check_files=d["check_images"] == "off", edition=d.get("edition", "auto"),
                                 exclude=d.get("exclude"))
+    if multi:
+        from . import distribute
+
+        # ids and labels, not paths: hosts may mount the shared images at different places
+        distribute.agree(strategy, f"the training list {d['labels']} (image ids and labels)",
+                         distribute.digest(table.ids, table.labels, table.mask))
     if d["check_images"] != "off":
         # Pre-flight: every bad image is named now, not as a decode error hours into the run; with
         # --skip-bad they are left out and listed in the run directory (nothing dropped unrecorded).
         from ..data import check
 
-        record = Path(cfg["out"]) / cfg["name"]
-        deep = d["check_images"] == "deep"
-        table = check.screen_table(table, deep=deep, skip_bad=d["skip_bad"], record_dir=record)
-        if d["test_labels"]:  # the submission needs every test image: bad ones stop the run, never skipped
-            test = dataset.read_labels(d["test_labels"], image_root=d["test_image_root"], classes=list(table.classes),
-                                       require_labels=False, uncertain=d["uncertain"], edition=table.edition,
-                                       allow_outside_root=d["allow_outside_root"])
-            check.screen_table(test, deep=deep, record_dir=record / "test_images", what="test", can_skip=False)
+        screened = table
+        if chief:
+            record = Path(cfg["out"]) / cfg["name"]
+            deep = d["check_images"] == "deep"
+            screened = check.screen_table(table, deep=deep, skip_bad=d["skip_bad"], record_dir=record)
+            if d["test_labels"]:  # the submission needs every test image: bad ones stop the run, never skipped
+                test = dataset.read_labels(d["test_labels"], image_root=d["test_image_root"],
+                                           classes=list(table.classes), require_labels=False,
+                                           uncertain=d["uncertain"], edition=table.edition,
+                                           allow_outside_root=d["allow_outside_root"])
+                check.screen_table(test, deep=deep, record_dir=record / "test_images", what="test", can_skip=False)
+        if multi:
+            kept = distribute.from_chief(strategy, np.isin(table.ids, screened.ids))
+            screened = screened if chief else table.subset(np.flatnonzero(kept > 0.5))
+        table = screened
     return table
 
 
@@ -91,9 +119,21 @@ def submission_classes(edition, classes) -> list[str]:
     return list(classes)
 
 
-def open_run(cfg: dict, table: dataset.LabelTable, force: bool) -> runs.Run:
-    """Create the run directory, or check that an existing one was made with this config."""
+def _roles(strategy) -> tuple[bool, bool]:
+    """(this process is the chief, there are several worker processes); no strategy: one process."""
+    if strategy is None:
+        return True, False
+    from . import distribute
+
+    return distribute.is_chief(strategy), distribute.is_multiworker(strategy)
+
+
+def open_run(cfg: dict, table: dataset.LabelTable, force: bool, strategy=None) -> runs.Run:
+    """Create the run directory, or check that an existing one was made with this config (the chief only:
+    the other workers write nothing; a refusal on the chief stops them too)."""
     run = runs.Run(Path(cfg["out"]) / cfg["name"])
+    if not _roles(strategy)[0]:
+        return run
     if run.config_path.exists():
         changed = config.diff(run.config(), cfg, ignore=RESUMABLE_CHANGES)
         if changed and not force:
@@ -118,8 +158,21 @@ def open_run(cfg: dict, table: dataset.LabelTable, force: bool) -> runs.Run:
     return run
 
 
+def load_folds(run: runs.Run, table: dataset.LabelTable, cfg: dict, strategy=None) -> np.ndarray:
+    """The run's folds (folds.csv, made once by the chief); the other workers receive the chief's."""
+    chief, multi = _roles(strategy)
+    fold_of = (folds_mod.load_or_make_folds(run.folds_csv, table, cfg["train"]["folds"], cfg["seed"]) if chief
+               else np.zeros(len(table), np.int64))
+    if multi:
+        from . import distribute
+
+        fold_of = distribute.from_chief(strategy, fold_of).astype(np.int64)
+    return fold_of
+
+
 def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray, k: int, strategy) -> None:
-    """Train fold k (resuming it if a checkpoint exists), then, on the chief, predict its validation split."""
+    """Train fold k (resuming it if a checkpoint exists), then predict its validation split (every worker a
+    share; the chief scores and writes)."""
     import keras
 
     from . import callbacks, distribute, engine, tensorboard_log
@@ -128,11 +181,13 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     from ..predict.step import Predictor
 
     fold_dir = run.fold_dir(k)
-    fold_dir.mkdir(parents=True, exist_ok=True)
     chief = distribute.is_chief(strategy)
+    if chief:
+        fold_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg["seed"] + k)
     train, val = table.subset(fold_of != k), table.subset(fold_of == k)
-    classes, groups = list(table.classes), run.groups()
+    classes = list(table.classes)
+    groups = cls.class_groups(table.classes, table.class_counts())  # what open_run wrote to classes.json
     global_batch = cfg["train"]["batch_size"]
     per_replica = distribute.check_batch(strategy, global_batch)
     needed, mixer = mix.images_needed(cfg["mix"])
@@ -178,6 +233,10 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
                              steps_per_execution=distribute.steps_per_execution(cfg["train"]["steps_per_execution"]),
                              preprocess=preprocess, ema=cfg["train"]["ema"], accumulate=accumulate)
     start_epoch = trainer.restore(fold_dir / "backup")
+    # Every worker runs these loops and their collectives: the counts must be the same everywhere (a worker
+    # that cannot see the chief's checkpoint would start at another epoch and wait in another collective).
+    distribute.agree(strategy, f"fold {k}: the image counts, steps per epoch and the epoch to resume at",
+                     [len(train), len(val), steps, start_epoch, global_batch])
 
     def dataset_fn(ctx: "tf.distribute.InputContext"):
         # Input pipeline i of n reads every n-th image (or shard file) only: no worker decodes another's images.
@@ -191,12 +250,17 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
 
     verbose = cfg["train"]["verbose"]
     verbose = ((1 if sys.stdout.isatty() else 2) if verbose == "auto" else int(verbose)) if chief else 0
-    fold_callbacks = []
+    # Validation on every replica of every worker (each scores its share, all receive every score); the
+    # model selection and the files are the chief's. Traced once, reused by every epoch.
+    predictor = Predictor(built.model, strategy=strategy)
+
+    def validate():
+        return predictor.shard(len(val), lambda rows, batch: pipeline.eval_dataset(val.paths[rows], cfg, batch_size=batch),
+                               batch_size=cfg["predict"]["batch_size"], label=f"fold {k} validation")
+
+    fold_callbacks = callbacks.fold_callbacks(fold_dir, built.model, validate, val.labels, classes, groups,
+                                              cfg["train"]["checkpoint"], optimizer, chief=chief)
     if chief:
-        predictor = Predictor(built.model)  # traced once, reused by every epoch's validation
-        val_ds = pipeline.eval_dataset(val.paths, cfg, batch_size=cfg["predict"]["batch_size"])
-        fold_callbacks = callbacks.fold_callbacks(fold_dir, built.model, lambda: predictor(val_ds), val.labels,
-                                                  classes, groups, cfg["train"]["checkpoint"], optimizer)
         fold_callbacks.insert(1, tensorboard_log.TensorBoardLogger(
             fold_dir / "tensorboard", images=lambda: sample_batch(cfg, train, seed, global_batch),
             class_names=classes, optimizer=optimizer))
@@ -210,8 +274,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     started = time.time()
     trainer.fit(trainer.distributed_input(dataset_fn), epochs=cfg["train"]["epochs"], steps_per_epoch=steps,
                 callbacks=fold_callbacks, verbose=verbose, label=f"fold {k}")
-    if chief:
-        finish_fold(cfg, run, k, val, classes, groups, started)
+    finish_fold(cfg, run, k, val, classes, groups, started, model=built.model, strategy=strategy)
     distribute.barrier(strategy)
 
 
@@ -231,14 +294,42 @@ def sample_batch(cfg: dict, train: dataset.LabelTable, seed: int, batch_size: in
     return next(iter(ds))
 
 
-def finish_fold(cfg: dict, run: runs.Run, k: int, val: dataset.LabelTable, classes, groups, started: float) -> None:
-    """Predict the fold's validation split with its selected model (TTA), score it, mark the fold done."""
-    from ..model import models
-    from ..predict import inference as predict
+def finish_fold(cfg: dict, run: runs.Run, k: int, val: dataset.LabelTable, classes, groups, started: float, *,
+                model=None, strategy=None) -> None:
+    """Predict the fold's validation split with its selected model (TTA), score it, mark the fold done.
 
+    With `model` (the fold's probability model, built under `strategy`) the selected weights are loaded into
+    it and every replica of every worker predicts a share (`Predictor.shard`); only the chief writes.
+    """
+    from ..data import pipeline
+    from ..model import models
+    from ..predict.step import Predictor
+    from ..utils.progress import Progress
+
+    chief, multi = _roles(strategy)
     fold_dir = run.fold_dir(k)
-    model = models.load(run.model_path(k), num_classes=len(classes))
-    probs = predict.predict_images(model, val.paths, cfg, tta=cfg["predict"]["tta"], label=f"fold {k} OOF")
+    selected = models.load(run.model_path(k), num_classes=len(classes))
+    if model is None:
+        model = selected
+    else:
+        weights = selected.get_weights()
+        if multi:
+            from . import distribute
+
+            distribute.agree(strategy, f"fold {k}: the selected model {run.model_path(k)}", distribute.digest(*weights))
+        model.set_weights(weights)
+    del selected
+    label = f"fold {k} OOF"
+    bar = Progress(len(val), label) if chief and not multi else None
+    try:
+        probs = Predictor(model, cfg["predict"]["tta"], strategy=strategy).shard(
+            len(val), lambda rows, batch: pipeline.eval_dataset(val.paths[rows], cfg, batch_size=batch),
+            batch_size=cfg["predict"]["batch_size"], progress=bar, label=label)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not chief:
+        return
     runs.write_predictions(fold_dir / "oof.csv", val.ids, probs, classes)
     result = metrics.evaluate(val.labels, probs, classes, groups=groups)
     atomic.write_json(fold_dir / "metrics.json", result)
@@ -316,23 +407,25 @@ def main(argv=None) -> int:
         from . import distribute
 
         strategy = distribute.get_strategy(cfg["distribute"]["strategy"])  # before TensorFlow runs any op
-        distribute.set_precision(cfg["distribute"]["mixed_precision"])
-        table = resolve_data(cfg)
-        run = open_run(cfg, table, args.force)
-        fold_of = folds_mod.load_or_make_folds(run.folds_csv, table, cfg["train"]["folds"], cfg["seed"])
-        todo = range(cfg["train"]["folds"]) if cfg["train"]["fold"] == "all" else [cfg["train"]["fold"]]
-        for k in todo:
-            if run.is_done(k):
-                log.info("fold %d already finished; skipping (delete %s to retrain it)", k, run.fold_dir(k))
-                continue
-            train_fold(cfg, run, table, fold_of, k, strategy)
-        if not distribute.is_chief(strategy):
-            return 0  # the chief assembles and reports the out-of-fold results
-        summary = summarize(run, table, fold_of)
-        if summary:
-            print_summary(run, summary)
-        else:
-            log.info("folds finished so far: %s of %d", run.finished_folds(), cfg["train"]["folds"])
+        with distribute.failures_end_every_worker(strategy):  # one worker's error ends them all, with its message
+            distribute.set_precision(cfg["distribute"]["mixed_precision"])
+            table = resolve_data(cfg, strategy)
+            run = open_run(cfg, table, args.force, strategy)
+            fold_of = load_folds(run, table, cfg, strategy)
+            todo = range(cfg["train"]["folds"]) if cfg["train"]["fold"] == "all" else [cfg["train"]["fold"]]
+            done = distribute.from_chief(strategy, [run.is_done(k) for k in todo])  # the chief's view of the files
+            for k, finished in zip(todo, done):
+                if finished:
+                    log.info("fold %d already finished; skipping (delete %s to retrain it)", k, run.fold_dir(k))
+                    continue
+                train_fold(cfg, run, table, fold_of, k, strategy)
+            if not distribute.is_chief(strategy):
+                return 0  # the chief assembles and reports the out-of-fold results
+            summary = summarize(run, table, fold_of)
+            if summary:
+                print_summary(run, summary)
+            else:
+                log.info("folds finished so far: %s of %d", run.finished_folds(), cfg["train"]["folds"])
     return 0
 
 
