@@ -10,6 +10,7 @@ import sys
 # command -> (module, what it does); each module has main(argv) -> exit status
 COMMANDS = {
     "train": ("cxrlt.train.kfold", "train K folds (OOF predictions, resumable)"),
+    "fuse": ("cxrlt.train.fuse", "learned study fusion (CheXFusion stage 2) over a run's frozen features"),
     "predict": ("cxrlt.predict.inference", "fold models x TTA over an image list"),
     "ensemble": ("cxrlt.ensemble.ensembler", "combine runs into a validated submission CSV + zip"),
     "evaluate": ("cxrlt.evaluate.align", "score a prediction CSV against labels"),

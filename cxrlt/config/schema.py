@@ -80,6 +80,7 @@ CHOICES: dict[str, tuple] = {
     "train.checkpoint": ("best", "last"),
     "predict.study_aggregation": STUDY_AGGREGATIONS,
     "ensemble.method": ENSEMBLE_METHODS,
+    "fuse.checkpoint": ("best", "last"),
     "distribute.strategy": STRATEGY_NAMES,
 }
 
@@ -170,6 +171,16 @@ RANGES: dict[str, Range] = {
     "predict.batch_size": Range(1, MAX_BATCH, cap=True),
     "ensemble.fit_rounds": Range(1, 100_000, cap=True),
     "ensemble.normal_gating": UNIT,
+    "fuse.max_images": Range(1, 64, cap=True),
+    "fuse.dim": Range(1, 8192, cap=True),
+    "fuse.layers": Range(1, 64, cap=True),
+    "fuse.heads": Range(1, 256, cap=True),
+    "fuse.ffn_dim": Range(1, 65536, cap=True),
+    "fuse.dropout": Range(0, 1, hi_open=True),
+    "fuse.feature_pool": Range(1, 256, cap=True),
+    "fuse.epochs": Range(1, 100_000, cap=True),
+    "fuse.batch_size": Range(1, MAX_BATCH, cap=True),
+    "fuse.lr": Range(0, 10, lo_open=True, cap=True),
 }
 
 
@@ -221,6 +232,7 @@ def validate(cfg: dict) -> None:
     if not isinstance(tta, list) or not tta or set(tta) - set(TTA_VIEWS):
         raise ConfigError(f"predict.tta must be a non-empty subset of [{', '.join(TTA_VIEWS)}], got {tta}")
     _check_mix(cfg["mix"])
+    validate_fuse(cfg)
     a, sampler = cfg["augment"], cfg["sampling"]["sampler"]
     if a["strategy"] in STRATEGIES and STRATEGIES[a["strategy"]][2]:
         problem = oversampling_conflict(sampler, a["strategy"])
@@ -238,6 +250,17 @@ def validate(cfg: dict) -> None:
     name = None if cfg.get("name") is None else str(cfg["name"])
     if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
         raise ConfigError(f"name {name!r} must be a plain folder name (the run goes to {cfg['out']}/<name>)")
+
+
+def validate_fuse(cfg: dict) -> None:
+    """The fuse: section alone (python -m cxrlt.fuse checks only these on a trained run's config)."""
+    for key in RANGES:
+        if key.startswith("fuse."):
+            check_range(key, get(cfg, key))
+    choice("fuse.checkpoint", cfg["fuse"]["checkpoint"], CHOICES["fuse.checkpoint"])
+    f = cfg["fuse"]
+    if f["dim"] % f["heads"]:
+        raise ConfigError(f"fuse.dim ({f['dim']}) must be a multiple of fuse.heads ({f['heads']})")
 
 
 def _check_mix(mix: dict) -> None:

@@ -87,13 +87,19 @@ class MLDecoder(keras.layers.Layer):
         self.group_kernel = self.add_weight(shape=(c, d), initializer="glorot_normal", name="group_kernel")
         self.group_bias = self.add_weight(shape=(c,), initializer="zeros", name="group_bias")
 
-    def call(self, x, training=None):
+    def call(self, x, training=None, key_mask=None):
+        """`x`: a feature map [B, H, W, D] or a token sequence [B, T, D]. `key_mask` ([B, T], true = attend), used by
+        cxrlt.model.fusion: tokens of a study's empty image slots are never attended to."""
         batch = ops.shape(x)[0]
         memory = self.embed(ops.reshape(x, (batch, -1, x.shape[-1])))
         query = ops.broadcast_to(ops.expand_dims(ops.convert_to_tensor(self.queries), 0),
                                  (batch, self.num_classes, self.dim))
         query = self.norm1(query + self.drop(query, training=training))
-        attended = self.attention(query, memory, memory, training=training)
+        mask = None
+        if key_mask is not None:  # [B, T] -> [B, C, T]: every class query sees the same keys
+            mask = ops.broadcast_to(ops.expand_dims(ops.cast(key_mask, "bool"), 1),
+                                    (batch, self.num_classes, ops.shape(memory)[1]))
+        attended = self.attention(query, memory, memory, attention_mask=mask, training=training)
         query = self.norm2(query + self.drop(attended, training=training))
         ffn = self.ffn2(self.drop(self.ffn1(query), training=training))
         query = self.norm3(query + self.drop(ffn, training=training))

@@ -20,7 +20,7 @@ import keras
 
 from ..config.schema import BACKBONES, HEADS  # name -> keras.applications constructor name; model.head names
 from ..utils.errors import UserError
-from . import heads as heads_mod
+from . import fusion as fusion_mod, heads as heads_mod
 from .pretrained import WeightsError, resolve as resolve_weights_file  # WeightsError is models.WeightsError too
 
 # The last feature map before pooling (G26), as Keras 3.15 names it. ConvNeXt(include_top=False) ends in an
@@ -150,6 +150,9 @@ def _make_backbone(constructor, backbone: str, x, weights, include_preprocessing
     return model
 
 
+# cxrlt's own layers a model file may name (module, class) -> registered name: the two heads and the study fusion
+OWN_LAYERS = {**heads_mod.OWN_LAYERS, **fusion_mod.OWN_LAYERS}
+
 # What a cxrlt model file may name (config.json "module"/"class_name" pairs): Keras' own classes of
 # these kinds, nothing else (not builtins, os, a custom package, or a Keras function such as
 # keras.utils.get_file). Checked before Keras sees the file.
@@ -184,8 +187,8 @@ def check_model_file(path: Path) -> None:
 
     Keras' safe_mode already refuses Lambda layers; this adds an allow-list (Keras' own layer,
     operation, initializer... classes: defence in depth against deserialisation tricks such as
-    CVE-2025-1550 and CVE-2025-8747) plus cxrlt's two head layers (cxrlt.model.heads.OWN_LAYERS), checks every member's CRC (a truncated or bit-flipped file),
-    and never accepts the legacy .h5 format, which has no safe mode for everything it can hold.
+    CVE-2025-1550 and CVE-2025-8747) plus cxrlt's own layers (OWN_LAYERS: the two heads, the study fusion),
+    checks every member's CRC (a truncated or bit-flipped file), and never accepts the legacy .h5 format, which has no safe mode for everything it can hold.
     """
     if not zipfile.is_zipfile(path):
         head = path.read_bytes()[:8]
@@ -211,8 +214,8 @@ def check_model_file(path: Path) -> None:
         _refuse_file_reads(path, name, node.get("config"))
         if module is None:
             continue
-        if (module, name) in heads_mod.OWN_LAYERS:  # cxrlt's own heads: exactly these names, numbers-only configs
-            if node.get("registered_name") != heads_mod.OWN_LAYERS[(module, name)]:
+        if (module, name) in OWN_LAYERS:  # cxrlt's own heads and study fusion: exactly these names, numbers-only configs
+            if node.get("registered_name") != OWN_LAYERS[(module, name)]:
                 raise ModelFileError(f"{path} names {module}.{name} under the registered name "
                                      f"{node.get('registered_name')!r}; refused")
             continue

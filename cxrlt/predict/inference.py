@@ -59,7 +59,12 @@ def _cache_key(run: runs.Run, table: dataset.LabelTable, tta, folds) -> str:
 
 
 def predict_run(run: runs.Run, table: dataset.LabelTable, *, tta=None, batch_size: int | None = None) -> np.ndarray:
-    """Fold models of `run` averaged (equal weight), each TTA-averaged: [N, C] probabilities."""
+    """Fold models of `run` averaged (equal weight), each TTA-averaged: [N, C] probabilities. A fused run
+    (python -m cxrlt.fuse) predicts through its source's frozen backbones and its study heads (predict.fusion)."""
+    if run.is_fused:
+        from . import fusion
+
+        return fusion.predict_run(run, table, tta=tta, batch_size=batch_size)
     cfg = run.config()
     tta = tuple(tta or cfg["predict"]["tta"])
     folds = run.finished_folds()

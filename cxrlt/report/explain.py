@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -197,6 +198,9 @@ def load_fold_models(run: runs.Run, folds=None, layer: str | None = None) -> Fol
     from ..model import models
     from ..utils.progress import Progress
 
+    if run.is_fused:  # its fold models take study stacks of feature maps, not images
+        raise runs.RunError(f"{run.root} is a fused run (python -m cxrlt.fuse); Grad-CAM runs on the image models of "
+                            f"its source run: {json.loads(run.fusion_json.read_text()).get('source')}")
     done = run.finished_folds()
     folds = done if folds is None else list(folds)
     missing = [k for k in folds if k not in done]

@@ -34,7 +34,8 @@ NO_DATA = (
 # Settings that may change between invocations of one run without making it another run.
 RESUMABLE_CHANGES = ("train.fold", "train.verbose", "distribute.", "predict.batch_size", "predict.study_aggregation",
                      "predict.view_weights", "ensemble.", "data.demo_dir", "data.check_images",
-                     "data.prepared")  # prepared data: the same images, pre-resized
+                     "data.prepared",  # prepared data: the same images, pre-resized
+                     "fuse.")  # python -m cxrlt.fuse's settings: a fused run's, never the backbone's
 
 
 def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:

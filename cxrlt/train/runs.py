@@ -9,6 +9,7 @@ runs/<name>/
   oof.csv, metrics.json   out-of-fold predictions of all folds and their scores
   thresholds.json      per-class F1 thresholds tuned on oof.csv (cxrlt.thresholds)
   predictions/         cached test-set predictions per image list
+  fusion.json          only in a fused run (python -m cxrlt.fuse): the source run whose frozen features it fuses
 
     python -m cxrlt.runs [ROOT] [--json]     # every run under ROOT (default runs/) with its scores
 """
@@ -63,6 +64,15 @@ class Run:
     @property
     def classes_json(self) -> Path:
         return self.root / "classes.json"
+
+    @property
+    def fusion_json(self) -> Path:
+        """Only in a fused run (python -m cxrlt.fuse): its source run; its fold models take study stacks."""
+        return self.root / "fusion.json"
+
+    @property
+    def is_fused(self) -> bool:
+        return self.fusion_json.is_file()
 
     def classes(self) -> tuple[str, ...]:
         return tuple(self._class_info()["classes"])
