@@ -252,7 +252,8 @@ def _use_shards(cfg: dict, minority_share) -> bool:
     return has
 
 
-def _shard_stream(paths, labels, flags, cfg: dict, seed: int, shard, skip: int = 0, uint8: bool = False) -> tf.data.Dataset:
+def _shard_stream(paths, labels, flags, cfg: dict, seed: int, shard, skip: int = 0,
+                  uint8: bool = False) -> tf.data.Dataset:
     """Instance sampling from TFRecord shards: interleave the shard files in a shuffled order, keep
     the records of these images (a fold's training part), shuffle them in a buffer, decode.
 
