@@ -9,7 +9,8 @@
     python -m cxrlt.bench loop     [--ks 1 16] [--size 32] [--backbone NAME] [--json out.json]  (k steps per call)
 
 pipeline: images/s of the training input pipeline on full-resolution radiographs, for
-decode+resize only (the ceiling any variant can reach), the naive per-image Python/PIL generator a
+decode+resize only (the ceiling any variant can reach), a bare tf.data read-decode-resize-batch
+(the baseline of issue 14), the host side of augment.device accelerator (uint8 batches), the naive per-image Python/PIL generator a
 user might write, the decoding as it was before DCT-scaled JPEG decoding, seed 002's basic
 augmentations, each batch mixer, seed 002's full recipe (basic + one mixer per batch), seed 000's
 albumentations strong pipeline (outside the TF graph), and the same read from pre-resized data
