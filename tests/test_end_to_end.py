@@ -7,6 +7,7 @@ and shared by the tests below.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -74,6 +75,57 @@ def test_a_killed_and_resumed_fold_ends_bit_identical_to_an_uninterrupted_one(de
     assert (resumed / "history.csv").read_bytes() == (uninterrupted / "history.csv").read_bytes()
     assert json.loads((resumed / "best.json").read_text()) == json.loads((uninterrupted / "best.json").read_text())
     a, b = (models.load(d / "model.keras") for d in (resumed, uninterrupted))
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_accelerator_mode_killed_after_epoch_1_resumes_bit_identical(tmp_path, caplog):
+    """augment.device accelerator on the product path (python -m cxrlt.train: uint8 batches and seeds from
+    tf.data, augmentation and Mosaic in the train step). One training serves as both runs: it is paused
+    (SIGSTOP) once epoch 1's checkpoint exists, its run directory copied (what a SIGKILL at that moment
+    leaves on disk: every file is written atomically), and then let finish uninterrupted; the copy is
+    resumed and must end with the same bits."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cxrlt.model import models
+
+    from .conftest import REPO
+
+    argv = ["--demo", "--name", "acc", "--epochs", "2", "--fold", "0", "--set", f"data.demo_dir={tmp_path / 'data'}",
+            "--set", "data.demo_patients=20", "--set", "augment.device=accelerator", "--backbone", "efficientnetv2-b0",
+            "--weights", "none", "--size", "32", "--folds", "2", "--batch-size", "8", "--set", "train.steps_per_epoch=3",
+            "--set", "predict.batch_size=64", "--set", "train.verbose=0"]
+    runs, snapshot, straight = tmp_path / "runs", tmp_path / "snapshot", tmp_path / "straight"
+    argv += ["--out", str(runs)]  # the resumed run must sit where it was trained (--out is part of its config)
+    first = subprocess.Popen([sys.executable, "-m", "cxrlt.train", *argv], env={**os.environ, "PYTHONPATH": str(REPO)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 900
+        while not (runs / "acc" / "fold0" / "backup" / "checkpoint").exists():
+            assert first.poll() is None, f"the run ended early:\n{first.stderr.read()[-3000:]}"
+            assert time.time() < deadline, "no epoch-1 checkpoint within 15 minutes"
+            time.sleep(0.02)
+        first.send_signal(signal.SIGSTOP)
+        shutil.copytree(runs, snapshot)
+        first.send_signal(signal.SIGCONT)
+        _, err = first.communicate(timeout=900)
+    finally:
+        first.kill()  # no-op once it has ended
+    assert first.returncode == 0, err[-3000:]
+    runs.rename(straight)  # the uninterrupted run
+    snapshot.rename(runs)  # the killed one, back in its place
+    resumed, fold = runs / "acc" / "fold0", straight / "acc" / "fold0"
+    assert not (resumed / "done.json").exists() and list(pd.read_csv(resumed / "history.csv").epoch) == [1]
+    with caplog.at_level("INFO", logger="cxrlt"):
+        assert train.main(argv) == 0
+    assert "fold 0: resuming after epoch 1 of 2" in caplog.text
+    assert (resumed / "history.csv").read_bytes() == (fold / "history.csv").read_bytes()
+    assert json.loads((resumed / "best.json").read_text()) == json.loads((fold / "best.json").read_text())
+    a, b = (models.load(d / "model.keras") for d in (resumed, fold))
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(wa, wb)
 

@@ -45,6 +45,8 @@ def test_full_resolution_radiographs_decode_at_training_size():
     for rel in rows:
         image = pipeline.decode_image(tf.constant(str(FULLRES / rel)), 96).numpy()
         assert image.shape == (96, 96, 3) and 10 < image.mean() < 245
+        wire = pipeline.decode_uint8(tf.io.read_file(str(FULLRES / rel)), 96).numpy()  # accelerator mode's uint8
+        assert wire.dtype == np.uint8 and np.abs(wire.astype(np.float32) - image[..., :1]).max() <= 0.5 + 1e-3
 
 
 def test_train_stream_is_seeded_batched_and_infinite(tmp_path):
@@ -135,6 +137,10 @@ def test_accelerator_mode_gives_the_host_batches(tmp_path):
         np.testing.assert_allclose(yd.numpy(), yh.numpy(), atol=1e-6)
         np.testing.assert_array_equal(md.numpy(), mh.numpy())
     assert not np.allclose(host[0][0].numpy()[0], host[1][0].numpy()[0])  # augmentation did something
+    later = pipeline.train_dataset(paths, labels, cfg, seed=5, batch_size=4, mask=mask, on_device=True, start_batch=3)
+    for a, b in zip(raw[3:], later.take(3)):  # a resumed stream: the same images, labels, seeds and mixer steps
+        for key in ("images", "labels", "seeds", "step"):
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
     with pytest.raises(ValueError, match="device_preprocess"):
         pipeline.train_dataset(paths, labels, cfg, seed=5, batch_size=4, mixer=mixer, on_device=True)
 

@@ -30,6 +30,27 @@ def test_pipeline_benchmark_reports_rates_and_ratios(tmp_path):
     assert shards["ratio_vs"] == "decode+resize (ceiling)" and shards["ratio"] == shards["ratio_to_ceiling"]
     assert result["prepared shards: seed 002 full"]["ratio_vs"] == "seed 002 full (basic + mosaic p=0.5)"
     assert report["prepare"]["images"] == 6 and report["per_epoch"]["64"]["speedup"] > 0
+    assert result["bare tf.data decode+resize (baseline)"]["ratio_to_bare"] == 1.0
+    accelerator = result["accelerator mode, host side (uint8 grey batches)"]
+    assert accelerator["cpu_ratio_to_bare"] > 0 and result["prepared shards: accelerator mode, host side"]["ratio_vs"] == \
+        "accelerator mode, host side (uint8 grey batches)"
+
+
+def test_cpu_benchmark_gives_cpu_ms_per_image_and_cores_per_gpu(tmp_path):
+    assert bench.main(["cpu", "--images", str(need(FULLRES) / "images.csv"), "--sizes", "64", "--max-images", "6",
+                       "--batch-size", "4", "--n", "4", "--rounds", "1", "--rates", "145", "400",
+                       "--json", str(tmp_path / "c.json")]) == 0
+    report = json.loads((tmp_path / "c.json").read_text())
+    row = report["sizes"]["64"]
+    assert set(row) == {"bare tf.data decode+resize (baseline)", "host mode (seed 002 full), raw files",
+                        "accelerator mode, raw files", "host mode (seed 002 full), prepared shards",
+                        "accelerator mode, prepared shards"}
+    for entry in row.values():
+        cores = entry["cores_for_images_per_s"]
+        assert entry["cpu_ms_per_image"] > 0 and cores["400"] > cores["145"] > 0
+        assert abs(cores["145"] - 0.145 * entry["cpu_ms_per_image"]) < 0.01  # cores = rate x CPU-seconds per image
+    assert report["cores_per_gpu"]["64"]["accelerator mode, raw files"] == row["accelerator mode, raw files"][
+        "cores_for_images_per_s"]
 
 
 def test_loop_benchmark_times_each_k_against_the_first(tmp_path):

@@ -111,6 +111,8 @@ def test_decoder_reads_the_header_size_and_refuses_too_many_pixels_before_decodi
         (tmp_path / name).write_bytes(data)
         with pytest.raises(tf.errors.InvalidArgumentError, match=f"(?s){pipeline.PIXEL_LIMIT_MESSAGE}.*{name}"):
             pipeline.decode_image(tf.constant(str(tmp_path / name)), 32)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"(?s){pipeline.PIXEL_LIMIT_MESSAGE}.*{name}"):
+            pipeline.decode_uint8(tf.constant(data), 32, name=name)  # augment.device accelerator's decoder
     # just under the limit passes the guard (and then fails in the decoder, which has no pixels to read)
     with pytest.raises(tf.errors.InvalidArgumentError) as under:
         pipeline.decode_bytes(tf.constant(_png_header(2 ** 14, 2 ** 14)), 32)

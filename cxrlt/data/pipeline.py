@@ -142,26 +142,48 @@ def decode_grey(data: tf.Tensor, size=None, fit: str = "square", name=None,
     if intensity not in INTENSITIES:
         raise ValueError(f"input.intensity must be one of {INTENSITIES}, got {intensity!r}")
     data = pixel_guard(data, name)
+    if size is None:
+        return _decode_whole(data, intensity)
+    return tf.cond(tf.io.is_jpeg(data), lambda: tf.image.convert_image_dtype(_scaled_jpeg(data, size, fit), tf.float32),
+                   lambda: _decode_whole(data, intensity))
 
+
+def _decode_whole(data: tf.Tensor, intensity: str = "full_range") -> tf.Tensor:
+    """Any format, whole: float32 [h, w, 1] in 0..1 (16-bit PNGs scaled, not truncated; with another
+    `intensity`, a 16-bit PNG's own range stretched by `stretch16`)."""
     def any_image():
         image = tf.io.decode_image(data, channels=1, dtype=tf.float32, expand_animations=False)
         return tf.ensure_shape(image, [None, None, 1])
 
-    whole = any_image
-    if intensity != "full_range":
-        def whole():
-            return tf.cond(is_png16(data), lambda: stretch16(data, intensity), any_image)
+    if intensity == "full_range":
+        return any_image()
+    return tf.cond(is_png16(data), lambda: stretch16(data, intensity), any_image)
 
-    if size is None:
-        return whole()
 
-    def scaled_jpeg():
-        shape = tf.io.extract_jpeg_shape(data)
-        branches = [lambda r=r: tf.io.decode_jpeg(data, channels=1, ratio=r) for r in JPEG_RATIOS]
-        image = tf.switch_case(jpeg_scale_index(shape[0], shape[1], size, fit), branches)
-        return tf.ensure_shape(tf.image.convert_image_dtype(image, tf.float32), [None, None, 1])
+def _scaled_jpeg(data: tf.Tensor, size, fit: str) -> tf.Tensor:
+    """A JPEG at its largest DCT scaling that covers the target (`jpeg_scale_index`): uint8 [h, w, 1]."""
+    shape = tf.io.extract_jpeg_shape(data)
+    branches = [lambda r=r: tf.io.decode_jpeg(data, channels=1, ratio=r) for r in JPEG_RATIOS]
+    image = tf.switch_case(jpeg_scale_index(shape[0], shape[1], size, fit), branches)
+    return tf.ensure_shape(image, [None, None, 1])
 
-    return tf.cond(tf.io.is_jpeg(data), scaled_jpeg, whole)
+
+def decode_uint8(data: tf.Tensor, size: int, resize: str = "stretch", antialias: str = "auto", name=None,
+                 intensity: str = "full_range") -> tf.Tensor:
+    """Encoded image bytes -> uint8 grey [size, size, 1]: decode_bytes(channels=1) rounded to integers, the
+    wire format of augment.device accelerator, in fewer passes over the pixels.
+
+    A JPEG's decoded 0..255 integers go to the resize as they are (which computes in float anyway)
+    instead of being converted to 0..1 floats and scaled back after the resize: two full-image passes
+    less, and one rounding at the end. Other formats keep decode_image's float decode (16-bit PNGs, with
+    input.intensity as in decode_grey).
+    The result equals rounding decode_bytes(..., channels=1) up to float rounding at exact half levels.
+    """
+    data = pixel_guard(data, name)
+    fit = "long" if resize == "letterbox" else "square"
+    image = tf.cond(tf.io.is_jpeg(data), lambda: resize_grey(_scaled_jpeg(data, size, fit), size, resize, antialias),
+                    lambda: resize_grey(_decode_whole(data, intensity), size, resize, antialias) * 255.0)
+    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
 def resize_grey(image: tf.Tensor, size: int, resize: str = "stretch", antialias: str = "auto") -> tf.Tensor:
@@ -218,11 +240,16 @@ def to_rgb(images: tf.Tensor) -> tf.Tensor:
     return images
 
 
-def _decoder(cfg: dict):
-    """bytes or path -> grey float [size, size, 1] 0..255, with the input section's settings."""
+def _decoder(cfg: dict, uint8: bool = False):
+    """bytes or path -> grey float [size, size, 1] 0..255 (uint8=True: `decode_uint8`, accelerator mode's
+    wire format), with the input section's settings."""
     i = cfg["input"]
-    args = (i["size"], i["resize"], i.get("antialias", "auto"), 1)
     intensity = i.get("intensity", "full_range")  # a run made before input.intensity existed: as it decoded then
+    if uint8:
+        args = (i["size"], i["resize"], i.get("antialias", "auto"))
+        return ((lambda data, name=None: decode_uint8(data, *args, name=name, intensity=intensity)),
+                (lambda path: decode_uint8(tf.io.read_file(path), *args, name=path, intensity=intensity)))
+    args = (i["size"], i["resize"], i.get("antialias", "auto"), 1)
     return ((lambda data, name=None: decode_bytes(data, *args, name=name, intensity=intensity)),
             (lambda path: decode_image(path, *args, intensity=intensity)))
 
@@ -273,7 +300,8 @@ def _use_shards(cfg: dict, minority_share) -> bool:
     return has
 
 
-def _shard_stream(paths, labels, flags, cfg: dict, seed: int, shard, skip: int = 0) -> tf.data.Dataset:
+def _shard_stream(paths, labels, flags, cfg: dict, seed: int, shard, skip: int = 0,
+                  uint8: bool = False) -> tf.data.Dataset:
     """Instance sampling from TFRecord shards: interleave the shard files in a shuffled order, keep
     the records of these images (a fold's training part), shuffle them in a buffer, decode.
 
@@ -292,7 +320,7 @@ def _shard_stream(paths, labels, flags, cfg: dict, seed: int, shard, skip: int =
     by_file = len(files) >= n
     if by_file:
         files = files[i::n]
-    decode, _ = _decoder(cfg)
+    decode, _ = _decoder(cfg, uint8)
     labels, flags = tf.constant(labels, tf.float32), tf.constant(flags, tf.bool)
     ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16), block_length=1,
@@ -338,10 +366,10 @@ def _global_index(index: tf.Tensor, shard) -> tf.Tensor:
     return index * n + p
 
 
-def _stream(paths, labels, flags, cfg: dict, seed: int, skip: int = 0) -> tf.data.Dataset:
+def _stream(paths, labels, flags, cfg: dict, seed: int, skip: int = 0, uint8: bool = False) -> tf.data.Dataset:
     """One infinite shuffled stream of (grey image [size, size, 1], label, is_minority), from its
     `skip`-th element on (skipped before decoding where the images are not cached)."""
-    _, read = _decoder(cfg)
+    _, read = _decoder(cfg, uint8)
     n = len(paths)
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=str), labels.astype(np.float32), flags))
     decode = lambda p, y, m: (read(p), y, m)  # noqa: E731
@@ -397,6 +425,8 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
 
     With `input.data_service` set (grpc://HOST:PORT), the stream is `service_streams`' round-robin of
     `input.data_service_streams` sub-streams, each produced by a tf.data service worker.
+    Accelerator mode decodes straight to uint8 (`decode_uint8`; input.cache then holds uint8, 4x less
+    RAM), and the decoding map is its only per-image stage (`_raw_batches`).
     """
     service = (cfg.get("input") or {}).get("data_service")
     if service:
@@ -419,7 +449,7 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     skip = int(start_batch) * int(batch_size)
     from_shards = _use_shards(cfg, minority_share)
     if from_shards:
-        ds = _shard_stream(paths, labels, flags, cfg, seed, shard, skip)
+        ds = _shard_stream(paths, labels, flags, cfg, seed, shard, skip, uint8=on_device)
     else:
         paths = source_files(paths, cfg)
         whole = (paths, labels, flags)
@@ -442,13 +472,13 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
             # minority images) is the `ros` sampler's epoch, so there is one oversampler.
             ros = {"name": "ros", "target_share": minority_share, "epoch_size": len(paths)}
             ds = images_at(sampling.make_index_dataset(labels, ros, sample_seed, minority_mask=flags), paths, labels,
-                           flags, cfg, skip)
+                           flags, cfg, skip, uint8=on_device)
         else:
-            ds = sampled_images(paths, labels, flags, cfg, sample_seed, n_classes, skip)
+            ds = sampled_images(paths, labels, flags, cfg, sample_seed, n_classes, skip, uint8=on_device)
     if on_device:
         if (cfg.get("mix") or {}).get("balanced_mixup", 0):
             raise ValueError("mix.balanced_mixup runs on the host only: set augment.device host")
-        return _raw_batches(ds, seed, shard, skip, batch_size, start_batch).prefetch(AUTOTUNE)
+        return _raw_batches(ds, seed, shard, batch_size, start_batch).prefetch(AUTOTUNE)
     augment = lambda d, s: _augmented(d, s, augment_fn, strategy_fn, shard, start=skip)  # noqa: E731
     ds = augment(ds, seed).batch(batch_size, drop_remainder=True)
     if not from_shards:
@@ -504,15 +534,18 @@ def service_streams(build, streams: int, shard=None, start_batch: int = 0, servi
     return tf.data.Dataset.choose_from_datasets(subs, order).prefetch(AUTOTUNE)
 
 
-def _raw_batches(ds: tf.data.Dataset, seed: int, shard, skip: int, batch_size: int, start_batch: int) -> tf.data.Dataset:
-    """(grey image, label, flag) -> dicts of uint8 batches with the seeds the host path would use."""
-    def element(i, xym):
-        image = tf.cast(tf.round(tf.clip_by_value(xym[0], 0.0, 255.0)), tf.uint8)
-        return image, xym[1], _element_seed(seed, _global_index(i, shard))
+def _raw_batches(ds: tf.data.Dataset, seed: int, shard, batch_size: int, start_batch: int) -> tf.data.Dataset:
+    """(uint8 grey image, label, flag) -> dicts of batches with the seeds the host path would use.
 
-    ds = ds.enumerate(start=skip).map(element, num_parallel_calls=AUTOTUNE).batch(batch_size, drop_remainder=True)
-    return ds.enumerate(start=start_batch).map(
-        lambda i, b: {"images": b[0], "labels": b[1], "seeds": b[2], "step": _global_index(i, shard)})
+    The decoding map is the only per-image stage (as in a bare read-decode-resize pipeline): element j
+    of batch i is this pipeline's element i x batch_size + j, so its seed (`_element_seed`, what the host
+    path's per-image enumerate gives) is computed per batch, not by a second map over every image."""
+    def as_dict(i, b):
+        index = _global_index(i * batch_size + tf.range(batch_size, dtype=tf.int64), shard)
+        seeds = tf.stack([tf.fill([batch_size], tf.constant(seed, tf.int64)), index], axis=1)
+        return {"images": b[0], "labels": b[1], "seeds": seeds, "step": _global_index(i, shard)}
+
+    return ds.batch(batch_size, drop_remainder=True).enumerate(start=start_batch).map(as_dict)
 
 
 def device_preprocess(augment_cfg, mixer, n_classes: int, masked: bool = False):
@@ -602,22 +635,23 @@ def sampled_index_stream(labels: np.ndarray, cfg: dict, seed: int) -> tf.data.Da
 
 
 def sampled_images(paths, labels, flags, cfg: dict, seed: int, n_classes: int | None = None,
-                   skip: int = 0) -> tf.data.Dataset:
+                   skip: int = 0, uint8: bool = False) -> tf.data.Dataset:
     """Infinite (grey image, label, is_minority) drawn by the configured sampler.
 
     The sampler sees the first `n_classes` label columns (the rest carry the uncertainty mask)."""
     index = sampled_index_stream(np.asarray(labels)[:, :n_classes], cfg, seed)
     if index is None:
-        return _stream(paths, labels, flags, cfg, seed, skip)
-    return images_at(index, paths, labels, flags, cfg, skip)
+        return _stream(paths, labels, flags, cfg, seed, skip, uint8)
+    return images_at(index, paths, labels, flags, cfg, skip, uint8)
 
 
-def images_at(index: tf.data.Dataset, paths, labels, flags, cfg: dict, skip: int = 0) -> tf.data.Dataset:
+def images_at(index: tf.data.Dataset, paths, labels, flags, cfg: dict, skip: int = 0,
+              uint8: bool = False) -> tf.data.Dataset:
     """(grey image, label, is_minority) for each row index of `index`: gather the row, then decode it.
 
     With `input.cache` the images are decoded once into one in-memory tensor [N, size, size, 1] (small
     data sets only, like the cache of `_stream`) and gathered by index."""
-    _, read = _decoder(cfg)
+    _, read = _decoder(cfg, uint8)
     index = index.skip(skip)  # positioned on the row indices: nothing skipped is decoded
     labels_t = tf.constant(np.asarray(labels, np.float32))
     flags_t = tf.constant(np.asarray(flags, bool))

@@ -4,11 +4,13 @@
     python -m cxrlt.bench predict  [--backbones efficientnetv2-b0 efficientnetv2-s] [--size 224] [--json out.json]
     python -m cxrlt.bench memory   [--n 48 --factor 4] [--json out.json]
     python -m cxrlt.bench ops      [--sizes 768] [--json out.json]
+    python -m cxrlt.bench cpu      [--sizes 224 512 768] [--rates 145 400] [--json out.json]
     python -m cxrlt.bench step     [--backbones efficientnetv2-b0] [--size 224] [--json out.json]   (cxrlt/bench_step.py)
     python -m cxrlt.bench loop     [--ks 1 16] [--size 32] [--backbone NAME] [--json out.json]  (k steps per call)
 
 pipeline: images/s of the training input pipeline on full-resolution radiographs, for
-decode+resize only (the ceiling any variant can reach), the naive per-image Python/PIL generator a
+decode+resize only (the ceiling any variant can reach), a bare tf.data read-decode-resize-batch
+(the baseline of issue 14), the host side of augment.device accelerator (uint8 batches), the naive per-image Python/PIL generator a
 user might write, the decoding as it was before DCT-scaled JPEG decoding, seed 002's basic
 augmentations, each batch mixer, seed 002's full recipe (basic + one mixer per batch), seed 000's
 albumentations strong pipeline (outside the TF graph), and the same read from pre-resized data
@@ -18,6 +20,9 @@ memory: peak RSS of prediction and of the training input pipeline on N and facto
 each in a fresh subprocess (flat = streaming, nothing loaded per image).
 ops: CPU milliseconds per image of each step (decode, resize, channels, augs, mixers) on one
 thread: where the pipeline's time goes, to read the ratios above.
+cpu: host CPU milliseconds per training image of the whole input, host mode vs augment.device
+accelerator (the host only decodes), from raw files and from prepared shards, on one tf.data thread;
+and the CPU cores one GPU needs to be fed --rates images/s.
 
 The machine may be shared: variants are measured in interleaved rounds (median over rounds), and
 next to wall-clock images/s each entry has images per CPU-second of this process, which moves much
@@ -52,6 +57,10 @@ CEILING = "decode+resize (ceiling)"
 SEED002 = "seed 002 full (basic + mosaic p=0.5)"
 SHARDS = "prepared shards: decode+resize"
 SHARDS_SEED002 = "prepared shards: seed 002 full"
+BARE = "bare tf.data decode+resize (baseline)"
+ACCEL = "accelerator mode, host side (uint8 grey batches)"
+SHARDS_ACCEL = "prepared shards: accelerator mode, host side"
+GPU_RATES = (145, 400)  # images/s at 768 px: one A100 training EfficientNetV2-S (BENCHMARKS.md), and a faster GPU
 
 
 # --------------------------------------------------------------------------------------- measuring
@@ -109,6 +118,18 @@ def _naive(paths, size: int, batch: int) -> tf.data.Dataset:
     return tf.data.Dataset.from_generator(gen, output_signature=spec).batch(batch).prefetch(2)
 
 
+def _bare(paths, size: int, batch: int) -> tf.data.Dataset:
+    """The baseline every variant is held to: paths -> read_file -> decode_image(channels=1) ->
+    tf.image.resize -> batch, one parallel map and nothing else (repeated only so that it streams;
+    no shuffling, no DCT scaling, no clipping, float grey)."""
+    def decode(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=1, expand_animations=False)
+        return tf.image.resize(image, (size, size))
+
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray(paths, str)).repeat()
+    return ds.map(decode, num_parallel_calls=pipeline.AUTOTUNE).batch(batch)
+
+
 def _before_dct(paths, size: int, batch: int) -> tf.data.Dataset:
     """The decode_image of the first version: whole-image decode, antialiased resize, 3 channels per
     image; otherwise the same stream as the ceiling (shuffled paths, parallel map, batch)."""
@@ -156,6 +177,8 @@ def pipeline_variants(paths: np.ndarray, size: int, batch: int, prepared: str | 
 
     variants = {
         CEILING: lambda: train(),
+        BARE: lambda: _bare(paths, size, batch),
+        ACCEL: lambda: train(on_device=True),
         "naive PIL generator": lambda: _naive(paths, size, batch),
         "before DCT scaling (whole decode, antialias)": lambda: _before_dct(paths, size, batch),
         "+ basic augs": lambda: train(augment_fn=basic),
@@ -173,6 +196,7 @@ def pipeline_variants(paths: np.ndarray, size: int, batch: int, prepared: str | 
             "prepared files: decode+resize": lambda: train(files),
             SHARDS: lambda: train(shards),
             SHARDS_SEED002: lambda: train(shards, augment_fn=basic, mixer=seed002),
+            SHARDS_ACCEL: lambda: train(shards, on_device=True),
         })
     return variants
 
@@ -184,10 +208,14 @@ def pipeline_bench(paths: np.ndarray, sizes, batch: int, images: int, rounds: in
         row = measure_round_robin(pipeline_variants(paths, size, batch, prepared), images, batch, rounds)
         ceiling = row[CEILING]["images_per_s"]
         cpu_ceiling = row[CEILING]["images_per_cpu_s"]
+        bare, cpu_bare = row[BARE]["images_per_s"], row[BARE]["images_per_cpu_s"]
         for entry in row.values():
             entry["ratio_to_ceiling"] = round(entry["images_per_s"] / ceiling, 3)
             entry["cpu_ratio_to_ceiling"] = round(entry["images_per_cpu_s"] / cpu_ceiling, 3)
-        raw_of = {"prepared files: decode+resize": CEILING, SHARDS: CEILING, SHARDS_SEED002: SEED002}
+            entry["ratio_to_bare"] = round(entry["images_per_s"] / bare, 3)
+            entry["cpu_ratio_to_bare"] = round(entry["images_per_cpu_s"] / cpu_bare, 3)
+        raw_of = {"prepared files: decode+resize": CEILING, SHARDS: CEILING, SHARDS_SEED002: SEED002,
+                  SHARDS_ACCEL: ACCEL}
         for name, raw in raw_of.items():
             if name in row:
                 row[name]["ratio"] = round(row[name]["images_per_s"] / row[raw]["images_per_s"], 3)
@@ -215,12 +243,15 @@ def per_epoch(results: dict) -> dict:
 
 
 def targets(results: dict) -> dict:
-    """The issues' targets at 768 px (issue 3: seed 002 full >= 80 % of the ceiling; issue 6: shards >= 3x raw)."""
+    """The issues' targets at 768 px (issue 3: seed 002 full >= 80 % of the ceiling; issue 6: shards >= 3x raw;
+    issue 14: the host side of accelerator mode >= 90 % of the bare tf.data decode+resize)."""
     row = results.get("768")
     if not row:
         return {}
     out = {"issue3_seed002_full_vs_ceiling": {"value": row[SEED002]["ratio_to_ceiling"],
-                                              "cpu_value": row[SEED002]["cpu_ratio_to_ceiling"], "target": 0.8}}
+                                              "cpu_value": row[SEED002]["cpu_ratio_to_ceiling"], "target": 0.8},
+           "issue14_accelerator_host_side_vs_bare": {"value": row[ACCEL]["ratio_to_bare"],
+                                                     "cpu_value": row[ACCEL]["cpu_ratio_to_bare"], "target": 0.9}}
     if SHARDS in row:
         out["issue6_shards_vs_raw_decode"] = {"value": row[SHARDS]["ratio"], "cpu_value": row[SHARDS]["cpu_ratio"],
                                               "target": 3.0}
@@ -230,11 +261,75 @@ def targets(results: dict) -> dict:
 
 
 def _print(size: int, row: dict) -> None:
-    print(f"\n{size} px{'':<47}{'images/s':>10}{'per CPU-s':>11}{'x ceiling':>11}{'x raw':>8}")
+    print(f"\n{size} px{'':<47}{'images/s':>10}{'per CPU-s':>11}{'x ceiling':>11}{'x bare':>8}{'x raw':>8}")
     for name, e in row.items():
         raw = f"{e['ratio']:>8.2f}" if "ratio" in e else ""
-        print(f"  {name:<53}{e['images_per_s']:>10.1f}{e['images_per_cpu_s']:>11.1f}{e['ratio_to_ceiling']:>11.2f}{raw}",
-              flush=True)
+        print(f"  {name:<53}{e['images_per_s']:>10.1f}{e['images_per_cpu_s']:>11.1f}{e['ratio_to_ceiling']:>11.2f}"
+              f"{e['ratio_to_bare']:>8.2f}{raw}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ cpu
+
+HOST_RAW, ACCEL_RAW = "host mode (seed 002 full), raw files", "accelerator mode, raw files"
+HOST_SHARDS, ACCEL_SHARDS = "host mode (seed 002 full), prepared shards", "accelerator mode, prepared shards"
+
+
+def _one_thread(make):
+    """The dataset on one tf.data thread, without autotuning: the process's CPU-seconds then measure
+    the work per image, not how many threads wait, spin or compete for cores (which moves with the
+    machine's load: the multi-threaded images per CPU-second of `pipeline` were 1.4x apart between a
+    quiet and a shared machine)."""
+    def made():
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = 1
+        options.threading.max_intra_op_parallelism = 1
+        options.autotune.enabled = False
+        return make().with_options(options)
+    return made
+
+
+def cpu_variants(paths: np.ndarray, size: int, batch: int, prepared: str | None, one_thread: bool = True) -> dict:
+    """What the host does per training image in each mode: host mode = seed 002's full input (decode,
+    resize, basic augs, Mosaic p=0.5, grey -> RGB float batches); accelerator mode = read, decode,
+    resize, batch uint8 grey (+ seeds): the augmentation and mixing then run in the train step."""
+    labels = np.zeros((len(paths), 26), np.float32)
+    labels[np.arange(len(paths)), np.arange(len(paths)) % 26] = 1
+    cfg = config.load(overrides={"input": {"size": size}})
+    basic = augment.make_basic_augment(cfg["augment"])
+    seed002 = mix.BatchMixer.from_config(cfg["mix"])
+
+    def train(cfg=cfg, **kw):
+        return pipeline.train_dataset(paths, labels, cfg, seed=0, batch_size=batch, **kw)
+
+    variants = {BARE: lambda: _bare(paths, size, batch),
+                HOST_RAW: lambda: train(augment_fn=basic, mixer=seed002),
+                ACCEL_RAW: lambda: train(on_device=True)}
+    if prepared:
+        shards = config.load(overrides={"input": {"size": size}, "data": {"prepared": prepared, "prepared_reader": "tfrecord"}})
+        variants.update({HOST_SHARDS: lambda: train(shards, augment_fn=basic, mixer=seed002),
+                         ACCEL_SHARDS: lambda: train(shards, on_device=True)})
+    return {name: _one_thread(make) for name, make in variants.items()} if one_thread else variants
+
+
+def cpu_bench(paths: np.ndarray, sizes, batch: int, images: int, rounds: int, prepared: str | None,
+              rates=GPU_RATES, one_thread: bool = True) -> dict:
+    """Host CPU-ms per training image by mode and source, and the cores that feed `rates` images/s
+    (cores = rate x CPU-s per image: tf.data's parallel map of TF ops scales with cores)."""
+    results = {}
+    for size in sizes:
+        row = measure_round_robin(cpu_variants(paths, size, batch, prepared, one_thread), images, batch, rounds)
+        for entry in row.values():
+            ms = 1000 / entry["images_per_cpu_s"]
+            entry["cpu_ms_per_image"] = round(ms, 2)
+            entry["cores_for_images_per_s"] = {str(r): round(r * ms / 1000, 2) for r in rates}
+            entry["cpu_ratio_to_bare"] = round(entry["images_per_cpu_s"] / row[BARE]["images_per_cpu_s"], 3)
+        results[str(size)] = row
+        print(f"\n{size} px, host CPU per training image{'':<17}{'CPU ms':>8}{'x bare':>8}"
+              + "".join(f"{f'cores@{r}/s':>12}" for r in rates))
+        for name, e in row.items():
+            print(f"  {name:<50}{e['cpu_ms_per_image']:>8.2f}{e['cpu_ratio_to_bare']:>8.2f}"
+                  + "".join(f"{e['cores_for_images_per_s'][str(r)]:>12.1f}" for r in rates), flush=True)
+    return results
 
 
 # -------------------------------------------------------------------------------------------- predict
@@ -300,18 +395,21 @@ def memory_child(kind: str, paths: np.ndarray, n: int, backbone: str, size: int,
         assert probs.shape == (n, 26)
     else:  # seed 002's full training input over the n images (n is the epoch): iterated, or trained on
         labels = np.zeros((n, 26), np.float32)
-        ds = pipeline.train_dataset(paths, labels, cfg, seed=0, batch_size=batch,
-                                    augment_fn=augment.make_basic_augment(cfg["augment"]),
-                                    mixer=mix.BatchMixer.from_config(cfg["mix"]))
-        if kind == "train":  # the engine's train step (focal loss, Adam), as cxrlt.train runs it
+        on_device = kind.endswith("-accelerator")  # augment.device accelerator: uint8 batches, augmented in the step
+        mixer = mix.BatchMixer.from_config(cfg["mix"])
+        ds = pipeline.train_dataset(paths, labels, cfg, seed=0, batch_size=batch, on_device=on_device,
+                                    **({} if on_device else {"augment_fn": augment.make_basic_augment(cfg["augment"]),
+                                                             "mixer": mixer}))
+        if kind in ("train", "train-accelerator"):  # the engine's train step (focal loss, Adam)
             import keras
 
             from ..train import engine
             from ..model import losses
 
             model = models.build(backbone, 26, size, weights="none").train_model
+            preprocess = pipeline.device_preprocess(cfg["augment"], mixer, 26) if on_device else None
             trainer = engine.Trainer(tf.distribute.get_strategy(), model, keras.optimizers.Adam(1e-4),
-                                     losses.get_loss("focal"))
+                                     losses.get_loss("focal"), preprocess=preprocess)
             trainer.fit(ds, epochs=1, steps_per_epoch=n // batch, verbose=0)
         else:
             for _ in ds.take(n // batch):
@@ -436,7 +534,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--json", type=Path)
 
 
-MEMORY_KINDS = ("predict", "train-input", "train")
+MEMORY_KINDS = ("predict", "train-input", "train", "train-input-accelerator", "train-accelerator")
 
 
 def _add_memory(sub) -> None:
@@ -453,8 +551,27 @@ def _add_memory(sub) -> None:
         else:
             p.add_argument("--factor", type=int, default=4)
             p.add_argument("--kinds", nargs="+", choices=MEMORY_KINDS, default=["predict", "train-input"],
-                           help="train = the engine training the backbone on the training input (slow on CPU)")
+                           help="train = the engine training the backbone on the training input (slow on CPU); "
+                                "*-accelerator = the same with augment.device accelerator")
             p.add_argument("--json", type=Path)
+
+
+def _add_cpu(sub) -> None:
+    p = sub.add_parser("cpu", help="host CPU-ms per training image, host vs accelerator mode, raw files vs shards; "
+                                   "the cores per GPU that feed given images/s")
+    p.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    p.add_argument("--sizes", type=int, nargs="+", default=[224, 512, 768])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--n", type=int, default=120, help="images timed per variant (split over the rounds)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rates", type=int, nargs="+", default=list(GPU_RATES), help="images/s a GPU trains at")
+    p.add_argument("--threads", type=int, default=1, help="1: one tf.data thread (the work per image); 0: "
+                   "TensorFlow's default threads (adds what waiting and spinning threads burn)")
+    p.add_argument("--long-side", type=int, default=1024)
+    p.add_argument("--prepared", type=Path)
+    p.add_argument("--no-prepared", action="store_true")
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--json", type=Path)
 
 
 def _add_ops(sub) -> None:
@@ -467,6 +584,20 @@ def _add_ops(sub) -> None:
     p.add_argument("--json", type=Path)
 
 
+def _prepared_folder(stack: contextlib.ExitStack, args, results: dict) -> str | None:
+    """--prepared, or a folder prepared now in a temporary directory (timed into results["prepare"]), or None."""
+    if args.no_prepared:
+        return None
+    if args.prepared:
+        return str(args.prepared)
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cxrlt-bench-")))
+    results["prepare"] = prepare_for_bench(args.images, folder / "prepared", args.long_side, args.max_images)
+    print(f"prepared {results['prepare']['images']} images at long side {args.long_side}: "
+          f"{results['prepare']['images_per_s']:.1f} images/s (CXR-LT train set: "
+          f"{results['prepare']['cxrlt_train_hours']:.1f} h)", flush=True)
+    return results["prepare"]["dir"]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxrlt.bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -474,13 +605,15 @@ def main(argv=None) -> int:
     _add_predict(sub)
     _add_memory(sub)
     _add_ops(sub)
+    _add_cpu(sub)
     bench_step.add_parser(sub, DEFAULT_IMAGES)
     bench_step.add_loop_parser(sub)
     bench_step.add_heads_parser(sub)
     args = parser.parse_args(argv)
-    if args.command == "ops":  # before anything starts TensorFlow's thread pools
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+    if args.command == "ops" or (args.command == "cpu" and args.threads == 1):  # before TF starts its thread pools
+        with contextlib.suppress(RuntimeError):  # already started (called in-process): cpu's tf.data options suffice
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
     if args.command == "loop":  # from memory: no image list
         print(f"k steps per call, {args.backbone or 'small conv net'} at {args.size} px, batch {args.batch_size}; "
               f"{machine()}", flush=True)
@@ -507,19 +640,19 @@ def main(argv=None) -> int:
         paths = paths[:args.max_images]
     print(f"{len(paths)} images from {args.images}; {machine()}", flush=True)
     results = {"machine": machine(), "command": args.command, "argv": sys.argv[1:] if argv is None else list(argv)}
-    if args.command == "pipeline":
+    if args.command == "cpu":
+        results.update(batch_size=args.batch_size, rounds=args.rounds, threads=args.threads, rates=args.rates)
+        with contextlib.ExitStack() as stack:
+            prepared = _prepared_folder(stack, args, results)
+            results["sizes"] = cpu_bench(paths, args.sizes, args.batch_size, args.n, args.rounds, prepared, args.rates,
+                                         one_thread=args.threads == 1)
+        results["cores_per_gpu"] = {size: {name: e["cores_for_images_per_s"] for name, e in row.items() if name != BARE}
+                                    for size, row in results["sizes"].items()}
+    elif args.command == "pipeline":
         results.update(batch_size=args.batch_size, rounds=args.rounds)
         with contextlib.ExitStack() as stack:
-            prepared = None if args.no_prepared else args.prepared
-            if not args.no_prepared and prepared is None:
-                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cxrlt-bench-")))
-                results["prepare"] = prepare_for_bench(args.images, folder / "prepared", args.long_side, args.max_images)
-                prepared = results["prepare"]["dir"]
-                print(f"prepared {results['prepare']['images']} images at long side {args.long_side}: "
-                      f"{results['prepare']['images_per_s']:.1f} images/s (CXR-LT train set: "
-                      f"{results['prepare']['cxrlt_train_hours']:.1f} h)", flush=True)
-            results["sizes"] = pipeline_bench(paths, args.sizes, args.batch_size, args.n, args.rounds,
-                                              str(prepared) if prepared else None)
+            prepared = _prepared_folder(stack, args, results)
+            results["sizes"] = pipeline_bench(paths, args.sizes, args.batch_size, args.n, args.rounds, prepared)
         results["per_epoch"] = per_epoch(results["sizes"])
         results["targets"] = targets(results["sizes"])
         for size, e in results["per_epoch"].items():
