@@ -202,7 +202,7 @@ def test_cli_writes_the_list_and_exits_1_on_bad_images(corpus, tmp_path, capsys)
     out = tmp_path / "report.csv"
     assert check.main(["--labels", str(tmp_path / "labels.csv"), "--image-root", str(root), "--out", str(out)]) == 1
     listed = pd.read_csv(out)
-    assert list(listed["id"]) == ["rgba", "truncated", "missing"]
+    assert list(listed["id"]) == ["rgba.png", "truncated.jpg", "missing.png"]  # generic CSV: the id is the path as written
     assert list(listed["status"]) == ["warning", "bad", "bad"]
     printed = capsys.readouterr().out
     assert "4 images: 1 ok, 1 with warnings, 2 bad" in printed and "truncated.jpg: truncated" in printed
