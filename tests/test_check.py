@@ -234,7 +234,7 @@ def test_training_stops_with_the_list_of_bad_images(corpus, tmp_path):
     assert "cmyk.jpg: CMYK" in str(err.value) and "zero_bytes.jpg: empty file" in str(err.value)
     assert "--skip-bad" in str(err.value)
     recorded = pd.read_csv(tmp_path / "runs" / "r" / "image_check.csv")
-    assert set(recorded["id"]) == {"cmyk", "zero_bytes", "rgba"}  # bad and warning rows
+    assert set(recorded["id"]) == {"cmyk.jpg", "zero_bytes.jpg", "rgba.png"}  # bad and warning rows (generic: id = path)
     assert not (tmp_path / "runs" / "r" / "excluded_images.csv").exists()
 
 
@@ -242,10 +242,10 @@ def test_skip_bad_leaves_them_out_and_records_them(corpus, tmp_path):
     root, _ = corpus
     cfg = _training_cfg(tmp_path, root, [*GOOD, "cmyk.jpg", "missing.png"], skip_bad=True)
     table = train.resolve_data(cfg)
-    assert sorted(table.ids) == sorted(n.split(".")[0] for n in GOOD)
+    assert sorted(table.ids) == sorted(GOOD)  # a generic CSV's ids are its paths as written
     assert table.labels.shape == (5, 1)
     excluded = pd.read_csv(tmp_path / "runs" / "r" / "excluded_images.csv")
-    assert list(excluded["id"]) == ["cmyk", "missing"] and (excluded["status"] == "bad").all()
+    assert list(excluded["id"]) == ["cmyk.jpg", "missing.png"] and (excluded["status"] == "bad").all()
     assert excluded["reason"].str.len().gt(0).all()
 
 

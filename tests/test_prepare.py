@@ -59,7 +59,7 @@ def test_prepare_lists_bad_files_and_keeps_ids_order_and_aspect(prepared):
     assert listed["line"].tolist() == [4, 7] and listed["path"].tolist() == [str(p) for p in bad]
     assert all(reason.startswith("cannot decode") for reason in listed["reason"])
     manifest = pd.read_csv(out / "manifest.csv", dtype={"id": str})
-    assert manifest["id"].tolist() == [os.path.splitext(os.path.basename(p))[0] for p in good]  # CSV order
+    assert manifest["id"].tolist() == [str(p) for p in good]  # CSV order; a generic list's ids are its paths
     assert manifest["source"].tolist() == good
     for row in manifest.itertuples():
         with Image.open(row.source) as original:
