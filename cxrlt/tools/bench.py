@@ -165,15 +165,21 @@ def prepare_for_bench(images_csv: Path, out: Path, long_side: int, max_images: i
             "cxrlt_train_hours": round(CXRLT_TRAIN_IMAGES / rate / 3600, 2)}
 
 
-def pipeline_variants(paths: np.ndarray, size: int, batch: int, prepared: str | None) -> dict:
+def _seed002_inputs(paths: np.ndarray, size: int, batch: int):
+    """(train(cfg=..., **kw) -> a training stream of `paths`, seed 002's basic augmentation, seed 002's mixer):
+    what every pipeline variant is built from (one label per image, cycling over the 26 classes)."""
     labels = np.zeros((len(paths), 26), np.float32)
     labels[np.arange(len(paths)), np.arange(len(paths)) % 26] = 1
     cfg = config.load(overrides={"input": {"size": size}})
-    basic = augment.make_basic_augment(cfg["augment"])
-    seed002 = mix.BatchMixer.from_config(cfg["mix"])
 
     def train(cfg=cfg, **kw):
         return pipeline.train_dataset(paths, labels, cfg, seed=0, batch_size=batch, **kw)
+
+    return train, augment.make_basic_augment(cfg["augment"]), mix.BatchMixer.from_config(cfg["mix"])
+
+
+def pipeline_variants(paths: np.ndarray, size: int, batch: int, prepared: str | None) -> dict:
+    train, basic, seed002 = _seed002_inputs(paths, size, batch)
 
     variants = {
         CEILING: lambda: train(),
@@ -292,14 +298,7 @@ def cpu_variants(paths: np.ndarray, size: int, batch: int, prepared: str | None,
     """What the host does per training image in each mode: host mode = seed 002's full input (decode,
     resize, basic augs, Mosaic p=0.5, grey -> RGB float batches); accelerator mode = read, decode,
     resize, batch uint8 grey (+ seeds): the augmentation and mixing then run in the train step."""
-    labels = np.zeros((len(paths), 26), np.float32)
-    labels[np.arange(len(paths)), np.arange(len(paths)) % 26] = 1
-    cfg = config.load(overrides={"input": {"size": size}})
-    basic = augment.make_basic_augment(cfg["augment"])
-    seed002 = mix.BatchMixer.from_config(cfg["mix"])
-
-    def train(cfg=cfg, **kw):
-        return pipeline.train_dataset(paths, labels, cfg, seed=0, batch_size=batch, **kw)
+    train, basic, seed002 = _seed002_inputs(paths, size, batch)
 
     variants = {BARE: lambda: _bare(paths, size, batch),
                 HOST_RAW: lambda: train(augment_fn=basic, mixer=seed002),
