@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -49,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from ..utils import atomic
+from ..utils.hashing import file_sha256
 from . import dataset
 from .prepared import FORMAT_VERSION, Layout, Prepared, PreparedError, open_prepared, parse_record  # noqa: F401
 
@@ -139,14 +139,6 @@ def plan_shards(n_images: int, shard_size: int, seed: int) -> list[np.ndarray]:
     """CSV rows per shard: a seeded permutation cut into pieces (mixed findings and patients per shard)."""
     order = np.random.default_rng(seed).permutation(n_images)
     return [order[i:i + shard_size] for i in range(0, n_images, shard_size)]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_plan(layout: Layout, plan: dict) -> None:
@@ -258,7 +250,7 @@ def prepare(labels: str | os.PathLike, out: str | os.PathLike, *, image_root=Non
     root_dir = Path(image_root).resolve() if image_root is not None else labels.parent
     layout = Layout(Path(out))
     shards = plan_shards(len(table), shard_size, seed)
-    plan = {"format_version": FORMAT_VERSION, "labels": str(labels), "labels_sha256": _sha256(labels),
+    plan = {"format_version": FORMAT_VERSION, "labels": str(labels), "labels_sha256": file_sha256(labels),
             "image_root": str(root_dir), "n_images": len(table), "long_side": long_side, "encoding": encoding,
             "quality": quality if encoding == "jpeg" else None, "shard_size": shard_size, "seed": seed,
             "format": fmt, "n_shards": len(shards)}

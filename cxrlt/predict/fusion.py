@@ -30,6 +30,7 @@ from ..data import pipeline
 from ..model import fusion as fusion_model, models
 from ..train import runs
 from ..utils import atomic
+from ..utils.hashing import file_sha256
 from ..utils.progress import Progress
 from .aggregate import LATERAL_VIEWS
 from .step import TTA
@@ -162,14 +163,6 @@ def compute_features(extractor, paths, cfg: dict, path: Path, *, view: str = "id
     return np.load(path, mmap_mode="r")
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def info(run: runs.Run) -> dict:
     """fusion.json of a fused run: its source run and the feature map it fuses."""
     if not run.fusion_json.is_file():
@@ -230,27 +223,21 @@ def predict_run(run: runs.Run, table, *, tta=None, batch_size: int | None = None
     classes = run.classes()
     stacks = study_stacks(table.studies, table.views, table.ids, cfg["fuse"]["max_images"])
     cache = run.root / "predictions" / _cache_key(run, table, tta, folds)
-    total = np.zeros((len(table), len(classes)), np.float64)
-    for k in folds:
-        fold_file = cache / f"fold{k}.csv"
-        if not fold_file.exists():
-            extractor = source_extractor(run, k)
-            head = models.load(run.model_path(k), num_classes=len(classes))
-            probs = np.zeros((len(table), len(classes)), np.float64)
-            for view in tta:
-                feature_file = cache / f"fold{k}-{view}.features.npy"
-                try:
-                    feats = compute_features(extractor, table.paths, cfg, feature_file, view=view,
-                                             batch_size=batch_size or cfg["predict"]["batch_size"],
-                                             label=f"{run.root.name} fold {k} {view} features")
-                    probs += to_images(predict_stacks(head, feats, stacks, cfg["fuse"]["batch_size"]), stacks)
-                    del feats
-                finally:
-                    feature_file.unlink(missing_ok=True)
-            runs.write_predictions(fold_file, table.ids, (probs / len(tta)).astype(np.float32), classes)
-            del extractor, head
-        ids, probs = runs.read_predictions(fold_file, classes)  # the cached values: resumed == uninterrupted
-        if not np.array_equal(ids, table.ids):
-            raise runs.RunError(f"{fold_file}: cached ids do not match {table.source}; delete {cache}")
-        total += probs
-    return (total / len(folds)).astype(np.float32)
+
+    def predict_fold(k):
+        extractor = source_extractor(run, k)
+        head = models.load(run.model_path(k), num_classes=len(classes))
+        probs = np.zeros((len(table), len(classes)), np.float64)
+        for view in tta:
+            feature_file = cache / f"fold{k}-{view}.features.npy"
+            try:
+                feats = compute_features(extractor, table.paths, cfg, feature_file, view=view,
+                                         batch_size=batch_size or cfg["predict"]["batch_size"],
+                                         label=f"{run.root.name} fold {k} {view} features")
+                probs += to_images(predict_stacks(head, feats, stacks, cfg["fuse"]["batch_size"]), stacks)
+                del feats
+            finally:
+                feature_file.unlink(missing_ok=True)
+        return (probs / len(tta)).astype(np.float32)
+
+    return runs.cached_fold_mean(cache, folds, table, classes, predict_fold)

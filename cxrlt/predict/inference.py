@@ -74,22 +74,15 @@ def predict_run(run: runs.Run, table: dataset.LabelTable, *, tta=None, batch_siz
     cache = run.root / "predictions" / _cache_key(run, table, tta, folds)
     todo = [k for k in folds if not (cache / f"fold{k}.csv").exists()]
     bar = Progress(len(todo) * len(table), f"{run.root.name}: {len(todo)} fold(s) x {len(tta)} TTA view(s)") if todo else None
-    total = np.zeros((len(table), len(classes)), np.float64)
-    for k in folds:
-        fold_file = cache / f"fold{k}.csv"
-        if k in todo:
-            model = models.load(run.model_path(k), num_classes=len(classes))
-            probs = predict_images(model, table.paths, cfg, tta=tta, batch_size=batch_size, progress=bar)
-            runs.write_predictions(fold_file, table.ids, probs, classes)
-            del model
-        # Always the cached values (rounded as written): a resumed prediction equals an uninterrupted one.
-        ids, probs = runs.read_predictions(fold_file, classes)
-        if not np.array_equal(ids, table.ids):
-            raise runs.RunError(f"{fold_file}: cached ids do not match {table.source}; delete {cache}")
-        total += probs
+
+    def predict_fold(k):
+        model = models.load(run.model_path(k), num_classes=len(classes))
+        return predict_images(model, table.paths, cfg, tta=tta, batch_size=batch_size, progress=bar)
+
+    mean = runs.cached_fold_mean(cache, folds, table, classes, predict_fold)
     if bar is not None:
         bar.close()
-    return (total / len(folds)).astype(np.float32)
+    return mean
 
 
 def read_image_list(run: runs.Run, path, image_root=None) -> dataset.LabelTable:

@@ -49,6 +49,7 @@ from ..config import schema
 from ..data import dataset
 from ..evaluate import metrics
 from ..utils import atomic, cli
+from ..utils.hashing import file_sha256
 from . import runs
 
 log = logging.getLogger("cxrlt.fuse")
@@ -162,7 +163,7 @@ def train_fold(cfg: dict, run: runs.Run, source: runs.Run, table, fold_of: np.nd
     started = time.time()
     seed = cfg["seed"] + k
     keras.utils.set_random_seed(seed)
-    source_sha = fusion.file_sha256(source.model_path(k))
+    source_sha = file_sha256(source.model_path(k))
     extractor = fusion.source_extractor(run, k, sha256=source_sha)
     feature_dir = fold_dir / "features"
     key = _feature_key(source_sha, table, cfg, "identity")
@@ -245,7 +246,6 @@ def fold_is_current(run: runs.Run, source: runs.Run, k: int) -> bool:
     """Fold k is finished and was fitted on the source's present fold-k model."""
     if not run.is_done(k):
         return False
-    from ..predict.fusion import file_sha256
 
     recorded = json.loads(run.done_path(k).read_text()).get("source_model_sha256")
     return recorded == file_sha256(source.model_path(k))

@@ -134,6 +134,22 @@ def read_predictions(path: Path, classes) -> tuple[np.ndarray, np.ndarray]:
     return frame["id"].to_numpy(), frame[list(classes)].to_numpy(dtype=np.float32)
 
 
+def cached_fold_mean(cache: Path, folds, table, classes, predict_fold) -> np.ndarray:
+    """The mean over `folds` of each fold's [N, C] scores for `table`, each fold predicted once
+    (`predict_fold(k)`) and cached as `cache`/fold<k>.csv. The mean is always taken over the cached
+    (rounded as written) values, so a prediction resumed after a kill equals an uninterrupted one."""
+    total = np.zeros((len(table), len(classes)), np.float64)
+    for k in folds:
+        fold_file = cache / f"fold{k}.csv"
+        if not fold_file.exists():
+            write_predictions(fold_file, table.ids, predict_fold(k), classes)
+        ids, probs = read_predictions(fold_file, classes)
+        if not np.array_equal(ids, table.ids):
+            raise RunError(f"{fold_file}: cached ids do not match {table.source}; delete {cache}")
+        total += probs
+    return (total / len(folds)).astype(np.float32)
+
+
 def oof_with_labels(run: Run):
     """(label table in oof.csv's row order, OOF probabilities [N, C]) of a run whose folds are all done.
 
