@@ -60,7 +60,6 @@ CHOICES: dict[str, tuple] = {
     "data.uncertain": UNCERTAIN_POLICIES,
     "data.check_images": ("header", "deep", "off"),
     "data.prepared_reader": PREPARED_READERS,
-    "data.demo_edition": ("cxrlt2023", "cxrlt2024-task1", "cxrlt2026-task1"),
     "input.resize": ("stretch", "letterbox"),
     "input.antialias": ("auto", "always"),
     "input.intensity": INTENSITIES,
@@ -278,8 +277,9 @@ def _check_data(cfg: dict) -> None:
 
     d = cfg["data"]
     choice("data.edition", d["edition"], editions.NAMES)
+    choice("data.demo_edition", d["demo_edition"], tuple(editions.DEMO_EDITIONS.values()))
     if isinstance(d["classes"], str) and d["classes"] not in ("auto", "edition"):
-        choice("data.classes", d["classes"], ["auto", "edition", *sorted(classes.SCHEMAS), *editions.EDITIONS])
+        choice("data.classes", d["classes"], list(dict.fromkeys(["auto", "edition", *sorted(classes.SCHEMAS), *editions.EDITIONS])))
     if isinstance(d["classes"], list) and (not d["classes"] or len(set(map(str, d["classes"]))) != len(d["classes"])):
         raise ConfigError(f"data.classes must list each class once, got {d['classes']}")
 

@@ -101,6 +101,21 @@ EDITIONS: dict[str, Edition] = {e.name: e for e in (
             "PatientID", None, None, ("ImageID", "StudyDate_DICOM", "PatientID")),
 )}
 NAMES = ("auto", *EDITIONS, "generic")  # data.edition (config/schema.py imports it)
+# --demo-edition YEAR -> the edition whose layout the demo is written in (data.demo_edition)
+DEMO_EDITIONS = {"2023": "cxrlt2023", "2024": "cxrlt2024-task1", "2026": "cxrlt2026-task1"}
+
+
+def submission_order(edition: Edition | None, classes: Sequence[str]) -> list[str]:
+    """The official submission column order when `classes` are the edition's, else the training order."""
+    if edition is not None and set(classes) == set(edition.submission_classes):
+        return list(edition.submission_classes)
+    return list(classes)
+
+
+def class_groups(name: str, classes: Sequence[str], counts) -> dict[str, str]:
+    """head / medium / tail per class for a file read as edition `name` (generic: terciles)."""
+    edition = get(name)
+    return edition.groups(classes, counts) if edition else cls.class_groups(classes, counts)
 
 
 def get(name: str) -> Edition | None:

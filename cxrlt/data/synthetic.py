@@ -230,7 +230,7 @@ def make_demo(out_dir, *, n_patients: int = 400, image_size: int = 128, seed: in
     return demo
 
 
-DEMO_EDITIONS = {"2023": "cxrlt2023", "2024": "cxrlt2024-task1", "2026": "cxrlt2026-task1"}
+from .editions import DEMO_EDITIONS  # noqa: E402  (--edition YEAR of the demo command)
 # Where a class of another edition takes its visible trace from (a 2023 class): the demo's labels
 # stay learnable from the pixels. Classes of the same name map to themselves, Normal to No Finding.
 _TRACE_OF = {

@@ -30,7 +30,6 @@ import yaml
 
 from ..predict import aggregate
 from ..utils import atomic, cli
-from ..data import classes as cls
 from .. import config
 from ..evaluate import metrics
 from ..train import runs
@@ -49,12 +48,6 @@ def find_runs(root: Path) -> list[runs.Run]:
         if len(run.finished_folds()) == run.config()["train"]["folds"]:
             found.append(run)
     return found
-
-
-def submission_order(classes) -> list[str]:
-    """CXR-LT 2023's official column order when the classes are CXR-LT 2023's, else the training order
-    (runs made before editions; newer runs carry their edition's order, `runs.Run.submission_layout`)."""
-    return list(cls.CXRLT2023) if set(classes) == set(cls.CXRLT2023) else list(classes)
 
 
 def submission_layout(run_list: list[runs.Run], args, table=None):

@@ -94,13 +94,13 @@ def write_submission(path, ids, probs: np.ndarray, *, classes, id_column: str = 
     frame.insert(0, id_column, [str(i) for i in ids])
     validate_frame(frame, classes=classes, expected_ids=expected_ids, id_column=id_column)
     if not make_zip:
-        atomic.write_csv(path, frame, float_format="%.6f")
+        atomic.write_csv(path, frame, float_format=f"%.{DECIMALS}f")
         return path, None
     # The pair is committed together: both temporaries are written in full (a full disk stops the
     # command here, leaving the old CSV and zip as they were), then two renames replace them.
     zip_path = path.with_suffix(".zip")
     with atomic.atomic_path(zip_path) as zip_tmp, atomic.atomic_path(path) as csv_tmp:
-        frame.to_csv(csv_tmp, index=False, float_format="%.6f")
+        frame.to_csv(csv_tmp, index=False, float_format=f"%.{DECIMALS}f")
         # A fixed timestamp: the same scores give the same zip, byte for byte (a rerun after a kill too).
         entry = zipfile.ZipInfo(path.name, date_time=(1980, 1, 1, 0, 0, 0))
         entry.compress_type, entry.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16

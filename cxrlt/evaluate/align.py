@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..utils import atomic, cli
-from ..data import classes as cls, dataset
+from ..data import dataset
 from . import metrics
 from ..utils.errors import UserError
 
@@ -117,9 +117,7 @@ def main(argv=None) -> int:
         probs = align(args.pred, table, args.id_column)
         from ..data import editions
 
-        edition = editions.get(table.edition)
-        counts = table.class_counts()
-        groups = edition.groups(table.classes, counts) if edition else cls.class_groups(table.classes, counts)
+        groups = editions.class_groups(table.edition, table.classes, table.class_counts())
         result = metrics.evaluate(table.labels, probs, list(table.classes), groups=groups)
     except (MismatchError, dataset.LabelFileError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils import atomic, cli
-from ..data import classes as cls, dataset, folds as folds_mod
+from ..data import dataset, editions, folds as folds_mod
 from .. import config
 from ..evaluate import metrics
 from . import runs
@@ -113,13 +113,6 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
     return table
 
 
-def submission_classes(edition, classes) -> list[str]:
-    """The official column order when the run's classes are its edition's, else the training order."""
-    if edition is not None and set(classes) == set(edition.submission_classes):
-        return list(edition.submission_classes)
-    return list(classes)
-
-
 def _roles(strategy) -> tuple[bool, bool]:
     """(this process is the chief, there are several worker processes); no strategy: one process."""
     if strategy is None:
@@ -144,17 +137,15 @@ def open_run(cfg: dict, table: dataset.LabelTable, force: bool, strategy=None) -
             )
     atomic.write_text(run.config_path, config.dump(cfg))
     counts = table.class_counts()
-    from ..data import editions
-
     edition = editions.get(table.edition)
     atomic.write_json(run.classes_json, {
         "classes": list(table.classes),
         "train_counts": counts.astype(int).tolist(),
-        "groups": edition.groups(table.classes, counts) if edition else cls.class_groups(table.classes, counts),
+        "groups": editions.class_groups(table.edition, table.classes, counts),
         # what a submission of this run looks like: the edition's id column and column order
         "edition": table.edition,
         "id_column": table.id_column,
-        "submission_classes": submission_classes(edition, table.classes),
+        "submission_classes": editions.submission_order(edition, table.classes),
     })
     return run
 
@@ -188,7 +179,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     keras.utils.set_random_seed(cfg["seed"] + k)
     train, val = table.subset(fold_of != k), table.subset(fold_of == k)
     classes = list(table.classes)
-    groups = cls.class_groups(table.classes, table.class_counts())  # what open_run wrote to classes.json
+    groups = editions.class_groups(table.edition, table.classes, table.class_counts())  # what open_run wrote
     global_batch = cfg["train"]["batch_size"]
     per_replica = distribute.check_batch(strategy, global_batch)
     needed, mixer = mix.images_needed(cfg["mix"])

@@ -86,10 +86,9 @@ class Run:
         info = self._class_info()
         if "submission_classes" in info:
             return info["id_column"], tuple(info["submission_classes"])
-        classes = tuple(info["classes"])
-        from ..data import classes as cls
+        from ..data import editions
 
-        return "dicom_id", (cls.CXRLT2023 if set(classes) == set(cls.CXRLT2023) else classes)
+        return "dicom_id", tuple(editions.submission_order(editions.EDITIONS["cxrlt2023"], info["classes"]))
 
     def edition(self) -> str:
         return self._class_info().get("edition", "auto")
