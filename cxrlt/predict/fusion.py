@@ -111,15 +111,13 @@ def batch_of(features: np.ndarray, stacks: Stacks, pick: np.ndarray):
 
 
 def predict_stacks(model, features: np.ndarray, stacks: Stacks, batch_size: int) -> np.ndarray:
-    """[M, C] probabilities of every stack (the fusion model, inference mode)."""
-    @tf.function(reduce_retracing=True)
-    def step(x, valid, views):
-        return tf.cast(model([x, valid, views], training=False), tf.float32)
-
+    """[M, C] probabilities of every stack (the fusion model, inference mode; Keras traces its predict
+    function once per model, not once per call: this runs every epoch of a fold's fit)."""
     out = np.zeros((len(stacks.slots), int(model.outputs[0].shape[-1])), np.float32)
     for start in range(0, len(out), batch_size):
         pick = np.arange(start, min(start + batch_size, len(out)))
-        out[pick] = step(*batch_of(features, stacks, pick)).numpy()
+        x, valid, views = batch_of(features, stacks, pick)
+        out[pick] = np.asarray(model.predict_on_batch([x, valid, views]), np.float32)
     return out
 
 

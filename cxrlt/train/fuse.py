@@ -150,7 +150,8 @@ def _feature_key(source_sha: str, table, cfg: dict, view: str) -> str:
     return h.hexdigest()[:16]
 
 
-def train_fold(cfg: dict, run: runs.Run, source: runs.Run, table, fold_of: np.ndarray, k: int) -> None:
+def train_fold(cfg: dict, run: runs.Run, source: runs.Run, table, fold_of: np.ndarray, k: int,
+               source_sha: str) -> None:
     """Features (cached) -> the fusion head trained on the other folds' studies -> fold k's OOF scores."""
     import keras
     import tensorflow as tf
@@ -163,7 +164,6 @@ def train_fold(cfg: dict, run: runs.Run, source: runs.Run, table, fold_of: np.nd
     started = time.time()
     seed = cfg["seed"] + k
     keras.utils.set_random_seed(seed)
-    source_sha = file_sha256(source.model_path(k))
     extractor = fusion.source_extractor(run, k, sha256=source_sha)
     feature_dir = fold_dir / "features"
     key = _feature_key(source_sha, table, cfg, "identity")
@@ -191,7 +191,7 @@ def train_fold(cfg: dict, run: runs.Run, source: runs.Run, table, fold_of: np.nd
     def step(x, valid, views, labels, weights):
         with tf.GradientTape() as tape:
             logits = model([x, valid, views], training=True)
-            value = loss(labels, logits, sample_weight=weights) if mask is not None else loss(labels, logits)
+            value = loss(labels, logits, sample_weight=weights)
         optimizer.apply_gradients(zip(tape.gradient(value, variables), variables))
         return value
 
@@ -207,7 +207,7 @@ def train_fold(cfg: dict, run: runs.Run, source: runs.Run, table, fold_of: np.nd
         for start in range(0, len(order), f["batch_size"]):
             pick = order[start:start + f["batch_size"]]
             x, valid, views = fusion.batch_of(feats, train_stacks, pick)
-            weights = mask[pick] if mask is not None else np.ones_like(y[pick])
+            weights = mask[pick] if mask is not None else None
             total += float(step(x, valid, views, y[pick], weights)) * len(pick)
         probs = fusion.to_images(fusion.predict_stacks(built.model, feats, val_local, f["batch_size"]), val_stacks)
         score = metrics.evaluate(val.labels, probs, classes)["mAP"]
@@ -242,13 +242,11 @@ def train_fold(cfg: dict, run: runs.Run, source: runs.Run, table, fold_of: np.nd
              best[1], f["epochs"])
 
 
-def fold_is_current(run: runs.Run, source: runs.Run, k: int) -> bool:
-    """Fold k is finished and was fitted on the source's present fold-k model."""
+def fold_is_current(run: runs.Run, k: int, source_sha: str) -> bool:
+    """Fold k is finished and was fitted on the source's fold-k model whose sha256 is `source_sha`."""
     if not run.is_done(k):
         return False
-
-    recorded = json.loads(run.done_path(k).read_text()).get("source_model_sha256")
-    return recorded == file_sha256(source.model_path(k))
+    return json.loads(run.done_path(k).read_text()).get("source_model_sha256") == source_sha
 
 
 def fuse(source_root, *, name: str | None = None, out=None, overrides: dict | None = None,
@@ -269,13 +267,14 @@ def fuse(source_root, *, name: str | None = None, out=None, overrides: dict | No
     table, fold_of = source_table(source)
     run = open_fused_run(source, cfg, force)
     for k in range(k_folds):
-        if fold_is_current(run, source, k):
+        source_sha = file_sha256(source.model_path(k))  # once per fold: the model file can be hundreds of MB
+        if fold_is_current(run, k, source_sha):
             log.info("fold %d already fused; skipping (delete %s to refit it)", k, run.fold_dir(k))
             continue
         if run.done_path(k).exists():
             log.info("fold %d was fused on another %s; refitting it", k, source.model_path(k))
             run.done_path(k).unlink()
-        train_fold(cfg, run, source, table, fold_of, k)
+        train_fold(cfg, run, source, table, fold_of, k, source_sha)
     return run, summarize(run, table, fold_of)
 
 
@@ -308,8 +307,6 @@ def main(argv=None) -> int:
         run, summary = fuse(args.run, name=args.name, out=args.out, overrides=overrides, force=args.force)
         from .kfold import print_summary
 
-        if summary is None:  # not reached: fuse() fits every fold
-            raise runs.RunError(f"{run.root}: not every fold is fused")
         print_summary(run, summary)
         source_metrics = runs.Run(args.run).metrics_json
         if source_metrics.exists():
