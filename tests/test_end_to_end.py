@@ -84,7 +84,8 @@ def test_accelerator_mode_killed_after_epoch_1_resumes_bit_identical(tmp_path, c
     tf.data, augmentation and Mosaic in the train step). One training serves as both runs: it is paused
     (SIGSTOP) once epoch 1's checkpoint exists, its run directory copied (what a SIGKILL at that moment
     leaves on disk: every file is written atomically), and then let finish uninterrupted; the copy is
-    resumed and must end with the same bits."""
+    resumed and must end with the same bits. With train.accumulate 2, so that the resumed stream's offset
+    (epochs x steps x micro-batches) is the product path's too."""
     import shutil
     import signal
     import subprocess
@@ -98,7 +99,7 @@ def test_accelerator_mode_killed_after_epoch_1_resumes_bit_identical(tmp_path, c
     argv = ["--demo", "--name", "acc", "--epochs", "2", "--fold", "0", "--set", f"data.demo_dir={tmp_path / 'data'}",
             "--set", "data.demo_patients=20", "--set", "augment.device=accelerator", "--backbone", "efficientnetv2-b0",
             "--weights", "none", "--size", "32", "--folds", "2", "--batch-size", "8", "--set", "train.steps_per_epoch=3",
-            "--set", "predict.batch_size=64", "--set", "train.verbose=0"]
+            "--set", "train.accumulate=2", "--set", "predict.batch_size=64", "--set", "train.verbose=0"]
     runs, snapshot, straight = tmp_path / "runs", tmp_path / "snapshot", tmp_path / "straight"
     argv += ["--out", str(runs)]  # the resumed run must sit where it was trained (--out is part of its config)
     first = subprocess.Popen([sys.executable, "-m", "cxrlt.train", *argv], env={**os.environ, "PYTHONPATH": str(REPO)},

@@ -43,6 +43,12 @@ def test_a_source_with_classes_abc_initialises_a_target_with_cad(tmp_path, caplo
         report = init_from.initialise(str(source_run.root), target_run, 1, target, ["C", "A", "D"])
     for (_, a), (_, b) in zip(transfer._body(source), transfer._body(target)):  # the whole backbone (BN stats too)
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # ... checked without the code's own walk too: every weight outside the head, by its path (BN statistics included)
+    theirs = {w.path: w.numpy() for w in source.weights if not w.path.startswith("logits")}
+    ours = {w.path: w.numpy() for w in target.weights if not w.path.startswith("logits")}
+    assert len(ours) > 300 and ours.keys() == theirs.keys() and report.backbone_tensors >= len(ours) - 5
+    for path, value in theirs.items():
+        np.testing.assert_array_equal(ours[path], value, err_msg=path)
     kernel_s, kernel_t = source.get_layer("logits").kernel.numpy(), target.get_layer("logits").kernel.numpy()
     np.testing.assert_array_equal(kernel_t[:, 0], kernel_s[:, 2])  # C
     np.testing.assert_array_equal(kernel_t[:, 1], kernel_s[:, 0])  # A
