@@ -355,7 +355,9 @@ def _shard_arrays(shard, *arrays):
 # ------------------------------------------------------------------------------------------ streams
 
 def _element_seed(base_seed: int, index: tf.Tensor) -> tf.Tensor:
-    return tf.stack([tf.constant(base_seed, tf.int64), tf.cast(index, tf.int64)])
+    """The stateless seed (base, index) of element `index`; a vector of indices gives one row per element."""
+    index = tf.cast(index, tf.int64)
+    return tf.stack([tf.fill(tf.shape(index), tf.constant(base_seed, tf.int64)), index], axis=-1)
 
 
 def _global_index(index: tf.Tensor, shard) -> tf.Tensor:
@@ -542,8 +544,7 @@ def _raw_batches(ds: tf.data.Dataset, seed: int, shard, batch_size: int, start_b
     path's per-image enumerate gives) is computed per batch, not by a second map over every image."""
     def as_dict(i, b):
         index = _global_index(i * batch_size + tf.range(batch_size, dtype=tf.int64), shard)
-        seeds = tf.stack([tf.fill([batch_size], tf.constant(seed, tf.int64)), index], axis=1)
-        return {"images": b[0], "labels": b[1], "seeds": seeds, "step": _global_index(i, shard)}
+        return {"images": b[0], "labels": b[1], "seeds": _element_seed(seed, index), "step": _global_index(i, shard)}
 
     return ds.batch(batch_size, drop_remainder=True).enumerate(start=start_batch).map(as_dict)
 

@@ -278,6 +278,8 @@ def _print(size: int, row: dict) -> None:
 
 HOST_RAW, ACCEL_RAW = "host mode (seed 002 full), raw files", "accelerator mode, raw files"
 HOST_SHARDS, ACCEL_SHARDS = "host mode (seed 002 full), prepared shards", "accelerator mode, prepared shards"
+# bench cpu's variants: these of bench pipeline's, under the names of the mode and the source
+CPU_VARIANTS = {BARE: BARE, HOST_RAW: SEED002, ACCEL_RAW: ACCEL, HOST_SHARDS: SHARDS_SEED002, ACCEL_SHARDS: SHARDS_ACCEL}
 
 
 def _one_thread(make):
@@ -298,15 +300,8 @@ def cpu_variants(paths: np.ndarray, size: int, batch: int, prepared: str | None,
     """What the host does per training image in each mode: host mode = seed 002's full input (decode,
     resize, basic augs, Mosaic p=0.5, grey -> RGB float batches); accelerator mode = read, decode,
     resize, batch uint8 grey (+ seeds): the augmentation and mixing then run in the train step."""
-    train, basic, seed002 = _seed002_inputs(paths, size, batch)
-
-    variants = {BARE: lambda: _bare(paths, size, batch),
-                HOST_RAW: lambda: train(augment_fn=basic, mixer=seed002),
-                ACCEL_RAW: lambda: train(on_device=True)}
-    if prepared:
-        shards = config.load(overrides={"input": {"size": size}, "data": {"prepared": prepared, "prepared_reader": "tfrecord"}})
-        variants.update({HOST_SHARDS: lambda: train(shards, augment_fn=basic, mixer=seed002),
-                         ACCEL_SHARDS: lambda: train(shards, on_device=True)})
+    every = pipeline_variants(paths, size, batch, prepared)
+    variants = {name: every[key] for name, key in CPU_VARIANTS.items() if key in every}
     return {name: _one_thread(make) for name, make in variants.items()} if one_thread else variants
 
 

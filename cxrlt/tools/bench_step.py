@@ -65,10 +65,9 @@ def bare_fit(backbone: str, size: int, batch: int, steps: int, warmup: int) -> f
     return _rate(clock, warmup, batch)
 
 
-def engine_fit(backbone: str, size: int, batch: int, steps: int, warmup: int, dataset=None, head: str = "gap",
-               model=None) -> float:
+def engine_fit(backbone: str, size: int, batch: int, steps: int, warmup: int, dataset=None, model=None) -> float:
     strategy = tf.distribute.get_strategy()
-    model = model if model is not None else _build(backbone, size, head)
+    model = model if model is not None else _build(backbone, size)
     trainer = engine.Trainer(strategy, model, keras.optimizers.Adam(1e-4), losses.get_loss("focal"))
     clock = _BatchClock()
     trainer.fit(dataset if dataset is not None else _memory_batch(size, batch), epochs=1,
