@@ -2,6 +2,8 @@
 and a fused run of the session demo run that trains on every fold, is OOF-scored and is ensembled like any run."""
 
 import json
+import os
+import shutil
 import logging
 
 import numpy as np
@@ -119,6 +121,16 @@ def test_fused_run_trains_every_fold_is_oof_scored_and_ensembles(demo_run, tmp_p
                                                                   "predict.tta": "[identity]"})
     with pytest.raises(runs.RunError, match="not the model fold 0"):
         fusion.source_extractor(run, 0, sha256="0" * 64)
+    # ... and as a user meets it: the source's fold-0 model replaced (here by its fold-1 model) after fusing
+    model0 = runs.Run(source).model_path(0)
+    original, stat = model0.read_bytes(), model0.stat()
+    try:
+        shutil.copy(runs.Run(source).model_path(1), model0)
+        with pytest.raises(runs.RunError, match="not the model fold 0"):
+            fusion.source_extractor(run, 0)  # the sha256 recorded in fold 0's done.json
+    finally:
+        model0.write_bytes(original)  # demo_run is shared by other tests (its prediction caches key on the mtime)
+        os.utime(model0, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     with pytest.raises(ConfigError, match="source run's settings"):
         fuse.fuse(source, out=tmp_path, name="other", overrides={"model.dropout": "0.5"})
 
