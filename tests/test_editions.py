@@ -66,9 +66,8 @@ def test_task2_from_the_40_class_file_and_its_submission_written_by_name(tmp_pat
     pd.DataFrame({"dicom_id": table.ids, **{c: 0.5 for c in editions.CXRLT2024_TASK2_SUBMISSION}}).to_csv(sample,
                                                                                                            index=False)
     id_column, order, ids = submission.layout_from_sample(sample, list(table.classes), table.ids)
-    idx = [list(table.classes).index(c) for c in order]
-    out, _ = submission.write_submission(tmp_path / "sub.csv", ids, probs[:, idx], classes=order, id_column=id_column,
-                                         expected_ids=table.ids, make_zip=False)
+    out, _ = submission.write_submission(tmp_path / "sub.csv", ids, probs, classes=order, model_classes=table.classes,
+                                         id_column=id_column, expected_ids=table.ids, make_zip=False)  # as the ensembler
     written = pd.read_csv(out)
     assert list(written.columns[1:]) == list(editions.CXRLT2024_TASK2_SUBMISSION)
     for c in ("Normal", "Nodule", "Mass"):  # each value stayed with its class

@@ -302,9 +302,9 @@ def main(argv=None) -> int:
         submitted = probs if apply is None else thr.to_half(probs, apply)
         rows = np.arange(len(table)) if rows is None else rows
         out = Path(s["out"]) if s["out"] else Path("submissions") / ("+".join(run.root.name for run in run_list) + ".csv")
-        csv_path, zip_path = submission.write_submission(out, table.ids[rows], submitted[rows][:, idx], classes=order,
-                                                         id_column=id_column, expected_ids=table.ids,
-                                                         make_zip=not args.no_zip)
+        csv_path, zip_path = submission.write_submission(out, table.ids[rows], submitted[rows], classes=order,
+                                                         model_classes=table.classes, id_column=id_column,
+                                                         expected_ids=table.ids, make_zip=not args.no_zip)
         print(f"wrote {csv_path}" + (f" and {zip_path}" if zip_path else "")
               + f": {len(table)} images x {len(order)} classes from {len(run_list)} run(s); method {s['method']}, "
               f"weights {[round(float(w), 3) for w in oof['weights']]}, study aggregation {pooling}, "

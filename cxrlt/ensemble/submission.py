@@ -88,8 +88,12 @@ def layout_from_sample(sample, classes, ids=None) -> tuple[str, list[str], np.nd
 
 
 def write_submission(path, ids, probs: np.ndarray, *, classes, id_column: str = "dicom_id", expected_ids=None,
-                     make_zip: bool = True) -> tuple[Path, Path | None]:
+                     make_zip: bool = True, model_classes=None) -> tuple[Path, Path | None]:
+    """`probs` columns are `classes` in order, or, with `model_classes` (the model's column order), are
+    taken by name into the order of `classes` (the official order, e.g. 2024 task 2's Normal after Mass)."""
     path = Path(path)
+    if model_classes is not None:
+        probs = np.asarray(probs)[:, [list(model_classes).index(c) for c in classes]]
     frame = pd.DataFrame(keep_decision(probs), columns=list(classes))
     frame.insert(0, id_column, [str(i) for i in ids])
     validate_frame(frame, classes=classes, expected_ids=expected_ids, id_column=id_column)
