@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from ..config import ConfigError
 
 
@@ -35,10 +37,43 @@ def schedule(lr: float, name: str, steps_per_epoch: int, epochs: int, warmup_epo
         alpha=1.0 if name == "constant" else 0.0)  # alpha 1: the "decay" keeps the rate at lr
 
 
+def loss_scale_optimizer(inner):
+    """`inner` wrapped for mixed_float16: dynamic loss scaling with one finite-or-skip decision everywhere."""
+    return _agreed_loss_scale_class()(inner)
+
+
+@functools.lru_cache(maxsize=None)
+def _agreed_loss_scale_class():
+    """Keras' LossScaleOptimizer, with one finite-or-skip decision for every replica and worker.
+
+    Keras 3.15 decides from the gradients one replica holds before the all-reduce: under MirroredStrategy
+    it takes the first replica's word (measured on two CPUs, replica 1's half overflowing: the first
+    replica said finite, the summed gradient held inf, the weights became NaN); under
+    MultiWorkerMirroredStrategy each worker decides alone, and a worker that skips leaves the other waiting
+    in the gradient all-reduce forever. Here each replica's "all my gradients are finite" is all-reduced
+    (a count of replicas with a non-finite gradient) before the decision, so all take the same branch: all
+    apply the update, or all skip it and halve the loss scale. The rest (scale growth, unscaling, the
+    variables and their checkpoint) is Keras' own."""
+    import keras
+    import tensorflow as tf
+
+    class AgreedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+        def check_finite(self, grads):
+            finite = super().check_finite(grads)
+            context = tf.distribute.get_replica_context()
+            if context is None or context.num_replicas_in_sync == 1:
+                return finite
+            overflowing = context.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+            return overflowing < 0.5
+
+    return AgreedLossScaleOptimizer
+
+
 def make_optimizer(cfg: dict, steps_per_epoch: int):
     """The optimizer of the config; the learning rate scaled with the global batch if optim.lr_scaling asks.
 
-    Under mixed_float16 it is wrapped in a LossScaleOptimizer: float16 gradients underflow without it."""
+    Under mixed_float16 it is wrapped in a loss-scale optimizer that decides once for all replicas whether
+    a step's gradients are finite (`loss_scale_optimizer`): float16 gradients underflow without one."""
     import keras
 
     o = cfg["optim"]
@@ -53,5 +88,5 @@ def make_optimizer(cfg: dict, steps_per_epoch: int):
     else:  # sgd (the schema allows no other name)
         optimizer = keras.optimizers.SGD(lr, momentum=0.9, weight_decay=o["weight_decay"] or None)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = loss_scale_optimizer(optimizer)
     return optimizer

@@ -24,6 +24,21 @@ first) a tf.train.Checkpoint of (model, optimizer, epoch, the layers' random-num
 last two. A killed fold restarts at its last finished epoch. Under MultiWorkerMirroredStrategy every
 worker takes part in saving (it is a collective operation); only the chief writes into
 `backup_dir`, the others into a scratch folder of their host's temp directory, which they delete.
+Checkpoints are numbered by the updates done (epochs x steps_per_epoch + steps).
+
+Preemption (cxrlt.train.preemption): a SIGTERM raises a flag that travels with the call's loss all-reduce, so
+every worker sees it after the same call; each then saves a mid-epoch checkpoint (also the step within the
+epoch and the epoch's loss so far) and raises `Preempted` (exit status 75). The rerun continues from that
+step: the input stream is positioned there (`resume_step`) and the epoch's logs come out as if uninterrupted.
+
+Mixed precision: under mixed_float16 the optimizer is cxrlt's loss-scale optimizer (every replica takes the
+same finite-or-skip decision, cxrlt.model.optim); a skipped step leaves the weight EMA alone. The
+checkpoint holds the inner optimizer and the loss scale apart, so a fold resumes across a change of
+distribute.mixed_precision (float32 <-> bfloat16 <-> float16: the loss scale starts afresh or is dropped).
+
+Replicas: every SeedGenerator of the model folds the replica id into its seeds (cxrlt.model.seeds), so dropout
+and stochastic depth draw other masks on every replica. A watchdog (cxrlt.train.watchdog) bounds a call that
+never returns (train.step_timeout_s, input.data_service_timeout_s).
 
 Weight EMA (`train.ema`, `WeightEMA` below): an exponential moving average of the model's float variables,
 updated after every step. At each epoch's end the averages are swapped into the model for the callbacks
@@ -44,7 +59,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from . import distribute
+from . import distribute, preemption
 from ..utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -64,7 +79,7 @@ class Trainer:
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, optimizer, loss, *,
                  jit_compile: bool = False, steps_per_execution: int = 1, preprocess=None, ema: float = 0.0,
-                 accumulate: int = 1):
+                 accumulate: int = 1, watchdog=None):
         if int(steps_per_execution) < 1:
             raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
         if not 0.0 <= float(ema) < 1.0:
@@ -76,8 +91,14 @@ class Trainer:
         self.accumulate = int(accumulate)  # micro-batches per optimizer update
         self.preprocess = preprocess  # batch -> (images, labels[, mask]) on the replica (augment.device accelerator)
         self.chief = distribute.is_chief(strategy)
+        self.watchdog = watchdog  # a cxrlt.train.watchdog.StepWatchdog, or None
         with strategy.scope():
             optimizer.build(model.trainable_variables)
+            if strategy.num_replicas_in_sync > 1:
+                from ..model import seeds
+
+                seeds.fold_replica_into_seeds(model)  # each replica its own dropout / stochastic-depth masks
+        self.loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         self.ema = WeightEMA(strategy, model, float(ema)) if ema else None
         # XLA compiles the forward and backward pass only: the iterator (IteratorGetNext has no XLA
         # kernel) and the optimizer update (a cross-replica merge under MirroredStrategy) stay outside.
@@ -93,12 +114,21 @@ class Trainer:
             self._gradients = self._replica_gradients
         self._train_steps = tf.function(self._distributed_steps)
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="finished_epochs")
+        # where a preempted epoch stopped: updates done in it, and the sum of its calls' losses (float64: the
+        # epoch's logged loss comes out to the bit); both 0 at an epoch's end
+        self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_in_epoch")
+        self._loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_loss_sum")
         self._manager: tf.train.CheckpointManager | None = None
         self._backup_dir: Path | None = None
 
     @property
     def finished_epochs(self) -> int:
         return int(self._epoch.numpy())
+
+    @property
+    def resume_step(self) -> int:
+        """Updates already done in the first unfinished epoch (a preempted fold's checkpoint), else 0."""
+        return int(self._step.numpy())
 
     def restore(self, backup_dir: str | Path) -> int:
         """Load the last finished epoch's state from `backup_dir` if there is one; later epochs are saved there.
@@ -111,10 +141,33 @@ class Trainer:
         rng = {f"rng{i}": v.value for i, v in enumerate(v for v in self.model.variables
                                                        if v.path.endswith("seed_generator_state"))}
         extra = {"ema": self.ema.tracked()} if self.ema is not None else {}
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self._epoch, rng=rng, **extra)
+        parts = dict(model=self.model, epoch=self._epoch, rng=rng, **extra)
+        inner = self.optimizer.inner_optimizer if self.loss_scaled else self.optimizer
+        scale = ({"scale": self.optimizer.dynamic_scale.value, "finite_steps": self.optimizer.step_counter.value}
+                 if self.loss_scaled else {})
+        position = {"step": self._step, "loss_sum": self._loss_sum}
+        # the inner optimizer and the loss scale apart: the same layout with and without mixed_float16
+        checkpoint = tf.train.Checkpoint(**parts, optimizer=inner, position=position,
+                                         **({"loss_scale": scale} if scale else {}))
         latest = tf.train.latest_checkpoint(str(self._backup_dir))
         if latest:
-            checkpoint.restore(latest).assert_existing_objects_matched()
+            saved = {name.split("/", 1)[0] + ("/inner" if name.startswith("optimizer/inner_optimizer/") else "")
+                     for name, _ in tf.train.list_variables(latest)}
+            if "optimizer/inner" in saved:  # written by cxrlt before the layout above: the optimizer whole
+                optimizer = (self.optimizer if self.loss_scaled
+                             else tf.train.Checkpoint(inner_optimizer=self.optimizer))
+            else:
+                optimizer = inner
+            reader = tf.train.Checkpoint(**parts, optimizer=optimizer,
+                                         **({"position": position} if "position" in saved else {}),
+                                         **({"loss_scale": scale} if scale and "loss_scale" in saved else {}))
+            reader.restore(latest).assert_existing_objects_matched()
+            if not self.loss_scaled and ("loss_scale" in saved or "optimizer/inner" in saved):
+                log.info("resuming without float16 loss scaling (distribute.mixed_precision changed): the saved loss "
+                         "scale is not used")
+            elif self.loss_scaled and "loss_scale" not in saved and "optimizer/inner" not in saved:
+                log.info("resuming with float16 loss scaling (distribute.mixed_precision changed): the loss scale "
+                         "starts at %g", float(self.optimizer.initial_scale))
         # Saving is collective under MultiWorkerMirroredStrategy: the other workers save too, into a scratch
         # folder of their own host (outside the run directory), deleted after each save.
         directory = (self._backup_dir if self.chief
@@ -169,18 +222,24 @@ class Trainer:
             total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, total)
         return [tf.math.divide_no_nan(c * replicas, total) for c in local]
 
-    def _distributed_steps(self, iterator, n):
+    def _distributed_steps(self, iterator, n, stop):
         """`n` train steps (optimizer updates) in one call (a loop inside the graph: one host round trip per
-        call, not per step); returns the sum of their losses (each step's loss summed over replicas)."""
-        total = tf.constant(0.0, tf.float32)
+        call, not per step); returns [the sum of their losses (each step's loss summed over replicas), the sum
+        of the replicas' `stop` flags (this worker's SIGTERM), summed in the same all-reduce as the loss]."""
+        total, stops = tf.constant(0.0, tf.float32), tf.constant(0.0, tf.float32)
         for _ in tf.range(n):
             batches = tuple(next(iterator) for _ in range(self.accumulate))
+            done = self.optimizer.iterations.value + 0 if self.loss_scaled else None  # before this step's update
             per_replica = self.strategy.run(self._replica_step, args=batches)
-            total += tf.cast(self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None), tf.float32)
+            packed = self.strategy.run(lambda loss: tf.stack([tf.cast(loss, tf.float32), stop]), args=(per_replica,))
+            reduced = self.strategy.reduce(tf.distribute.ReduceOp.SUM, packed, axis=None)
+            total += reduced[0]
+            stops = tf.maximum(stops, reduced[1])
             if self.ema is not None:
                 with tf.control_dependencies([total]):  # after this step's update of the weights
-                    self.ema.update()
-        return total
+                    # a step skipped by the loss scale (non-finite gradients) does not count
+                    self.ema.update(None if done is None else tf.not_equal(self.optimizer.iterations.value, done))
+        return tf.stack([total, stops])
 
     def distributed_input(self, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset]):
         """Per-worker input pipelines: `dataset_fn(ctx)` builds batches of ctx.get_per_replica_batch_size(global)
@@ -204,7 +263,11 @@ class Trainer:
         if initial_epoch >= epochs:
             log.info("%s: all %d epochs already finished (restored from %s)", label, epochs, self._backup_dir)
             return history
-        if initial_epoch:
+        resume_step = self.resume_step
+        if resume_step:
+            log.info("%s: resuming in epoch %d of %d after step %d of %d (restored from %s)", label, initial_epoch + 1,
+                     epochs, resume_step, steps_per_epoch, self._backup_dir)
+        elif initial_epoch:
             log.info("%s: resuming after epoch %d of %d (restored from %s)", label, initial_epoch, epochs, self._backup_dir)
         recorder = _EpochLogs()  # after the others: sees what they added to `logs` (CallbackList passes a copy)
         cbs = keras.callbacks.CallbackList([*callbacks, recorder], add_history=False, add_progbar=verbose != 0,
@@ -215,13 +278,17 @@ class Trainer:
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
             total, step = 0.0, 0
+            if epoch == initial_epoch and resume_step:  # a preempted epoch goes on where it stopped
+                total, step = float(self._loss_sum.numpy()), resume_step
             while step < steps_per_epoch:  # chunks of k steps; the last one ends exactly at the epoch's end
                 n = min(self.steps_per_execution, steps_per_epoch - step)
                 cbs.on_train_batch_begin(step)
-                value = self._run_steps(iterator, n, epoch, step, label)
+                value, stop = self._run_steps(iterator, n, epoch, step, label)
                 total += value
                 step += n
                 cbs.on_train_batch_end(step - 1, {"loss": total / step})
+                if stop:
+                    self._preempted(epoch, step, total, steps_per_epoch, label)
             if self.ema is not None:  # the callbacks validate and save the averaged weights
                 self.ema.swap()
             try:
@@ -232,7 +299,9 @@ class Trainer:
             for key, value in recorder.logs.items():
                 history.setdefault(key, []).append(value)
             self._epoch.assign(epoch + 1)
-            self._save()
+            self._step.assign(0)
+            self._loss_sum.assign(0.0)
+            self._save((epoch + 1) * steps_per_epoch, f"epoch {epoch + 1}")
             # A callback's stop (the chief's callbacks select and stop) is decided once and followed by every
             # worker: a worker that trained on alone would wait forever in the next step's all-reduce.
             self.model.stop_training = distribute.chief_decides(self.strategy, bool(self.model.stop_training))
@@ -241,12 +310,29 @@ class Trainer:
         cbs.on_train_end()
         return history
 
-    def _run_steps(self, iterator, n: int, epoch: int, step: int, label: str) -> float:
-        """Steps step+1..step+n of `epoch`; the sum of their losses. An error is called an input error only
-        when the input pipeline raised it (the op that failed is the iterator's or a decoder's)."""
+    def _preempted(self, epoch: int, step: int, total: float, steps_per_epoch: int, label: str) -> None:
+        """Every worker got here after the same call (the flag was all-reduced): save where the epoch stands, stop."""
+        self._step.assign(step)
+        self._loss_sum.assign(total)
+        self._save(epoch * steps_per_epoch + step, f"epoch {epoch + 1}, step {step} of {steps_per_epoch}")
+        who = "this worker" if preemption.requested() else "another worker"
+        message = (f"{label}: preempted (SIGTERM to {who}): the state after step {step} of {steps_per_epoch} in epoch "
+                   f"{epoch + 1} is saved in {self._backup_dir}; rerun the same command"
+                   f"{' on every worker' if distribute.is_multiworker(self.strategy) else ''} to go on from there "
+                   f"(exit status {preemption.EXIT_STATUS})")
+        log.warning("%s", message)
+        raise preemption.Preempted(message)
+
+    def _run_steps(self, iterator, n: int, epoch: int, step: int, label: str) -> tuple[float, bool]:
+        """Steps step+1..step+n of `epoch`: (the sum of their losses, whether a worker was preempted). An error is
+        called an input error only when the input pipeline raised it (the op that failed is the iterator's or a
+        decoder's)."""
         where = f"epoch {epoch + 1}, batch {step + 1}" + (f"-{step + n}" if n > 1 else "")
+        stop = tf.constant(1.0 if preemption.requested() else 0.0, tf.float32)
+        if self.watchdog is not None:
+            self.watchdog.call_started(where)
         try:
-            value = float(self._train_steps(iterator, tf.constant(n, tf.int32)))
+            value, stops = (float(v) for v in self._train_steps(iterator, tf.constant(n, tf.int32), stop))
         except tf.errors.OutOfRangeError:
             raise TrainingError(
                 f"{label}: the input stream ended in {where}; training streams never end on their own, so a tf.data "
@@ -260,18 +346,21 @@ class Trainer:
             raise TrainingError(
                 f"{label}: the input pipeline failed in {where}: {first}. Find the file with python -m cxrlt.check "
                 "--deep --labels <your CSV>, then fix it or train with --skip-bad") from None
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.call_finished()
         if not math.isfinite(value):
             raise TrainingError(
                 f"{label}: the loss became {value} in {where}; training stopped (the best model so far and the last "
                 "finished epoch are kept). Lower --lr, check the labels, or turn off mixed precision")
-        return value
+        return value, stops > 0
 
-    def _save(self) -> None:
+    def _save(self, number: int, what: str) -> None:
         if self._manager is None:
             return
-        path = self._manager.save(checkpoint_number=self.finished_epochs)
+        path = self._manager.save(checkpoint_number=number)
         if self.chief:
-            log.info("epoch %d state saved: %s", self.finished_epochs, path)
+            log.info("%s state saved: %s", what, path)
         else:  # saving is collective under MultiWorkerMirroredStrategy; only the chief keeps it
             shutil.rmtree(Path(self._manager.directory).parent, ignore_errors=True)
 
@@ -298,12 +387,15 @@ class WeightEMA:
     def tracked(self) -> dict:
         return {f"v{i}": a for i, a in enumerate(self.averages)}
 
-    def update(self) -> None:
+    def update(self, applied=None) -> None:
+        """One step of averaging; with `applied` (a bool tensor: did this step update the weights?) a skipped
+        step leaves the averages as they are."""
         decay = tf.constant(self.decay, tf.float32)
 
         def step(average, value):
-            return average.assign(tf.cast(decay, average.dtype) * average
-                                  + tf.cast(1.0 - decay, average.dtype) * tf.cast(value, average.dtype))
+            new = (tf.cast(decay, average.dtype) * average
+                   + tf.cast(1.0 - decay, average.dtype) * tf.cast(value, average.dtype))
+            return average.assign(new if applied is None else tf.where(applied, new, average))
 
         for average, variable in zip(self.averages, self.variables):
             self.strategy.extended.update(average, step, args=(variable.value,))
