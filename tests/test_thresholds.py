@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from cxrlt.evaluate import metrics
-from cxrlt.train import runs
-from cxrlt.ensemble import thresholds as thr
+from cxrlt.runtime import runs
+from cxrlt.evaluate import thresholds as thr
 
 
 def _random(seed, n=150, c=5):

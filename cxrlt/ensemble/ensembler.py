@@ -32,8 +32,8 @@ from ..predict import aggregate
 from ..utils import atomic, cli
 from .. import config
 from ..evaluate import metrics
-from ..train import runs
-from . import thresholds as thr
+from ..runtime import runs
+from ..evaluate import thresholds as thr
 from .combine import METHODS, combine, fit_weights, normal_gating, weights_of
 
 log = logging.getLogger("cxrlt.ensemble")

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..data import dataset, pipeline
 from ..model import models
-from ..train import runs
+from ..runtime import runs
 from .step import TTA, Predictor  # noqa: F401 - TTA: the views' names for the CLIs
 from ..utils.progress import Progress  # the shared bar; predict.Progress keeps working for older callers
 
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     from . import aggregate
     from ..utils import cli
     from ..evaluate import metrics
-    from ..ensemble import thresholds as thr
+    from ..evaluate import thresholds as thr
 
     parser = argparse.ArgumentParser(prog="python -m cxrlt.predict", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, type=Path, help="run directory (runs/<name>)")

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils import atomic, cli
-from ..train import runs
+from ..runtime import runs
 
 log = logging.getLogger("cxrlt.explain")
 

@@ -37,7 +37,7 @@ from .. import __version__
 from ..utils import atomic, cli
 from ..data import classes as cls, dataset
 from ..evaluate import metrics
-from ..train import runs
+from ..runtime import runs
 
 log = logging.getLogger("cxrlt.report")
 
@@ -227,7 +227,7 @@ def augmentation_preview(data: ReportData, path: Path, n: int = 5, seed: int = 0
     import tensorflow as tf
 
     from ..data import pipeline
-    from ..tools import preview
+    from . import preview
 
     cfg = data.cfg
     rng = np.random.default_rng(seed)

@@ -45,7 +45,7 @@ import yaml
 from ..utils import atomic, cli
 from .. import config
 from ..evaluate import metrics
-from ..train import runs
+from ..runtime import runs
 
 log = logging.getLogger("cxrlt.ablate")
 

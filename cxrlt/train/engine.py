@@ -44,7 +44,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from . import distribute
+from ..runtime import distribute
 from ..utils.errors import UserError
 
 log = logging.getLogger(__name__)

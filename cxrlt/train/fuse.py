@@ -50,7 +50,7 @@ from ..data import dataset
 from ..evaluate import metrics
 from ..utils import atomic, cli
 from ..utils.hashing import file_sha256
-from . import runs
+from ..runtime import runs
 
 log = logging.getLogger("cxrlt.fuse")
 

@@ -23,7 +23,7 @@ from ..utils import atomic, cli
 from ..data import dataset, editions, folds as folds_mod
 from .. import config
 from ..evaluate import metrics
-from . import runs
+from ..runtime import runs
 
 log = logging.getLogger("cxrlt.train")
 
@@ -57,7 +57,7 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
             demo = synthetic.make_demo(folder, n_patients=d["demo_patients"], image_size=d["demo_image_size"],
                                        edition=edition)
         if multi:
-            from . import distribute
+            from ..runtime import distribute
 
             distribute.barrier(strategy)  # the workers read the demo set once the chief has made it
         if not chief:
@@ -85,7 +85,7 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
                                 check_files=d["check_images"] == "off", edition=d.get("edition", "auto"),
                                 exclude=d.get("exclude"))
     if multi:
-        from . import distribute
+        from ..runtime import distribute
 
         # ids and labels, not paths: hosts may mount the shared images at different places
         distribute.agree(strategy, f"the training list {d['labels']} (image ids and labels)",
@@ -117,7 +117,7 @@ def _roles(strategy) -> tuple[bool, bool]:
     """(this process is the chief, there are several worker processes); no strategy: one process."""
     if strategy is None:
         return True, False
-    from . import distribute
+    from ..runtime import distribute
 
     return distribute.is_chief(strategy), distribute.is_multiworker(strategy)
 
@@ -156,7 +156,7 @@ def load_folds(run: runs.Run, table: dataset.LabelTable, cfg: dict, strategy=Non
     fold_of = (folds_mod.load_or_make_folds(run.folds_csv, table, cfg["train"]["folds"], cfg["seed"]) if chief
                else np.zeros(len(table), np.int64))
     if multi:
-        from . import distribute
+        from ..runtime import distribute
 
         fold_of = distribute.from_chief(strategy, fold_of).astype(np.int64)
     return fold_of
@@ -167,7 +167,8 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     share; the chief scores and writes)."""
     import keras
 
-    from . import callbacks, distribute, engine, tensorboard_log
+    from . import callbacks, engine, tensorboard_log
+    from ..runtime import distribute
     from ..data import augment, mix, pipeline
     from ..model import losses, models, optim
     from ..predict.step import Predictor
@@ -306,7 +307,7 @@ def finish_fold(cfg: dict, run: runs.Run, k: int, val: dataset.LabelTable, class
     else:
         weights = selected.get_weights()
         if multi:
-            from . import distribute
+            from ..runtime import distribute
 
             distribute.agree(strategy, f"fold {k}: the selected model {run.model_path(k)}", distribute.digest(*weights))
         model.set_weights(weights)
@@ -334,7 +335,7 @@ def finish_fold(cfg: dict, run: runs.Run, k: int, val: dataset.LabelTable, class
 
 def summarize(run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray) -> dict | None:
     """Assemble the OOF predictions of all folds, score them and tune per-class thresholds, once every fold is done."""
-    from ..ensemble import thresholds
+    from ..evaluate import thresholds
 
     k = run.config()["train"]["folds"]
     if len(run.finished_folds()) < k:
@@ -396,7 +397,7 @@ def main(argv=None) -> int:
     with cli.errors():
         refuse_ensemble_config(args.config)
         cfg = config.from_args(args)
-        from . import distribute
+        from ..runtime import distribute
 
         strategy = distribute.get_strategy(cfg["distribute"]["strategy"])  # before TensorFlow runs any op
         with distribute.failures_end_every_worker(strategy):  # one worker's error ends them all, with its message

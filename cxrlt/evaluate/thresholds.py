@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils import atomic
-from ..evaluate import metrics
+from . import metrics
 
 FILE_NAME = "thresholds.json"
 NOTE = ("tuned to maximise each class's F1 on these out-of-fold predictions and scored on the same "
@@ -51,7 +51,7 @@ def save(path, info: dict) -> None:
 
 def load(path, classes) -> np.ndarray:
     """Thresholds from a thresholds.json, in the order of `classes`; a mismatch or a bad value is named."""
-    from ..train.runs import RunError
+    from ..runtime.runs import RunError
 
     path = Path(path)
     if path.is_dir():
@@ -78,7 +78,7 @@ def for_run(run) -> tuple[np.ndarray | None, str]:
     if run.thresholds_json.exists():
         return load(run.thresholds_json, run.classes()), str(run.thresholds_json)
     if run.oof_csv.exists():
-        from ..train.runs import oof_with_labels
+        from ..runtime.runs import oof_with_labels
 
         table, oof = oof_with_labels(run)
         return np.asarray(tune(table.labels, oof, table.classes)["thresholds"]), f"tuned on {run.oof_csv}"
