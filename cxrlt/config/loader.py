@@ -256,9 +256,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=key, default=None, metavar=key.rsplit(".", 1)[-1].upper(),
                             help=f"sets {key}")
     parser.add_argument("--demo", action="store_true", help="use the embedded synthetic CXR-LT-format data")
-    from ..data.editions import DEMO_EDITIONS  # numpy only: no TensorFlow
-
-    parser.add_argument("--demo-edition", choices=sorted(DEMO_EDITIONS),
+    parser.add_argument("--demo-edition", choices=sorted(schema.DEMO_EDITIONS),
                         help="the demo in that edition's layout (implies --demo; 2026: 16-bit PNGs, a removal list)")
     parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 on GPU, mixed_bfloat16 on CPU")
     parser.add_argument("--jit-compile", action="store_true", help="XLA-compile the train step (GPU; 3-5x slower on CPU)")
@@ -285,9 +283,7 @@ def from_args(args: argparse.Namespace) -> dict:
         overrides["data.demo"] = True
     if getattr(args, "demo_edition", None):
         overrides["data.demo"] = True
-        from ..data.editions import DEMO_EDITIONS
-
-        overrides["data.demo_edition"] = DEMO_EDITIONS[args.demo_edition]
+        overrides["data.demo_edition"] = schema.DEMO_EDITIONS[args.demo_edition]
     if getattr(args, "mixed_precision", False):
         overrides["distribute.mixed_precision"] = True
     if getattr(args, "jit_compile", False):

@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         if table.has_labels:
             print(metrics.format_report(metrics.evaluate(table.labels, probs, list(table.classes),
                                                           groups=run.groups()), title=f"{table.source.name}"))
-            t, source = thr.for_run(run)
+            t, source = runs.thresholds_for(run)
             if t is None:
                 print(f"mF1 at 0.5 only: per-class thresholds need OOF predictions ({source})")
             else:

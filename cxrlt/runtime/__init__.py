@@ -1,4 +1,4 @@
-"""Stage 4, runtime: what a running job shares with the stages above it: the run directory (`runs.py`:
+"""Runtime: what a running job shares with the stages above it: the run directory (`runs.py`:
 config, folds, fold models, predictions, the `cxrlt runs` listing) and the tf.distribute layout
 (`distribute.py`: strategies, replicas, workers and their agreement helpers).
 

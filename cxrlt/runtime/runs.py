@@ -171,6 +171,18 @@ def oof_with_labels(run: Run):
     return table.subset([position[i] for i in ids]), probs
 
 
+def thresholds_for(run: Run) -> tuple[np.ndarray | None, str]:
+    """A run's thresholds (its thresholds.json, else tuned on its oof.csv without writing) and where from."""
+    from ..evaluate import thresholds
+
+    if run.thresholds_json.exists():
+        return thresholds.load(run.thresholds_json, run.classes()), str(run.thresholds_json)
+    if run.oof_csv.exists():
+        table, oof = oof_with_labels(run)
+        return np.asarray(thresholds.tune(table.labels, oof, table.classes)["thresholds"]), f"tuned on {run.oof_csv}"
+    return None, f"{run.root} has no OOF predictions yet"
+
+
 def mark_done(run: Run, k: int, info: dict) -> None:
     atomic.write_text(run.done_path(k), json.dumps(info, indent=2, default=str))
 
