@@ -137,6 +137,10 @@ def merge(base: dict, override: dict, where: str) -> dict:
     flat_known = flatten(base)
     flat_override = flatten(override)
     for key, value in flat_override.items():
+        section = next((f for f in FREEFORM if key.startswith(f + ".")), None)
+        if section is not None and key not in flat_known:  # --set loss.params.gamma=1.5: one argument of the section
+            value = {key[len(section) + 1:]: value}
+            key = section
         if key not in flat_known:
             # A section given as a whole value (e.g. data.classes: [list]) is a leaf, not a section.
             head = key.rsplit(".", 1)[0]
@@ -197,7 +201,7 @@ def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
     given = set(flatten(overrides or {}))
     if path is not None:
         given |= set(flatten(user))
-    if cfg["loss"]["name"] != defaults()["loss"]["name"] and "loss.params" not in given:
+    if cfg["loss"]["name"] != defaults()["loss"]["name"] and not any(k.split(".")[:2] == ["loss", "params"] for k in given):
         cfg["loss"]["params"] = {}  # another loss: its own defaults, not focal's arguments
     validate(cfg)
     return cfg
@@ -265,7 +269,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-outside-root", action="store_true",
                         help="accept label paths that leave the image root ('..' or a symlink)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any setting, e.g. --set loss.gamma=1.5 (repeatable)")
+                        help="override any setting, e.g. --set loss.params.gamma=1.5 (repeatable)")
 
 
 def from_args(args: argparse.Namespace) -> dict:

@@ -15,7 +15,6 @@ out-of-fold predictions never mixes in a model that saw the study.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -155,7 +154,7 @@ def main(argv=None) -> int:
     from ..evaluate import align as evaluate
     from ..runtime import runs
 
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.aggregate", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.aggregate", __doc__)
     parser.add_argument("--run", type=Path, help="measure on this run's out-of-fold predictions")
     parser.add_argument("--pred", type=Path, help="or: a prediction CSV (id column + class columns) ...")
     parser.add_argument("--labels", type=Path, help="... and the labelled list it predicts (with study ids)")

@@ -13,7 +13,6 @@ plain log lines instead when the output is not a terminal.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import sys
@@ -111,7 +110,7 @@ def main(argv=None) -> int:
     from ..evaluate import metrics
     from ..evaluate import thresholds as thr
 
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.predict", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.predict", __doc__)
     parser.add_argument("--run", required=True, type=Path, help="run directory (runs/<name>)")
     parser.add_argument("--labels", help="image list CSV (default: the run's data.test_labels)")
     parser.add_argument("--image-root", help="folder the list's paths are relative to")

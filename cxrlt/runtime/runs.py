@@ -16,7 +16,6 @@ runs/<name>/
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..utils import atomic
+from ..utils import atomic, cli
 from ..utils.errors import UserError
 
 
@@ -256,10 +255,12 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.runs", description="List cxrlt runs with their scores.")
+    parser = cli.parser("python -m cxrlt.runs", "List cxrlt runs with their scores.")
     parser.add_argument("root", nargs="?", type=Path, default=Path("runs"), help="a runs folder or one run (default: runs)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    cli.add_common(parser)
     args = parser.parse_args(argv)
+    cli.setup(args)
     if not args.root.is_dir():
         print(f"error: {args.root} is not a folder; pass the folder your runs are in (train --out, default runs/)",
               file=sys.stderr)

@@ -9,7 +9,6 @@ finished epoch. When every fold is done, the out-of-fold predictions and scores 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -388,7 +387,7 @@ def refuse_ensemble_config(path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.train", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.train", __doc__)
     config.add_arguments(parser)
     parser.add_argument("--force", action="store_true", help="continue a run directory made with another config")
     cli.add_common(parser)
