@@ -31,7 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cxrlt.train import distribute, engine
+from cxrlt.runtime import distribute
+from cxrlt.train import engine
 from cxrlt.model import losses, models
 from cxrlt.data import mix  # noqa: E402
 
@@ -466,7 +467,7 @@ def workers(folder: str) -> None:
 
     import keras
 
-    from cxrlt.train.watchdog import StepWatchdog
+    from cxrlt.runtime.watchdog import StepWatchdog
 
     strategy = distribute.get_strategy("multiworker")
     index = distribute.worker_position(strategy)[0]
@@ -512,7 +513,7 @@ def service_stall(address: str, folder: str) -> None:
 
     from cxrlt import config
     from cxrlt.data import pipeline, service
-    from cxrlt.train.watchdog import StepWatchdog
+    from cxrlt.runtime.watchdog import StepWatchdog
 
     paths = np.array(sorted(str(p) for p in Path(folder).glob("*.png")))
     labels = (np.random.default_rng(0).random((len(paths), CLASSES)) < 0.4).astype(np.float32)

@@ -19,7 +19,6 @@ or with --skip-bad leaves the bad files out and records them (check.screen_table
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as futures
 import logging
 import math
@@ -388,10 +387,16 @@ def main(argv=None) -> int:
     from ..utils import cli
     from . import dataset
 
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.check", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.check", __doc__)
     parser.add_argument("--labels", required=True, type=Path, help="label CSV or image list")
     parser.add_argument("--image-root", type=Path, help="folder the CSV's paths are relative to (default: its folder)")
-    parser.add_argument("--classes", default="auto", help="class schema/list, as for training (default: auto)")
+    from .. import config
+
+    data_defaults = config.defaults()["data"]  # the same reading of the CSV as `train`'s, so check passes what train accepts
+    parser.add_argument("--classes", default=data_defaults["classes"],
+                        help="class schema/list, as for training (data.classes)")
+    parser.add_argument("--edition", default=data_defaults["edition"], choices=config.schema.EDITION_NAMES,
+                        help="the CXR-LT edition the CSV is read as, as for training (data.edition)")
     parser.add_argument("--uncertain", default="error", choices=dataset.UNCERTAIN_POLICIES,
                         help="how -1/blank labels are read, as for training")
     parser.add_argument("--allow-outside-root", action="store_true", help="accept paths outside the image root")
@@ -406,7 +411,7 @@ def main(argv=None) -> int:
     cli.setup(args)
     with cli.errors():
         table = dataset.read_labels(args.labels, image_root=args.image_root, classes=args.classes,
-                                    require_labels=False, uncertain=args.uncertain,
+                                    require_labels=False, uncertain=args.uncertain, edition=args.edition,
                                     allow_outside_root=args.allow_outside_root)
         if args.bench:
             print(benchmark(table.paths, workers=args.workers))

@@ -517,7 +517,7 @@ def service_streams(build, streams: int, shard=None, start_batch: int = 0, servi
     workers doing useful work (more streams than workers is fine, a worker runs several), the slowest
     sub-stream sets the pace (round-robin waits for it), and a lost worker's sub-streams are not moved
     to another worker (DYNAMIC visits a split at most once): reading stalls (seen with 2 workers on
-    127.0.0.1) until input.data_service_timeout_s ends the run with a message saying so (cxrlt.train.watchdog);
+    127.0.0.1) until input.data_service_timeout_s ends the run with a message saying so (cxrlt.runtime.watchdog);
     the rerun resumes from its last checkpoint.
     """
     if int(streams) < 1:

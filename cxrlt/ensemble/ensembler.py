@@ -32,8 +32,8 @@ from ..predict import aggregate
 from ..utils import atomic, cli
 from .. import config
 from ..evaluate import metrics
-from ..train import runs
-from . import thresholds as thr
+from ..runtime import runs
+from ..evaluate import thresholds as thr
 from .combine import METHODS, combine, fit_weights, normal_gating, weights_of
 
 log = logging.getLogger("cxrlt.ensemble")
@@ -193,7 +193,7 @@ def validate_settings(s: dict) -> None:
 def _parser() -> argparse.ArgumentParser:
     from ..predict import inference as predict
 
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.ensemble", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.ensemble", __doc__)
     parser.add_argument("--config", type=Path, help="ensemble config (configs/08_ensemble_5_6.yaml ...); flags override it")
     parser.add_argument("--runs", nargs="+", help="run directories (default: ensemble.runs, else every finished run in --runs-root)")
     parser.add_argument("--runs-root", type=Path, default=Path("runs"))

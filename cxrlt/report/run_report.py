@@ -20,7 +20,6 @@ names its source in a data-metric attribute (a path into metrics.json, or into r
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as _dt
 import html
@@ -37,7 +36,7 @@ from .. import __version__
 from ..utils import atomic, cli
 from ..data import classes as cls, dataset
 from ..evaluate import metrics
-from ..train import runs
+from ..runtime import runs
 
 log = logging.getLogger("cxrlt.report")
 
@@ -227,7 +226,7 @@ def augmentation_preview(data: ReportData, path: Path, n: int = 5, seed: int = 0
     import tensorflow as tf
 
     from ..data import pipeline
-    from ..tools import preview
+    from . import preview
 
     cfg = data.cfg
     rng = np.random.default_rng(seed)
@@ -499,7 +498,7 @@ def build_report(source: Path, out: Path, *, labels: str | None = None, threshol
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.report", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.report", __doc__)
     parser.add_argument("source", type=Path, help="run directory (runs/<name>) or prediction/submission CSV")
     parser.add_argument("--labels", help="label CSV: the truth for a prediction CSV; for a run, overrides data.labels")
     parser.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: report/)")

@@ -26,7 +26,7 @@ worker takes part in saving (it is a collective operation); only the chief write
 `backup_dir`, the others into a scratch folder of their host's temp directory, which they delete.
 Checkpoints are numbered by the updates done (epochs x steps_per_epoch + steps).
 
-Preemption (cxrlt.train.preemption): a SIGTERM raises a flag that travels with the call's loss all-reduce, so
+Preemption (cxrlt.runtime.preemption): a SIGTERM raises a flag that travels with the call's loss all-reduce, so
 every worker sees it after the same call; each then saves a mid-epoch checkpoint (also the step within the
 epoch and the epoch's loss so far) and raises `Preempted` (exit status 75). The rerun continues from that
 step: the input stream is positioned there (`resume_step`) and the epoch's logs come out as if uninterrupted.
@@ -37,7 +37,7 @@ checkpoint holds the inner optimizer and the loss scale apart, so a fold resumes
 distribute.mixed_precision (float32 <-> bfloat16 <-> float16: the loss scale starts afresh or is dropped).
 
 Replicas: every SeedGenerator of the model folds the replica id into its seeds (cxrlt.model.seeds), so dropout
-and stochastic depth draw other masks on every replica. A watchdog (cxrlt.train.watchdog) bounds a call that
+and stochastic depth draw other masks on every replica. A watchdog (cxrlt.runtime.watchdog) bounds a call that
 never returns (train.step_timeout_s, input.data_service_timeout_s).
 
 Weight EMA (`train.ema`, `WeightEMA` below): an exponential moving average of the model's float variables,
@@ -59,7 +59,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from . import distribute, preemption
+from ..runtime import distribute, preemption
 from ..utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Trainer:
         self.accumulate = int(accumulate)  # micro-batches per optimizer update
         self.preprocess = preprocess  # batch -> (images, labels[, mask]) on the replica (augment.device accelerator)
         self.chief = distribute.is_chief(strategy)
-        self.watchdog = watchdog  # a cxrlt.train.watchdog.StepWatchdog, or None
+        self.watchdog = watchdog  # a cxrlt.runtime.watchdog.StepWatchdog, or None
         with strategy.scope():
             optimizer.build(model.trainable_variables)
             if strategy.num_replicas_in_sync > 1:

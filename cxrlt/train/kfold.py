@@ -9,7 +9,6 @@ finished epoch. When every fold is done, the out-of-fold predictions and scores 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -23,7 +22,7 @@ from ..utils import atomic, cli
 from ..data import dataset, editions, folds as folds_mod
 from .. import config
 from ..evaluate import metrics
-from . import runs
+from ..runtime import runs
 
 log = logging.getLogger("cxrlt.train")
 
@@ -57,7 +56,7 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
             demo = synthetic.make_demo(folder, n_patients=d["demo_patients"], image_size=d["demo_image_size"],
                                        edition=edition)
         if multi:
-            from . import distribute
+            from ..runtime import distribute
 
             distribute.barrier(strategy)  # the workers read the demo set once the chief has made it
         if not chief:
@@ -85,7 +84,7 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
                                 check_files=d["check_images"] == "off", edition=d.get("edition", "auto"),
                                 exclude=d.get("exclude"))
     if multi:
-        from . import distribute
+        from ..runtime import distribute
 
         # ids and labels, not paths: hosts may mount the shared images at different places
         distribute.agree(strategy, f"the training list {d['labels']} (image ids and labels)",
@@ -117,7 +116,7 @@ def _roles(strategy) -> tuple[bool, bool]:
     """(this process is the chief, there are several worker processes); no strategy: one process."""
     if strategy is None:
         return True, False
-    from . import distribute
+    from ..runtime import distribute
 
     return distribute.is_chief(strategy), distribute.is_multiworker(strategy)
 
@@ -156,7 +155,7 @@ def load_folds(run: runs.Run, table: dataset.LabelTable, cfg: dict, strategy=Non
     fold_of = (folds_mod.load_or_make_folds(run.folds_csv, table, cfg["train"]["folds"], cfg["seed"]) if chief
                else np.zeros(len(table), np.int64))
     if multi:
-        from . import distribute
+        from ..runtime import distribute
 
         fold_of = distribute.from_chief(strategy, fold_of).astype(np.int64)
     return fold_of
@@ -167,14 +166,15 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     share; the chief scores and writes)."""
     import keras
 
-    from . import callbacks, distribute, engine, tensorboard_log
+    from . import callbacks, engine, tensorboard_log
+    from ..runtime import distribute
     from ..data import augment, mix, pipeline
     from ..model import losses, models, optim
     from ..predict.step import Predictor
 
     fold_dir = run.fold_dir(k)
     chief = distribute.is_chief(strategy)
-    from . import preemption
+    from ..runtime import preemption
 
     if distribute.sum_over_workers(strategy, [1.0 if preemption.requested() else 0.0])[0] > 0:  # all stop here
         message = (f"fold {k}: preempted (SIGTERM) before it started; the finished folds are kept: rerun the same "
@@ -229,7 +229,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     preprocess = (pipeline.device_preprocess(cfg["augment"], mix.mixer_from_config(cfg, seed), len(classes),
                                              masked=train.mask is not None) if on_device else None)
     from ..data import service
-    from .watchdog import StepWatchdog
+    from ..runtime.watchdog import StepWatchdog
 
     watchdog = StepWatchdog(cfg["train"]["step_timeout_s"], service=cfg["input"]["data_service"],
                             service_timeout_s=cfg["input"]["data_service_timeout_s"],
@@ -325,7 +325,7 @@ def finish_fold(cfg: dict, run: runs.Run, k: int, val: dataset.LabelTable, class
     else:
         weights = selected.get_weights()
         if multi:
-            from . import distribute
+            from ..runtime import distribute
 
             distribute.agree(strategy, f"fold {k}: the selected model {run.model_path(k)}", distribute.digest(*weights))
         model.set_weights(weights)
@@ -353,7 +353,7 @@ def finish_fold(cfg: dict, run: runs.Run, k: int, val: dataset.LabelTable, class
 
 def summarize(run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray) -> dict | None:
     """Assemble the OOF predictions of all folds, score them and tune per-class thresholds, once every fold is done."""
-    from ..ensemble import thresholds
+    from ..evaluate import thresholds
 
     k = run.config()["train"]["folds"]
     if len(run.finished_folds()) < k:
@@ -406,7 +406,7 @@ def refuse_ensemble_config(path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.train", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.train", __doc__)
     config.add_arguments(parser)
     parser.add_argument("--force", action="store_true", help="continue a run directory made with another config")
     cli.add_common(parser)
@@ -415,9 +415,9 @@ def main(argv=None) -> int:
     with cli.errors():
         refuse_ensemble_config(args.config)
         cfg = config.from_args(args)
-        from . import distribute
+        from ..runtime import distribute
 
-        from . import preemption
+        from ..runtime import preemption
 
         preemption.install()  # SIGTERM: save at the next step boundary, exit 75
         # before TensorFlow runs any op

@@ -16,7 +16,6 @@ runs/<name>/
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..utils import atomic
+from ..utils import atomic, cli
 from ..utils.errors import UserError
 
 
@@ -171,6 +170,18 @@ def oof_with_labels(run: Run):
     return table.subset([position[i] for i in ids]), probs
 
 
+def thresholds_for(run: Run) -> tuple[np.ndarray | None, str]:
+    """A run's thresholds (its thresholds.json, else tuned on its oof.csv without writing) and where from."""
+    from ..evaluate import thresholds
+
+    if run.thresholds_json.exists():
+        return thresholds.load(run.thresholds_json, run.classes()), str(run.thresholds_json)
+    if run.oof_csv.exists():
+        table, oof = oof_with_labels(run)
+        return np.asarray(thresholds.tune(table.labels, oof, table.classes)["thresholds"]), f"tuned on {run.oof_csv}"
+    return None, f"{run.root} has no OOF predictions yet"
+
+
 def mark_done(run: Run, k: int, info: dict) -> None:
     atomic.write_text(run.done_path(k), json.dumps(info, indent=2, default=str))
 
@@ -244,10 +255,12 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.runs", description="List cxrlt runs with their scores.")
+    parser = cli.parser("python -m cxrlt.runs", "List cxrlt runs with their scores.")
     parser.add_argument("root", nargs="?", type=Path, default=Path("runs"), help="a runs folder or one run (default: runs)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    cli.add_common(parser)
     args = parser.parse_args(argv)
+    cli.setup(args)
     if not args.root.is_dir():
         print(f"error: {args.root} is not a folder; pass the folder your runs are in (train --out, default runs/)",
               file=sys.stderr)
