@@ -488,7 +488,8 @@ def workers(folder: str) -> None:
         model = keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
         optimizer, loss = keras.optimizers.Adam(1e-3), losses.get_loss("bce")
 
-    def hang_from_the_third(i, x, y):
+    def hang_from_the_third(i, batch):
+        x, y = batch
         if index == 1:
             x = tf.py_function(lambda i, x: (time.sleep(600) if int(i) >= 2 else None) or x, [i, x], tf.float32)
             x.set_shape([4, SIZE, SIZE, 3])
@@ -499,7 +500,9 @@ def workers(folder: str) -> None:
 
     watchdog = StepWatchdog(3, label="stuck test", worker=distribute.worker_id(strategy))
     trainer = engine.Trainer(strategy, model, optimizer, loss, watchdog=watchdog)
-    with distribute.failures_end_every_worker(strategy):
+    from cxrlt.utils import cli
+
+    with cli.errors(), distribute.failures_end_every_worker(strategy):  # as python -m cxrlt.train runs a fold
         trainer.fit(trainer.distributed_input(dataset_fn), epochs=1, steps_per_epoch=100, verbose=0)
     print("the watchdog did not end this worker", flush=True)
 

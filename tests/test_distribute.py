@@ -263,3 +263,98 @@ def test_weight_ema_under_mirrored_strategy_matches_one_device():
     np.testing.assert_allclose(two["seen"]["weights"], one["ema"], rtol=1e-5)  # the callbacks saw the averages
     assert max(abs(a - b) for a, b in zip(one["ema"], one["weights"])) > 1e-3
     assert two["ema_copies_differ"] == 0.0 and two["seen"]["copies_differ"] == 0.0
+
+
+def test_mixed_precision_policy_follows_the_gpus_compute_capability():
+    """bfloat16 where the GPUs compute it at full speed (compute capability >= 8.0) and on the CPU: no loss
+    scaling; float16 with loss scaling as soon as one GPU is older (or of unknown capability)."""
+    policy = distribute.precision_policy
+    assert policy(False, "auto", [(7, 0)])[0] == "float32"
+    assert policy(True, "auto", [])[0] == "mixed_bfloat16"  # no GPU
+    for capabilities in ([(8, 0)], [(9, 0)] * 8, [(8, 9), (8, 6)]):  # A100, 8 x H100, L4 + A10
+        name, why = policy(True, "auto", capabilities)
+        assert name == "mixed_bfloat16" and ">= 8.0" in why and "no loss scaling" in why
+    for capabilities in ([(7, 0)], [(7, 5)], [(8, 0), (7, 5)], [None]):  # V100, T4, a mixed host, unknown
+        name, why = policy(True, "auto", capabilities)
+        assert name == "mixed_float16" and "loss scaling" in why
+    assert policy(True, "float16", [(9, 0)])[0] == "mixed_float16"  # distribute.mixed_precision_dtype overrides
+    assert policy(True, "bfloat16", [(7, 0)])[0] == "mixed_bfloat16"
+    assert distribute.workers_on_this_host({"worker": ["127.0.0.1:1", "127.0.0.1:2", "h2:1"]}, "worker", 1) == 2
+    assert distribute.workers_on_this_host({"chief": ["h1:1"], "worker": ["h2:1"]}, "worker", 0) == 1
+
+
+def test_float16_overflow_on_one_replica_skips_the_step_on_every_replica_and_dropout_differs_by_replica():
+    """MirroredStrategy over two logical CPUs, the product's mixed_float16 optimizer. Only replica 1's half of the
+    second step overflows in float16: Keras' LossScaleOptimizer took replica 0's word, applied the summed
+    (infinite) gradient and the weights became NaN; now every replica skips it (one update, the loss scale
+    halved, weights finite and equal everywhere) and the weight EMA does not count the skipped step.
+    Dropout: the same input on both replicas drew the same mask (Keras' seed state is mirrored); now each
+    replica folds its id into the seed, and the state stays one value."""
+    result = _run_worker("replicas")
+    assert result["replicas"] == 2
+    fp16 = result["fp16"]
+    assert fp16["weights_finite"] and fp16["copies_differ"] == 0.0
+    assert fp16["updates"] == 1 and fp16["loss_scale"] == 2.0 ** 14  # step 2 skipped, 2^15 halved
+    assert fp16["moved"] > 1e-4  # step 1 was applied
+    assert fp16["ema_error"] < 1e-6  # ema = (w0 + w1) / 2: the skipped step is not averaged in
+    dropout = result["dropout"]
+    assert not dropout["same_masks"] and dropout["state_copies_equal"]
+    assert all(0.4 < kept < 0.6 for kept in dropout["kept"])  # still dropout at rate 0.5 on each replica
+
+
+def test_two_workers_skip_a_float16_overflow_together_outlast_a_silent_worker_and_a_stuck_one_ends_both(tmp_path):
+    """Two worker processes on 127.0.0.1 (tests/distributed_worker.py workers), one cluster for three cases.
+
+    1. mixed_float16, worker 1's half of the second step overflows: Keras' LossScaleOptimizer let worker 1 skip and
+       worker 0 apply, and both hung in the gradient all-reduce; now both skip it (the same update count, loss
+       scale and weights on both) and go on.
+    2. Worker 1 is stopped (SIGSTOP) for 16 s while worker 0 waits in a collective, as on a host too busy to run
+       it: TensorFlow's 10 s coordination heartbeat timeout ended both; distribute.heartbeat_timeout_s (300 s by
+       default) keeps the run alive.
+    3. Worker 1's input hangs in the third step (alive, stuck): each worker's watchdog (train.step_timeout_s 3,
+       from the second call on) ends it with exit status 2 and a message naming the setting, within a minute,
+       not never."""
+    import signal
+    import time
+
+    addresses = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    procs, outs, errs = [], [tmp_path / f"out{i}.txt" for i in range(2)], [tmp_path / f"err{i}.txt" for i in range(2)]
+    for index in range(2):
+        tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": json.dumps(tf_config)}
+        with open(outs[index], "w") as out, open(errs[index], "w") as err:
+            procs.append(subprocess.Popen([sys.executable, str(WORKER), "workers", str(tmp_path)], env=env,
+                                          stdout=out, stderr=err))
+    text = lambda: "".join(f"\n--- worker {i}:\n{errs[i].read_text()[-2500:]}" for i in range(2))  # noqa: E731
+    try:
+        deadline = time.monotonic() + 600
+        while not (tmp_path / "ready1").exists():  # worker 1 finished case 1 and waits for the go
+            assert all(p.poll() is None for p in procs), text()
+            assert time.monotonic() < deadline, "case 1 did not finish within 10 minutes (a hang?)" + text()
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGSTOP)
+        time.sleep(16)
+        procs[1].send_signal(signal.SIGCONT)
+        (tmp_path / "go").write_text("")
+        went = time.monotonic()
+        for p in procs:
+            p.wait(timeout=180)
+        print(f"both workers ended {time.monotonic() - went:.1f} s after the silence")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    results = []
+    for i in range(2):
+        lines = [line for line in outs[i].read_text().splitlines() if line.startswith("{")]
+        assert lines, f"worker {i} printed no result" + text()
+        results.append(json.loads(lines[-1]))
+    for result in results:
+        fp16 = result["fp16"]
+        assert fp16["updates"] == 1 and fp16["loss_scale"] == 2.0 ** 14 and fp16["weights_finite"], fp16
+        assert result["after_silence"]
+    assert results[0]["fp16"]["moved"] == results[1]["fp16"]["moved"] > 1e-4  # the same update on both
+    assert results[0]["fp16"]["ema_error"] < 1e-6
+    assert [p.returncode for p in procs] == [2, 2], text()
+    for i in range(2):
+        assert "no train step finished within train.step_timeout_s (3 s)" in errs[i].read_text(), text()

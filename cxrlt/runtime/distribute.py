@@ -108,7 +108,7 @@ def configure_workers(heartbeat_timeout_s: float) -> None:
     its sockets close), and when TF_CONFIG puts several workers on this host, each gets its share of the cores
     as intra-op threads instead of all of them."""
     global _heartbeat_timeout_s
-    from tensorflow.core.protobuf import coordination_config_pb2
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
     from tensorflow.python.distribute import multi_worker_util
     from tensorflow.python.distribute.cluster_resolver import TFConfigClusterResolver
     from tensorflow.python.eager import context
@@ -282,7 +282,9 @@ def _peer_message(err: BaseException) -> str | None:
                                             tf.errors.CancelledError, tf.errors.AbortedError)):
         return None
     text = text.rsplit(_PEER_ABORT, 1)[-1]  # TensorFlow may repeat its own prefix
-    for end in ("\nThe error could be from a previous", "\nAdditional GRPC error", "\n\t [[", "\n\t[["):
+    # (the same cuts where gRPC's status text carries the message with its line breaks escaped)
+    for end in ("\nThe error could be from a previous", "\\nThe error could be from a previous",
+                "\nAdditional GRPC error", "\n\t [[", "\n\t[["):
         text = text.split(end, 1)[0]
     return re.sub(r"^Error reported from /job:\w+/(replica:\d+/)?task:\d+: ", "", text.strip())
 
