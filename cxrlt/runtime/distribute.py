@@ -99,14 +99,15 @@ def configure_workers(heartbeat_timeout_s: float) -> None:
     """Before MultiWorkerMirroredStrategy exists: the coordination service's heartbeat timeout, and CPU threads
     shared out between the workers of this host.
 
-    Measured on 127.0.0.1 (issue 28): two workers on one 2-core host, each with TensorFlow's default thread pools
-    (one intra-op thread per core, per process), died together of "heartbeat timeout" while another process
-    used the CPU. The heartbeats come from a C++ thread of each worker (every half timeout) that the busy
-    compute threads of both processes and the other job outran for more than TensorFlow's 10 s. The
-    agreement helpers (tiny all-reduces, between steps) do not block it. So: a generous timeout (the cost is
-    that a worker that dies without a word is noticed that much later; a vanished chief is noticed at once,
-    its sockets close), and when TF_CONFIG puts several workers on this host, each gets its share of the cores
-    as intra-op threads instead of all of them."""
+    Issue 28 measured two workers on one 2-core host dying together of "heartbeat timeout" while another process
+    used the CPU (not reproduced here). What is known: TensorFlow's default timeout is 10 s; the heartbeats
+    are sent by a C++ thread of each worker (no GIL), so cxrlt's own Python between steps (the agreement
+    helpers: tiny all-reduces) cannot hold them up, while CPU starvation of that thread and of the service's
+    gRPC threads can: every TensorFlow process makes one intra-op thread per core, so several workers on one
+    host oversubscribe it. So: a generous timeout (its cost: a worker that dies without a word is noticed that
+    much later; a vanished chief is noticed at once, its sockets close; an error is reported at once), and
+    when TF_CONFIG puts several workers on this host, each gets its share of the cores as intra-op threads.
+    A worker stopped for 16 s (SIGSTOP) no longer ends the run (tests/test_distribute.py)."""
     global _heartbeat_timeout_s
     from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
     from tensorflow.python.distribute import multi_worker_util

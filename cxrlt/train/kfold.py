@@ -419,9 +419,9 @@ def main(argv=None) -> int:
 
         from ..runtime import preemption
 
-        preemption.install()  # SIGTERM: save at the next step boundary, exit 75
         # before TensorFlow runs any op
         strategy = distribute.get_strategy(cfg["distribute"]["strategy"], cfg["distribute"]["heartbeat_timeout_s"])
+        preemption.install()  # SIGTERM: save at the next step boundary, exit 75 (after the strategy: see install)
         with distribute.failures_end_every_worker(strategy):  # one worker's error ends them all, with its message
             distribute.set_precision(cfg["distribute"]["mixed_precision"], cfg["distribute"]["mixed_precision_dtype"],
                                      strategy)
