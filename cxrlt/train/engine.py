@@ -289,6 +289,7 @@ class Trainer:
                 cbs.on_train_batch_end(step - 1, {"loss": total / step})
                 if stop:
                     self._preempted(epoch, step, total, steps_per_epoch, label)
+            self._agree_statistics()
             if self.ema is not None:  # the callbacks validate and save the averaged weights
                 self.ema.swap()
             try:
@@ -309,6 +310,34 @@ class Trainer:
                 break
         cbs.on_train_end()
         return history
+
+    def _agree_statistics(self) -> None:
+        """Every replica takes replica 0's non-trainable float state (BatchNorm's moving statistics, and their
+        averages under train.ema), at each epoch's end, before the callbacks.
+
+        Each replica updates its own copy of the moving statistics from its own micro-batches, so the copies
+        drift apart, while the checkpoint and model.keras hold replica 0's (the chief's first device). Without
+        this, validation scored every replica's share with its own statistics (not the model that is saved),
+        and a resumed run differed: its other replicas restart from replica 0's copy (measured with two
+        workers: the same epoch losses and saved weights, another val_mAP). One all-reduce per epoch."""
+        if self.strategy.num_replicas_in_sync == 1:
+            return
+        trainable = {id(v) for v in self.model.trainable_variables}
+        floats = ("float16", "bfloat16", "float32", "float64")
+        state = [v.value for v in self.model.variables if id(v) not in trainable and v.dtype in floats]
+        if self.ema is not None:
+            state += [a for v, a in zip(self.ema.variables, self.ema.averages) if id(v) not in trainable]
+        if not state:
+            return
+        import numpy as np
+
+        values = [np.asarray(v.numpy()) for v in state]  # this worker's replica 0
+        flat = distribute.from_chief(self.strategy, np.concatenate([x.ravel() for x in values]).astype(np.float32))
+        offset = 0
+        with self.strategy.scope():
+            for variable, value in zip(state, values):
+                variable.assign(flat[offset:offset + value.size].reshape(value.shape).astype(value.dtype))
+                offset += value.size
 
     def _preempted(self, epoch: int, step: int, total: float, steps_per_epoch: int, label: str) -> None:
         """Every worker got here after the same call (the flag was all-reduced): save where the epoch stands, stop."""
