@@ -256,11 +256,20 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = cli.parser("python -m cxrlt.runs", "List cxrlt runs with their scores.")
-    parser.add_argument("root", nargs="?", type=Path, default=Path("runs"), help="a runs folder or one run (default: runs)")
+    parser.add_argument("root", nargs="?", type=Path, default=Path("runs"), help="a runs folder or one run")
+    parser.add_argument("--run", type=Path, action="append", help="list these runs (repeatable) instead of a folder's")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     cli.add_common(parser)
     args = parser.parse_args(argv)
     cli.setup(args)
+    if args.run:
+        missing = [str(r) for r in args.run if not (r / "config.yaml").is_file()]
+        if missing:
+            print(f"error: not a run directory (no config.yaml): {', '.join(missing)}", file=sys.stderr)
+            return 2
+        rows = [describe(Run(r)) for r in args.run]
+        print(json.dumps(rows, indent=2, default=str) if args.json else format_table(rows))
+        return 0
     if not args.root.is_dir():
         print(f"error: {args.root} is not a folder; pass the folder your runs are in (train --out, default runs/)",
               file=sys.stderr)
