@@ -114,6 +114,14 @@ class Run:
             raise RunError(f"{self.root} is not a cxrlt run (no config.yaml); train one with python -m cxrlt.train")
         return yaml.safe_load(self.config_path.read_text())
 
+    def trained_anything(self) -> bool:
+        """Whether any fold finished an epoch here (a checkpoint, a model, a done marker, OOF): a run that
+        failed before its first epoch (weights offline, a bad image) holds nothing a new config could spoil."""
+        if self.oof_csv.exists():
+            return True
+        return any((fold / "backup" / "checkpoint").exists() or (fold / "model.keras").exists()
+                   or (fold / "done.json").exists() for fold in self.root.glob("fold*"))
+
     def finished_folds(self) -> list[int]:
         k = self.config()["train"]["folds"]
         return [i for i in range(k) if self.is_done(i)]

@@ -98,7 +98,8 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
         if chief:
             record = Path(cfg["out"]) / cfg["name"]
             deep = d["check_images"] == "deep"
-            screened = check.screen_table(table, deep=deep, skip_bad=d["skip_bad"], record_dir=record)
+            screened = check.screen_table(table, deep=deep, skip_bad=d["skip_bad"], record_dir=record,
+                                          input_size=cfg["input"]["size"])
             if d["test_labels"]:  # the submission needs every test image: bad ones stop the run, never skipped
                 test = dataset.read_labels(d["test_labels"], image_root=d["test_image_root"],
                                            classes=list(table.classes), require_labels=False,
@@ -121,6 +122,18 @@ def _roles(strategy) -> tuple[bool, bool]:
     return distribute.is_chief(strategy), distribute.is_multiworker(strategy)
 
 
+STRIDE = 32  # every backbone's total down-sampling: its last feature map is input.size / 32 cells wide
+
+
+def note_input_size(cfg: dict) -> None:
+    size = cfg["input"]["size"]
+    if size % STRIDE:
+        log.warning("input.size %d is not a multiple of %d, the backbone's total stride: its last feature map "
+                    "covers %d px and the last %d px of each side are seen only in part; use %d or %d",
+                    size, STRIDE, size // STRIDE * STRIDE, size % STRIDE, size // STRIDE * STRIDE,
+                    (size // STRIDE + 1) * STRIDE)
+
+
 def open_run(cfg: dict, table: dataset.LabelTable, force: bool, strategy=None) -> runs.Run:
     """Create the run directory, or check that an existing one was made with this config (the chief only:
     the other workers write nothing; a refusal on the chief stops them too)."""
@@ -129,6 +142,11 @@ def open_run(cfg: dict, table: dataset.LabelTable, force: bool, strategy=None) -
         return run
     if run.config_path.exists():
         changed = config.diff(run.config(), cfg, ignore=RESUMABLE_CHANGES)
+        if changed and not force and not run.trained_anything():
+            log.warning("%s: replacing the config of a run that finished no epoch (%s%s)", run.root,
+                        "; ".join(changed[:4]), "; ..." if len(changed) > 4 else "")
+            run.folds_csv.unlink(missing_ok=True)  # made from the old config's folds and seed
+            changed = []
         if changed and not force:
             raise config.ConfigError(
                 f"{run.root} holds a run with another config ({'; '.join(changed[:4])}"
@@ -396,6 +414,7 @@ def main(argv=None) -> int:
     with cli.errors():
         refuse_ensemble_config(args.config)
         cfg = config.from_args(args)
+        note_input_size(cfg)
         from ..runtime import distribute
 
         strategy = distribute.get_strategy(cfg["distribute"]["strategy"])  # before TensorFlow runs any op
