@@ -94,3 +94,21 @@ def test_the_set_example_in_train_help_is_a_setting_that_validates(capsys):
         _main("train")(["--help"])
     example = re.search(r"e\.g\. --set (\S+)=(\S+)", " ".join(capsys.readouterr().out.split())).groups()
     config.load(None, {example[0]: example[1]})  # raised ConfigError for loss.gamma
+
+
+@pytest.mark.parametrize("command", ["report", "runs", "ensemble", "predict", "explain", "fuse", "aggregate"])
+def test_every_command_that_takes_a_run_takes_dash_dash_run(command, capsys):
+    assert "--run" in _flags(command, capsys)
+
+
+def test_runs_and_ensemble_take_dash_dash_run_repeated(demo_run, tmp_path, capsys):
+    from cxrlt.ensemble import ensembler
+
+    root, _, submission = demo_run
+    run = str(root / "runs" / "demo")
+    assert _main("runs")(["--run", run, "--json"]) == 0
+    assert '"name": "demo"' in capsys.readouterr().out
+    assert _main("runs")(["--run", str(tmp_path)]) == 2  # not a run: one error line
+    assert "not a run directory" in capsys.readouterr().err
+    settings = ensembler.settings_from(ensembler._parser().parse_args(["--run", run, "--run", run]))
+    assert settings["runs"] == [run, run]

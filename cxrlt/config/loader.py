@@ -242,6 +242,7 @@ FLAGS = {
     "--image-root": "data.image_root",
     "--prepared": "data.prepared",
     "--test-labels": "data.test_labels",
+    "--test-image-root": "data.test_image_root",
     "--classes": "data.classes",
     "--uncertain": "data.uncertain",
     "--out": "out",
@@ -254,11 +255,23 @@ FLAGS = {
 }
 
 
+# What a flag means where the same word means something else in another command.
+FLAG_HELP = {
+    "--size": "the model's input side in px (images are resized to it)",
+    "--weights": "backbone weights: imagenet | none | a folder from `python -m cxrlt weights` "
+                 "(not ensemble --weights, which weighs runs)",
+    "--fold": "train one fold (an index) or all (explain --fold takes a list of folds to average)",
+    "--out": "folder the run directory is made in (runs/<name>)",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (see configs/); flags override it")
+    base = flatten(defaults())
     for flag, key in FLAGS.items():
+        what = f"{FLAG_HELP[flag]}; " if flag in FLAG_HELP else ""
         parser.add_argument(flag, dest=key, default=None, metavar=key.rsplit(".", 1)[-1].upper(),
-                            help=f"sets {key}")
+                            help=f"{what}sets {key} (default: {base.get(key)})".replace("%", "%%"))
     parser.add_argument("--demo", action="store_true", help="use the embedded synthetic CXR-LT-format data")
     parser.add_argument("--demo-edition", choices=sorted(schema.DEMO_EDITIONS),
                         help="the demo in that edition's layout (implies --demo; 2026: 16-bit PNGs, a removal list)")

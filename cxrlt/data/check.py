@@ -322,8 +322,23 @@ def listing(report: pd.DataFrame, status: str = "bad", limit: int = 10) -> str:
 
 # --- training integration ------------------------------------------------------------------------
 
+def upscaling_note(report: pd.DataFrame, size: int, what: str = "training") -> str | None:
+    """A sentence when the model input is larger than most images' long side: upscaled pixels add no
+    detail and cost (size / side)^2 the compute (a 128 px demo trained at --size 767 did so silently)."""
+    sides = report.loc[report["status"] != "bad", ["width", "height"]].max(axis=1).dropna()
+    if sides.empty:
+        return None
+    share = float((sides < size).mean())
+    if share <= 0.5:
+        return None
+    median = int(sides.median())
+    return (f"input.size {size} is larger than the long side of {share:.0%} of the {what} images (median {median} px): "
+            f"they are upscaled, which adds no detail and costs about {(size / median) ** 2:.1f}x the compute of "
+            f"--size {median}")
+
+
 def screen_table(table, *, deep: bool = False, skip_bad: bool = False, record_dir: str | os.PathLike | None = None,
-                 limits: Limits = LIMITS, what: str = "training", can_skip: bool = True):
+                 limits: Limits = LIMITS, what: str = "training", can_skip: bool = True, input_size: int | None = None):
     """Scan a LabelTable's images; return the table without bad images, or stop.
 
     Every problem is recorded in `record_dir`: image_check.csv (all bad and warning rows) and, with
@@ -339,6 +354,9 @@ def screen_table(table, *, deep: bool = False, skip_bad: bool = False, record_di
     problems = report[report["status"] != "ok"]
     bad = report["status"].to_numpy() == "bad"
     log.info("%s image check (%s): %s", what, "deep" if deep else "header", summary(report))
+    note = upscaling_note(report, input_size, what) if input_size else None
+    if note:
+        log.warning(note)
     record = Path(record_dir) if record_dir is not None else None
     if record is not None:
         atomic.write_csv(record / "image_check.csv", problems)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def read_image_list(run: runs.Run, path, image_root=None) -> dataset.LabelTable:
     edition = run.edition()  # the training file's edition: a test list has its id and path columns
     table = dataset.read_labels(path, image_root=image_root, classes=list(run.classes()), require_labels=False,
                                 uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
-                                edition=edition)
+                                edition=edition, index_dir=run.root)
     mode = d.get("check_images", "header")
     if mode != "off":
         # Every listed image needs a prediction: a bad one is named now (never skipped), not as a
@@ -134,9 +135,13 @@ def main(argv=None) -> int:
         probs = aggregate.aggregate(probs, table.studies, pooling, views=table.views,
                                     view_weights=cfg["predict"].get("view_weights"))
         suffix = "" if pooling == "none" else f".study_{pooling}"
-        out = args.out or run.root / "predictions" / f"{table.source.stem}{suffix}.csv"
+        name = f"{table.source.stem}{suffix}.csv"
+        out = args.out or run.root / "predictions" / name
+        out = out / name if out.is_dir() or str(args.out or "").endswith(("/", os.sep)) else out
         runs.write_predictions(out, table.ids, probs, table.classes)
-        print(f"wrote {out} ({len(table)} images x {len(table.classes)} classes, study aggregation {pooling})")
+        folds = f"{len(run.finished_folds())} of {cfg['train']['folds']} folds"
+        print(f"wrote {out} ({len(table)} images x {len(table.classes)} classes from {folds}"
+              + (" -- PARTIAL: the run is unfinished" if run.partial() else "") + f", study aggregation {pooling})")
         if table.has_labels:
             print(metrics.format_report(metrics.evaluate(table.labels, probs, list(table.classes),
                                                           groups=run.groups()), title=f"{table.source.name}"))

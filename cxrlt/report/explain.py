@@ -352,9 +352,9 @@ def main(argv=None) -> int:
     parser.add_argument("--class", dest="classes", nargs="+", metavar="FINDING",
                         help="findings to explain (default: the --top most probable)")
     parser.add_argument("--top", type=int, default=3, help="how many of the most probable findings (default 3)")
-    parser.add_argument("--fold", type=int, nargs="+", help="fold models to average (default: every finished fold)")
+    parser.add_argument("--fold", type=int, nargs="+", help="fold indices whose models to average, a list (default: every finished fold)")
     parser.add_argument("--layer", help="target layer name (default: the last feature map before pooling)")
-    parser.add_argument("--out", type=Path, default=Path("explain"), help="output folder (default: explain/)")
+    parser.add_argument("--out", type=Path, default=Path("explain"), help="folder the heat maps are written to")
     cli.add_common(parser)
     args = parser.parse_args(argv)
     cli.setup(args)

@@ -70,6 +70,11 @@ def setup(args) -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     logging.basicConfig(level=getattr(args, "log_level", "INFO"), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from .progress import EndBarLine
+
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, EndBarLine) for f in handler.filters):
+            handler.addFilter(EndBarLine())
     logging.captureWarnings(True)
     warnings.filterwarnings("once")  # one copy of each warning, not one per batch
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # library internals, not actionable here
