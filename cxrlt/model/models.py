@@ -21,7 +21,7 @@ import keras
 from ..config.schema import BACKBONES, HEADS, OWN_BACKBONES  # keras.applications constructors; model.head; cxrlt's own
 from ..utils.errors import UserError
 from . import backbones as backbones_mod, fusion as fusion_mod, heads as heads_mod
-from .pretrained import WeightsError, resolve as resolve_weights_file  # WeightsError is models.WeightsError too
+from .weights_files import WeightsError, resolve as resolve_weights_file  # WeightsError is models.WeightsError too
 
 # The last feature map before pooling (G26), as Keras 3.15 names it. ConvNeXt(include_top=False) ends in an
 # auto-named LayerNormalization ("layer_normalization", "_N" suffixed when several models are built in one

@@ -27,7 +27,7 @@ import numpy as np
 from ...config.schema import OWN_BACKBONES
 from ...utils import atomic
 from ...utils.hashing import file_sha256
-from ..pretrained import WeightsError, info_path
+from ..weights_files import WeightsError, info_path
 from . import common, family, variant
 
 SUFFIX = ".safetensors"
