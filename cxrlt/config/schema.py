@@ -258,7 +258,7 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"model.weights imagenet downloads Keras' own weights, which {cfg['model']['backbone']} has "
                           "none of: convert a timm checkpoint (python -m cxrlt weights --from-timm FILE.safetensors "
                           f"--backbone {cfg['model']['backbone']} --out DIR) and pass --weights DIR, or --weights none")
-    if cfg["model"]["backbone"].startswith("maxvit-") and size % 32:
+    if OWN_BACKBONES.get(cfg["model"]["backbone"]) == "maxvit" and size % 32:
         raise ConfigError(f"input.size {size} does not fit {cfg['model']['backbone']}: MaxViT's attention windows are "
                           f"input.size / 32, so the size must be a multiple of 32 (e.g. {max(32, size // 32 * 32)})")
     init = cfg["model"]["init"]
