@@ -15,7 +15,7 @@ import yaml
 from cxrlt.data import classes as cls
 from cxrlt.ensemble import combine, ensembler as ensemble
 from cxrlt.evaluate import metrics
-from cxrlt.train import runs
+from cxrlt.runtime import runs
 
 from .test_submission import _broken
 

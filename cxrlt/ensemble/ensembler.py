@@ -32,8 +32,8 @@ from ..predict import aggregate
 from ..utils import atomic, cli
 from .. import config
 from ..evaluate import metrics
-from ..train import runs
-from . import thresholds as thr
+from ..runtime import runs
+from ..evaluate import thresholds as thr
 from .combine import METHODS, combine, fit_weights, normal_gating, weights_of
 
 log = logging.getLogger("cxrlt.ensemble")
@@ -193,12 +193,14 @@ def validate_settings(s: dict) -> None:
 def _parser() -> argparse.ArgumentParser:
     from ..predict import inference as predict
 
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.ensemble", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.ensemble", __doc__)
     parser.add_argument("--config", type=Path, help="ensemble config (configs/08_ensemble_5_6.yaml ...); flags override it")
-    parser.add_argument("--runs", nargs="+", help="run directories (default: ensemble.runs, else every finished run in --runs-root)")
+    parser.add_argument("--run", "--runs", dest="runs", nargs="+", action="extend",
+                        help="run directories, repeatable (default: ensemble.runs, else every finished run in --runs-root)")
     parser.add_argument("--runs-root", type=Path, default=Path("runs"))
     parser.add_argument("--method", choices=METHODS, help="mean (probabilities, default) | rank | logit")
-    parser.add_argument("--weights", nargs="+", type=float, help="one weight per run (default: equal)")
+    parser.add_argument("--weights", "--run-weights", dest="weights", nargs="+", type=float,
+                        help="one weight per run, in --run order (default: equal; not train --weights, the backbone's)")
     parser.add_argument("--fit-weights", action="store_true", default=None,
                         help="fit run weights on OOF predictions to maximise OOF mAP (runs must share folds.csv)")
     parser.add_argument("--thresholds", help="none (default) | oof (tune on the ensemble's OOF) | path to a thresholds.json")
@@ -210,7 +212,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", help="test image list CSV (default: the runs' data.test_labels)")
     parser.add_argument("--image-root", help="folder the test list's paths are relative to")
     parser.add_argument("--tta", nargs="+", choices=sorted(predict.TTA), help="TTA views (default: each run's)")
-    parser.add_argument("--out", type=Path, help="submission CSV (default: submissions/<run names>.csv)")
+    parser.add_argument("--out", type=Path, help="the submission CSV to write; the zip goes beside it "
+                                                 "(default: submissions/<run names>.csv)")
     parser.add_argument("--id-column", help="submission id column (default: the runs' edition's, e.g. dicom_id, "
                                             "ImageID for 2026, or the sample submission's)")
     parser.add_argument("--sample-submission", type=Path, metavar="FILE",

@@ -13,7 +13,6 @@ plain log lines instead when the output is not a terminal.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import sys
@@ -23,7 +22,7 @@ import numpy as np
 
 from ..data import dataset, pipeline
 from ..model import models
-from ..train import runs
+from ..runtime import runs
 from .step import TTA, Predictor  # noqa: F401 - TTA: the views' names for the CLIs
 from ..utils.progress import Progress  # the shared bar; predict.Progress keeps working for older callers
 
@@ -109,9 +108,9 @@ def main(argv=None) -> int:
     from . import aggregate
     from ..utils import cli
     from ..evaluate import metrics
-    from ..ensemble import thresholds as thr
+    from ..evaluate import thresholds as thr
 
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.predict", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.predict", __doc__)
     parser.add_argument("--run", required=True, type=Path, help="run directory (runs/<name>)")
     parser.add_argument("--labels", help="image list CSV (default: the run's data.test_labels)")
     parser.add_argument("--image-root", help="folder the list's paths are relative to")
@@ -141,7 +140,7 @@ def main(argv=None) -> int:
         if table.has_labels:
             print(metrics.format_report(metrics.evaluate(table.labels, probs, list(table.classes),
                                                           groups=run.groups()), title=f"{table.source.name}"))
-            t, source = thr.for_run(run)
+            t, source = runs.thresholds_for(run)
             if t is None:
                 print(f"mF1 at 0.5 only: per-class thresholds need OOF predictions ({source})")
             else:
