@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -134,9 +135,13 @@ def main(argv=None) -> int:
         probs = aggregate.aggregate(probs, table.studies, pooling, views=table.views,
                                     view_weights=cfg["predict"].get("view_weights"))
         suffix = "" if pooling == "none" else f".study_{pooling}"
-        out = args.out or run.root / "predictions" / f"{table.source.stem}{suffix}.csv"
+        name = f"{table.source.stem}{suffix}.csv"
+        out = args.out or run.root / "predictions" / name
+        out = out / name if out.is_dir() or str(args.out or "").endswith(("/", os.sep)) else out
         runs.write_predictions(out, table.ids, probs, table.classes)
-        print(f"wrote {out} ({len(table)} images x {len(table.classes)} classes, study aggregation {pooling})")
+        folds = f"{len(run.finished_folds())} of {cfg['train']['folds']} folds"
+        print(f"wrote {out} ({len(table)} images x {len(table.classes)} classes from {folds}"
+              + (" -- PARTIAL: the run is unfinished" if run.partial() else "") + f", study aggregation {pooling})")
         if table.has_labels:
             print(metrics.format_report(metrics.evaluate(table.labels, probs, list(table.classes),
                                                           groups=run.groups()), title=f"{table.source.name}"))

@@ -126,6 +126,12 @@ class Run:
         k = self.config()["train"]["folds"]
         return [i for i in range(k) if self.is_done(i)]
 
+    def partial(self) -> str | None:
+        """'runs/x: 1 of 2 folds' when some of the run's folds are unfinished, else None. A fused run's folds
+        are its source's, each refit: the same rule."""
+        done, k = len(self.finished_folds()), self.config()["train"]["folds"]
+        return None if done == k else f"{self.root}: {done} of {k} folds"
+
 
 def write_predictions(path: Path, ids: np.ndarray, probs: np.ndarray, classes, extra: dict | None = None) -> None:
     frame = pd.DataFrame(probs, columns=list(classes))
