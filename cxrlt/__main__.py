@@ -25,7 +25,8 @@ COMMANDS = {
     "bench": ("cxrlt.tools.bench", "input pipeline, step, prediction and memory benchmarks"),
     "augment": ("cxrlt.report.preview", "preview grid of augmented and mixed batches"),
     "synthetic": ("cxrlt.data.synthetic", "write the synthetic demo data set"),
-    "weights": ("cxrlt.model.pretrained", "fetch a backbone's ImageNet weights for offline nodes"),
+    "weights": ("cxrlt.model.pretrained", "fetch a backbone's ImageNet weights for offline nodes, or convert a timm "
+                                          "checkpoint (--from-timm)"),
     "data_service": ("cxrlt.data.service", "tf.data service dispatcher or worker (input.data_service)"),
 }
 

@@ -31,6 +31,12 @@ BACKBONES = {
     "convnext-base": "ConvNeXtBase",
     "convnext-large": "ConvNeXtLarge",
 }
+# model.backbone -> family module in cxrlt.model.backbones: cxrlt's own Keras 3 ports of timm models, pretrained
+# weights from a timm checkpoint (python -m cxrlt weights --from-timm); the sizes are the family module's VARIANTS
+OWN_BACKBONES = {
+    **{f"convnextv2-{size}": "convnextv2" for size in ("atto", "femto", "pico", "nano", "tiny", "base", "large", "huge")},
+    **{f"maxvit-{size}-tf-{px}": "maxvit" for size in ("tiny", "small", "base") for px in (224, 384, 512)},
+}
 # loss.name (cxrlt.model.losses.LOSSES holds each one's defaults and builder; a test keeps the two in step)
 LOSSES = ("asl", "bce", "class_balanced", "distribution_balanced", "focal", "ldam", "logit_adjusted", "weighted_bce")
 # augment.strategy of seed 000 -> (minority pipeline, majority pipeline, oversample minority images?)
@@ -77,7 +83,7 @@ CHOICES: dict[str, tuple] = {
     "mix.label_mode": LABEL_MODES,
     "mix.mosaic_variant": MOSAIC_VARIANTS,
     "mix.balanced_mixup_labels": LABEL_MODES,
-    "model.backbone": tuple(sorted(BACKBONES)),
+    "model.backbone": tuple(sorted({**BACKBONES, **OWN_BACKBONES})),
     "model.head": HEADS,
     "loss.name": LOSSES,
     "optim.name": OPTIMIZERS,
@@ -161,6 +167,7 @@ RANGES: dict[str, Range] = {
     "mix.balanced_mixup_q": Q,
     "model.dropout": Range(0, 1, hi_open=True),
     "model.csra_lambda": Range(0, 100, cap=True),
+    "model.drop_path": Range(0, 1, hi_open=True),
     "optim.lr": Range(0, 10, lo_open=True, cap=True),
     "optim.beta_1": Range(0, 1, hi_open=True),
     "optim.beta_2": Range(0, 1, hi_open=True),
@@ -250,6 +257,17 @@ def validate(cfg: dict) -> None:
     if weights not in ("none", "imagenet") and not Path(str(weights)).expanduser().exists():
         raise ConfigError(f"model.weights must be none, imagenet or an existing weights file (or a folder from "
                           f"python -m cxrlt weights), got {weights!r} (no such file)")
+    if cfg["model"]["drop_path"] and cfg["model"]["backbone"] not in OWN_BACKBONES:
+        raise ConfigError(f"model.drop_path ({cfg['model']['drop_path']}) is built into cxrlt's own backbones "
+                          f"(convnextv2-*, maxvit-*), not into keras.applications' {cfg['model']['backbone']}: "
+                          "set model.drop_path 0 or pick one of those backbones")
+    if cfg["model"]["backbone"] in OWN_BACKBONES and cfg["model"]["weights"] == "imagenet" and not cfg["model"]["init"]:
+        raise ConfigError(f"model.weights imagenet downloads Keras' own weights, which {cfg['model']['backbone']} has "
+                          "none of: convert a timm checkpoint (python -m cxrlt weights --from-timm FILE.safetensors "
+                          f"--backbone {cfg['model']['backbone']} --out DIR) and pass --weights DIR, or --weights none")
+    if OWN_BACKBONES.get(cfg["model"]["backbone"]) == "maxvit" and size % 32:
+        raise ConfigError(f"input.size {size} does not fit {cfg['model']['backbone']}: MaxViT's attention windows are "
+                          f"input.size / 32, so the size must be a multiple of 32 (e.g. {max(32, size // 32 * 32)})")
     init = cfg["model"]["init"]
     if init is not None and not Path(str(init)).expanduser().exists():
         raise ConfigError(f"model.init must be a cxrlt run directory or a .keras model file, got {init!r} (no such path)")

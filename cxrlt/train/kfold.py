@@ -227,7 +227,8 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
                              weights="none" if cfg["model"]["init"] else cfg["model"]["weights"],
                              dropout=cfg["model"]["dropout"],
                              pixel_range=cfg["input"]["pixel_range"], head=cfg["model"]["head"],
-                             csra_lambda=cfg["model"]["csra_lambda"], sync_batchnorm=cfg["model"]["sync_batchnorm"])
+                             csra_lambda=cfg["model"]["csra_lambda"], sync_batchnorm=cfg["model"]["sync_batchnorm"],
+                             drop_path=cfg["model"]["drop_path"])
         if init:
             from . import init_from
 
