@@ -33,7 +33,8 @@ FREEFORM = {"loss.params", "predict.view_weights"}
 # Settings whose default is null, and the type a value must have.
 NULLABLE = {"name": str, "data.labels": str, "data.image_root": str, "data.test_labels": str,
             "data.test_image_root": str, "train.steps_per_epoch": int,
-            "train.steps_per_execution": int, "model.init": str}
+            "train.steps_per_execution": int, "model.init": str, "model.csra_temperatures": list,
+            "optim.head_weight_decay": float, "optim.head_warmup_lr": float}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -75,6 +76,10 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
         if value is None or kind is None:
             return value
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is list and isinstance(value, list):
             return value
         if kind is str and isinstance(value, (str, Path)):
             return str(value)
