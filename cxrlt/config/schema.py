@@ -42,7 +42,7 @@ STRATEGIES = {
     "strong-strong": ("strong_no_ssr", "strong", True),
     "weak-strong": ("weak", "strong", True),
 }
-SAMPLERS = ("instance", "class", "sqrt", "q", "ros", "rus")
+SAMPLERS = ("instance", "class", "sqrt", "q", "ros", "rus", "repeat_factor")
 LABEL_MODES = ("clip_sum", "convex")
 MOSAIC_VARIANTS = ("both", "crop", "resize")
 UNCERTAIN_POLICIES = ("error", "zero", "one", "ignore")
@@ -147,6 +147,8 @@ RANGES: dict[str, Range] = {
     "sampling.ros_share": SHARE,
     "sampling.ros_epoch_size": Range(0, MAX_COUNT, cap=True),
     "sampling.rus_keep": Range(0, 1, lo_open=True),
+    "sampling.repeat_threshold": Range(0, 1, lo_open=True),
+    "sampling.repeat_max": Range(1, 10_000, cap=True),
     "mix.mosaic": UNIT,
     "mix.mixup": UNIT,
     "mix.cutmix": UNIT,

@@ -191,7 +191,11 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     # train.accumulate: a step is one optimizer update of `accumulate` micro-batches of global_batch images each;
     # steps_per_epoch counts updates, so an epoch always ends between updates (nothing accumulated is lost)
     accumulate = cfg["train"]["accumulate"]
-    steps = cfg["train"]["steps_per_epoch"] or len(train) // (global_batch * accumulate)
+    from ..data import sampling
+
+    # one pass over the fold's images; sampling.sampler repeat_factor: over its repeated list (the 2026 winner's epoch)
+    epoch_images = sampling.epoch_images(train.labels, cfg["sampling"])
+    steps = cfg["train"]["steps_per_epoch"] or epoch_images // (global_batch * accumulate)
     if steps < 1:
         raise config.ConfigError(f"fold {k}: {len(train)} training images are fewer than one update of {global_batch} "
                                  f"x {accumulate} (train.batch_size x train.accumulate)")
