@@ -63,7 +63,8 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
     """Keep each value the type of its default; strings from the command line are parsed as YAML."""
     if isinstance(value, str) and not isinstance(default, str):
         try:
-            value = _number(value) if isinstance(default, (int, float)) and not isinstance(default, bool) else yaml.safe_load(value)
+            value = (_number(value) if (isinstance(default, (int, float)) and not isinstance(default, bool))
+                     or NULLABLE.get(key) in (int, float) else yaml.safe_load(value))
         except yaml.YAMLError as err:
             raise ConfigError(f"{where}: {key}={value!r} is not a valid value ({_yaml_problem(err)})") from None
     if isinstance(value, str) and value.strip().startswith("["):
