@@ -160,22 +160,33 @@ def fit_weights(preds, labels, method: str = "mean", rounds: int = 20) -> tuple[
 NORMAL_CLASSES = ("No Finding", "Normal")  # CXR-LT 2023 / 2024 call it "No Finding"; "Normal" in other editions
 
 
-def normal_gating(probs, classes, weight: float) -> np.ndarray:
-    """Every abnormal class's score times ``1 - weight * p_normal`` (CXR-LT 2026 top team: weight 0.5), where
-    p_normal is the image's score for "No Finding" (or "Normal"), which itself is kept. ``weight`` 0 = off."""
-    weight = float(weight)
+def normal_gating(probs, classes, weight: float, power: float = 0.0) -> np.ndarray:
+    """Every abnormal class's score times a gate that falls as p_normal, the image's score for "No Finding" (or
+    "Normal"), rises; p_normal itself is kept. Two forms, one at a time (0 = off):
+
+    * linear, ``weight`` w in [0, 1]: ``p * (1 - w * p_normal)`` (the 2026 winner's README);
+    * power, ``power`` P >= 0: ``p * (1 - p_normal) ** P``, what the CXR-LT 2026 task-1 winner's code runs
+      (hieuphamha19/CXR_LT ``inference.py`` ``postprocess_normal_gating``, ``--normal_alpha 0.5``)."""
+    weight, power = float(weight), float(power)
     if not 0.0 <= weight <= 1.0:
         raise config.ConfigError(f"normal gating weight must be in [0, 1], got {weight}")
+    if not 0.0 <= power:
+        raise config.ConfigError(f"normal gating power must be >= 0, got {power}")
+    if weight and power:
+        raise config.ConfigError("give the linear normal gating (--normal-gating) or the power form "
+                                 "(--normal-gating-power), not both")
     probs = np.asarray(probs)
-    if weight == 0.0:
+    if weight == 0.0 and power == 0.0:
         return probs
     lower = [str(c).strip().lower() for c in classes]
     found = [lower.index(n.lower()) for n in NORMAL_CLASSES if n.lower() in lower]
     if not found:
-        raise config.ConfigError(f"--normal-gating needs a normal class ({' or '.join(map(repr, NORMAL_CLASSES))}) "
+        flag = "--normal-gating-power" if power else "--normal-gating"
+        raise config.ConfigError(f"{flag} needs a normal class ({' or '.join(map(repr, NORMAL_CLASSES))}) "
                                  f"among the runs' classes; they are {', '.join(map(str, classes))}")
     j = found[0]
-    gate = 1.0 - weight * probs[:, j:j + 1].astype(np.float64)
+    normal = probs[:, j:j + 1].astype(np.float64)
+    gate = np.clip(1.0 - normal, 0.0, 1.0) ** power if power else 1.0 - weight * normal
     out = probs.astype(np.float64) * gate
     out[:, j] = probs[:, j]
     return out.astype(probs.dtype, copy=False)

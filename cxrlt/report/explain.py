@@ -65,14 +65,16 @@ def feature_layer(model, name: str | None = None):
             close = difflib.get_close_matches(name, [layer.name for layer in model.layers], n=3)
             raise ExplainError(f"the model has no layer {name!r}" + (f"; close: {close}" if close else "")) from None
     try:
-        return model.get_layer("gap").input._keras_history[0]
+        found = model.get_layer("gap").input._keras_history[0]
     except ValueError:
-        pass
-    try:  # model.head csra / ml_decoder: feature map -> "head_dropout" -> head layer "logits"
-        return model.get_layer("head_dropout").input._keras_history[0]
-    except ValueError:
-        raise ExplainError(f"model {model.name} has neither a 'gap' pooling layer nor a 'head_dropout' layer before "
-                           "its head; is it a cxrlt model? Name the target layer with --layer") from None
+        try:  # model.head csra / ml_decoder: feature map -> "head_dropout" -> head layer "logits"
+            found = model.get_layer("head_dropout").input._keras_history[0]
+        except ValueError:
+            raise ExplainError(f"model {model.name} has neither a 'gap' pooling layer nor a 'head_dropout' layer before "
+                               "its head; is it a cxrlt model? Name the target layer with --layer") from None
+    if found.name == "head_batchnorm":  # model.head_norm batchnorm: the backbone's feature map is the norm's input
+        found = found.input._keras_history[0]
+    return found
 
 
 def gradcam_model(model, layer=None):
