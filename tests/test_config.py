@@ -261,3 +261,31 @@ def test_a_run_that_failed_before_its_first_epoch_does_not_block_a_rerun(tmp_pat
         err = capsys.readouterr().err
         assert "python -m cxrlt weights --backbone efficientnetv2-b0" in err and "another config" not in err
     assert "size: 48" in (tmp_path / "runs" / "r" / "config.yaml").read_text()
+
+
+def test_the_schema_knows_each_losss_parameters_as_the_losses_define_them():
+    from cxrlt.config import schema
+    from cxrlt.model import losses
+
+    assert sorted(schema.LOSS_PARAMS) == sorted(losses.LOSSES)
+    for name, (defaults, _) in losses.LOSSES.items():
+        extra = {"s"} if name == "ldam" else set()  # ldam's scale under its old name
+        assert set(schema.LOSS_PARAMS[name]) == set(defaults) | extra, name
+    assert set(schema.LOSS_COMMON_PARAMS) == set(losses._COMMON)
+
+
+def test_an_unknown_loss_parameter_is_refused_before_any_data_are_read(tmp_path, capsys):
+    """`--set loss.params.scale=30` for focal used to end in a ValueError traceback when the first fold built its loss."""
+    from cxrlt.train import kfold as train
+
+    with pytest.raises(config.ConfigError, match="loss focal has no parameter loss.params.gama; did you mean "
+                                                 "loss.params.gamma"):
+        config.load(None, {"loss.params.gama": "1.5"})
+    missing = tmp_path / "no_such_labels.csv"  # never read: the config check comes first
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--labels", str(missing), "--set", "loss.name=ldam", "--set", "loss.params.s_cale=30",
+                    "--out", str(tmp_path / "runs")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "loss ldam has no parameter loss.params.s_cale; did you mean loss.params.scale?" in err
+    assert "no_such_labels" not in err

@@ -258,6 +258,8 @@ def validate(cfg: dict) -> None:
                           f"({t['epochs']})" + (f" minus train.freeze_backbone_epochs ({frozen})" if frozen else "")
                           + ": the warm-up comes before the schedule")
     _check_head(cfg)
+    choice("loss.name", cfg["loss"]["name"], LOSSES)
+    _check_loss_params(cfg["loss"])
     e = cfg["ensemble"]
     if e["normal_gating"] and e["normal_gating_power"]:
         raise ConfigError("ensemble.normal_gating (linear: x (1 - w p_normal)) and ensemble.normal_gating_power "
@@ -335,6 +337,41 @@ def _check_head(cfg: dict) -> None:
                               f"for cosine logits), but model.head {m['head']} with model.classifier "
                               f"{m['classifier']} gives raw logits: set loss.params.scale 1, or use the gap head "
                               "with model.classifier auto/cosine")
+
+
+# Each loss's parameters (loss.params), besides the common `reduction` and `name`: the config is checked
+# before any data are read; model/losses.py LOSSES holds the defaults (tests/test_config.py keeps the two in step).
+LOSS_PARAMS = {
+    "focal": ("alpha", "gamma", "apply_class_balancing", "label_smoothing"),
+    "bce": ("label_smoothing",),
+    "weighted_bce": ("power", "max_weight", "label_smoothing"),
+    "class_balanced": ("beta", "base", "gamma", "alpha", "apply_class_balancing", "label_smoothing"),
+    "asl": ("gamma_neg", "gamma_pos", "clip", "label_smoothing", "class_weighting", "detach_focusing"),
+    "ldam": ("max_margin", "scale", "s", "drw_epoch", "drw_beta", "negative_margin", "label_smoothing"),
+    "distribution_balanced": ("alpha", "beta", "mu", "neg_scale", "init_bias", "focal", "gamma", "balance_param",
+                              "label_smoothing"),
+    "cxrlt2026_db": ("beta", "rebalance_alpha", "neg_scale", "neg_margin", "margin_scale", "max_margin",
+                     "label_smoothing"),
+    "logit_adjusted": ("tau", "label_smoothing"),
+}
+LOSS_COMMON_PARAMS = ("reduction", "name")
+
+
+def _check_loss_params(loss: dict) -> None:
+    """An unknown loss parameter (`--set loss.params.scale=30` for a loss that has none) used to pass the config
+    check and end in a traceback when the first fold built its loss, after the data were read and screened."""
+    params = loss.get("params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"loss.params must be a mapping of the loss's arguments, got {params!r}")
+    known = LOSS_PARAMS.get(loss["name"])
+    if known is None:
+        return  # an unknown loss name is choice()'s error
+    for key in params:
+        if key not in known and key not in LOSS_COMMON_PARAMS:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            raise ConfigError(f"loss {loss['name']} has no parameter loss.params.{key}"
+                              + (f"; did you mean loss.params.{close[0]}?" if close else "")
+                              + f" It takes: {', '.join(known)}")
 
 
 def validate_fuse(cfg: dict) -> None:
