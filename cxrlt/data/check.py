@@ -73,6 +73,8 @@ class ImageCheckError(LabelFileError):
 
 
 def _sniff(head: bytes) -> str | None:
+    if head[128:132] == b"DICM":  # first: a DICOM preamble may hold anything, a TIFF header included
+        return "DICOM"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG"
     if head.startswith(b"\xff\xd8\xff"):
@@ -85,8 +87,6 @@ def _sniff(head: bytes) -> str | None:
         return "WEBP"
     if head.startswith((b"II*\x00", b"MM\x00*")):
         return "TIFF"
-    if head[128:132] == b"DICM":
-        return "DICOM"
     if head.startswith((b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51")):
         return "JPEG2000"
     return None

@@ -145,27 +145,39 @@ def decode_grey(data: tf.Tensor, size=None, fit: str = "square", name=None,
     if intensity not in INTENSITIES:
         raise ValueError(f"input.intensity must be one of {INTENSITIES}, got {intensity!r}")
     data = pixel_guard(data, name)
-    if size is None:
-        return _decode_whole(data, intensity, dicom, name)
-    return tf.cond(tf.io.is_jpeg(data), lambda: tf.image.convert_image_dtype(_scaled_jpeg(data, size, fit), tf.float32),
-                   lambda: _decode_whole(data, intensity, dicom, name))
+
+    def tensorflow_decode():
+        if size is None:
+            return _decode_whole(data, intensity)
+        return tf.cond(tf.io.is_jpeg(data),
+                       lambda: tf.image.convert_image_dtype(_scaled_jpeg(data, size, fit), tf.float32),
+                       lambda: _decode_whole(data, intensity))
+    return _or_dicom(data, tensorflow_decode, dicom, name)
 
 
-def _decode_whole(data: tf.Tensor, intensity: str = "full_range", dicom: str | None = None, name=None) -> tf.Tensor:
+def _or_dicom(data: tf.Tensor, tensorflow_decode, dicom: str | None, name, scale: float = 1.0, resize=None):
+    """`tensorflow_decode()`, or for DICOM bytes (checked first: a DICOM preamble may hold anything, a TIFF or
+    JPEG header included) `dicom_grey`, optionally resized and scaled like the other branch. No DICOM step
+    without `dicom`."""
+    if dicom is None:
+        return tensorflow_decode()
+
+    def from_dicom():
+        image = dicom_grey(data, dicom, name)
+        return image if resize is None else resize(image) * scale
+    return tf.cond(is_dicom(data), from_dicom, tensorflow_decode)
+
+
+def _decode_whole(data: tf.Tensor, intensity: str = "full_range") -> tf.Tensor:
     """Any format, whole: float32 [h, w, 1] in 0..1 (16-bit PNGs scaled, not truncated; with another
-    `intensity`, a 16-bit PNG's own range stretched by `stretch16`; with `dicom`, DICOM through `dicom_grey`)."""
+    `intensity`, a 16-bit PNG's own range stretched by `stretch16`)."""
     def any_image():
         image = tf.io.decode_image(data, channels=1, dtype=tf.float32, expand_animations=False)
         return tf.ensure_shape(image, [None, None, 1])
 
-    def tensorflow_decode():
-        if intensity == "full_range":
-            return any_image()
-        return tf.cond(is_png16(data), lambda: stretch16(data, intensity), any_image)
-
-    if dicom is None:
-        return tensorflow_decode()
-    return tf.cond(is_dicom(data), lambda: dicom_grey(data, dicom, name), tensorflow_decode)
+    if intensity == "full_range":
+        return any_image()
+    return tf.cond(is_png16(data), lambda: stretch16(data, intensity), any_image)
 
 
 def is_dicom(data: tf.Tensor) -> tf.Tensor:
@@ -208,8 +220,10 @@ def decode_uint8(data: tf.Tensor, size: int, resize: str = "stretch", antialias:
     """
     data = pixel_guard(data, name)
     fit = "long" if resize == "letterbox" else "square"
-    image = tf.cond(tf.io.is_jpeg(data), lambda: resize_grey(_scaled_jpeg(data, size, fit), size, resize, antialias),
-                    lambda: resize_grey(_decode_whole(data, intensity, dicom, name), size, resize, antialias) * 255.0)
+    image = _or_dicom(data, lambda: tf.cond(
+        tf.io.is_jpeg(data), lambda: resize_grey(_scaled_jpeg(data, size, fit), size, resize, antialias),
+        lambda: resize_grey(_decode_whole(data, intensity), size, resize, antialias) * 255.0),
+        dicom, name, 255.0, lambda grey: resize_grey(grey, size, resize, antialias))
     return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
