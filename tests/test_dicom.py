@@ -11,6 +11,7 @@ dcmtk/gdcm in four transfer syntaxes, a truncated file, a structured report, an 
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import numpy as np
@@ -300,3 +301,44 @@ def test_prepare_writes_the_same_shards_from_dicom_as_from_png(dicom_list):
     for path in out.rglob("*"):
         if path.is_file():
             assert PATIENT.encode() not in path.read_bytes() and b"PID-4711" not in path.read_bytes(), path
+
+
+# ----------------------------------------------------------------------------- the product path
+
+def test_predict_and_explain_take_dicom_copies_of_the_demo_test_images(demo_run, tmp_path, capsys):
+    """The demo run predicts DICOM copies of its test images (MONOCHROME1, some RLE-compressed, some without an
+    extension) exactly as it predicts PNG copies of the same pixels; Grad-CAM draws a DICOM."""
+    import shutil
+
+    from cxrlt.predict import inference
+    from cxrlt.report import explain
+
+    root, _, _ = demo_run
+    run = tmp_path / "demo"
+    shutil.copytree(root / "runs" / "demo", run, ignore=shutil.ignore_patterns("predictions"))
+    test = pd.read_csv(root / "data" / "test.csv", dtype=str).head(12)
+    lists = {"png": test.copy(), "dicom": test.copy()}
+    for i, rel in enumerate(test.path):
+        grey = tf.io.decode_jpeg((root / "data" / rel).read_bytes(), channels=1).numpy()[..., 0]
+        Image.fromarray(grey).save(tmp_path / f"{i}.png")
+        ds = make_dicom(255 - grey.astype(np.uint16), bits_stored=8, photometric="MONOCHROME1",
+                        WindowCenter=128, WindowWidth=256)
+        if i % 2:
+            ds.compress(RLELossless)
+        name = f"{i}.dcm" if i % 3 else f"{i}"
+        save(ds, tmp_path / name)
+        lists["png"].loc[i, "path"], lists["dicom"].loc[i, "path"] = f"{i}.png", name
+    scores = {}
+    for kind, frame in lists.items():
+        frame.to_csv(tmp_path / f"{kind}.csv", index=False)
+        out = tmp_path / f"{kind}_predictions.csv"
+        assert inference.main(["--run", str(run), "--labels", str(tmp_path / f"{kind}.csv"), "--out", str(out)]) == 0
+        scores[kind] = pd.read_csv(out, dtype={"id": str}).set_index("id")
+    np.testing.assert_allclose(scores["dicom"].to_numpy(), scores["png"].loc[scores["dicom"].index].to_numpy(),
+                               atol=1e-5)
+    out = tmp_path / "explain"
+    assert explain.main(["--run", str(run), "--image", str(tmp_path / "1.dcm"), "--out", str(out)]) == 0
+    info = json.loads((out / "1_gradcam.json").read_text())
+    assert all((out / name).stat().st_size > 0 for name in info["files"])
+    probabilities = np.array([info["probabilities"][c] for c in scores["png"].columns])
+    np.testing.assert_allclose(probabilities, scores["png"].iloc[1].to_numpy(), atol=1e-5)

@@ -119,7 +119,7 @@ def rank_reference(scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise runs.RunError("rank averaging one image at a time needs a run's OOF predictions of >= 2 images")
     values, ranks, counts = np.zeros((c, n)), np.zeros((c, n)), np.zeros(c, np.int64)
     for j in range(c):
-        u, inverse = np.unique(scores[:, j], return_inverse=True)
+        u, inverse = np.unique(np.sort(scores[:, j]), return_inverse=True)  # positions below are sorted ones
         mid = np.bincount(inverse, weights=np.arange(n, dtype=np.float64)) / np.bincount(inverse) / (n - 1)
         m = len(u)
         values[j, :m], ranks[j, :m], counts[j] = u, mid, m

@@ -93,6 +93,7 @@ def _interp(x, xp, fp, counts):
     [C, M] padded rows (combine.rank_reference); clamped at the ends as np.interp is."""
     import tensorflow as tf
 
+    counts = tf.cast(counts, tf.int32)
     xt = tf.transpose(x)                                      # [C, B]
     last = tf.gather(xp, counts - 1, batch_dims=1)[:, None]    # [C, 1]
     xc = tf.minimum(tf.maximum(xt, xp[:, :1]), last)
@@ -126,7 +127,7 @@ def combine_graph(probs, weights, method: str, references=None, gating: float = 
     if gating:
         p_normal = out[:, normal:normal + 1]
         gated = out * (1.0 - gating * p_normal)
-        keep = tf.one_hot(normal, tf.shape(out)[1], dtype=tf.bool)[None, :]
+        keep = tf.equal(tf.range(tf.shape(out)[1]), normal)[None, :]
         out = tf.where(keep, out, gated)
     return out
 
@@ -136,12 +137,20 @@ def _input_key(cfg: dict) -> tuple:
     return (int(i["size"]), i["resize"], i.get("antialias", "auto"), i.get("intensity", "full_range"))
 
 
-def _view_mean(model, images, tta):
+def _view_mean(models, images, tta):
+    """The fold-mean of each fold model's TTA-view mean (predict.step.Predictor, predict.inference), with the views
+    stacked into one batch so that each fold model appears once in the graph."""
     import tensorflow as tf
 
     from ..predict.step import TTA
 
-    return tf.add_n([tf.cast(model(TTA[name](images), training=False), tf.float32) for name in tta]) / len(tta)
+    n = tf.shape(images)[0]
+    views = tf.concat([TTA[name](images) for name in tta], axis=0)
+    folds = []
+    for model in models:
+        probs = tf.cast(model(views, training=False), tf.float32)
+        folds.append(tf.add_n([probs[v * n:(v + 1) * n] for v in range(len(tta))]) / len(tta))
+    return tf.add_n(folds) / len(folds)
 
 
 def _checked_bytes(images):
@@ -222,19 +231,23 @@ class Plan:
 
 
 def build_module(plan: Plan):
-    """The tf.Module to save: the fold models as tracked attributes, the two scoring functions and metadata."""
+    """(tf.Module to save: the fold models' variables; its signatures: the two scoring functions and metadata; info).
+
+    Only the variables are tracked, as Keras' own ExportArchive does: tracking the Keras models themselves makes
+    tf.saved_model.save trace every layer's call for serialisation (minutes for two small EfficientNets)."""
     import tensorflow as tf
 
     from ..data import pipeline
     from ..model import models
 
     module = tf.Module()
-    module.fold_models = []
+    module.model_variables = []
     per_run = []  # (input key, [model], tta)
     for run in plan.runs:
         cfg = run.config()
         loaded = [models.load(run.model_path(k), num_classes=len(plan.classes)) for k in run.finished_folds()]
-        module.fold_models.extend(loaded)
+        for model in loaded:
+            module.model_variables.extend(model.variables)
         per_run.append((_input_key(cfg), loaded, tuple(cfg["predict"]["tta"])))
     references = None
     if plan.method == "rank":
@@ -243,20 +256,21 @@ def build_module(plan: Plan):
     info = plan.info()
     text = json.dumps(info, indent=2, default=str)
 
-    def score(grey_by_key):
-        """Grey batches 0..255 [B, S, S, 1] per input key -> the outputs dict."""
-        probs = []
-        for key, loaded, tta in per_run:
-            images = pipeline.to_rgb(grey_by_key[key])
-            probs.append(tf.add_n([_view_mean(m, images, tta) for m in loaded]) / len(loaded))
+    keys = sorted({key for key, _, _ in per_run})
+
+    @tf.function(input_signature=[tuple(tf.TensorSpec([None, k[0], k[0], 1], tf.float32) for k in keys)],
+                 autograph=False)
+    def score(greys):
+        """Grey batches 0..255 [B, S, S, 1], one per input key -> the outputs dict (traced once, called by both
+        signatures: the fold models appear once in the SavedModel)."""
+        grey_by_key = dict(zip(keys, greys))
+        probs = [_view_mean(loaded, pipeline.to_rgb(grey_by_key[key]), tta) for key, loaded, tta in per_run]
         out = combine_graph(probs, plan.weights, plan.method, references, plan.gating, plan.normal)
         result = {"probabilities": tf.cast(out, tf.float32)}
         if plan.thresholds is not None:
             t = tf.constant(np.asarray(plan.thresholds, np.float64)[None, :])
             result["decisions"] = tf.cast(out >= t, tf.int32)
         return result
-
-    keys = sorted({key for key, _, _ in per_run})
 
     def from_bytes(images):
         images = _checked_bytes(images)
@@ -265,7 +279,7 @@ def build_module(plan: Plan):
             grey[(size, resize, antialias, intensity)] = tf.map_fn(
                 lambda data: pipeline.decode_bytes(data, size, resize, antialias, 1, intensity=intensity),
                 images, fn_output_signature=tf.TensorSpec([size, size, 1], tf.float32))
-        return score(grey)
+        return score(tuple(grey[k] for k in keys))
 
     def from_grey(images):
         check = tf.debugging.assert_equal(tf.shape(images)[-1], 1, message="predict_grey takes grey images "
@@ -277,24 +291,27 @@ def build_module(plan: Plan):
             grey[(size, resize, antialias, intensity)] = tf.map_fn(
                 lambda image: tf.clip_by_value(pipeline.resize_grey(image, size, resize, antialias) * 255.0, 0.0, 255.0),
                 images, fn_output_signature=tf.TensorSpec([size, size, 1], tf.float32))
-        return score(grey)
+        return score(tuple(grey[k] for k in keys))
 
     classes = tf.constant(plan.classes)
     edition = tf.constant(str(info["edition"]))
-    module.serve_bytes = tf.function(from_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-    module.serve_grey = tf.function(from_grey, input_signature=[
-        tf.TensorSpec([None, None, None, 1], tf.float32, name="images")])
-    module.metadata = tf.function(lambda: {"classes": classes, "edition": edition, "info": tf.constant(text)},
-                                  input_signature=[])
-    module.class_names = classes  # loaded.class_names in Python
-    return module, info
+    serve_bytes = tf.function(from_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="images")],
+                              autograph=False)
+    serve_grey = tf.function(from_grey, input_signature=[
+        tf.TensorSpec([None, None, None, 1], tf.float32, name="images")], autograph=False)
+    metadata = tf.function(lambda: {"classes": classes, "edition": edition, "info": tf.constant(text)},
+                           input_signature=[], autograph=False)
+    # Saved as signatures only (not as attributes too: every saved attribute function is traced again on save)
+    signatures = {"serving_default": serve_bytes.get_concrete_function(),
+                  "predict_grey": serve_grey.get_concrete_function(), "metadata": metadata.get_concrete_function()}
+    return module, signatures, info
 
 
 def save(plan: Plan, out: Path) -> dict:
     """Write the SavedModel into `out` (replaced only when complete: written beside it, then renamed)."""
     import tensorflow as tf
 
-    module, info = build_module(plan)
+    module, signatures, info = build_module(plan)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -306,10 +323,9 @@ def save(plan: Plan, out: Path) -> dict:
         module.info_asset = tf.saved_model.Asset(str(assets / INFO_FILE))
         module.classes_asset = tf.saved_model.Asset(str(assets / CLASSES_FILE))
         model_dir = staging / "model"
-        tf.saved_model.save(module, str(model_dir), signatures={
-            "serving_default": module.serve_bytes.get_concrete_function(),
-            "predict_grey": module.serve_grey.get_concrete_function(),
-            "metadata": module.metadata.get_concrete_function()})
+        # serving needs no gradients: tracing the custom ones of the backbone's layers costs minutes
+        tf.saved_model.save(module, str(model_dir), signatures=signatures,
+                            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
         if out.exists():
             if not (out / "saved_model.pb").exists():
                 raise ExportError(f"{out} exists and is not an export; choose another --out")
