@@ -316,7 +316,7 @@ def test_predict_and_explain_take_dicom_copies_of_the_demo_test_images(demo_run,
 
     root, _, _ = demo_run
     run = tmp_path / "demo"
-    shutil.copytree(root / "runs" / "demo", run, ignore=shutil.ignore_patterns("predictions"))
+    shutil.copytree(root / "runs" / "demo", run, ignore=shutil.ignore_patterns("predictions", "fold1"))  # one fold
     test = pd.read_csv(root / "data" / "test.csv", dtype=str).head(12)
     lists = {"png": test.copy(), "dicom": test.copy()}
     for i, rel in enumerate(test.path):
