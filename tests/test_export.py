@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 
 from cxrlt.ensemble import combine, ensembler, export
-from cxrlt.train import runs
+from cxrlt.runtime import runs
 
 SERVE = textwrap.dedent("""
     import io, json, sys

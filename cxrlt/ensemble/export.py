@@ -50,10 +50,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__, config
-from ..train import runs
+from ..evaluate import thresholds as thr
+from ..runtime import runs
 from ..utils import atomic, cli
 from ..utils.hashing import file_sha256
-from . import thresholds as thr
 from .combine import EPS, METHODS, NORMAL_CLASSES, rank_reference, reference_rank_average, weights_of
 
 log = logging.getLogger("cxrlt.export")
@@ -384,13 +384,14 @@ def make_plan(run_list: list[runs.Run], s: dict) -> Plan:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt export", description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", nargs="+", default=[], help="run directories (runs/X)")
-    parser.add_argument("--run", action="append", default=[], help="one run directory (repeatable; with --runs too)")
+    parser = cli.parser("python -m cxrlt export", __doc__)
+    parser.add_argument("--run", "--runs", dest="runs", nargs="+", action="extend",
+                        help="run directories, repeatable (runs/X runs/Y, or --run runs/X --run runs/Y)")
     parser.add_argument("--out", required=True, type=Path, help="folder to write the SavedModel into")
     parser.add_argument("--config", type=Path, help="ensemble config (configs/08_ensemble_5_6.yaml ...); flags override")
     parser.add_argument("--method", choices=METHODS, help="mean (default) | rank (against each run's OOF) | logit")
-    parser.add_argument("--weights", nargs="+", type=float, help="one weight per run (default: equal)")
+    parser.add_argument("--weights", "--run-weights", dest="weights", nargs="+", type=float,
+                        help="one weight per run, in --run order (default: equal)")
     parser.add_argument("--fit-weights", action="store_true", default=None, help="fit run weights on OOF mAP")
     parser.add_argument("--thresholds", help="none (default) | oof | thresholds.json: adds the 0/1 decisions output")
     parser.add_argument("--normal-gating", type=float, metavar="WEIGHT", help="as cxrlt ensemble --normal-gating")
@@ -407,9 +408,8 @@ def settings_from(args) -> dict:
             s[key] = getattr(args, key)
     if args.weights is not None and args.fit_weights is None:
         s["fit_weights"] = False
-    given = [str(p) for p in [*args.runs, *args.run]]
-    if given:
-        s["runs"] = given
+    if args.runs:
+        s["runs"] = [str(p) for p in args.runs]
     s["out"] = None
     ensembler.validate_settings(s)
     if not s["runs"]:
