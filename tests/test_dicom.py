@@ -274,6 +274,24 @@ def test_the_pipeline_reads_dicom_like_the_png_of_the_same_picture(dicom_list):
     assert pipeline.dicom_setting(paths[2:], cfg) is None  # a PNG-only list keeps a pure TensorFlow decoder
 
 
+def test_training_streams_batches_from_dicom_on_the_host_and_for_the_accelerator(dicom_list):
+    """train_dataset over a DICOM list: host mode (augmented float batches) and accelerator mode's uint8 wire
+    format, whose decode_uint8 equals the float decode rounded."""
+    from cxrlt import config
+
+    root, _ = dicom_list
+    paths = np.array([str(root / n) for n in ("a.dcm", "b", "c.png")])
+    cfg = config.load(None, {"input.size": 32, "mix.mosaic": 0.0})
+    images, labels = next(iter(pipeline.train_dataset(paths, np.eye(3)[:, :2], cfg, seed=1, batch_size=3)))
+    assert images.shape == (3, 32, 32, 3) and labels.shape == (3, 2)
+    raw = next(iter(pipeline.train_dataset(paths, np.eye(3)[:, :2], cfg, seed=1, batch_size=3, on_device=True)))
+    assert raw["images"].dtype == tf.uint8 and raw["images"].shape == (3, 32, 32, 1)
+    data = (root / "a.dcm").read_bytes()
+    as_uint8 = pipeline.decode_uint8(tf.constant(data), 32, dicom="stored").numpy().astype(np.float32)
+    as_float = pipeline.decode_bytes(tf.constant(data), 32, channels=1, dicom="stored").numpy()
+    assert np.abs(as_uint8 - np.round(as_float)).max() <= 1.0
+
+
 def test_a_tf_data_service_run_refuses_dicom_it_cannot_decode(dicom_list):
     root, _ = dicom_list
     cfg = {"input": {"size": 32, "data_service": "grpc://127.0.0.1:1", "data_service_streams": 1}, "data": {}}
@@ -306,9 +324,9 @@ def test_prepare_writes_the_same_shards_from_dicom_as_from_png(dicom_list):
 
 # ----------------------------------------------------------------------------- the product path
 
-def test_predict_and_explain_take_dicom_copies_of_the_demo_test_images(demo_run, tmp_path, capsys):
+def test_predict_and_explain_take_dicom_copies_of_the_demo_test_images(demo_run, tmp_path):
     """The demo run predicts DICOM copies of its test images (MONOCHROME1, some RLE-compressed, some without an
-    extension) exactly as it predicts PNG copies of the same pixels; Grad-CAM draws a DICOM."""
+    extension) exactly as it predicts PNG copies of the same pixels, listed together; Grad-CAM draws a DICOM."""
     import shutil
 
     from cxrlt.predict import inference
@@ -317,8 +335,8 @@ def test_predict_and_explain_take_dicom_copies_of_the_demo_test_images(demo_run,
     root, _, _ = demo_run
     run = tmp_path / "demo"
     shutil.copytree(root / "runs" / "demo", run, ignore=shutil.ignore_patterns("predictions", "fold1"))  # one fold
-    test = pd.read_csv(root / "data" / "test.csv", dtype=str).head(12)
-    lists = {"png": test.copy(), "dicom": test.copy()}
+    test = pd.read_csv(root / "data" / "test.csv", dtype=str).head(8)
+    png, dcm = test.copy(), test.copy()
     for i, rel in enumerate(test.path):
         grey = tf.io.decode_jpeg((root / "data" / rel).read_bytes(), channels=1).numpy()[..., 0]
         Image.fromarray(grey).save(tmp_path / f"{i}.png")
@@ -328,15 +346,15 @@ def test_predict_and_explain_take_dicom_copies_of_the_demo_test_images(demo_run,
             ds.compress(RLELossless)
         name = f"{i}.dcm" if i % 3 else f"{i}"
         save(ds, tmp_path / name)
-        lists["png"].loc[i, "path"], lists["dicom"].loc[i, "path"] = f"{i}.png", name
-    scores = {}
-    for kind, frame in lists.items():
-        frame.to_csv(tmp_path / f"{kind}.csv", index=False)
-        out = tmp_path / f"{kind}_predictions.csv"
-        assert inference.main(["--run", str(run), "--labels", str(tmp_path / f"{kind}.csv"), "--out", str(out)]) == 0
-        scores[kind] = pd.read_csv(out, dtype={"id": str}).set_index("id")
-    np.testing.assert_allclose(scores["dicom"].to_numpy(), scores["png"].loc[scores["dicom"].index].to_numpy(),
-                               atol=1e-5)
+        png.loc[i, "path"], dcm.loc[i, "path"] = f"{i}.png", name
+        png.loc[i, "dicom_id"], dcm.loc[i, "dicom_id"] = f"png{i}", f"dcm{i}"
+    pd.concat([png, dcm]).to_csv(tmp_path / "list.csv", index=False)
+    out = tmp_path / "predictions.csv"
+    assert inference.main(["--run", str(run), "--labels", str(tmp_path / "list.csv"), "--out", str(out)]) == 0
+    scores = pd.read_csv(out, dtype={"id": str}).set_index("id")
+    np.testing.assert_allclose(scores.loc[[f"dcm{i}" for i in range(8)]].to_numpy(),
+                               scores.loc[[f"png{i}" for i in range(8)]].to_numpy(), atol=1e-5)
+    assert len(scores.loc[[f"png{i}" for i in range(8)]].drop_duplicates()) == 8  # eight different pictures
     out = tmp_path / "explain"
     assert explain.main(["--run", str(run), "--image", str(tmp_path / "1.dcm"), "--out", str(out)]) == 0
     info = json.loads((out / "1_gradcam.json").read_text())
