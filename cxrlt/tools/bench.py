@@ -373,7 +373,8 @@ def predict_bench(paths: np.ndarray, backbones, size: int, batch: int, images: i
 
 # --------------------------------------------------------------------------------------------- export
 
-def export_bench(run_dir: Path, labels: str | None, batch: int, rounds: int, max_images: int | None) -> dict:
+def export_bench(run_dir: Path, labels: str | None, batch: int, rounds: int, max_images: int | None,
+                 image_root: str | None = None) -> dict:
     """images/s of `cxrlt predict` (predict.inference: each fold model x TTA over pipeline.eval_dataset, the fold
     means averaged) and of the run exported by `cxrlt export` (tf.saved_model.load, the serving signature fed the
     files' bytes in batches), on the same images in interleaved rounds (median). Both are timed warm (models
@@ -386,7 +387,7 @@ def export_bench(run_dir: Path, labels: str | None, batch: int, rounds: int, max
 
     run = runs.Run(run_dir)
     cfg = run.config()
-    table = inference.read_image_list(run, labels or cfg["data"]["test_labels"])
+    table = inference.read_image_list(run, labels or cfg["data"]["test_labels"], image_root)
     paths = table.paths[:max_images] if max_images else table.paths
     tta = tuple(cfg["predict"]["tta"])
     results = {"run": str(run.root), "images": int(len(paths)), "batch_size": batch, "rounds": rounds,
@@ -644,6 +645,7 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="images/s of cxrlt predict vs the run exported as a SavedModel, same images")
     p.add_argument("--run", type=Path, required=True, help="a finished run (runs/X)")
     p.add_argument("--labels", help="image list (default: the run's data.test_labels)")
+    p.add_argument("--image-root", help="folder the list's paths are relative to (default: the list's folder)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-images", type=int)
@@ -711,7 +713,7 @@ def main(argv=None) -> int:
     if args.command == "export":  # the run's own image list
         print(f"cxrlt predict vs export; {machine()}", flush=True)
         results = {"machine": machine(), "command": "export",
-                   **export_bench(args.run, args.labels, args.batch_size, args.rounds, args.max_images),
+                   **export_bench(args.run, args.labels, args.batch_size, args.rounds, args.max_images, args.image_root),
                    "machine_after": machine()}
         if args.json:
             atomic.write_json(args.json, results)
