@@ -201,6 +201,16 @@ def fit_weights(preds, labels, method: str = "mean", rounds: int = 20) -> tuple[
 NORMAL_CLASSES = ("No Finding", "Normal")  # CXR-LT 2023 / 2024 call it "No Finding"; "Normal" in other editions
 
 
+def normal_index(classes) -> int:
+    """The column of "No Finding" (or "Normal") among `classes`, which normal gating keeps and gates by."""
+    lower = [str(c).strip().lower() for c in classes]
+    found = [lower.index(n.lower()) for n in NORMAL_CLASSES if n.lower() in lower]
+    if not found:
+        raise config.ConfigError(f"--normal-gating needs a normal class ({' or '.join(map(repr, NORMAL_CLASSES))}) "
+                                 f"among the runs' classes; they are {', '.join(map(str, classes))}")
+    return found[0]
+
+
 def normal_gating(probs, classes, weight: float) -> np.ndarray:
     """Every abnormal class's score times ``1 - weight * p_normal`` (CXR-LT 2026 top team: weight 0.5), where
     p_normal is the image's score for "No Finding" (or "Normal"), which itself is kept. ``weight`` 0 = off."""
@@ -210,12 +220,7 @@ def normal_gating(probs, classes, weight: float) -> np.ndarray:
     probs = np.asarray(probs)
     if weight == 0.0:
         return probs
-    lower = [str(c).strip().lower() for c in classes]
-    found = [lower.index(n.lower()) for n in NORMAL_CLASSES if n.lower() in lower]
-    if not found:
-        raise config.ConfigError(f"--normal-gating needs a normal class ({' or '.join(map(repr, NORMAL_CLASSES))}) "
-                                 f"among the runs' classes; they are {', '.join(map(str, classes))}")
-    j = found[0]
+    j = normal_index(classes)
     gate = 1.0 - weight * probs[:, j:j + 1].astype(np.float64)
     out = probs.astype(np.float64) * gate
     out[:, j] = probs[:, j]

@@ -54,7 +54,7 @@ from ..evaluate import thresholds as thr
 from ..runtime import runs
 from ..utils import atomic, cli
 from ..utils.hashing import file_sha256
-from .combine import EPS, METHODS, NORMAL_CLASSES, rank_reference, reference_rank_average, weights_of
+from .combine import EPS, METHODS, normal_index, rank_reference, reference_rank_average, weights_of
 
 log = logging.getLogger("cxrlt.export")
 
@@ -67,14 +67,6 @@ class ExportError(runs.RunError):
 
 
 # ------------------------------------------------------------------------------------ the ensemble's rule in NumPy
-
-def normal_index(classes) -> int:
-    lower = [str(c).strip().lower() for c in classes]
-    for name in NORMAL_CLASSES:
-        if name.lower() in lower:
-            return lower.index(name.lower())
-    raise config.ConfigError(f"--normal-gating needs a normal class ({' or '.join(map(repr, NORMAL_CLASSES))})")
-
 
 def combine_numpy(preds, weights, method: str, references=None) -> np.ndarray:
     """What the export computes from the runs' probabilities, in NumPy (float64): mean and logit as
