@@ -242,6 +242,7 @@ FLAGS = {
     "--image-root": "data.image_root",
     "--prepared": "data.prepared",
     "--test-labels": "data.test_labels",
+    "--test-image-root": "data.test_image_root",
     "--classes": "data.classes",
     "--uncertain": "data.uncertain",
     "--out": "out",

@@ -12,8 +12,10 @@ cxrlt.predict); the runs are combined with equal weight per run (seed 002's (8)-
 optionally normal-gated (--normal-gating W: abnormal scores x (1 - W p("No Finding")), combine.normal_gating);
 optionally mapped so per-class OOF-tuned thresholds land on 0.5 (cxrlt.thresholds); then the CSV
 is validated (every test id once, 26 columns in the official order, values finite in [0, 1]) and
-written atomically with the .zip CodaLab takes. Out-of-fold and (for a labelled list) test scores
-are printed, mF1 both at 0.5 and at OOF-tuned thresholds.
+written atomically with the .zip CodaLab takes: the CSV and a code/ folder (`code_folder`: cxrlt's
+source, pip freeze, every run's resolved config and commands; --code DIR adds your own folder).
+Out-of-fold and (for a labelled list) test scores are printed, mF1 both at 0.5 and at OOF-tuned
+thresholds.
 """
 
 from __future__ import annotations
@@ -224,6 +226,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-zip", action="store_true", help="write the CSV only")
     parser.add_argument("--allow-partial", action="store_true",
                         help="zip a submission from runs whose folds are not all finished (their finished folds)")
+    parser.add_argument("--code", type=Path, metavar="DIR",
+                        help="your own code folder, packed under code/user/ in the zip beside cxrlt's source, "
+                             "pip freeze and the runs' configs and commands (always packed)")
     parser.add_argument("--check", type=Path, metavar="FILE", help="only validate an existing submission CSV/zip and exit")
     cli.add_common(parser)
     return parser
@@ -282,6 +287,7 @@ def thresholds_to_apply(s: dict, oof: dict, classes) -> tuple[np.ndarray | None,
 
 
 def main(argv=None) -> int:
+    command = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     cli.setup(args)
     with cli.errors():
@@ -316,9 +322,14 @@ def main(argv=None) -> int:
         out = Path(s["out"]) if s["out"] else Path("submissions") / default_name
         if out.is_dir() or str(s["out"] or "").endswith(("/", os.sep)):  # --out submissions/: a folder to write into
             out = out / default_name
+        code = None
+        if not args.no_zip:
+            from . import code_folder
+
+            code = code_folder.collect(run_list, command=command, user_code=args.code)
         csv_path, zip_path = submission.write_submission(out, table.ids[rows], submitted[rows], classes=order,
                                                          model_classes=table.classes, id_column=id_column,
-                                                         expected_ids=table.ids, make_zip=not args.no_zip)
+                                                         expected_ids=table.ids, make_zip=not args.no_zip, code=code)
         print(f"wrote {csv_path}" + (f" and {zip_path}" if zip_path else "")
               + f": {len(table)} images x {len(order)} classes from {len(run_list)} run(s); method {s['method']}, "
               f"weights {[round(float(w), 3) for w in oof['weights']]}, study aggregation {pooling}, "
@@ -377,7 +388,8 @@ def check(args) -> int:
         if expected is not None and set(map(str, expected)) != set(map(str, listed)):
             raise submission.SubmissionError(f"{args.labels} and {args.sample_submission} list different images")
         expected = listed
-    print(submission.check_file(args.check, classes=classes, expected_ids=expected, id_column=id_column))
+    print(submission.check_file(args.check, classes=classes, expected_ids=expected, id_column=id_column,
+                                edition=edition or (None if args.sample_submission else "cxrlt2023")))
     return 0
 
 

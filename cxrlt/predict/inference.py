@@ -94,7 +94,7 @@ def read_image_list(run: runs.Run, path, image_root=None) -> dataset.LabelTable:
     edition = run.edition()  # the training file's edition: a test list has its id and path columns
     table = dataset.read_labels(path, image_root=image_root, classes=list(run.classes()), require_labels=False,
                                 uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
-                                edition=edition)
+                                edition=edition, index_dir=run.root)
     mode = d.get("check_images", "header")
     if mode != "off":
         # Every listed image needs a prediction: a bad one is named now (never skipped), not as a

@@ -143,7 +143,8 @@ def _training_labels(run: runs.Run, cfg: dict, classes, labels) -> dataset.Label
     # The report scores 0/1 labels: labels the run ignored (masked) are read as absent.
     uncertain = "zero" if d.get("uncertain") == "ignore" else d.get("uncertain", "error")
     return dataset.read_labels(csv, image_root=d.get("image_root") if same_file else None, classes=list(classes),
-                               uncertain=uncertain, allow_outside_root=True)
+                               uncertain=uncertain, allow_outside_root=True,
+                               **(dataset.training_rows(d) if same_file else {}))
 
 
 def load_submission(pred_csv: Path, labels: str | None) -> ReportData:

@@ -60,9 +60,7 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
 
             distribute.barrier(strategy)  # the workers read the demo set once the chief has made it
         if not chief:
-            demo = synthetic.DemoData(root=folder, train_csv=folder / "train.csv", test_csv=folder / "test.csv",
-                                      exclude=folder / "Removal.csv" if edition.startswith("cxrlt2026") else None,
-                                      edition=edition)
+            demo = synthetic.demo_files(folder, edition)
         d.update(labels=str(demo.train_csv), image_root=str(demo.root), test_labels=str(demo.test_csv),
                  test_image_root=str(demo.root))
         if edition == "cxrlt2023":
@@ -78,11 +76,13 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
         d["exclude"] = str(Path(d["exclude"]).expanduser().resolve())
     if cfg["model"]["init"]:  # a rerun from another folder finds the same source
         cfg["model"]["init"] = str(Path(cfg["model"]["init"]).expanduser().resolve())
-    # the exclusion list is applied while reading, so a removed (e.g. broken) image is never screened
+    # the exclusion list and the split are applied while reading, so a removed (e.g. broken) image is never
+    # screened; an image root of sub-folders is indexed once, the index cached in the run directory
+    record = Path(cfg["out"]) / cfg["name"]
     table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=d["classes"],
                                 uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
-                                check_files=d["check_images"] == "off", edition=d.get("edition", "auto"),
-                                exclude=d.get("exclude"))
+                                check_files=d["check_images"] == "off", index_dir=record if chief else None,
+                                **dataset.training_rows(d))
     if multi:
         from ..runtime import distribute
 
@@ -96,7 +96,6 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
 
         screened = table
         if chief:
-            record = Path(cfg["out"]) / cfg["name"]
             deep = d["check_images"] == "deep"
             window = cfg["input"].get("dicom_window", "stored")
             screened = check.screen_table(table, deep=deep, skip_bad=d["skip_bad"], record_dir=record,
@@ -105,7 +104,7 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
                 test = dataset.read_labels(d["test_labels"], image_root=d["test_image_root"],
                                            classes=list(table.classes), require_labels=False,
                                            uncertain=d["uncertain"], edition=table.edition,
-                                           allow_outside_root=d["allow_outside_root"])
+                                           allow_outside_root=d["allow_outside_root"], index_dir=record)
                 check.screen_table(test, deep=deep, record_dir=record / "test_images", what="test", can_skip=False,
                                    dicom_window=window)
         if multi:
@@ -136,9 +135,11 @@ def note_input_size(cfg: dict) -> None:
                     (size // STRIDE + 1) * STRIDE)
 
 
-def open_run(cfg: dict, table: dataset.LabelTable, force: bool, strategy=None) -> runs.Run:
+def open_run(cfg: dict, table: dataset.LabelTable, force: bool, strategy=None, command: list[str] | None = None
+             ) -> runs.Run:
     """Create the run directory, or check that an existing one was made with this config (the chief only:
-    the other workers write nothing; a refusal on the chief stops them too)."""
+    the other workers write nothing; a refusal on the chief stops them too). `command` (the train
+    arguments) is appended to the run's command.txt: every command that trained it, in order."""
     run = runs.Run(Path(cfg["out"]) / cfg["name"])
     if not _roles(strategy)[0]:
         return run
@@ -155,6 +156,8 @@ def open_run(cfg: dict, table: dataset.LabelTable, force: bool, strategy=None) -
                 f"{'; ...' if len(changed) > 4 else ''}). Use another --name/--out, or --force to continue it anyway"
             )
     atomic.write_text(run.config_path, config.dump(cfg))
+    if command is not None:
+        runs.record_command(run, "python -m cxrlt.train", command)
     counts = table.class_counts()
     edition = editions.get(table.edition)
     atomic.write_json(run.classes_json, {
@@ -411,6 +414,7 @@ def main(argv=None) -> int:
     config.add_arguments(parser)
     parser.add_argument("--force", action="store_true", help="continue a run directory made with another config")
     cli.add_common(parser)
+    command = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     cli.setup(args)
     with cli.errors():
@@ -423,7 +427,7 @@ def main(argv=None) -> int:
         with distribute.failures_end_every_worker(strategy):  # one worker's error ends them all, with its message
             distribute.set_precision(cfg["distribute"]["mixed_precision"])
             table = resolve_data(cfg, strategy)
-            run = open_run(cfg, table, args.force, strategy)
+            run = open_run(cfg, table, args.force, strategy, command=command)
             fold_of = load_folds(run, table, cfg, strategy)
             todo = range(cfg["train"]["folds"]) if cfg["train"]["fold"] == "all" else [cfg["train"]["fold"]]
             done = distribute.from_chief(strategy, [run.is_done(k) for k in todo])  # the chief's view of the files
