@@ -62,6 +62,9 @@ HEADS = ("gap", "csra", "ml_decoder")  # model.head (cxrlt.model.models / heads)
 PREPARED_READERS = ("auto", "files", "tfrecord")
 # input.intensity: how a 16-bit PNG's values become 0..1 (8-bit images are never touched); data/pipeline.py
 INTENSITIES = ("full_range", "minmax", "percentile")
+# input.dicom_window: which VOI a DICOM's values get (data/dicom.py): the file's stored VOI LUT / window (else the
+# percentile stretch), the stored bits' full range, the image's min..max, or its 0.5..99.5 % values
+DICOM_WINDOWS = ("stored", "full_range", "minmax", "percentile")
 # The names the data stage defines (data/editions.py EDITIONS, data/classes.py SCHEMAS): the schema needs
 # the names, not the readers, so they are written here and tests/test_editions.py keeps the two in step.
 EDITIONS = ("cxrlt2023", "cxrlt2024-task1", "cxrlt2024-task2", "cxrlt2026-task1")
@@ -77,6 +80,7 @@ CHOICES: dict[str, tuple] = {
     "input.resize": ("stretch", "letterbox"),
     "input.antialias": ("auto", "always"),
     "input.intensity": INTENSITIES,
+    "input.dicom_window": DICOM_WINDOWS,
     "input.pixel_range": ("0_255", "0_1"),
     "augment.strategy": ("none", *STRATEGIES),
     "augment.device": AUGMENT_DEVICES,

@@ -97,14 +97,16 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
         screened = table
         if chief:
             deep = d["check_images"] == "deep"
+            window = cfg["input"].get("dicom_window", "stored")
             screened = check.screen_table(table, deep=deep, skip_bad=d["skip_bad"], record_dir=record,
-                                          input_size=cfg["input"]["size"])
+                                          input_size=cfg["input"]["size"], dicom_window=window)
             if d["test_labels"]:  # the submission needs every test image: bad ones stop the run, never skipped
                 test = dataset.read_labels(d["test_labels"], image_root=d["test_image_root"],
                                            classes=list(table.classes), require_labels=False,
                                            uncertain=d["uncertain"], edition=table.edition,
                                            allow_outside_root=d["allow_outside_root"], index_dir=record)
-                check.screen_table(test, deep=deep, record_dir=record / "test_images", what="test", can_skip=False)
+                check.screen_table(test, deep=deep, record_dir=record / "test_images", what="test", can_skip=False,
+                                   dicom_window=window)
         if multi:
             kept = distribute.from_chief(strategy, np.isin(table.ids, screened.ids))
             screened = screened if chief else table.subset(np.flatnonzero(kept > 0.5))
