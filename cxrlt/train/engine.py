@@ -24,6 +24,19 @@ first) a tf.train.Checkpoint of (model, optimizer, epoch, the layers' random-num
 last two. A killed fold restarts at its last finished epoch. Under MultiWorkerMirroredStrategy every
 worker takes part in saving (it is a collective operation); only the chief writes into
 `backup_dir`, the others into a scratch folder of their host's temp directory, which they delete.
+
+Weight EMA (`train.ema`, `WeightEMA` below): an exponential moving average of the model's float variables,
+updated after every step. At each epoch's end the averages are swapped into the model for the callbacks
+(so validation scores them and model selection saves them as model.keras, which prediction then uses) and
+swapped back before the checkpoint, which holds both the raw weights and the averages. With timm's warm-up
+(`train.ema_warmup`, ModelEmaV3's use_warmup) the decay of update n is min(decay, 1 - (1 + (n - 1) / gamma)^-power)
+(0 at the first update: the average starts as a copy).
+
+Head warm-up (`train.freeze_backbone_epochs` F, the 2026 winner's phase 1): the first F epochs train the head's
+variables only, with an optimizer of their own (`warmup_optimizer`: constant rate, optim.head_warmup_lr), the
+backbone frozen (no gradient, no optimizer state: its moments start at the first full epoch, as torch's fresh
+optimizer of phase 2) and no EMA; from epoch F on the main optimizer trains every variable (its schedule starts
+at its own step 0) and the EMA starts from the weights the warm-up left. Both optimizers are checkpointed.
 Checkpoints are numbered by the updates done (epochs x steps_per_epoch + steps).
 
 Preemption (cxrlt.runtime.preemption): a SIGTERM raises a flag that travels with the call's loss all-reduce, so
@@ -31,23 +44,20 @@ every worker sees it after the same call; each then saves a mid-epoch checkpoint
 epoch and the epoch's loss so far) and raises `Preempted` (exit status 75). The rerun continues from that
 step: the input stream is positioned there (`resume_step`) and the epoch's logs come out as if uninterrupted.
 
-Mixed precision: under mixed_float16 the optimizer is cxrlt's loss-scale optimizer (every replica takes the
+Mixed precision: under mixed_float16 the optimizers are cxrlt's loss-scale optimizer (every replica takes the
 same finite-or-skip decision, cxrlt.model.optim); a skipped step leaves the weight EMA alone. The
-checkpoint holds the inner optimizer and the loss scale apart, so a fold resumes across a change of
+checkpoint holds each inner optimizer and its loss scale apart, so a fold resumes across a change of
 distribute.mixed_precision (float32 <-> bfloat16 <-> float16: the loss scale starts afresh or is dropped).
 
 Replicas: every SeedGenerator of the model folds the replica id into its seeds (cxrlt.model.seeds), so dropout
-and stochastic depth draw other masks on every replica. A watchdog (cxrlt.runtime.watchdog) bounds a call that
-never returns (train.step_timeout_s, input.data_service_timeout_s).
-
-Weight EMA (`train.ema`, `WeightEMA` below): an exponential moving average of the model's float variables,
-updated after every step. At each epoch's end the averages are swapped into the model for the callbacks
-(so validation scores them and model selection saves them as model.keras, which prediction then uses) and
-swapped back before the checkpoint, which holds both the raw weights and the averages.
+and stochastic depth draw other masks on every replica; at each epoch's end every replica takes replica 0's
+BatchNorm statistics (`_agree_statistics`). A watchdog (cxrlt.runtime.watchdog) bounds a call that never
+returns (train.step_timeout_s, input.data_service_timeout_s).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -79,40 +89,46 @@ class Trainer:
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, optimizer, loss, *,
                  jit_compile: bool = False, steps_per_execution: int = 1, preprocess=None, ema: float = 0.0,
-                 accumulate: int = 1, watchdog=None):
+                 accumulate: int = 1, ema_warmup: tuple[float, float] | None = None, freeze_epochs: int = 0,
+                 warmup_optimizer=None, head_variables=None, watchdog=None):
         if int(steps_per_execution) < 1:
             raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
         if not 0.0 <= float(ema) < 1.0:
             raise ValueError(f"ema must be in [0, 1) (0 = off), got {ema}")
         if int(accumulate) < 1:
             raise ValueError(f"accumulate must be >= 1, got {accumulate}")
+        if int(freeze_epochs) < 0 or (freeze_epochs and (warmup_optimizer is None or not head_variables)):
+            raise ValueError("freeze_epochs > 0 needs a warmup_optimizer and the head's variables")
         self.strategy, self.model, self.optimizer, self.loss = strategy, model, optimizer, loss
         self.steps_per_execution, self.jit_compile = int(steps_per_execution), bool(jit_compile)
         self.accumulate = int(accumulate)  # micro-batches per optimizer update
         self.preprocess = preprocess  # batch -> (images, labels[, mask]) on the replica (augment.device accelerator)
         self.chief = distribute.is_chief(strategy)
+        self.freeze_epochs, self.warmup_optimizer = int(freeze_epochs), warmup_optimizer
         self.watchdog = watchdog  # a cxrlt.runtime.watchdog.StepWatchdog, or None
         with strategy.scope():
             optimizer.build(model.trainable_variables)
+            if self.freeze_epochs:
+                warmup_optimizer.build(list(head_variables))
             if strategy.num_replicas_in_sync > 1:
                 from ..model import seeds
 
                 seeds.fold_replica_into_seeds(model)  # each replica its own dropout / stochastic-depth masks
         self.loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        self.ema = WeightEMA(strategy, model, float(ema)) if ema else None
+        self.ema = WeightEMA(strategy, model, float(ema), warmup=ema_warmup) if ema else None
         # XLA compiles the forward and backward pass only: the iterator (IteratorGetNext has no XLA
         # kernel) and the optimizer update (a cross-replica merge under MirroredStrategy) stay outside.
-        self._gradients = tf.function(self._replica_gradients, jit_compile=jit_compile, reduce_retracing=True)
-        if strategy.num_replicas_in_sync > 1 and _synchronized_batchnorm(model):
+        inline = strategy.num_replicas_in_sync > 1 and _synchronized_batchnorm(model)
+        if inline and jit_compile:
             # model.sync_batchnorm: the BN layers all-reduce their moments in the forward pass, a cross-replica
             # merge that MirroredStrategy cannot run inside a nested tf.function (let alone an XLA cluster): the
             # forward and backward pass are traced inline into the replica step instead.
-            if jit_compile:
-                raise TrainingError("model.sync_batchnorm all-reduces the BatchNorm statistics between the replicas "
-                                    "inside the forward pass, which cannot be XLA-compiled: turn off "
-                                    "distribute.jit_compile (--jit-compile) or model.sync_batchnorm")
-            self._gradients = self._replica_gradients
-        self._train_steps = tf.function(self._distributed_steps)
+            raise TrainingError("model.sync_batchnorm all-reduces the BatchNorm statistics between the replicas "
+                                "inside the forward pass, which cannot be XLA-compiled: turn off "
+                                "distribute.jit_compile (--jit-compile) or model.sync_batchnorm")
+        self._phases = {"train": _Phase(self, list(model.trainable_variables), optimizer, ema=True, inline=inline)}
+        if self.freeze_epochs:
+            self._phases["warmup"] = _Phase(self, list(head_variables), warmup_optimizer, ema=False, inline=inline)
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="finished_epochs")
         # where a preempted epoch stopped: updates done in it, and the sum of its calls' losses (float64: the
         # epoch's logged loss comes out to the bit); both 0 at an epoch's end
@@ -142,32 +158,37 @@ class Trainer:
                                                        if v.path.endswith("seed_generator_state"))}
         extra = {"ema": self.ema.tracked()} if self.ema is not None else {}
         parts = dict(model=self.model, epoch=self._epoch, rng=rng, **extra)
-        inner = self.optimizer.inner_optimizer if self.loss_scaled else self.optimizer
-        scale = ({"scale": self.optimizer.dynamic_scale.value, "finite_steps": self.optimizer.step_counter.value}
-                 if self.loss_scaled else {})
+        # each optimizer without its float16 loss scale, the scale beside it: the same layout with and without
+        # mixed_float16, so a fold resumes across a change of distribute.mixed_precision
+        optimizers = {"optimizer": self.optimizer, **({"warmup_optimizer": self.warmup_optimizer}
+                                                       if self.freeze_epochs else {})}
+        layout = {}
+        for name, optimizer in optimizers.items():
+            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                layout[name] = optimizer.inner_optimizer
+                layout[name.replace("optimizer", "loss_scale")] = {"scale": optimizer.dynamic_scale.value,
+                                                                   "finite_steps": optimizer.step_counter.value}
+            else:
+                layout[name] = optimizer
         position = {"step": self._step, "loss_sum": self._loss_sum}
-        # the inner optimizer and the loss scale apart: the same layout with and without mixed_float16
-        checkpoint = tf.train.Checkpoint(**parts, optimizer=inner, position=position,
-                                         **({"loss_scale": scale} if scale else {}))
+        checkpoint = tf.train.Checkpoint(**parts, **layout, position=position)
         latest = tf.train.latest_checkpoint(str(self._backup_dir))
         if latest:
             saved = {name.split("/", 1)[0] + ("/inner" if name.startswith("optimizer/inner_optimizer/") else "")
                      for name, _ in tf.train.list_variables(latest)}
-            if "optimizer/inner" in saved:  # written by cxrlt before the layout above: the optimizer whole
-                optimizer = (self.optimizer if self.loss_scaled
-                             else tf.train.Checkpoint(inner_optimizer=self.optimizer))
-            else:
-                optimizer = inner
-            reader = tf.train.Checkpoint(**parts, optimizer=optimizer,
-                                         **({"position": position} if "position" in saved else {}),
-                                         **({"loss_scale": scale} if scale and "loss_scale" in saved else {}))
+            reading = {k: v for k, v in layout.items() if "loss_scale" not in k or k in saved}
+            if "optimizer/inner" in saved:  # written by cxrlt before this layout: the loss-scale optimizer whole
+                reading["optimizer"] = (self.optimizer if self.loss_scaled
+                                        else tf.train.Checkpoint(inner_optimizer=self.optimizer))
+                reading.pop("loss_scale", None)
+            reader = tf.train.Checkpoint(**parts, **reading, **({"position": position} if "position" in saved else {}))
             reader.restore(latest).assert_existing_objects_matched()
-            if not self.loss_scaled and ("loss_scale" in saved or "optimizer/inner" in saved):
-                log.info("resuming without float16 loss scaling (distribute.mixed_precision changed): the saved loss "
-                         "scale is not used")
-            elif self.loss_scaled and "loss_scale" not in saved and "optimizer/inner" not in saved:
-                log.info("resuming with float16 loss scaling (distribute.mixed_precision changed): the loss scale "
-                         "starts at %g", float(self.optimizer.initial_scale))
+            had_scale = "loss_scale" in saved or "optimizer/inner" in saved
+            if had_scale != self.loss_scaled:
+                log.info("resuming %s float16 loss scaling (distribute.mixed_precision changed)%s",
+                         "with" if self.loss_scaled else "without",
+                         f": the loss scale starts at {float(self.optimizer.initial_scale):g}" if self.loss_scaled
+                         else ": the saved loss scale is not used")
         # Saving is collective under MultiWorkerMirroredStrategy: the other workers save too, into a scratch
         # folder of their own host (outside the run directory), deleted after each save.
         directory = (self._backup_dir if self.chief
@@ -175,14 +196,14 @@ class Trainer:
         self._manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=2)
         return self.finished_epochs
 
-    def _replica_gradients(self, images, labels, mask, rescale):
+    def _replica_gradients(self, images, labels, mask, rescale, variables, optimizer):
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             loss = self.loss(labels, logits, sample_weight=mask) * rescale
-            scaled = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16, identity otherwise
-        return loss, tape.gradient(scaled, self.model.trainable_variables)
+            scaled = optimizer.scale_loss(loss)  # loss scaling under mixed_float16, identity otherwise
+        return loss, tape.gradient(scaled, variables)
 
-    def _replica_step(self, *batches):
+    def _replica_step(self, phase: "_Phase", *batches):
         """One optimizer update from the replica's `accumulate` micro-batches (one without accumulation)."""
         batches = [self.preprocess(b) if self.preprocess is not None else b for b in batches]
         masks = [b[2] if len(b) > 2 else None for b in batches]
@@ -192,13 +213,13 @@ class Trainer:
             # one micro-batch after the other: the next forward pass waits for the last gradients, so the
             # activations of only one micro-batch are alive at a time
             with tf.control_dependencies([] if summed is None else [g for g in summed if g is not None]):
-                loss, grads = self._gradients(batch[0], batch[1], mask, factor)
+                loss, grads = phase.gradients(batch[0], batch[1], mask, factor)
             if summed is None:
                 total, summed = loss, list(grads)
             else:
                 total += loss
                 summed = [a if b is None else (b if a is None else a + b) for a, b in zip(summed, grads)]
-        self.optimizer.apply_gradients(zip(summed, self.model.trainable_variables))
+        phase.optimizer.apply_gradients(zip(summed, phase.variables))
         return total
 
     def _global_mean_factors(self, masks):
@@ -222,23 +243,24 @@ class Trainer:
             total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, total)
         return [tf.math.divide_no_nan(c * replicas, total) for c in local]
 
-    def _distributed_steps(self, iterator, n, stop):
+    def _distributed_steps(self, phase: "_Phase", iterator, n, stop):
         """`n` train steps (optimizer updates) in one call (a loop inside the graph: one host round trip per
         call, not per step); returns [the sum of their losses (each step's loss summed over replicas), the sum
         of the replicas' `stop` flags (this worker's SIGTERM), summed in the same all-reduce as the loss]."""
         total, stops = tf.constant(0.0, tf.float32), tf.constant(0.0, tf.float32)
+        scaled = isinstance(phase.optimizer, keras.optimizers.LossScaleOptimizer)
         for _ in tf.range(n):
             batches = tuple(next(iterator) for _ in range(self.accumulate))
-            done = self.optimizer.iterations.value + 0 if self.loss_scaled else None  # before this step's update
-            per_replica = self.strategy.run(self._replica_step, args=batches)
+            done = phase.optimizer.iterations.value + 0 if scaled else None  # before this step's update
+            per_replica = self.strategy.run(functools.partial(self._replica_step, phase), args=batches)
             packed = self.strategy.run(lambda loss: tf.stack([tf.cast(loss, tf.float32), stop]), args=(per_replica,))
             reduced = self.strategy.reduce(tf.distribute.ReduceOp.SUM, packed, axis=None)
             total += reduced[0]
             stops = tf.maximum(stops, reduced[1])
-            if self.ema is not None:
+            if self.ema is not None and phase.ema:
                 with tf.control_dependencies([total]):  # after this step's update of the weights
                     # a step skipped by the loss scale (non-finite gradients) does not count
-                    self.ema.update(None if done is None else tf.not_equal(self.optimizer.iterations.value, done))
+                    self.ema.update(None if done is None else tf.not_equal(phase.optimizer.iterations.value, done))
         return tf.stack([total, stops])
 
     def distributed_input(self, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset]):
@@ -279,10 +301,11 @@ class Trainer:
         iterator = iter(dataset)
         cbs.on_train_begin()
         for epoch in range(initial_epoch, epochs):
+            midway = epoch == initial_epoch and resume_step  # a preempted epoch goes on where it stopped
+            if self.ema is not None and self.freeze_epochs and epoch == self.freeze_epochs and not midway:
+                self.ema.reset()  # the average starts where the head warm-up left the weights (winner's phase 2)
             cbs.on_epoch_begin(epoch)
-            total, step = 0.0, 0
-            if epoch == initial_epoch and resume_step:  # a preempted epoch goes on where it stopped
-                total, step = float(self._loss_sum.numpy()), resume_step
+            total, step = (float(self._loss_sum.numpy()), resume_step) if midway else (0.0, 0)
             while step < steps_per_epoch:  # chunks of k steps; the last one ends exactly at the epoch's end
                 n = min(self.steps_per_execution, steps_per_epoch - step)
                 cbs.on_train_batch_begin(step)
@@ -293,12 +316,13 @@ class Trainer:
                 if stop:
                     self._preempted(epoch, step, total, steps_per_epoch, label)
             self._agree_statistics()
-            if self.ema is not None:  # the callbacks validate and save the averaged weights
+            averaged = self.ema is not None and epoch >= self.freeze_epochs  # no average during the head warm-up
+            if averaged:  # the callbacks validate and save the averaged weights
                 self.ema.swap()
             try:
                 cbs.on_epoch_end(epoch, {"loss": total / steps_per_epoch})
             finally:
-                if self.ema is not None:  # training and its checkpoint go on from the raw weights
+                if averaged:  # training and its checkpoint go on from the raw weights
                     self.ema.swap()
             for key, value in recorder.logs.items():
                 history.setdefault(key, []).append(value)
@@ -364,7 +388,8 @@ class Trainer:
         if self.watchdog is not None:
             self.watchdog.call_started(where)
         try:
-            value, stops = (float(v) for v in self._train_steps(iterator, tf.constant(n, tf.int32), stop))
+            phase = self._phases["warmup" if epoch < self.freeze_epochs else "train"]
+            value, stops = (float(v) for v in phase.steps(iterator, tf.constant(n, tf.int32), stop))
         except tf.errors.OutOfRangeError:
             raise TrainingError(
                 f"{label}: the input stream ended in {where}; training streams never end on their own, so a tf.data "
@@ -397,32 +422,78 @@ class Trainer:
             shutil.rmtree(Path(self._manager.directory).parent, ignore_errors=True)
 
 
+class _Phase:
+    """The variables one optimizer trains and the traced step functions that train them (the head warm-up of
+    train.freeze_backbone_epochs is a phase of its own)."""
+
+    def __init__(self, trainer: Trainer, variables: list, optimizer, *, ema: bool, inline: bool):
+        self.variables, self.optimizer, self.ema = variables, optimizer, ema
+
+        # closures, not partials: tf.function would trace a partial's bound objects as arguments
+        def gradients(images, labels, mask, rescale):
+            return trainer._replica_gradients(images, labels, mask, rescale, variables, optimizer)
+
+        def steps(iterator, n, stop):
+            return trainer._distributed_steps(self, iterator, n, stop)
+
+        self.gradients = gradients if inline else tf.function(gradients, jit_compile=trainer.jit_compile,
+                                                              reduce_retracing=True)
+        self.steps = tf.function(steps)
+
+
+def ema_decay(decay: float, update: int, warmup: tuple[float, float] | None = None) -> float:
+    """The decay of the `update`-th EMA update (1-based): `decay`, or with timm's warm-up (ModelEmaV3.get_decay,
+    use_warmup, (gamma, power)): 0 for the first update, then min(decay, 1 - (1 + (update - 1) / gamma) ** -power)."""
+    if warmup is None:
+        return decay
+    step = max(0, update - 1)
+    if step <= 0:
+        return 0.0
+    gamma, power = warmup
+    return min(decay, 1.0 - (1.0 + step / gamma) ** -power)
+
+
 class WeightEMA:
     """ema <- decay * ema + (1 - decay) * w after every train step, for every float variable of the model
     (the trainable weights and BatchNorm's moving statistics, as timm's ModelEmaV2; the dropout seed state is
-    int and left out), starting from the weights the model has when the Trainer is made.
+    int and left out), starting from the weights the model has when the Trainer is made (or at `reset`).
+    `warmup` (gamma, power): timm's ModelEmaV3 decay warm-up (:func:`ema_decay`), counted from the start.
 
     Keras 3's own `use_ema` averages the trainable variables only and can only overwrite the weights with the
     averages (`finalize_variable_values`), not swap them back for the next epoch; the averages here are
     tf.Variables made under the strategy's scope (mirrored like the weights), updated with
     `strategy.extended.update` in cross-replica context, so each device averages its own copy (no
-    communication), and they are checkpointed with the rest of the state.
+    communication), and they are checkpointed with the rest of the state (the update count too).
     """
 
-    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, decay: float):
-        self.strategy, self.decay = strategy, float(decay)
+    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, decay: float,
+                 warmup: tuple[float, float] | None = None):
+        self.strategy, self.decay, self.warmup = strategy, float(decay), warmup
         self.variables = [v for v in model.variables if v.dtype in ("float16", "bfloat16", "float32", "float64")]
         with strategy.scope():
             self.averages = [tf.Variable(v.value, trainable=False, name=f"ema_{i}")
                              for i, v in enumerate(self.variables)]
+            self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="ema_updates")
 
     def tracked(self) -> dict:
-        return {f"v{i}": a for i, a in enumerate(self.averages)}
+        averages = {f"v{i}": a for i, a in enumerate(self.averages)}
+        # the count matters only to the warm-up (and checkpoints written without it resume unchanged)
+        return averages if self.warmup is None else {**averages, "updates": self.updates}
+
+    def _decay_now(self):
+        """This update's decay as a tensor (the count was just incremented)."""
+        if self.warmup is None:
+            return tf.constant(self.decay, tf.float32)
+        gamma, power = self.warmup
+        step = tf.cast(tf.maximum(self.updates - 1, 0), tf.float32)
+        warm = 1.0 - tf.pow(1.0 + step / gamma, -power)
+        return tf.where(step > 0, tf.minimum(tf.constant(self.decay, tf.float32), warm), 0.0)
 
     def update(self, applied=None) -> None:
         """One step of averaging; with `applied` (a bool tensor: did this step update the weights?) a skipped
-        step leaves the averages as they are."""
-        decay = tf.constant(self.decay, tf.float32)
+        step leaves the averages and the update count as they are."""
+        self.updates.assign_add(1 if applied is None else tf.cast(applied, tf.int64))
+        decay = self._decay_now()
 
         def step(average, value):
             new = (tf.cast(decay, average.dtype) * average
@@ -431,6 +502,13 @@ class WeightEMA:
 
         for average, variable in zip(self.averages, self.variables):
             self.strategy.extended.update(average, step, args=(variable.value,))
+
+    def reset(self) -> None:
+        """Start the average again from the current weights (eager; the update count from 0)."""
+        with self.strategy.scope():
+            for average, variable in zip(self.averages, self.variables):
+                average.assign(variable.numpy())
+            self.updates.assign(0)
 
     def swap(self) -> None:
         """Exchange the model's weights and the averages (eager, once per epoch)."""
