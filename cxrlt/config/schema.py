@@ -57,6 +57,7 @@ TTA_VIEWS = ("identity", "hflip")  # no vertical flips or rotations: anatomicall
 STUDY_AGGREGATIONS = ("none", "mean", "max", "view_mean", "view_groups")
 ENSEMBLE_METHODS = ("mean", "rank", "logit")
 STRATEGY_NAMES = ("auto", "one", "mirrored", "multiworker")  # distribute.strategy
+MIXED_PRECISION_DTYPES = ("auto", "float16", "bfloat16")  # distribute.mixed_precision_dtype
 OPTIMIZERS = ("adam", "adamw", "sgd")
 HEADS = ("gap", "csra", "ml_decoder")  # model.head (cxrlt.model.models / heads)
 PREPARED_READERS = ("auto", "files", "tfrecord")
@@ -102,6 +103,7 @@ CHOICES: dict[str, tuple] = {
     "ensemble.method": ENSEMBLE_METHODS,
     "fuse.checkpoint": ("best", "last"),
     "distribute.strategy": STRATEGY_NAMES,
+    "distribute.mixed_precision_dtype": MIXED_PRECISION_DTYPES,
 }
 
 
@@ -153,6 +155,7 @@ RANGES: dict[str, Range] = {
     "input.size": Range(32, MAX_SIZE, cap=True),
     "input.shuffle_buffer": Range(1, 10**7, cap=True),
     "input.data_service_streams": Range(1, 1024, cap=True),
+    "input.data_service_timeout_s": Range(0, 10**7, cap=True),
     "augment.tail_quantile": UNIT,
     "augment.minority_share": SHARE,
     "augment.scale": Range(0, 1, hi_open=True),
@@ -200,6 +203,8 @@ RANGES: dict[str, Range] = {
     "train.steps_per_epoch": Range(1, MAX_COUNT, cap=True, null="one pass"),
     "train.accumulate": Range(1, 1024, cap=True),
     "train.steps_per_execution": Range(1, 10_000, cap=True, null="1 without a GPU, 16 with one"),
+    "train.step_timeout_s": Range(0, 10**7, cap=True),
+    "distribute.heartbeat_timeout_s": Range(1, 10**6, cap=True),
     "predict.batch_size": Range(1, MAX_BATCH, cap=True),
     "ensemble.fit_rounds": Range(1, 100_000, cap=True),
     "ensemble.normal_gating": UNIT,

@@ -576,7 +576,8 @@ def service_streams(build, streams: int, shard=None, start_batch: int = 0, servi
     workers doing useful work (more streams than workers is fine, a worker runs several), the slowest
     sub-stream sets the pace (round-robin waits for it), and a lost worker's sub-streams are not moved
     to another worker (DYNAMIC visits a split at most once): reading stalls (seen with 2 workers on
-    127.0.0.1), the trainer is stopped and rerun, and resumes after its last finished epoch.
+    127.0.0.1) until input.data_service_timeout_s ends the run with a message saying so (cxrlt.runtime.watchdog);
+    the rerun resumes from its last checkpoint.
     """
     if int(streams) < 1:
         raise ValueError(f"input.data_service_streams must be >= 1, got {streams}")
@@ -590,9 +591,19 @@ def service_streams(build, streams: int, shard=None, start_batch: int = 0, servi
                 processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=service))
         subs.append(ds)
     if streams == 1:
-        return subs[0]
+        return service_probe(subs[0], service)
     order = tf.data.Dataset.range(int(start_batch), 2 ** 62).map(lambda g: g % streams)
-    return tf.data.Dataset.choose_from_datasets(subs, order).prefetch(AUTOTUNE)
+    return service_probe(tf.data.Dataset.choose_from_datasets(subs, order), service).prefetch(AUTOTUNE)
+
+
+def service_probe(ds: tf.data.Dataset, service: str | None) -> tf.data.Dataset:
+    """Batches read from the service tick this process's delivery clock (the step watchdog's evidence of a
+    lost service worker, input.data_service_timeout_s); a local stream is left as it is."""
+    if not service:
+        return ds
+    from . import service as service_lib
+
+    return service_lib.probe_deliveries(ds)
 
 
 def _raw_batches(ds: tf.data.Dataset, seed: int, shard, batch_size: int, start_batch: int) -> tf.data.Dataset:

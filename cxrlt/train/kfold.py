@@ -31,7 +31,7 @@ NO_DATA = (
     "(or set data.labels in a config). " + dataset.CXRLT_HELP
 )
 # Settings that may change between invocations of one run without making it another run.
-RESUMABLE_CHANGES = ("train.fold", "train.verbose", "distribute.", "predict.batch_size", "predict.study_aggregation",
+RESUMABLE_CHANGES = ("train.fold", "train.verbose", "train.step_timeout_s", "input.data_service_timeout_s", "distribute.", "predict.batch_size", "predict.study_aggregation",
                      "predict.view_weights", "ensemble.", "data.demo_dir", "data.check_images",
                      "data.prepared",  # prepared data: the same images, pre-resized
                      "fuse.")  # python -m cxrlt.fuse's settings: a fused run's, never the backbone's
@@ -197,6 +197,13 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
 
     fold_dir = run.fold_dir(k)
     chief = distribute.is_chief(strategy)
+    from ..runtime import preemption
+
+    if distribute.sum_over_workers(strategy, [1.0 if preemption.requested() else 0.0])[0] > 0:  # all stop here
+        message = (f"fold {k}: preempted (SIGTERM) before it started; the finished folds are kept: rerun the same "
+                   f"command to go on (exit status {preemption.EXIT_STATUS})")
+        log.warning("%s", message)
+        raise preemption.Preempted(message)
     if chief:
         fold_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg["seed"] + k)
@@ -254,24 +261,34 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     on_device = device_mode == "accelerator"
     preprocess = (pipeline.device_preprocess(cfg["augment"], mix.mixer_from_config(cfg, seed), len(classes),
                                              masked=train.mask is not None) if on_device else None)
+    from ..data import service
+    from ..runtime.watchdog import StepWatchdog
+
+    watchdog = StepWatchdog(cfg["train"]["step_timeout_s"], service=cfg["input"]["data_service"],
+                            service_timeout_s=cfg["input"]["data_service_timeout_s"],
+                            last_delivery=service.DELIVERIES.last_delivery, label=f"fold {k}",
+                            worker=distribute.worker_id(strategy))
     trainer = engine.Trainer(strategy, built.train_model, optimizer, loss, jit_compile=cfg["distribute"]["jit_compile"],
                              steps_per_execution=distribute.steps_per_execution(cfg["train"]["steps_per_execution"]),
                              preprocess=preprocess, ema=cfg["train"]["ema"], accumulate=accumulate,
                              ema_warmup=((cfg["train"]["ema_warmup_gamma"], cfg["train"]["ema_warmup_power"])
                                          if cfg["train"]["ema_warmup"] else None),
-                             freeze_epochs=frozen, warmup_optimizer=warmup_optimizer, head_variables=head_variables)
+                             freeze_epochs=frozen, warmup_optimizer=warmup_optimizer, head_variables=head_variables,
+                             watchdog=watchdog)
     start_epoch = trainer.restore(fold_dir / "backup")
+    start_step = trainer.resume_step  # > 0: a preempted epoch, resumed at that update
     # Every worker runs these loops and their collectives: the counts must be the same everywhere (a worker
     # that cannot see the chief's checkpoint would start at another epoch and wait in another collective).
-    distribute.agree(strategy, f"fold {k}: the image counts, steps per epoch and the epoch to resume at",
-                     [len(train), len(val), steps, start_epoch, global_batch])
+    distribute.agree(strategy, f"fold {k}: the image counts, steps per epoch and the epoch and step to resume at",
+                     [len(train), len(val), steps, start_epoch, start_step, global_batch])
 
     def dataset_fn(ctx: "tf.distribute.InputContext"):
         # Input pipeline i of n reads every n-th image (or shard file) only: no worker decodes another's images.
         return pipeline.train_dataset(train.paths, train.labels, cfg, seed=seed, mask=train.mask,
                                       batch_size=ctx.get_per_replica_batch_size(global_batch),
                                       shard=(ctx.num_input_pipelines, ctx.input_pipeline_id),
-                                      start_batch=start_epoch * steps * accumulate * (strategy.num_replicas_in_sync // ctx.num_input_pipelines),
+                                      start_batch=(start_epoch * steps + start_step) * accumulate
+                                      * (strategy.num_replicas_in_sync // ctx.num_input_pipelines),
                                       on_device=on_device,
                                       **({} if on_device else {"mixer": mix.mixer_from_config(cfg, seed),
                                                                **augment.options_from_config(cfg, train, seed)}))
@@ -300,8 +317,11 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
              cfg["model"]["backbone"], cfg["input"]["size"], strategy.num_replicas_in_sync, trainer.steps_per_execution,
              ", XLA" if trainer.jit_compile else "", device_mode, device_why)
     started = time.time()
-    trainer.fit(trainer.distributed_input(dataset_fn), epochs=cfg["train"]["epochs"], steps_per_epoch=steps,
-                callbacks=fold_callbacks, verbose=verbose, label=f"fold {k}")
+    try:
+        trainer.fit(trainer.distributed_input(dataset_fn), epochs=cfg["train"]["epochs"], steps_per_epoch=steps,
+                    callbacks=fold_callbacks, verbose=verbose, label=f"fold {k}")
+    finally:
+        watchdog.close()
     finish_fold(cfg, run, k, val, classes, groups, started, model=built.model, strategy=strategy)
     distribute.barrier(strategy)
 
@@ -436,9 +456,14 @@ def main(argv=None) -> int:
         note_input_size(cfg)
         from ..runtime import distribute
 
-        strategy = distribute.get_strategy(cfg["distribute"]["strategy"])  # before TensorFlow runs any op
+        from ..runtime import preemption
+
+        # before TensorFlow runs any op
+        strategy = distribute.get_strategy(cfg["distribute"]["strategy"], cfg["distribute"]["heartbeat_timeout_s"])
+        preemption.install()  # SIGTERM: save at the next step boundary, exit 75 (after the strategy: see install)
         with distribute.failures_end_every_worker(strategy):  # one worker's error ends them all, with its message
-            distribute.set_precision(cfg["distribute"]["mixed_precision"])
+            distribute.set_precision(cfg["distribute"]["mixed_precision"], cfg["distribute"]["mixed_precision_dtype"],
+                                     strategy)
             table = resolve_data(cfg, strategy)
             run = open_run(cfg, table, args.force, strategy, command=command)
             fold_of = load_folds(run, table, cfg, strategy)
