@@ -111,6 +111,31 @@ def test_accumulated_steps_under_mirrored_strategy_train_like_one_device_on_the_
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
+def test_mix_partners_come_from_the_global_batch_at_eight_replicas():
+    """Mosaic at 8 replicas (logical CPUs) x 4 images, and x 2 images x train.accumulate 2: each replica's rows
+    are those of one device's batch of 32 with the same seed (the same labels; the same images on the host,
+    to float rounding in accelerator mode), not Mosaics of the replica's own 4 images (which gave all 4 rows
+    one label vector). Every image has its own label, so each mixed label names the 4 sources of its row.
+    The accelerator step traced at 8 replicas runs no host-only op and no loop."""
+    result = _run_worker("global_mix")
+    assert result["replicas"] == 8
+    labels = {key: np.asarray(value) for key, value in result["labels"].items()}
+    assert set(labels) == {f"{mode}_{run}" for mode in ("host", "device") for run in ("one", "eight", "eight_accumulate")}
+    reference = labels["host_one"]
+    assert reference.shape == (3, 32, 64) and (reference.sum(axis=-1) == 4).all()  # 4 distinct sources per row
+    for key, value in labels.items():
+        np.testing.assert_array_equal(value, reference, err_msg=key)
+    rows = {"one": 32, "eight": 4, "eight_accumulate": 2}  # rows of one replica's micro-batch
+    for key, distinct in result["rows_distinct"].items():
+        assert distinct == rows[key.split("_", 1)[1]], key  # no two rows of a replica share their sources
+    for key, difference in result["image_difference"].items():
+        assert difference == 0.0 if key.startswith("host") else difference < 2e-3, (key, difference)
+    for key in ("ops_device_eight", "ops_device_eight_accumulate"):
+        report = result[key]
+        assert report["host_only"] == [] and report["strings"] == [] and report["loops"] == [], report
+        assert "ImageProjectiveTransformV3" in report["types"] and "GatherV2" in report["types"]
+
+
 def _free_ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:

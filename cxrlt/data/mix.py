@@ -776,10 +776,10 @@ def mixer_from_config(cfg: dict, seed: int) -> BatchMixer | None:
 
 
 def images_needed(mix_cfg: Mapping) -> tuple[int, str | None]:
-    """The fewest images a batch needs for the configured mixers to combine different images, and the
-    mixer that needs them. Mixing runs on each replica's own batch: Mosaic tiles four images of it, MixUp
-    and CutMix pair two, so with fewer a mixer combines an image with itself (seed 002's batch 8 on 8
-    GPUs gives each replica one image)."""
+    """The fewest images a mixed batch needs for the configured mixers to combine different images, and the
+    mixer that needs them: Mosaic tiles four images, MixUp and CutMix pair two, so with fewer a mixer
+    combines an image with itself. The batch mixed is the whole update (every replica's micro-batches,
+    `kfold.check_mix_group`), so seed 002's batch 8 on 8 GPUs (one image per replica) mixes 8."""
     if mix_cfg.get("mosaic", 0) > 0:
         return 4, "mix.mosaic"
     for key in ("mixup", "cutmix"):

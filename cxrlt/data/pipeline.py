@@ -621,14 +621,15 @@ def device_preprocess(augment_cfg, mixer, n_classes: int, masked: bool = False):
 def _all_gather(context, values: tf.Tensor) -> tf.Tensor:
     """values [b, ...] of every replica, concatenated in replica order. uint8 (the images) travels packed four
     to an int32: the collectives take no 8-bit types, and the images should cross the links as bytes."""
+    shape = [context.num_replicas_in_sync * values.shape[0], *values.shape[1:]]
     if values.dtype != tf.uint8:
-        return context.all_gather(values, axis=0)
-    shape, count = values.shape, values.shape[1:].num_elements()
-    flat = tf.reshape(values, [shape[0], count])
+        return tf.ensure_shape(context.all_gather(values, axis=0), shape)
+    count = values.shape[1:].num_elements()
     pad = -count % 4
-    packed = tf.bitcast(tf.reshape(tf.pad(flat, [[0, 0], [0, pad]]), [shape[0], -1, 4]), tf.int32)
-    gathered = tf.bitcast(context.all_gather(packed, axis=0), tf.uint8)
-    return tf.reshape(tf.reshape(gathered, [-1, count + pad])[:, :count], [-1, *shape[1:]])
+    flat = tf.pad(tf.reshape(values, [values.shape[0], count]), [[0, 0], [0, pad]])
+    gathered = tf.bitcast(context.all_gather(tf.bitcast(tf.reshape(flat, [values.shape[0], -1, 4]), tf.int32), axis=0),
+                          tf.uint8)
+    return tf.reshape(tf.reshape(gathered, [shape[0], count + pad])[:, :count], shape)
 
 
 def _augmented(ds: tf.data.Dataset, seed: int, augment_fn, strategy_fn, shard=None, start: int = 0) -> tf.data.Dataset:
