@@ -2,7 +2,7 @@
 Balanced-MixUp, and the per-batch policy `BatchMixer` that chooses among them.
 
 Conventions (the contract with `cxrlt.pipeline`):
-- `images` float32 [B, H, W, 3] in 0..255, `labels` float32 [B, C] multi-hot; B static
+- `images` float32 [B, H, W, C] in 0..255 (C = 1 in the pipeline, grey), `labels` float32 [B, C'] multi-hot; B static
   (drop_remainder=True). Every op returns tensors of the same shapes and dtypes, with the static
   shapes kept, so the ops run inside `tf.data` `map` in graph mode, at 32..768 px.
 - Randomness is stateless: every op takes a `seed`, an int tensor of shape [2] (or a Python int).
@@ -12,6 +12,12 @@ Conventions (the contract with `cxrlt.pipeline`):
   images after i in a random cyclic order of the batch (`_partner_indices`). So the sources of one
   output are distinct (for B >= 2, or B >= 4 for Mosaic), and every image of the batch is used
   exactly once in each source slot (each Mosaic quadrant, each MixUp/CutMix role).
+- The batch mixed is an optimizer update's whole batch, not one replica's share: the pipeline mixes
+  every local replica's micro-batches of an update together (`pipeline.train_dataset(mix_group=...)`),
+  and in accelerator mode every replica gathers the update's batch from all replicas and workers and
+  computes its own rows (`BatchMixer.apply(rows=..., source=...)`, `pipeline.device_preprocess`). An op
+  is a plan (its draws for the whole batch) and the pixels of the rows asked for, read through a
+  `Source`, so a row of the full result is computed the same way whichever rows are asked for.
 - Every op accepts `return_info=True` and then also returns a dict with the partner indices it used
   (`sources`, int32 [k, B]), the share of each source in each output (`weights`, float32 [k, B]) and
   its geometry, so tests and previews can recompute the labels.
@@ -34,11 +40,12 @@ class-sampled batch per step, so `cxrlt.pipeline` runs it where both streams exi
 `BatchMixer`: the two stack (Balanced-MixUp forms the batch, then Mosaic/MixUp/CutMix and CutOut
 may mix it further, their label rule applied to the blended labels).
 
-Speed (768 px, batch 8, float32, 2 shared CPU cores, graph mode, images/s): Mosaic crop 86-93,
-Mosaic resize 46-59 (four antialiased resizes per image), MixUp 77-102, CutMix 67-92, CutOut 65-114.
-MixUp is at the memory-bandwidth floor here (a plain a*0.5 + b*0.5 of the batch runs as fast).
-Mosaic runs one sample at a time in tf.map_fn (tile sizes differ per sample), which measured faster
-than four batched resizes even for the fixed grid.
+No per-image loop and no host-only kernel, so the ops run inside the train step on an accelerator:
+Mosaic crop is one gather (every output pixel is one source pixel), Mosaic resize gathers a few source
+rows, then columns, per output row and column and adds them with the weights of
+tf.image.resize(antialias=True) (`resize_taps`; ScaleAndTranslate itself has a CPU kernel only, and the
+tile sizes differ per sample). MixUp is at the memory-bandwidth floor on a CPU (a plain a*0.5 + b*0.5 of
+the batch runs as fast). Speed before and after: BENCHMARKS.md, `python -m cxrlt.bench device`.
 """
 
 from __future__ import annotations
@@ -299,22 +306,76 @@ def _quadrants(center: tf.Tensor, h: int, w: int):
     return ys >= tf.reshape(center[:, 0], [-1, 1, 1]), xs >= tf.reshape(center[:, 1], [-1, 1, 1])
 
 
+class _Separable:
+    """What both Mosaics share: output row y of side s (left: quadrants 0/2, right: 1/3) is a (weighted sum of)
+    whole source rows, then, transposed, output column x of a half (top: quadrants 0/1, bottom: 2/3) a
+    (weighted sum of) whole columns of the left or right side. Only whole rows are gathered (contiguous
+    memory: a gather per pixel costs about 30 times more on a CPU), and nothing loops over the batch.
+
+    The source rows are read straight from the batch when the Source is a tensor (no copy of the 4 x n
+    sources), else from the 4 x n images the Source returns (augmented on demand in the train step)."""
+
+    def __init__(self, plan, source: Source, rows):
+        self.h, self.w = source.hw
+        self.sources = _at(plan["sources"], rows, axis=1)  # [4, n]
+        self.n, self.c = self.sources.shape[1], source.shape[2]
+        self.dtype = source.dtype
+        h, w, n = self.h, self.w, self.n
+        center = _at(plan["center"], rows)
+        self.cy, self.cx = tf.reshape(center[:, 0], [-1, 1]), tf.reshape(center[:, 1], [-1, 1])
+        self.ys, self.xs = tf.reshape(tf.range(h), [1, h]), tf.reshape(tf.range(w), [1, w])
+        self.bottom, self.right = self.ys >= self.cy, self.xs >= self.cx  # [n, h], [n, w]
+        self.direct = source.batch is not None  # rows read from the batch itself, by its image indices
+        images = source.batch if self.direct else source(self.sources)
+        self.table = tf.reshape(tf.cast(images, tf.float32), [-1, w, self.c])  # every source row
+
+    def first_row(self, side: int, source_row) -> tf.Tensor:
+        """Flat index [n, h] of `source_row` [n, h] of the source of each output row's quadrant on `side`."""
+        quadrant = tf.where(self.bottom, 2, 0) + side  # [n, h]
+        sample = tf.reshape(tf.range(self.n), [-1, 1])
+        if not self.direct:  # the 4 x n images source(sources) returned
+            image = quadrant * self.n + sample
+        else:  # the batch index of the source: sources[quadrant, sample]
+            image = tf.where(self.bottom, tf.reshape(self.sources[2 + side], [-1, 1]),
+                             tf.reshape(self.sources[side], [-1, 1]))
+        return image * self.h + source_row
+
+    def sides(self, row_taps) -> tf.Tensor:
+        """[2, n, h, w, c]: `row_taps` = [(flat row index [2, n, h], weight [2, n, h] or None)] summed."""
+        out = 0.0
+        for index, weight in row_taps:
+            rows = tf.gather(self.table, index)
+            out = out + (rows if weight is None else tf.reshape(weight, [2, self.n, self.h, 1, 1]) * rows)
+        return out
+
+    def columns(self, sides: tf.Tensor, column_taps) -> tf.Tensor:
+        """[k, n, w, h, c] (transposed): `column_taps` = [(column index [k, n, w] into [left | right], weight
+        [k, n, w] or None)] summed over taps, for k halves."""
+        n, h, w = self.n, self.h, self.w
+        flat = tf.reshape(tf.transpose(sides, [0, 1, 3, 2, 4]), [2 * n * w, h, self.c])  # columns as rows
+        sample = tf.reshape(tf.range(n), [-1, 1])
+        base = (tf.cast(self.right, tf.int32) * n + sample) * w
+        out = 0.0
+        for index, weight in column_taps:
+            columns = tf.gather(flat, base + index)
+            out = out + (columns if weight is None else tf.reshape(weight, [-1, n, w, 1, 1]) * columns)
+        return out
+
+    def finish(self, transposed: tf.Tensor) -> tf.Tensor:
+        return tf.cast(tf.transpose(transposed, [0, 2, 1, 3]), self.dtype)
+
+
 def _mosaic_crop_pixels(plan, source: Source, rows):
-    """Every output pixel is one pixel of one source: one gather over the 4 x n tiles' sources."""
-    h, w = source.hw
-    sources = _at(plan["sources"], rows, axis=1)  # [4, n]
-    n, c = sources.shape[1], source.shape[2]
-    tiles = tf.reshape(source(sources), [-1, c])  # the 4 x n source images, flat
-    center, offsets = _at(plan["center"], rows), _at(plan["offsets"], rows, axis=1)  # [n, 2], [4, n, 2]
-    bottom, right = _quadrants(center, h, w)
-    quadrant = 2 * tf.cast(bottom, tf.int32) + tf.cast(right, tf.int32)  # [n, h, w]
-    per_sample = tf.transpose(offsets, [1, 0, 2])  # [n, 4, 2]
-    ys, xs = tf.reshape(tf.range(h), [1, h, 1]), tf.reshape(tf.range(w), [1, 1, w])
-    cy, cx = tf.reshape(center[:, 0], [-1, 1, 1]), tf.reshape(center[:, 1], [-1, 1, 1])
-    row = tf.gather(per_sample[..., 0], quadrant, batch_dims=1) + ys - tf.where(bottom, cy, 0)
-    col = tf.gather(per_sample[..., 1], quadrant, batch_dims=1) + xs - tf.where(right, cx, 0)
-    index = ((quadrant * n + tf.reshape(tf.range(n), [-1, 1, 1])) * h + row) * w + col
-    return tf.gather(tiles, index)
+    """Every output pixel is one source pixel: each output row the right stretch of one source row."""
+    g = _Separable(plan, source, rows)
+    offsets = _at(plan["offsets"], rows, axis=1)  # [4, n, 2]
+    offset = lambda quadrant, axis: tf.reshape(offsets[quadrant, :, axis], [-1, 1])  # noqa: E731
+    rows_index = tf.stack([g.first_row(side, tf.where(g.bottom, offset(2 + side, 0) - g.cy, offset(side, 0)) + g.ys)
+                           for side in (0, 1)])
+    columns_index = tf.stack([tf.where(g.right, offset(2 * half + 1, 1) - g.cx, offset(2 * half, 1)) + g.xs
+                              for half in (0, 1)])
+    both = g.columns(g.sides([(rows_index, None)]), [(columns_index, None)])  # [2 halves, n, w, h, c]
+    return g.finish(tf.where(tf.reshape(g.bottom, [g.n, 1, g.h, 1]), both[1], both[0]))
 
 
 def resize_taps(size: int, tile, position, taps: int):
@@ -355,35 +416,17 @@ def _mosaic_resize_pixels(center_range, random_split: bool):
     """Each source resized whole into its quadrant, separably: every output row is a weighted sum of a few
     rows of its source (the taps of `resize_taps`), then every output column of a few columns."""
     def pixels(plan, source: Source, rows):
-        h, w = source.hw
-        sources = _at(plan["sources"], rows, axis=1)  # [4, n]
-        n, c = sources.shape[1], source.shape[2]
-        tiles = tf.reshape(tf.cast(source(sources), tf.float32), [4 * n * h, w, c])  # rows of the 4 x n sources
-        center = _at(plan["center"], rows)
-        bottom, right = _quadrants(center, h, w)
-        bottom, right = bottom[:, :, 0], right[:, 0, :]  # [n, h], [n, w]
-        ys, xs = tf.reshape(tf.range(h), [1, h]), tf.reshape(tf.range(w), [1, w])
-        cy, cx = tf.reshape(center[:, 0], [-1, 1]), tf.reshape(center[:, 1], [-1, 1])
-        first, weights = resize_taps(h, tf.where(bottom, h - cy, cy), tf.where(bottom, ys - cy, ys),
+        g = _Separable(plan, source, rows)
+        h, w = g.h, g.w
+        first, weights = resize_taps(h, tf.where(g.bottom, h - g.cy, g.cy), tf.where(g.bottom, g.ys - g.cy, g.ys),
                                      _taps_needed(h, _smallest_tile(h, center_range, random_split)))
-        sample = tf.range(n)[:, None]
-        halves = []
-        for side in (0, 1):  # left (quadrants 0 and 2), right (1 and 3): each output row reads its quadrant's source
-            base = ((tf.where(bottom, 2, 0) + side) * n + sample) * h
-            rows_out = 0.0
-            for t in range(weights.shape[-1]):
-                source_rows = tf.gather(tiles, base + tf.minimum(first + t, h - 1))
-                rows_out += tf.reshape(weights[..., t], [n, h, 1, 1]) * source_rows
-            halves.append(rows_out)  # [n, h, w, c]
-        both = tf.concat(halves, axis=2)  # [n, h, 2w, c]: the right half's columns after the left's
-        first, weights = resize_taps(w, tf.where(right, w - cx, cx), tf.where(right, xs - cx, xs),
+        row_taps = [(tf.stack([g.first_row(side, tf.minimum(first + t, h - 1)) for side in (0, 1)]),
+                     tf.stack([weights[..., t]] * 2)) for t in range(weights.shape[-1])]
+        first, weights = resize_taps(w, tf.where(g.right, w - g.cx, g.cx), tf.where(g.right, g.xs - g.cx, g.xs),
                                      _taps_needed(w, _smallest_tile(w, center_range, random_split)))
-        offset = tf.where(right, w, 0)
-        out = 0.0
-        for t in range(weights.shape[-1]):
-            column = tf.gather(both, offset + tf.minimum(first + t, w - 1), axis=2, batch_dims=1)
-            out += tf.reshape(weights[..., t], [n, 1, w, 1]) * column
-        return tf.cast(out, source.dtype)
+        # top and bottom tiles share their widths: one pass over the columns serves both halves
+        column_taps = [(tf.minimum(first + t, w - 1)[None], weights[None, ..., t]) for t in range(weights.shape[-1])]
+        return g.finish(g.columns(g.sides(row_taps), column_taps)[0])
     return pixels
 
 

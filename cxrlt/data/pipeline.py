@@ -575,9 +575,9 @@ def device_preprocess(augment_cfg, mixer, n_classes: int, masked: bool = False):
 
     The mixer's partners come from the global batch of the update, as on one device: the uint8 grey images,
     their draws and labels are all-gathered over the replicas (and the micro-batches put one after the
-    other), every replica mixes that batch with the update's seed and keeps its own rows. It augments only
-    the images its rows show (Mosaic: up to 4 per row), and nothing is copied to the host: gathers,
-    multiply-adds and ImageProjectiveTransformV3, no per-image loop.
+    other), every replica mixes that batch with the update's seed and keeps its own rows. Beyond two
+    replicas it augments only the images its rows show (Mosaic: up to 4 per row), and nothing is copied to
+    the host: gathers, multiply-adds and ImageProjectiveTransformV3, no per-image loop.
     For the same seed it gives the host path's batch (to float rounding; the decoded image is rounded to
     uint8 for the trip, which the host path does not do: at most half a grey level before augmentation)."""
     from . import augment, mix
@@ -603,13 +603,14 @@ def device_preprocess(augment_cfg, mixer, n_classes: int, masked: bool = False):
         gather = (lambda key: tf.concat([b[key] for b in batches], 0)) if replicas == 1 else \
             (lambda key: tf.concat([_all_gather(context, b[key]) for b in batches], 0))
         images, draws, labels = gather("images"), gather("draws"), gather("labels")
-        total = images.shape[0]  # micro-batch a of replica r holds rows a*R*b + r*b ... + b - 1
-        if replicas == 1:
-            rows, source = None, mix.Source.of(batch_augment(images, draws))
-        else:
+        rows = None  # one replica: every row is its own; else micro-batch a of replica r: rows a*R*b + r*b + 0..b-1
+        if replicas > 1:
             first = tf.range(len(batches))[:, None] * (replicas * size) + context.replica_id_in_sync_group * size
             rows = tf.reshape(first + tf.range(size)[None, :], [-1])
-            source = mix.Source(lambda i: batch_augment(tf.gather(images, i), tf.gather(draws, i)), total,
+        if replicas <= 2:  # augment the whole update once: no more images than a Mosaic of the own rows reads
+            source = mix.Source.of(batch_augment(images, draws))
+        else:  # augment only the images the own rows show (Mosaic: 4 per row, whatever the number of replicas)
+            source = mix.Source(lambda i: batch_augment(tf.gather(images, i), tf.gather(draws, i)), images.shape[0],
                                 images.shape[1:])
         x, y = mixer.apply(None, labels, mix.step_seed(mixer.seed, batches[0]["update"][0]), rows=rows, source=source)
         out = [finish(x[a * size:(a + 1) * size], y[a * size:(a + 1) * size]) for a in range(len(batches))]
