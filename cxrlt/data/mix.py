@@ -378,23 +378,28 @@ def _mosaic_crop_pixels(plan, source: Source, rows):
     return g.finish(tf.where(tf.reshape(g.bottom, [g.n, 1, g.h, 1]), both[1], both[0]))
 
 
-def resize_taps(size: int, tile, position, taps: int):
+def resize_taps(size: int, tile, position, taps: int | None):
     """The weights of tf.image.resize(bilinear, antialias=True) (ScaleAndTranslate's triangle kernel, widened
     by the shrink factor, normalised) as `taps` taps: output pixel `position` of a resize of `size` input
     pixels to `tile` pixels (int tensors of one shape) reads inputs first..first+taps-1 with these weights.
-    Returns (first int32, weights float32 [..., taps]); taps past the kernel's span weigh 0."""
+    Returns (first int32, weights float32 [..., taps]); taps past the kernel's span weigh 0. taps=None: one
+    weight per input pixel (first = 0, weights [..., size]), the dense form for strong shrinks."""
     scale = tf.cast(tile, tf.float32) / float(size)
     inverse = 1.0 / scale
     kernel_scale = tf.maximum(inverse, 1.0)
     sample = (tf.cast(position, tf.float32) + 0.5) * inverse
     first = tf.clip_by_value(tf.math.ceil(sample - kernel_scale - 0.5), 0.0, size - 1.0)
     end = tf.clip_by_value(tf.floor(sample + kernel_scale - 0.5), 0.0, size - 1.0) + 1.0
-    source = first[..., None] + tf.range(taps, dtype=tf.float32)
+    offset = first[..., None] if taps is not None else 0.0
+    source = offset + tf.range(taps if taps is not None else size, dtype=tf.float32)
     weights = tf.maximum(0.0, 1.0 - tf.abs((source + 0.5 - sample[..., None]) * (1.0 / kernel_scale)[..., None]))
-    weights = tf.where(source < end[..., None], weights, 0.0)
+    weights = tf.where((source >= first[..., None]) & (source < end[..., None]), weights, 0.0)
     total = tf.reduce_sum(weights, axis=-1, keepdims=True)
     weights = tf.where(total >= 1000.0 * 1.1754944e-38, weights / tf.where(total > 0, total, 1.0), weights)
-    return tf.cast(first, tf.int32), weights
+    return tf.cast(first if taps is not None else tf.zeros_like(first), tf.int32), weights
+
+
+MAX_TAPS = 16  # beyond (tiles under 1/7.5 of the side, from a wide mix.mosaic_center): dense weights, matmuls
 
 
 def _taps_needed(size: int, smallest_tile: int) -> int:
@@ -418,16 +423,35 @@ def _mosaic_resize_pixels(center_range, random_split: bool):
     def pixels(plan, source: Source, rows):
         g = _Separable(plan, source, rows)
         h, w = g.h, g.w
+        row_taps, column_taps = (_taps_needed(size, _smallest_tile(size, center_range, random_split)) for size in (h, w))
+        if max(row_taps, column_taps) > MAX_TAPS:
+            return _dense_resize(g)
         first, weights = resize_taps(h, tf.where(g.bottom, h - g.cy, g.cy), tf.where(g.bottom, g.ys - g.cy, g.ys),
-                                     _taps_needed(h, _smallest_tile(h, center_range, random_split)))
+                                     row_taps)
         row_taps = [(tf.stack([g.first_row(side, tf.minimum(first + t, h - 1)) for side in (0, 1)]),
                      tf.stack([weights[..., t]] * 2)) for t in range(weights.shape[-1])]
         first, weights = resize_taps(w, tf.where(g.right, w - g.cx, g.cx), tf.where(g.right, g.xs - g.cx, g.xs),
-                                     _taps_needed(w, _smallest_tile(w, center_range, random_split)))
+                                     column_taps)
         # top and bottom tiles share their widths: one pass over the columns serves both halves
         column_taps = [(tf.minimum(first + t, w - 1)[None], weights[None, ..., t]) for t in range(weights.shape[-1])]
         return g.finish(g.columns(g.sides(row_taps), column_taps)[0])
     return pixels
+
+
+def _dense_resize(g: _Separable) -> tf.Tensor:
+    """Mosaic resize with one weight per source row and column (`resize_taps(taps=None)`): batched matmuls,
+    for splits so uneven that a tile shrinks more than MAX_TAPS / 2 times."""
+    h, w, n = g.h, g.w, g.n
+    images = tf.reshape(g.table, [-1, h, w, g.c])
+    pick = (lambda q: tf.gather(images, g.sources[q])) if g.direct else (lambda q: images[q * n:(q + 1) * n])  # noqa: E731
+    _, rows = resize_taps(h, tf.where(g.bottom, h - g.cy, g.cy), tf.where(g.bottom, g.ys - g.cy, g.ys), None)
+    _, columns = resize_taps(w, tf.where(g.right, w - g.cx, g.cx), tf.where(g.right, g.xs - g.cx, g.xs), None)
+    bottom, right = tf.cast(g.bottom, tf.float32)[..., None], tf.cast(g.right, tf.float32)[..., None]
+    sides = [tf.einsum("nyj,njwc->nywc", rows * (1.0 - bottom), pick(side))
+             + tf.einsum("nyj,njwc->nywc", rows * bottom, pick(2 + side)) for side in (0, 1)]
+    out = (tf.einsum("nyjc,nxj->nyxc", sides[0], columns * (1.0 - right))
+           + tf.einsum("nyjc,nxj->nyxc", sides[1], columns * right))
+    return tf.cast(out, g.dtype)
 
 
 def _mosaic_op(variant: str, center_range=(0.25, 0.75), random_split: bool = True) -> _Op:
