@@ -361,7 +361,8 @@ def _mixed_batches(strategy, paths, labels, cfg, mixer, *, per_replica: int, acc
             per_replica_out = strategy.experimental_local_results(run(micro))  # replica -> [(x, y) per micro-batch]
             rows = [per_replica_out[r][a] for a in range(accumulate) for r in range(replicas)]
         else:
-            rows = [strategy.experimental_local_results(micro[a])[r] for a in range(accumulate) for r in range(replicas)]
+            rows = [strategy.experimental_local_results(micro[a])[r] for a in range(accumulate)
+                    for r in range(replicas)]
         images.append(np.concatenate([np.asarray(x) for x, _ in rows]))
         mixed.append(np.concatenate([np.asarray(y) for _, y in rows]))
     return np.stack(images), np.stack(mixed), traced

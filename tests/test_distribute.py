@@ -111,6 +111,25 @@ def test_accumulated_steps_under_mirrored_strategy_train_like_one_device_on_the_
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
+def test_cpu_replicas_make_auto_mirrored_and_cannot_change_a_started_process():
+    """distribute.cpu_replicas: `auto` without a GPU picks MirroredStrategy over the split CPU (a dry run of a
+    multi-GPU config); a process whose TensorFlow already started keeps its devices, so asking for another
+    count is a DistributeError that says to start a fresh process (the same count is fine)."""
+    import tensorflow as tf
+
+    from cxrlt import config
+
+    assert distribute.resolve_name("auto", 8) == "mirrored" and distribute.resolve_name("auto", None) == "one"
+    have = len(tf.config.list_logical_devices("CPU"))  # TensorFlow runs in this process: its devices are fixed
+    distribute.split_cpu(have)
+    with pytest.raises(distribute.DistributeError, match="already runs with .* fresh process"):
+        distribute.split_cpu(have + 7)
+    with pytest.raises(config.ConfigError, match="distribute.cpu_replicas must be a whole number"):
+        config.load(overrides={"distribute": {"cpu_replicas": 2.5}})
+    with pytest.raises(config.ConfigError, match="distribute.cpu_replicas must be"):
+        config.load(overrides={"distribute": {"cpu_replicas": 0}})
+
+
 def test_mix_partners_come_from_the_global_batch_at_eight_replicas():
     """Mosaic at 8 replicas (logical CPUs) x 4 images, and x 2 images x train.accumulate 2: each replica's rows
     are those of one device's batch of 32 with the same seed (the same labels; the same images on the host,
@@ -120,7 +139,8 @@ def test_mix_partners_come_from_the_global_batch_at_eight_replicas():
     result = _run_worker("global_mix")
     assert result["replicas"] == 8
     labels = {key: np.asarray(value) for key, value in result["labels"].items()}
-    assert set(labels) == {f"{mode}_{run}" for mode in ("host", "device") for run in ("one", "eight", "eight_accumulate")}
+    runs = ("one", "eight", "eight_accumulate")
+    assert set(labels) == {f"{mode}_{run}" for mode in ("host", "device") for run in runs}
     reference = labels["host_one"]
     assert reference.shape == (3, 32, 64) and (reference.sum(axis=-1) == 4).all()  # 4 distinct sources per row
     for key, value in labels.items():

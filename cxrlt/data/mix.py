@@ -320,7 +320,7 @@ class _Separable:
         self.sources = _at(plan["sources"], rows, axis=1)  # [4, n]
         self.n, self.c = self.sources.shape[1], source.shape[2]
         self.dtype = source.dtype
-        h, w, n = self.h, self.w, self.n
+        h, w = self.h, self.w
         center = _at(plan["center"], rows)
         self.cy, self.cx = tf.reshape(center[:, 0], [-1, 1]), tf.reshape(center[:, 1], [-1, 1])
         self.ys, self.xs = tf.reshape(tf.range(h), [1, h]), tf.reshape(tf.range(w), [1, w])
@@ -423,7 +423,8 @@ def _mosaic_resize_pixels(center_range, random_split: bool):
     def pixels(plan, source: Source, rows):
         g = _Separable(plan, source, rows)
         h, w = g.h, g.w
-        row_taps, column_taps = (_taps_needed(size, _smallest_tile(size, center_range, random_split)) for size in (h, w))
+        row_taps, column_taps = (_taps_needed(size, _smallest_tile(size, center_range, random_split))
+                                 for size in (h, w))
         if max(row_taps, column_taps) > MAX_TAPS:
             return _dense_resize(g)
         first, weights = resize_taps(h, tf.where(g.bottom, h - g.cy, g.cy), tf.where(g.bottom, g.ys - g.cy, g.ys),
@@ -443,7 +444,10 @@ def _dense_resize(g: _Separable) -> tf.Tensor:
     for splits so uneven that a tile shrinks more than MAX_TAPS / 2 times."""
     h, w, n = g.h, g.w, g.n
     images = tf.reshape(g.table, [-1, h, w, g.c])
-    pick = (lambda q: tf.gather(images, g.sources[q])) if g.direct else (lambda q: images[q * n:(q + 1) * n])  # noqa: E731
+    if g.direct:  # the sources in the batch
+        pick = lambda q: tf.gather(images, g.sources[q])  # noqa: E731
+    else:  # the 4 x n images the Source returned, quadrant-major
+        pick = lambda q: images[q * n:(q + 1) * n]  # noqa: E731
     _, rows = resize_taps(h, tf.where(g.bottom, h - g.cy, g.cy), tf.where(g.bottom, g.ys - g.cy, g.ys), None)
     _, columns = resize_taps(w, tf.where(g.right, w - g.cx, g.cx), tf.where(g.right, g.xs - g.cx, g.xs), None)
     bottom, right = tf.cast(g.bottom, tf.float32)[..., None], tf.cast(g.right, tf.float32)[..., None]

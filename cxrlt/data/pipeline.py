@@ -419,10 +419,17 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     would anyway), and the per-element and per-batch seeds count on from b.
     With data.prepared set, the images come from the prepared folder (`source_files`).
 
+    `mix_group=g`: g consecutive batches form one optimizer update's share of this pipeline (its local
+    replicas x train.accumulate, in the order the strategy hands them out), and the mixer's partners come
+    from all g x batch_size images: the group is augmented, batched and mixed as one batch (seed: the
+    group's index) and then split into g batches. So 8 replicas x 4 images train on the batches one device
+    makes from 32. `start_batch` must then be a multiple of g (an update is never split).
+
     `on_device=True` (augment.device accelerator): tf.data only reads, decodes, resizes and batches; the
     batches are dicts of uint8 grey images [B, H, W, 1] (4x less host-to-device traffic than float grey),
-    the labels (+ mask columns), each image's augmentation seed [B, 2] and the batch's mixer step, and
-    `device_preprocess` turns them into what the host path yields, inside the train step. Pass no
+    the labels (+ mask columns), each image's augmentation seed [B, 2] and the random numbers drawn from it
+    [B, 5] (`augment.batch_draws`), and the update's index (the group's), and `device_preprocess` turns them
+    into what the host path yields, inside the train step, mixing over the whole update. Pass no
     augment_fn / mixer then.
 
     With `input.data_service` set (grpc://HOST:PORT), the stream is `service_streams`' round-robin of

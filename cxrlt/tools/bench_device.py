@@ -186,10 +186,10 @@ def device_bench(paths, size: int, batch: int, calls: int, rounds: int, step_ste
         row["cpu_speedup"] = round(row["now"]["images_per_cpu_s"] / row["before"]["images_per_cpu_s"], 3)
         row["max_abs_difference"] = differences[name]
         results["variants"][name] = row
-        print(f"  {name:<54} before {row['before']['images_per_s']:8.2f} images/s ({row['before']['share_of_b0_step']:.1%}"
-              f" of a step)   now {row['now']['images_per_s']:8.2f} images/s ({row['now']['share_of_b0_step']:.1%})   "
-              f"x{row['speedup']:.2f} (per CPU-s x{row['cpu_speedup']:.2f})   max |before - now| {differences[name]:.2g}",
-              flush=True)
+        before, now = row["before"], row["now"]
+        print(f"  {name:<54} before {before['images_per_s']:8.2f} images/s ({before['share_of_b0_step']:.1%} of a "
+              f"step)   now {now['images_per_s']:8.2f} images/s ({now['share_of_b0_step']:.1%})   x{row['speedup']:.2f} "
+              f"(per CPU-s x{row['cpu_speedup']:.2f})   max |before - now| {differences[name]:.2g}", flush=True)
     return results
 
 
