@@ -16,16 +16,17 @@ COMMANDS = {
     "evaluate": ("cxrlt.evaluate.align", "score a prediction CSV against labels"),
     "check": ("cxrlt.data.check", "pre-flight check of every image a run will read"),
     "prepare": ("cxrlt.data.prepare", "pre-resized image files and TFRecord shards"),
-    "runs": ("cxrlt.train.runs", "list runs with their scores"),
+    "runs": ("cxrlt.runtime.runs", "list runs with their scores"),
     "aggregate": ("cxrlt.predict.aggregate", "measure study aggregation on out-of-fold scores"),
     "submission": ("cxrlt.ensemble.submission", "check a submission CSV or zip"),
     "report": ("cxrlt.report.run_report", "offline HTML report of a run or a submission"),
     "explain": ("cxrlt.report.explain", "Grad-CAM over a run's fold models"),
     "ablate": ("cxrlt.tools.ablate", "ablation grids, each variant in its own process"),
     "bench": ("cxrlt.tools.bench", "input pipeline, step, prediction and memory benchmarks"),
-    "augment": ("cxrlt.tools.preview", "preview grid of augmented and mixed batches"),
+    "augment": ("cxrlt.report.preview", "preview grid of augmented and mixed batches"),
     "synthetic": ("cxrlt.data.synthetic", "write the synthetic demo data set"),
-    "weights": ("cxrlt.model.pretrained", "fetch a backbone's ImageNet weights for offline nodes"),
+    "weights": ("cxrlt.model.pretrained", "fetch a backbone's ImageNet weights for offline nodes, or convert a timm "
+                                          "checkpoint (--from-timm)"),
     "data_service": ("cxrlt.data.service", "tf.data service dispatcher or worker (input.data_service)"),
 }
 

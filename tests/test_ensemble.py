@@ -5,6 +5,7 @@ with the horizontal flip only ("demo_hflip"), a genuinely different predictor sh
 """
 
 import json
+import zipfile
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import yaml
 from cxrlt.data import classes as cls
 from cxrlt.ensemble import combine, ensembler as ensemble
 from cxrlt.evaluate import metrics
-from cxrlt.train import runs
+from cxrlt.runtime import runs
 
 from .test_submission import _broken
 
@@ -259,5 +260,41 @@ def test_ensemble_killed_mid_prediction_reruns_to_byte_identical_files(demo_run,
     _kill_after_fold0_is_cached("cxrlt.ensemble", argv, run)
     assert not out.exists() and not out.with_suffix(".zip").exists()
     assert ensemble.main(argv) == 0
-    for suffix in (".csv", ".zip", ".metrics.json"):
+    for suffix in (".csv", ".metrics.json"):
         assert out.with_suffix(suffix).read_bytes() == reference.with_suffix(suffix).read_bytes(), suffix
+    # the zip: every entry byte-identical, but code/ensemble_command.txt, which records each command's own paths
+    with zipfile.ZipFile(out.with_suffix(".zip")) as rerun, zipfile.ZipFile(reference.with_suffix(".zip")) as first:
+        assert rerun.namelist() == first.namelist()
+        for name in rerun.namelist():
+            if name != "code/ensemble_command.txt":
+                assert rerun.read(name) == first.read(name), name
+        assert f"--runs {run} --out {out}" in rerun.read("code/ensemble_command.txt").decode()
+
+
+def test_a_partial_run_is_said_in_the_wrote_line_and_its_zip_needs_allow_partial(demo_run, tmp_path, capsys):
+    """ensemble and predict used to write a submission from 1 of 2 folds with only an INFO line."""
+    from cxrlt.predict import inference as predict
+
+    root, _, _ = demo_run
+    run = shutil.copytree(root / "runs" / "demo", tmp_path / "demo")  # fold caches kept: fold 0 is not re-predicted
+    (run / "fold1" / "done.json").unlink()
+    out = tmp_path / "sub" / "p.csv"
+    with pytest.raises(SystemExit) as stop:
+        ensemble.main(["--run", str(run), "--out", str(out)])
+    assert stop.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert f"{run}: 1 of 2 folds" in err and "--allow-partial" in err
+    assert ensemble.main(["--run", str(run), "--out", str(out), "--allow-partial"]) == 0
+    assert f"PARTIAL: {run}: 1 of 2 folds" in capsys.readouterr().out and out.with_suffix(".zip").exists()
+    assert predict.main(["--run", str(run), "--out", str(tmp_path / "p.csv")]) == 0
+    assert "from 1 of 2 folds -- PARTIAL" in capsys.readouterr().out
+
+
+def test_ensemble_out_may_be_a_folder(demo_run, tmp_path, capsys):
+    """`--out submissions/` (a folder) ended in an IsADirectoryError traceback."""
+    root, _, _ = demo_run
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    assert ensemble.main(["--run", str(root / "runs" / "demo"), "--out", str(folder), "--no-zip"]) == 0
+    assert (folder / "demo.csv").is_file()
+    assert f"wrote {folder / 'demo.csv'}" in capsys.readouterr().out

@@ -9,10 +9,14 @@ import keras
 import numpy as np
 import pytest
 
+from cxrlt.config.schema import OWN_BACKBONES
 from cxrlt.model import models
 
 
-@pytest.mark.parametrize("name", models.backbone_names())
+# Every keras.applications backbone, and the smallest of each of cxrlt's own families (tests/test_backbones.py
+# checks every registered size's parameter count against timm without allocating them)
+@pytest.mark.parametrize("name", [n for n in models.backbone_names() if n not in OWN_BACKBONES]
+                         + ["convnextv2-atto", "maxvit-tiny-tf-224"])
 def test_every_offered_backbone_builds_with_the_seed_002_head(name):
     built = models.build(name, num_classes=5, image_size=32, weights="none", dropout=0.3)
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
@@ -21,13 +25,18 @@ def test_every_offered_backbone_builds_with_the_seed_002_head(name):
     assert probs.shape == (2, 5) and logits.shape == (2, 5)
     np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-6)  # one set of weights
     names = [layer.name for layer in built.model.layers[-4:]]
-    assert names == ["gap", "head_dropout", "logits", "probabilities"]
-    if name in ("efficientnetv2-b0", "convnext-tiny"):  # each family's layer types, once
+    if name in OWN_BACKBONES:  # timm's pre-classifier head (norm, MaxViT's pre-logits) between gap and dropout
+        assert names[1:] == ["head_dropout", "logits", "probabilities"] and names[0].startswith("head_")
+        assert built.model.get_layer("gap")
+    else:
+        assert names == ["gap", "head_dropout", "logits", "probabilities"]
+    if name in ("efficientnetv2-b0", "convnext-tiny", "convnextv2-atto", "maxvit-tiny-tf-224"):  # each family's layer types
         # what models.load's allow-list will see in a saved file (ConvNeXt names
         # keras.src.applications.convnext.LayerScale and keras.src.ops.numpy.Add): all accepted
         for node in models._walk(keras.saving.serialize_keras_object(built.model)):
-            if "module" in node:
-                assert models._is_keras_class(node["module"], node["class_name"]), node
+            if "module" in node:  # Keras' own, or (cxrlt's own backbones) cxrlt's registered layers
+                assert (models._is_keras_class(node["module"], node["class_name"])
+                        or (node["module"], node["class_name"]) in models.OWN_LAYERS), node
     keras.backend.clear_session()
 
 

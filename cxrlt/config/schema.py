@@ -31,6 +31,12 @@ BACKBONES = {
     "convnext-base": "ConvNeXtBase",
     "convnext-large": "ConvNeXtLarge",
 }
+# model.backbone -> family module in cxrlt.model.backbones: cxrlt's own Keras 3 ports of timm models, pretrained
+# weights from a timm checkpoint (python -m cxrlt weights --from-timm); the sizes are the family module's VARIANTS
+OWN_BACKBONES = {
+    **{f"convnextv2-{size}": "convnextv2" for size in ("atto", "femto", "pico", "nano", "tiny", "base", "large", "huge")},
+    **{f"maxvit-{size}-tf-{px}": "maxvit" for size in ("tiny", "small", "base") for px in (224, 384, 512)},
+}
 # loss.name (cxrlt.model.losses.LOSSES holds each one's defaults and builder; a test keeps the two in step)
 LOSSES = ("asl", "bce", "class_balanced", "distribution_balanced", "focal", "ldam", "logit_adjusted", "weighted_bce")
 # augment.strategy of seed 000 -> (minority pipeline, majority pipeline, oversample minority images?)
@@ -55,6 +61,13 @@ HEADS = ("gap", "csra", "ml_decoder")  # model.head (cxrlt.model.models / heads)
 PREPARED_READERS = ("auto", "files", "tfrecord")
 # input.intensity: how a 16-bit PNG's values become 0..1 (8-bit images are never touched); data/pipeline.py
 INTENSITIES = ("full_range", "minmax", "percentile")
+# The names the data stage defines (data/editions.py EDITIONS, data/classes.py SCHEMAS): the schema needs
+# the names, not the readers, so they are written here and tests/test_editions.py keeps the two in step.
+EDITIONS = ("cxrlt2023", "cxrlt2024-task1", "cxrlt2024-task2", "cxrlt2026-task1")
+EDITION_NAMES = ("auto", *EDITIONS, "generic")  # data.edition
+CLASS_SCHEMAS = ("cxrlt2023", "nih14")          # data.classes by name, beside an edition's
+# --demo-edition YEAR -> the edition whose layout the demo is written in (data.demo_edition)
+DEMO_EDITIONS = {"2023": "cxrlt2023", "2024": "cxrlt2024-task1", "2026": "cxrlt2026-task1"}
 
 CHOICES: dict[str, tuple] = {
     "data.uncertain": UNCERTAIN_POLICIES,
@@ -70,7 +83,7 @@ CHOICES: dict[str, tuple] = {
     "mix.label_mode": LABEL_MODES,
     "mix.mosaic_variant": MOSAIC_VARIANTS,
     "mix.balanced_mixup_labels": LABEL_MODES,
-    "model.backbone": tuple(sorted(BACKBONES)),
+    "model.backbone": tuple(sorted({**BACKBONES, **OWN_BACKBONES})),
     "model.head": HEADS,
     "loss.name": LOSSES,
     "optim.name": OPTIMIZERS,
@@ -154,6 +167,7 @@ RANGES: dict[str, Range] = {
     "mix.balanced_mixup_q": Q,
     "model.dropout": Range(0, 1, hi_open=True),
     "model.csra_lambda": Range(0, 100, cap=True),
+    "model.drop_path": Range(0, 1, hi_open=True),
     "optim.lr": Range(0, 10, lo_open=True, cap=True),
     "optim.beta_1": Range(0, 1, hi_open=True),
     "optim.beta_2": Range(0, 1, hi_open=True),
@@ -247,6 +261,17 @@ def validate(cfg: dict) -> None:
     if weights not in ("none", "imagenet") and not Path(str(weights)).expanduser().exists():
         raise ConfigError(f"model.weights must be none, imagenet or an existing weights file (or a folder from "
                           f"python -m cxrlt weights), got {weights!r} (no such file)")
+    if cfg["model"]["drop_path"] and cfg["model"]["backbone"] not in OWN_BACKBONES:
+        raise ConfigError(f"model.drop_path ({cfg['model']['drop_path']}) is built into cxrlt's own backbones "
+                          f"(convnextv2-*, maxvit-*), not into keras.applications' {cfg['model']['backbone']}: "
+                          "set model.drop_path 0 or pick one of those backbones")
+    if cfg["model"]["backbone"] in OWN_BACKBONES and cfg["model"]["weights"] == "imagenet" and not cfg["model"]["init"]:
+        raise ConfigError(f"model.weights imagenet downloads Keras' own weights, which {cfg['model']['backbone']} has "
+                          "none of: convert a timm checkpoint (python -m cxrlt weights --from-timm FILE.safetensors "
+                          f"--backbone {cfg['model']['backbone']} --out DIR) and pass --weights DIR, or --weights none")
+    if OWN_BACKBONES.get(cfg["model"]["backbone"]) == "maxvit" and size % 32:
+        raise ConfigError(f"input.size {size} does not fit {cfg['model']['backbone']}: MaxViT's attention windows are "
+                          f"input.size / 32, so the size must be a multiple of 32 (e.g. {max(32, size // 32 * 32)})")
     init = cfg["model"]["init"]
     if init is not None and not Path(str(init)).expanduser().exists():
         raise ConfigError(f"model.init must be a cxrlt run directory or a .keras model file, got {init!r} (no such path)")
@@ -277,13 +302,11 @@ def _check_mix(mix: dict) -> None:
 
 
 def _check_data(cfg: dict) -> None:
-    from ..data import classes, editions  # numpy only: the class lists of the editions
-
     d = cfg["data"]
-    choice("data.edition", d["edition"], editions.NAMES)
-    choice("data.demo_edition", d["demo_edition"], tuple(editions.DEMO_EDITIONS.values()))
+    choice("data.edition", d["edition"], EDITION_NAMES)
+    choice("data.demo_edition", d["demo_edition"], tuple(DEMO_EDITIONS.values()))
     if isinstance(d["classes"], str) and d["classes"] not in ("auto", "edition"):
-        choice("data.classes", d["classes"], list(dict.fromkeys(["auto", "edition", *sorted(classes.SCHEMAS), *editions.EDITIONS])))
+        choice("data.classes", d["classes"], list(dict.fromkeys(["auto", "edition", *sorted(CLASS_SCHEMAS), *EDITIONS])))
     if isinstance(d["classes"], list) and (not d["classes"] or len(set(map(str, d["classes"]))) != len(d["classes"])):
         raise ConfigError(f"data.classes must list each class once, got {d['classes']}")
 

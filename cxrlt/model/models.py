@@ -18,16 +18,19 @@ from pathlib import Path
 
 import keras
 
-from ..config.schema import BACKBONES, HEADS  # name -> keras.applications constructor name; model.head names
+from ..config.schema import BACKBONES, HEADS, OWN_BACKBONES  # keras.applications constructors; model.head; cxrlt's own
 from ..utils.errors import UserError
-from . import fusion as fusion_mod, heads as heads_mod
-from .pretrained import WeightsError, resolve as resolve_weights_file  # WeightsError is models.WeightsError too
+from . import backbones as backbones_mod, fusion as fusion_mod, heads as heads_mod
+from .weights_files import WeightsError, resolve as resolve_weights_file  # WeightsError is models.WeightsError too
 
 # The last feature map before pooling (G26), as Keras 3.15 names it. ConvNeXt(include_top=False) ends in an
 # auto-named LayerNormalization ("layer_normalization", "_N" suffixed when several models are built in one
 # process); "..._stage_3_block_2_identity" is the last block's branch before its residual add. So
 # cxrlt.explain.feature_layer takes the input of the "gap" layer instead of looking a name up here.
-FEATURE_LAYER = {"efficientnetv2": "top_activation", "convnext": "layer_normalization"}
+# cxrlt's own backbones (cxrlt.model.backbones) name their layers after timm's modules: the last stage's last block
+# ends in "stages_3_blocks_<last>_add" (ConvNeXt V2) or "..._attn_grid_add2" (MaxViT), the input of "gap".
+FEATURE_LAYER = {"efficientnetv2": "top_activation", "convnext": "layer_normalization",
+                 "convnextv2": "stages_3_blocks_{last}_add", "maxvit": "stages_3_blocks_{last}_attn_grid_add2"}
 
 
 class ModelFileError(UserError):
@@ -41,23 +44,32 @@ class Built:
 
 
 def backbone_names() -> list[str]:
-    return sorted(BACKBONES)
+    return sorted({**BACKBONES, **OWN_BACKBONES})
 
 
 def build(backbone: str, num_classes: int, image_size: int, *, weights: str | None = "none",
           dropout: float = 0.3, pixel_range: str = "0_255", head: str = "gap", csra_lambda: float = 0.1,
-          sync_batchnorm: bool = False) -> Built:
+          sync_batchnorm: bool = False, drop_path: float = 0.0) -> Built:
     """Build the classifier. `weights`: none | imagenet | path to a backbone weights file.
     `head`: gap (seed 002) | csra | ml_decoder (cxrlt.model.heads), on the backbone's last feature map.
-    A weights path may be a folder written by `python -m cxrlt weights` (its <backbone>.weights.h5 is used).
-    `sync_batchnorm`: every BatchNormalization normalises over the global batch (`synchronize_batchnorm`)."""
-    if backbone not in BACKBONES:
+    A weights path may be a folder written by `python -m cxrlt weights` (its <backbone>.weights.h5 is used,
+    or, for cxrlt's own backbones, the <backbone>.safetensors converted from a timm checkpoint).
+    `sync_batchnorm`: every BatchNormalization normalises over the global batch (`synchronize_batchnorm`).
+    `drop_path`: stochastic depth of cxrlt's own backbones (timm's drop_path_rate; cxrlt.model.backbones).
+
+    cxrlt's own backbones keep timm's pre-classifier head: with `gap` the pooled features pass timm's head
+    norm (and MaxViT's pre-logits Linear + tanh) before dropout and the logits, as timm's
+    create_model(num_classes=N); csra / ml_decoder read the feature map with that norm applied per position,
+    as timm with global_pool=''."""
+    names = {**BACKBONES, **OWN_BACKBONES}
+    if backbone not in names:
         import difflib
 
-        close = difflib.get_close_matches(backbone, BACKBONES, n=1)
+        close = difflib.get_close_matches(backbone, names, n=1)
         raise ValueError(f"unknown backbone {backbone!r}" + (f"; did you mean {close[0]!r}?" if close else "")
                          + f" Offered: {', '.join(backbone_names())}")
-    constructor = getattr(keras.applications, BACKBONES[backbone])
+    if drop_path and backbone not in OWN_BACKBONES:
+        raise ValueError(f"drop_path is built into cxrlt's own backbones, not into keras.applications' {backbone}")
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = inputs
     # Keras backbones normalise 0..255 themselves; seed 002 fed 0..1, which needs their
@@ -67,9 +79,15 @@ def build(backbone: str, num_classes: int, image_size: int, *, weights: str | No
         x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit_range")(x)
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; use one of {', '.join(HEADS)}")
-    base = _make_backbone(constructor, backbone, x, weights, include_preprocessing)
+    if backbone in OWN_BACKBONES:
+        base = _make_own_backbone(backbone, x, weights, include_preprocessing, pooled=head == "gap",
+                                  drop_path=drop_path)
+    else:
+        base = _make_backbone(getattr(keras.applications, BACKBONES[backbone]), backbone, x, weights,
+                              include_preprocessing)
     if head == "gap":
-        features = keras.layers.GlobalAveragePooling2D(name="gap")(base.output)
+        features = base.output if backbone in OWN_BACKBONES else \
+            keras.layers.GlobalAveragePooling2D(name="gap")(base.output)
         features = keras.layers.Dropout(dropout, name="head_dropout")(features)
         logits = keras.layers.Dense(num_classes, name="logits", dtype="float32")(features)
     else:
@@ -122,9 +140,9 @@ def _make_backbone(constructor, backbone: str, x, weights, include_preprocessing
         except Exception as err:  # URL/socket/HTTP errors differ by platform; all mean "no download"
             raise WeightsError(
                 f"could not download ImageNet weights for {backbone} ({type(err).__name__}: {err}). "
-                "Without network access, pass --weights none (train from scratch) or --weights PATH to a "
-                f"local Keras weights file for {backbone} (include_top=False, e.g. the .h5 file Keras keeps in "
-                "~/.keras/models/ on a machine that can download it)."
+                f"Without network access: on a machine that has it, run python -m cxrlt weights --backbone {backbone} "
+                "--out weights/, copy weights/ here and pass --weights weights/; or pass --weights none (train "
+                "from scratch)."
             ) from None
     path = Path(os.path.expanduser(str(weights)))
     if not path.exists():
@@ -150,8 +168,36 @@ def _make_backbone(constructor, backbone: str, x, weights, include_preprocessing
     return model
 
 
-# cxrlt's own layers a model file may name (module, class) -> registered name: the two heads and the study fusion
-OWN_LAYERS = {**heads_mod.OWN_LAYERS, **fusion_mod.OWN_LAYERS}
+def _make_own_backbone(backbone: str, x, weights, include_preprocessing: bool, *, pooled: bool,
+                       drop_path: float) -> keras.Model:
+    """cxrlt's own backbone (ConvNeXt V2, MaxViT): weights none, or a timm checkpoint converted by
+    `python -m cxrlt weights --from-timm` (Keras has no ImageNet download for them)."""
+    from .backbones import timm_weights
+
+    weights = "none" if weights in (None, "", "none", "None") else weights
+    if weights == "imagenet":
+        raise WeightsError(f"{backbone} has no Keras ImageNet download: convert timm's checkpoint once with "
+                           f"python -m cxrlt weights --from-timm model.safetensors --backbone {backbone} --out DIR, then "
+                           "pass --weights DIR (docs/backbones.md says where to get the file), or --weights none")
+    path = None
+    if weights != "none":
+        path = Path(os.path.expanduser(str(weights)))
+        if not path.exists():
+            raise WeightsError(f"weights file {path} does not exist (use --weights none|PATH)")
+        path = resolve_weights_file(path, backbone)
+        if path.suffix != timm_weights.SUFFIX:
+            raise WeightsError(f"{path} is not a converted timm checkpoint for {backbone}: convert one with python -m "
+                               f"cxrlt weights --from-timm model.safetensors --backbone {backbone} --out DIR")
+    base = backbones_mod.build(backbone, x, pooled=pooled, include_preprocessing=include_preprocessing,
+                               drop_path=drop_path)
+    if path is not None:
+        timm_weights.load(base, path, backbone)
+    return base
+
+
+# cxrlt's own layers a model file may name (module, class) -> registered name: the two heads, the study fusion,
+# the layers of cxrlt's own backbones (GRN, MaxViT's partition attention, tanh-GELU)
+OWN_LAYERS = {**heads_mod.OWN_LAYERS, **fusion_mod.OWN_LAYERS, **backbones_mod.OWN_LAYERS}
 
 # What a cxrlt model file may name (config.json "module"/"class_name" pairs): Keras' own classes of
 # these kinds, nothing else (not builtins, os, a custom package, or a Keras function such as
@@ -187,7 +233,8 @@ def check_model_file(path: Path) -> None:
 
     Keras' safe_mode already refuses Lambda layers; this adds an allow-list (Keras' own layer,
     operation, initializer... classes: defence in depth against deserialisation tricks such as
-    CVE-2025-1550 and CVE-2025-8747) plus cxrlt's own layers (OWN_LAYERS: the two heads, the study fusion),
+    CVE-2025-1550 and CVE-2025-8747) plus cxrlt's own layers (OWN_LAYERS: the two heads, the study fusion, the
+    backbone layers of cxrlt.model.backbones),
     checks every member's CRC (a truncated or bit-flipped file), and never accepts the legacy .h5 format, which has no safe mode for everything it can hold.
     """
     if not zipfile.is_zipfile(path):

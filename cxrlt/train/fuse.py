@@ -31,7 +31,6 @@ tf.distribute: the head is small and the features are precomputed.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
@@ -50,7 +49,7 @@ from ..data import dataset
 from ..evaluate import metrics
 from ..utils import atomic, cli
 from ..utils.hashing import file_sha256
-from . import runs
+from ..runtime import runs
 
 log = logging.getLogger("cxrlt.fuse")
 
@@ -83,7 +82,8 @@ def source_table(source: runs.Run):
     """(the source's training table in folds.csv order, fold of each image)."""
     d = source.config()["data"]
     table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=list(source.classes()),
-                                uncertain=d["uncertain"], allow_outside_root=True)
+                                uncertain=d["uncertain"], allow_outside_root=True, index_dir=source.root,
+                                **dataset.training_rows(d))
     if not source.folds_csv.exists():
         raise runs.RunError(f"{source.root}: no folds.csv; is it a finished cxrlt run?")
     folds = pd.read_csv(source.folds_csv, dtype={"id": str})
@@ -289,7 +289,7 @@ def parse_sets(items) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.fuse", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.fuse", __doc__)
     parser.add_argument("--run", required=True, type=Path, help="the trained run to fuse (all folds finished)")
     parser.add_argument("--name", help="the fused run's name (default: <run>_fused)")
     parser.add_argument("--out", type=Path, help="folder for the fused run (default: the source run's folder)")
@@ -298,6 +298,7 @@ def main(argv=None) -> int:
                         help="fuse.* (e.g. fuse.feature_pool=2), predict.tta, predict.batch_size or seed (repeatable)")
     parser.add_argument("--force", action="store_true", help="refit a fused run made with other settings")
     cli.add_common(parser)
+    command = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     cli.setup(args)
     with cli.errors():
@@ -305,6 +306,7 @@ def main(argv=None) -> int:
         if args.epochs is not None:
             overrides["fuse.epochs"] = args.epochs
         run, summary = fuse(args.run, name=args.name, out=args.out, overrides=overrides, force=args.force)
+        runs.record_command(run, "python -m cxrlt.fuse", command)
         from .kfold import print_summary
 
         print_summary(run, summary)

@@ -9,7 +9,6 @@ finished epoch. When every fold is done, the out-of-fold predictions and scores 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -23,7 +22,7 @@ from ..utils import atomic, cli
 from ..data import dataset, editions, folds as folds_mod
 from .. import config
 from ..evaluate import metrics
-from . import runs
+from ..runtime import runs
 
 log = logging.getLogger("cxrlt.train")
 
@@ -57,13 +56,11 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
             demo = synthetic.make_demo(folder, n_patients=d["demo_patients"], image_size=d["demo_image_size"],
                                        edition=edition)
         if multi:
-            from . import distribute
+            from ..runtime import distribute
 
             distribute.barrier(strategy)  # the workers read the demo set once the chief has made it
         if not chief:
-            demo = synthetic.DemoData(root=folder, train_csv=folder / "train.csv", test_csv=folder / "test.csv",
-                                      exclude=folder / "Removal.csv" if edition.startswith("cxrlt2026") else None,
-                                      edition=edition)
+            demo = synthetic.demo_files(folder, edition)
         d.update(labels=str(demo.train_csv), image_root=str(demo.root), test_labels=str(demo.test_csv),
                  test_image_root=str(demo.root))
         if edition == "cxrlt2023":
@@ -79,13 +76,15 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
         d["exclude"] = str(Path(d["exclude"]).expanduser().resolve())
     if cfg["model"]["init"]:  # a rerun from another folder finds the same source
         cfg["model"]["init"] = str(Path(cfg["model"]["init"]).expanduser().resolve())
-    # the exclusion list is applied while reading, so a removed (e.g. broken) image is never screened
+    # the exclusion list and the split are applied while reading, so a removed (e.g. broken) image is never
+    # screened; an image root of sub-folders is indexed once, the index cached in the run directory
+    record = Path(cfg["out"]) / cfg["name"]
     table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=d["classes"],
                                 uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
-                                check_files=d["check_images"] == "off", edition=d.get("edition", "auto"),
-                                exclude=d.get("exclude"))
+                                check_files=d["check_images"] == "off", index_dir=record if chief else None,
+                                **dataset.training_rows(d))
     if multi:
-        from . import distribute
+        from ..runtime import distribute
 
         # ids and labels, not paths: hosts may mount the shared images at different places
         distribute.agree(strategy, f"the training list {d['labels']} (image ids and labels)",
@@ -97,14 +96,14 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
 
         screened = table
         if chief:
-            record = Path(cfg["out"]) / cfg["name"]
             deep = d["check_images"] == "deep"
-            screened = check.screen_table(table, deep=deep, skip_bad=d["skip_bad"], record_dir=record)
+            screened = check.screen_table(table, deep=deep, skip_bad=d["skip_bad"], record_dir=record,
+                                          input_size=cfg["input"]["size"])
             if d["test_labels"]:  # the submission needs every test image: bad ones stop the run, never skipped
                 test = dataset.read_labels(d["test_labels"], image_root=d["test_image_root"],
                                            classes=list(table.classes), require_labels=False,
                                            uncertain=d["uncertain"], edition=table.edition,
-                                           allow_outside_root=d["allow_outside_root"])
+                                           allow_outside_root=d["allow_outside_root"], index_dir=record)
                 check.screen_table(test, deep=deep, record_dir=record / "test_images", what="test", can_skip=False)
         if multi:
             kept = distribute.from_chief(strategy, np.isin(table.ids, screened.ids))
@@ -117,25 +116,46 @@ def _roles(strategy) -> tuple[bool, bool]:
     """(this process is the chief, there are several worker processes); no strategy: one process."""
     if strategy is None:
         return True, False
-    from . import distribute
+    from ..runtime import distribute
 
     return distribute.is_chief(strategy), distribute.is_multiworker(strategy)
 
 
-def open_run(cfg: dict, table: dataset.LabelTable, force: bool, strategy=None) -> runs.Run:
+STRIDE = 32  # every backbone's total down-sampling: its last feature map is input.size / 32 cells wide
+
+
+def note_input_size(cfg: dict) -> None:
+    size = cfg["input"]["size"]
+    if size % STRIDE:
+        log.warning("input.size %d is not a multiple of %d, the backbone's total stride: its last feature map "
+                    "covers %d px and the last %d px of each side are seen only in part; use %d or %d",
+                    size, STRIDE, size // STRIDE * STRIDE, size % STRIDE, size // STRIDE * STRIDE,
+                    (size // STRIDE + 1) * STRIDE)
+
+
+def open_run(cfg: dict, table: dataset.LabelTable, force: bool, strategy=None, command: list[str] | None = None
+             ) -> runs.Run:
     """Create the run directory, or check that an existing one was made with this config (the chief only:
-    the other workers write nothing; a refusal on the chief stops them too)."""
+    the other workers write nothing; a refusal on the chief stops them too). `command` (the train
+    arguments) is appended to the run's command.txt: every command that trained it, in order."""
     run = runs.Run(Path(cfg["out"]) / cfg["name"])
     if not _roles(strategy)[0]:
         return run
     if run.config_path.exists():
         changed = config.diff(run.config(), cfg, ignore=RESUMABLE_CHANGES)
+        if changed and not force and not run.trained_anything():
+            log.warning("%s: replacing the config of a run that finished no epoch (%s%s)", run.root,
+                        "; ".join(changed[:4]), "; ..." if len(changed) > 4 else "")
+            run.folds_csv.unlink(missing_ok=True)  # made from the old config's folds and seed
+            changed = []
         if changed and not force:
             raise config.ConfigError(
                 f"{run.root} holds a run with another config ({'; '.join(changed[:4])}"
                 f"{'; ...' if len(changed) > 4 else ''}). Use another --name/--out, or --force to continue it anyway"
             )
     atomic.write_text(run.config_path, config.dump(cfg))
+    if command is not None:
+        runs.record_command(run, "python -m cxrlt.train", command)
     counts = table.class_counts()
     edition = editions.get(table.edition)
     atomic.write_json(run.classes_json, {
@@ -156,7 +176,7 @@ def load_folds(run: runs.Run, table: dataset.LabelTable, cfg: dict, strategy=Non
     fold_of = (folds_mod.load_or_make_folds(run.folds_csv, table, cfg["train"]["folds"], cfg["seed"]) if chief
                else np.zeros(len(table), np.int64))
     if multi:
-        from . import distribute
+        from ..runtime import distribute
 
         fold_of = distribute.from_chief(strategy, fold_of).astype(np.int64)
     return fold_of
@@ -167,7 +187,8 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     share; the chief scores and writes)."""
     import keras
 
-    from . import callbacks, distribute, engine, tensorboard_log
+    from . import callbacks, engine, tensorboard_log
+    from ..runtime import distribute
     from ..data import augment, mix, pipeline
     from ..model import losses, models, optim
     from ..predict.step import Predictor
@@ -204,7 +225,8 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
                              weights="none" if cfg["model"]["init"] else cfg["model"]["weights"],
                              dropout=cfg["model"]["dropout"],
                              pixel_range=cfg["input"]["pixel_range"], head=cfg["model"]["head"],
-                             csra_lambda=cfg["model"]["csra_lambda"], sync_batchnorm=cfg["model"]["sync_batchnorm"])
+                             csra_lambda=cfg["model"]["csra_lambda"], sync_batchnorm=cfg["model"]["sync_batchnorm"],
+                             drop_path=cfg["model"]["drop_path"])
         if init:
             from . import init_from
 
@@ -326,7 +348,7 @@ def finish_fold(cfg: dict, run: runs.Run, k: int, val: dataset.LabelTable, class
     else:
         weights = selected.get_weights()
         if multi:
-            from . import distribute
+            from ..runtime import distribute
 
             distribute.agree(strategy, f"fold {k}: the selected model {run.model_path(k)}", distribute.digest(*weights))
         model.set_weights(weights)
@@ -354,7 +376,7 @@ def finish_fold(cfg: dict, run: runs.Run, k: int, val: dataset.LabelTable, class
 
 def summarize(run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray) -> dict | None:
     """Assemble the OOF predictions of all folds, score them and tune per-class thresholds, once every fold is done."""
-    from ..ensemble import thresholds
+    from ..evaluate import thresholds
 
     k = run.config()["train"]["folds"]
     if len(run.finished_folds()) < k:
@@ -407,23 +429,25 @@ def refuse_ensemble_config(path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.train", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.train", __doc__)
     config.add_arguments(parser)
     parser.add_argument("--force", action="store_true", help="continue a run directory made with another config")
     cli.add_common(parser)
+    command = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     cli.setup(args)
     with cli.errors():
         refuse_ensemble_config(args.config)
         cfg = config.from_args(args)
-        from . import distribute
+        note_input_size(cfg)
+        from ..runtime import distribute
 
         strategy = distribute.get_strategy(cfg["distribute"]["strategy"],  # before TensorFlow runs any op
                                            cpu_replicas=cfg["distribute"].get("cpu_replicas"))
         with distribute.failures_end_every_worker(strategy):  # one worker's error ends them all, with its message
             distribute.set_precision(cfg["distribute"]["mixed_precision"])
             table = resolve_data(cfg, strategy)
-            run = open_run(cfg, table, args.force, strategy)
+            run = open_run(cfg, table, args.force, strategy, command=command)
             fold_of = load_folds(run, table, cfg, strategy)
             todo = range(cfg["train"]["folds"]) if cfg["train"]["fold"] == "all" else [cfg["train"]["fold"]]
             done = distribute.from_chief(strategy, [run.is_done(k) for k in todo])  # the chief's view of the files

@@ -2,6 +2,7 @@
 
 runs/<name>/
   config.yaml          resolved config (a rerun with a different one is refused unless --force)
+  command.txt          every command that trained the run (folder it ran in + the command line), oldest first
   folds.csv            image id -> patient -> fold (made once, reused on every resume)
   fold<k>/model.keras  the fold's selected model (probabilities out)
   fold<k>/history.csv  one row per epoch; fold<k>/backup/ mid-training state (tf.train.CheckpointManager: weights, optimizer, epoch)
@@ -16,7 +17,6 @@ runs/<name>/
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..utils import atomic
+from ..utils import atomic, cli
 from ..utils.errors import UserError
 
 
@@ -44,6 +44,10 @@ class Run:
     @property
     def config_path(self) -> Path:
         return self.root / "config.yaml"
+
+    @property
+    def command_txt(self) -> Path:
+        return self.root / "command.txt"
 
     @property
     def folds_csv(self) -> Path:
@@ -115,9 +119,34 @@ class Run:
             raise RunError(f"{self.root} is not a cxrlt run (no config.yaml); train one with python -m cxrlt.train")
         return yaml.safe_load(self.config_path.read_text())
 
+    def trained_anything(self) -> bool:
+        """Whether any fold finished an epoch here (a checkpoint, a model, a done marker, OOF): a run that
+        failed before its first epoch (weights offline, a bad image) holds nothing a new config could spoil."""
+        if self.oof_csv.exists():
+            return True
+        return any((fold / "backup" / "checkpoint").exists() or (fold / "model.keras").exists()
+                   or (fold / "done.json").exists() for fold in self.root.glob("fold*"))
+
     def finished_folds(self) -> list[int]:
         k = self.config()["train"]["folds"]
         return [i for i in range(k) if self.is_done(i)]
+
+    def partial(self) -> str | None:
+        """'runs/x: 1 of 2 folds' when some of the run's folds are unfinished, else None. A fused run's folds
+        are its source's, each refit: the same rule."""
+        done, k = len(self.finished_folds()), self.config()["train"]["folds"]
+        return None if done == k else f"{self.root}: {done} of {k} folds"
+
+
+def record_command(run: Run, program: str, argv: list[str]) -> None:
+    """Append `cd <folder> && <program> <argv>` to the run's command.txt (rewritten atomically): the
+    exact commands a submission's code/ folder shows for this run."""
+    import os
+    import shlex
+
+    line = f"cd {shlex.quote(os.getcwd())} && {program} {shlex.join(argv)}".rstrip() + "\n"
+    before = run.command_txt.read_text(encoding="utf-8") if run.command_txt.is_file() else ""
+    atomic.write_text(run.command_txt, before + line)
 
 
 def write_predictions(path: Path, ids: np.ndarray, probs: np.ndarray, classes, extra: dict | None = None) -> None:
@@ -161,7 +190,8 @@ def oof_with_labels(run: Run):
         raise RunError(f"{run.root}: no oof.csv ({done} of {k} folds finished; it is assembled when all are)")
     d = run.config()["data"]
     table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=list(run.classes()),
-                                uncertain=d["uncertain"], allow_outside_root=True)
+                                uncertain=d["uncertain"], allow_outside_root=True, index_dir=run.root,
+                                **dataset.training_rows(d))
     ids, probs = read_predictions(run.oof_csv, run.classes())
     position = {image_id: i for i, image_id in enumerate(table.ids)}
     missing = [i for i in ids if i not in position]
@@ -169,6 +199,18 @@ def oof_with_labels(run: Run):
         raise RunError(f"{run.oof_csv} does not match its training list {d['labels']} ({len(ids)} vs {len(table)} rows, "
                        f"{len(missing)} unknown ids, e.g. {missing[:3]}); was the CSV changed after training?")
     return table.subset([position[i] for i in ids]), probs
+
+
+def thresholds_for(run: Run) -> tuple[np.ndarray | None, str]:
+    """A run's thresholds (its thresholds.json, else tuned on its oof.csv without writing) and where from."""
+    from ..evaluate import thresholds
+
+    if run.thresholds_json.exists():
+        return thresholds.load(run.thresholds_json, run.classes()), str(run.thresholds_json)
+    if run.oof_csv.exists():
+        table, oof = oof_with_labels(run)
+        return np.asarray(thresholds.tune(table.labels, oof, table.classes)["thresholds"]), f"tuned on {run.oof_csv}"
+    return None, f"{run.root} has no OOF predictions yet"
 
 
 def mark_done(run: Run, k: int, info: dict) -> None:
@@ -244,10 +286,21 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.runs", description="List cxrlt runs with their scores.")
-    parser.add_argument("root", nargs="?", type=Path, default=Path("runs"), help="a runs folder or one run (default: runs)")
+    parser = cli.parser("python -m cxrlt.runs", "List cxrlt runs with their scores.")
+    parser.add_argument("root", nargs="?", type=Path, default=Path("runs"), help="a runs folder or one run")
+    parser.add_argument("--run", type=Path, action="append", help="list these runs (repeatable) instead of a folder's")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    cli.add_common(parser)
     args = parser.parse_args(argv)
+    cli.setup(args)
+    if args.run:
+        missing = [str(r) for r in args.run if not (r / "config.yaml").is_file()]
+        if missing:
+            print(f"error: not a run directory (no config.yaml): {', '.join(missing)}", file=sys.stderr)
+            return 2
+        rows = [describe(Run(r)) for r in args.run]
+        print(json.dumps(rows, indent=2, default=str) if args.json else format_table(rows))
+        return 0
     if not args.root.is_dir():
         print(f"error: {args.root} is not a folder; pass the folder your runs are in (train --out, default runs/)",
               file=sys.stderr)
