@@ -400,14 +400,16 @@ def global_mix() -> dict:
     reference = None
     for mode in ("host", "device"):
         for name, (strategy, per_replica, accumulate) in runs.items():
+            if (mode, name) == ("device", "one"):
+                continue  # one device's accelerator batches against the host's: test_pipeline.py
             x, y, traced = _mixed_batches(strategy, paths, labels, cfg, mixer, per_replica=per_replica,
-                                          accumulate=accumulate, on_device=mode == "device", steps=3)
+                                          accumulate=accumulate, on_device=mode == "device", steps=2)
             key = f"{mode}_{name}"
             reference = x if reference is None else reference
             result["labels"][key] = y.tolist()
             result["image_difference"][key] = float(np.abs(x - reference).max())
             # distinct label rows among the rows of each replica's micro-batch (4 or 2 rows)
-            blocks = y.reshape(3, -1, per_replica, y.shape[-1])
+            blocks = y.reshape(2, -1, per_replica, y.shape[-1])
             result["rows_distinct"][key] = min(len({row.tobytes() for row in block}) for step in blocks for block in step)
             if traced is not None and strategy is eight:
                 result[f"ops_{key}"] = op_report(traced)
