@@ -13,6 +13,7 @@ COMMANDS = {
     "fuse": ("cxrlt.train.fuse", "learned study fusion (CheXFusion stage 2) over a run's frozen features"),
     "predict": ("cxrlt.predict.inference", "fold models x TTA over an image list"),
     "ensemble": ("cxrlt.ensemble.ensembler", "combine runs into a validated submission CSV + zip"),
+    "export": ("cxrlt.ensemble.export", "one TensorFlow SavedModel of runs for serving (bytes in, probabilities out)"),
     "evaluate": ("cxrlt.evaluate.align", "score a prediction CSV against labels"),
     "check": ("cxrlt.data.check", "pre-flight check of every image a run will read"),
     "prepare": ("cxrlt.data.prepare", "pre-resized image files and TFRecord shards"),

@@ -181,6 +181,18 @@ def test_normal_gating_and_view_groups_from_the_cli(demo_run, tmp_path, capsys):
         with pytest.raises(SystemExit):
             ensemble.main(["--runs", run, *bad, "--out", str(tmp_path / "x.csv")])
         assert "ensemble.normal_gating must be a number in [0, 1]" in capsys.readouterr().err
+    # the 2026 winner's power form: x (1 - p_normal) ** 0.5
+    assert ensemble.main(["--runs", run, "--normal-gating-power", "0.5", "--out", str(tmp_path / "p.csv"),
+                          "--no-zip"]) == 0
+    assert "normal gating power 0.5" in capsys.readouterr().out
+    powered = pd.read_csv(tmp_path / "p.csv", dtype={"dicom_id": str}).set_index("dicom_id").loc[single.index]
+    expected = single.to_numpy() * np.sqrt(1 - single[["No Finding"]].to_numpy())
+    expected[:, list(single.columns).index("No Finding")] = single["No Finding"].to_numpy()
+    np.testing.assert_allclose(powered.to_numpy(), expected, atol=2e-6)
+    with pytest.raises(SystemExit):
+        ensemble.main(["--runs", run, "--normal-gating", "0.5", "--normal-gating-power", "0.5", "--out",
+                       str(tmp_path / "x.csv")])
+    assert "two forms of one step" in capsys.readouterr().err
 
 
 def test_prediction_names_a_broken_image_in_the_list_before_any_model_runs(demo_run, tmp_path, capsys):

@@ -47,11 +47,52 @@ def backbone_names() -> list[str]:
     return sorted({**BACKBONES, **OWN_BACKBONES})
 
 
+# The layers between the backbone's last feature map and the logits: a model's "head" for --init, per-part
+# learning rates (optim.backbone_lr_mult) and the frozen-backbone warm-up (train.freeze_backbone_epochs)
+HEAD_LAYERS = ("head_batchnorm", "gap", "head_dropout", "logits", "logit_scale")
+CLASSIFIERS = ("auto", "dense", "cosine")
+HEAD_NORMS = ("none", "batchnorm")
+
+
+@dataclass
+class HeadOptions:
+    """How the head is made (the model.* settings beyond model.head; `head_options(cfg)` reads them)."""
+
+    csra_lambda: float = 0.1
+    csra_heads: int = 1                        # the authors' default: one head, temperature 1
+    csra_temperatures: list | None = None      # None: the authors' temperatures for csra_heads (heads.CSRA_TEMPERATURES)
+    csra_variant: str = "official"             # official (Kevinz-code/CSRA) | cxrlt2026_winner (hieuphamha19/CXR_LT)
+    ml_decoder_train_queries: bool = False     # the authors' ML-Decoder: random, frozen queries
+    classifier: str = "dense"                  # gap head: dense | cosine (LDAM's normalised classifier)
+    logit_scale: float = 1.0                   # cosine: the saved model predicts sigmoid(logit_scale x cosine)
+    head_norm: str = "none"                    # batchnorm: BatchNormalization on the feature map before the head
+
+
+def head_options(cfg: dict) -> HeadOptions:
+    """The head of a config: model.classifier auto is the cosine classifier when the loss is LDAM on the gap head
+    (as LDAM's official model, whose logits are cosines the loss scales by loss.params.scale)."""
+    m = cfg["model"]
+    classifier = m.get("classifier", "auto")
+    ldam = cfg["loss"]["name"] == "ldam"
+    if classifier == "auto":
+        classifier = "cosine" if ldam and m["head"] == "gap" else "dense"
+    scale = 1.0
+    if classifier == "cosine":
+        from .losses import ldam_scale
+
+        scale = ldam_scale(cfg["loss"]["params"]) if ldam else 1.0
+    return HeadOptions(csra_lambda=m["csra_lambda"], csra_heads=m.get("csra_heads", 1),
+                       csra_temperatures=m.get("csra_temperatures"), csra_variant=m.get("csra_variant", "official"),
+                       ml_decoder_train_queries=m.get("ml_decoder_train_queries", False), classifier=classifier,
+                       logit_scale=scale, head_norm=m.get("head_norm", "none"))
+
+
 def build(backbone: str, num_classes: int, image_size: int, *, weights: str | None = "none",
-          dropout: float = 0.3, pixel_range: str = "0_255", head: str = "gap", csra_lambda: float = 0.1,
-          sync_batchnorm: bool = False, drop_path: float = 0.0) -> Built:
+          dropout: float = 0.3, pixel_range: str = "0_255", head: str = "gap", csra_lambda: float | None = None,
+          sync_batchnorm: bool = False, head_options: HeadOptions | None = None, drop_path: float = 0.0) -> Built:
     """Build the classifier. `weights`: none | imagenet | path to a backbone weights file.
-    `head`: gap (seed 002) | csra | ml_decoder (cxrlt.model.heads), on the backbone's last feature map.
+    `head`: gap (seed 002) | csra | ml_decoder (cxrlt.model.heads), on the backbone's last feature map;
+    `head_options` (HeadOptions, default the authors' forms) say how; `csra_lambda` overrides its lambda.
     A weights path may be a folder written by `python -m cxrlt weights` (its <backbone>.weights.h5 is used,
     or, for cxrlt's own backbones, the <backbone>.safetensors converted from a timm checkpoint).
     `sync_batchnorm`: every BatchNormalization normalises over the global batch (`synchronize_batchnorm`).
@@ -70,6 +111,9 @@ def build(backbone: str, num_classes: int, image_size: int, *, weights: str | No
                          + f" Offered: {', '.join(backbone_names())}")
     if drop_path and backbone not in OWN_BACKBONES:
         raise ValueError(f"drop_path is built into cxrlt's own backbones, not into keras.applications' {backbone}")
+    options = head_options or HeadOptions()
+    if csra_lambda is not None:
+        options = HeadOptions(**{**options.__dict__, "csra_lambda": csra_lambda})
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = inputs
     # Keras backbones normalise 0..255 themselves; seed 002 fed 0..1, which needs their
@@ -79,25 +123,43 @@ def build(backbone: str, num_classes: int, image_size: int, *, weights: str | No
         x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit_range")(x)
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; use one of {', '.join(HEADS)}")
-    if backbone in OWN_BACKBONES:
+    if options.classifier == "cosine" and head != "gap":
+        raise ValueError(f"the cosine classifier is a gap head's; model.head {head} has its own classifier")
+    own = backbone in OWN_BACKBONES
+    if own:
         base = _make_own_backbone(backbone, x, weights, include_preprocessing, pooled=head == "gap",
                                   drop_path=drop_path)
     else:
         base = _make_backbone(getattr(keras.applications, BACKBONES[backbone]), backbone, x, weights,
                               include_preprocessing)
+    feature_map = base.output  # an own backbone with gap: already pooled through timm's head norm
+    if options.head_norm == "batchnorm":  # the CXR-LT 2026 winner's BatchNorm2d between backbone and head
+        feature_map = keras.layers.BatchNormalization(name="head_batchnorm")(feature_map)
+    elif options.head_norm != "none":
+        raise ValueError(f"head_norm must be one of {HEAD_NORMS}, got {options.head_norm!r}")
     if head == "gap":
-        features = base.output if backbone in OWN_BACKBONES else \
-            keras.layers.GlobalAveragePooling2D(name="gap")(base.output)
+        features = feature_map if own else keras.layers.GlobalAveragePooling2D(name="gap")(feature_map)
         features = keras.layers.Dropout(dropout, name="head_dropout")(features)
-        logits = keras.layers.Dense(num_classes, name="logits", dtype="float32")(features)
+        if options.classifier == "cosine":
+            logits = heads_mod.CosineDense(num_classes, name="logits", dtype="float32")(features)
+        else:
+            logits = keras.layers.Dense(num_classes, name="logits", dtype="float32")(features)
     else:
-        logits = attach_head(base.output, num_classes, head, dropout=dropout, csra_lambda=csra_lambda)
-    probs = keras.layers.Activation("sigmoid", name="probabilities", dtype="float32")(logits)
+        logits = attach_head(feature_map, num_classes, head, dropout=dropout, options=options)
+    scaled = logits
+    if options.logit_scale != 1.0:  # what the loss scored: sigmoid(s x cosine) (LDAM), so the probabilities are its
+        scaled = keras.layers.Rescaling(options.logit_scale, name="logit_scale", dtype="float32")(logits)
+    probs = keras.layers.Activation("sigmoid", name="probabilities", dtype="float32")(scaled)
     name = backbone.replace("-", "_")
     built = Built(train_model=keras.Model(inputs, logits, name=f"{name}_logits"), model=keras.Model(inputs, probs, name=name))
     if sync_batchnorm:  # backbone and head: the two models share their layers
         synchronize_batchnorm(built.train_model)
     return built
+
+
+def head_variables(model: keras.Model) -> list:
+    """The trainable variables of the head (HEAD_LAYERS); every other trainable variable is the backbone's."""
+    return [v for layer in model.layers if layer.name in HEAD_LAYERS for v in layer.trainable_variables]
 
 
 def synchronize_batchnorm(model: keras.Model) -> int:
@@ -118,14 +180,23 @@ def synchronize_batchnorm(model: keras.Model) -> int:
     return count
 
 
-def attach_head(feature_map, num_classes: int, head: str, *, dropout: float = 0.3, csra_lambda: float = 0.1):
+def attach_head(feature_map, num_classes: int, head: str, *, dropout: float = 0.3, csra_lambda: float | None = None,
+                options: HeadOptions | None = None):
     """feature map [B, H, W, D] -> dropout ("head_dropout") -> the csra / ml_decoder head, named "logits" (float32).
-    Grad-CAM (cxrlt.report.explain) finds the feature map as the input of "head_dropout"."""
+    Grad-CAM (cxrlt.report.explain) finds the feature map as the input of "head_dropout" (or of "head_batchnorm")."""
+    options = options or HeadOptions()
+    lam = options.csra_lambda if csra_lambda is None else csra_lambda
     x = keras.layers.Dropout(dropout, name="head_dropout")(feature_map)
     if head == "csra":
-        return heads_mod.CSRA(num_classes, lam=csra_lambda, name="logits", dtype="float32")(x)
+        if options.csra_variant == "cxrlt2026_winner":
+            return heads_mod.CSRA(num_classes, lam=lam, temperatures=[1.0], normalize=False, use_bias=True,
+                                  variant="cxrlt2026_winner", name="logits", dtype="float32")(x)
+        temperatures = heads_mod.csra_temperatures(options.csra_heads, options.csra_temperatures)
+        return heads_mod.CSRA(num_classes, lam=lam, temperatures=temperatures, normalize=True, use_bias=False,
+                              name="logits", dtype="float32")(x)
     if head == "ml_decoder":
-        return heads_mod.MLDecoder(num_classes, name="logits", dtype="float32")(x)
+        return heads_mod.MLDecoder(num_classes, train_queries=options.ml_decoder_train_queries, name="logits",
+                                   dtype="float32")(x)
     raise ValueError(f"attach_head builds csra or ml_decoder, not {head!r} (gap is built by build)")
 
 

@@ -101,7 +101,8 @@ def read_image_list(run: runs.Run, path, image_root=None) -> dataset.LabelTable:
         # decode error after the first fold models have run.
         from ..data import check
 
-        check.screen_table(table, deep=mode == "deep", what="prediction", can_skip=False)
+        check.screen_table(table, deep=mode == "deep", what="prediction", can_skip=False,
+                           dicom_window=run.config()["input"].get("dicom_window", "stored"))
     return table
 
 

@@ -182,7 +182,8 @@ def train_fold(cfg: dict, run: runs.Run, source: runs.Run, table, fold_of: np.nd
 
     built = fusion_model.build(len(classes), feats.shape[1:], max_images=f["max_images"], dim=f["dim"],
                                layers=f["layers"], num_heads=f["heads"], ffn_dim=f["ffn_dim"], dropout=f["dropout"])
-    loss = losses.get_loss(cfg["loss"]["name"], class_counts=y.sum(axis=0), n_images=len(y), **cfg["loss"]["params"])
+    loss = losses.get_loss(cfg["loss"]["name"], class_counts=y.sum(axis=0), n_images=len(y), epochs=f["epochs"],
+                           **cfg["loss"]["params"])
     optimizer = keras.optimizers.Adam(f["lr"])
     model, variables = built.train_model, built.train_model.trainable_variables
     optimizer.build(variables)

@@ -97,14 +97,16 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
         screened = table
         if chief:
             deep = d["check_images"] == "deep"
+            window = cfg["input"].get("dicom_window", "stored")
             screened = check.screen_table(table, deep=deep, skip_bad=d["skip_bad"], record_dir=record,
-                                          input_size=cfg["input"]["size"])
+                                          input_size=cfg["input"]["size"], dicom_window=window)
             if d["test_labels"]:  # the submission needs every test image: bad ones stop the run, never skipped
                 test = dataset.read_labels(d["test_labels"], image_root=d["test_image_root"],
                                            classes=list(table.classes), require_labels=False,
                                            uncertain=d["uncertain"], edition=table.edition,
                                            allow_outside_root=d["allow_outside_root"], index_dir=record)
-                check.screen_table(test, deep=deep, record_dir=record / "test_images", what="test", can_skip=False)
+                check.screen_table(test, deep=deep, record_dir=record / "test_images", what="test", can_skip=False,
+                                   dicom_window=window)
         if multi:
             kept = distribute.from_chief(strategy, np.isin(table.ids, screened.ids))
             screened = screened if chief else table.subset(np.flatnonzero(kept > 0.5))
@@ -210,7 +212,11 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     on_device = device_mode == "accelerator"
     mixed_together = check_mix_group(cfg, strategy.num_replicas_in_sync, distribute.local_replicas(strategy),
                                      on_device)
-    steps = cfg["train"]["steps_per_epoch"] or len(train) // (global_batch * accumulate)
+    from ..data import sampling
+
+    # one pass over the fold's images; sampling.sampler repeat_factor: over its repeated list (the 2026 winner's epoch)
+    epoch_images = sampling.epoch_images(train.labels, cfg["sampling"])
+    steps = cfg["train"]["steps_per_epoch"] or epoch_images // (global_batch * accumulate)
     if steps < 1:
         raise config.ConfigError(f"fold {k}: {len(train)} training images are fewer than one update of {global_batch} "
                                  f"x {accumulate} (train.batch_size x train.accumulate)")
@@ -225,15 +231,20 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
                              weights="none" if cfg["model"]["init"] else cfg["model"]["weights"],
                              dropout=cfg["model"]["dropout"],
                              pixel_range=cfg["input"]["pixel_range"], head=cfg["model"]["head"],
-                             csra_lambda=cfg["model"]["csra_lambda"], sync_batchnorm=cfg["model"]["sync_batchnorm"],
+                             head_options=models.head_options(cfg), sync_batchnorm=cfg["model"]["sync_batchnorm"],
                              drop_path=cfg["model"]["drop_path"])
         if init:
             from . import init_from
 
             init_from.initialise(init, run, k, built.model, classes)
         loss = losses.get_loss(cfg["loss"]["name"], class_counts=train.class_counts(), n_images=len(train),
-                               **cfg["loss"]["params"])
-        optimizer = optim.make_optimizer(cfg, steps)
+                               epochs=cfg["train"]["epochs"], **cfg["loss"]["params"])
+        # the head's variables: their own rate and decay (optim.backbone_lr_mult, head_weight_decay), and what the
+        # head warm-up (train.freeze_backbone_epochs) trains with an optimizer of its own
+        head_variables = models.head_variables(built.train_model)
+        optimizer = optim.make_optimizer(cfg, steps, head_variables=head_variables)
+        frozen = cfg["train"]["freeze_backbone_epochs"]
+        warmup_optimizer = optim.make_optimizer(cfg, steps, head_variables=head_variables, warmup=True) if frozen else None
     # A resumed fold continues the stream it was on: the batches are a function of (seed, position), and
     # the first `start_epoch * steps` steps are skipped before anything is decoded.
     seed = cfg["seed"] + k
@@ -241,7 +252,10 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
                                              masked=train.mask is not None) if on_device else None)
     trainer = engine.Trainer(strategy, built.train_model, optimizer, loss, jit_compile=cfg["distribute"]["jit_compile"],
                              steps_per_execution=distribute.steps_per_execution(cfg["train"]["steps_per_execution"]),
-                             preprocess=preprocess, ema=cfg["train"]["ema"], accumulate=accumulate)
+                             preprocess=preprocess, ema=cfg["train"]["ema"], accumulate=accumulate,
+                             ema_warmup=((cfg["train"]["ema_warmup_gamma"], cfg["train"]["ema_warmup_power"])
+                                         if cfg["train"]["ema_warmup"] else None),
+                             freeze_epochs=frozen, warmup_optimizer=warmup_optimizer, head_variables=head_variables)
     start_epoch = trainer.restore(fold_dir / "backup")
     # Every worker runs these loops and their collectives: the counts must be the same everywhere (a worker
     # that cannot see the chief's checkpoint would start at another epoch and wait in another collective).
