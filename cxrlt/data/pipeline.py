@@ -666,9 +666,7 @@ def device_preprocess(augment_cfg, mixer, n_classes: int, masked: bool = False):
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync if context is not None else 1
         size = batches[0]["images"].shape[0]
-        gather = (lambda key: tf.concat([b[key] for b in batches], 0)) if replicas == 1 else \
-            (lambda key: tf.concat([_all_gather(context, b[key]) for b in batches], 0))
-        images, draws, labels = gather("images"), gather("draws"), gather("labels")
+        images, draws, labels = _gather_update(context if replicas > 1 else None, batches)
         rows = None  # one replica: every row is its own; else micro-batch a of replica r: rows a*R*b + r*b + 0..b-1
         if replicas > 1:
             first = tf.range(len(batches))[:, None] * (replicas * size) + context.replica_id_in_sync_group * size
@@ -685,18 +683,34 @@ def device_preprocess(augment_cfg, mixer, n_classes: int, masked: bool = False):
     return preprocess
 
 
-def _all_gather(context, values: tf.Tensor) -> tf.Tensor:
-    """values [b, ...] of every replica, concatenated in replica order. uint8 (the images) travels packed four
-    to an int32: the collectives take no 8-bit types, and the images should cross the links as bytes."""
-    shape = [context.num_replicas_in_sync * values.shape[0], *values.shape[1:]]
-    if values.dtype != tf.uint8:
-        return tf.ensure_shape(context.all_gather(values, axis=0), shape)
-    count = values.shape[1:].num_elements()
+def _gather_update(context, batches) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(uint8 images, draws, labels) of the whole update: micro-batch a of replica r at rows a*R*b + r*b + j,
+    the order one device would see them in. One all-gather per update (context None: this replica's own):
+    everything travels as one int32 tensor, the images packed four bytes to an int32 (the collectives take
+    no 8-bit types, and the images should cross the links as bytes), the floats bit for bit."""
+    images = tf.concat([b["images"] for b in batches], 0)
+    draws = tf.concat([b["draws"] for b in batches], 0)
+    labels = tf.concat([b["labels"] for b in batches], 0)
+    if context is None:
+        return images, draws, labels
+    local, shape = images.shape[0], images.shape[1:]
+    count = shape.num_elements()
     pad = -count % 4
-    flat = tf.pad(tf.reshape(values, [values.shape[0], count]), [[0, 0], [0, pad]])
-    gathered = tf.bitcast(context.all_gather(tf.bitcast(tf.reshape(flat, [values.shape[0], -1, 4]), tf.int32), axis=0),
-                          tf.uint8)
-    return tf.reshape(tf.reshape(gathered, [shape[0], count + pad])[:, :count], shape)
+    flat = tf.pad(tf.reshape(images, [local, count]), [[0, 0], [0, pad]])
+    packed = tf.concat([tf.bitcast(tf.reshape(flat, [local, -1, 4]), tf.int32),
+                        tf.bitcast(tf.cast(draws, tf.float32), tf.int32), tf.bitcast(labels, tf.int32)], axis=1)
+    replicas, micro = context.num_replicas_in_sync, len(batches)
+    gathered = tf.ensure_shape(context.all_gather(packed, axis=0), [replicas * local, packed.shape[1]])
+    # all_gather puts replica r's rows (its micro-batches one after the other) at r*N*b + a*b + j
+    b = local // micro
+    order = [r * local + a * b + j for a in range(micro) for r in range(replicas) for j in range(b)]
+    gathered = tf.gather(gathered, order)
+    width = (count + pad) // 4
+    images = tf.reshape(tf.reshape(tf.bitcast(gathered[:, :width], tf.uint8), [-1, count + pad])[:, :count],
+                        [-1, *shape])
+    draws = tf.bitcast(gathered[:, width:width + draws.shape[1]], tf.float32)
+    labels = tf.bitcast(gathered[:, width + draws.shape[1]:], labels.dtype)
+    return images, draws, labels
 
 
 def _augmented(ds: tf.data.Dataset, seed: int, augment_fn, strategy_fn, shard=None, start: int = 0) -> tf.data.Dataset:
