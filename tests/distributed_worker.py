@@ -16,6 +16,7 @@ before TensorFlow runs its first op, which a pytest process that already used Te
                                                    # silence of worker 1 (the test stops it), a stuck worker 1 (watchdog)
     python tests/distributed_worker.py service_stall ADDRESS DIR  # training from a tf.data service whose worker the
                                                    # test stops; prints each finished step
+    python tests/distributed_worker.py global_mix  # 8 replicas (CPUs) x 4 images mix like one device's batch of 32
     python tests/distributed_worker.py audited ARGS  # python -m cxrlt.train ARGS, recording every file this process
                                                      # changes under $CXRLT_AUDIT_ROOTS into $CXRLT_AUDIT_OUT (JSON)
 
@@ -394,6 +395,88 @@ _CHANGES = ("os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
 
+def _mixed_batches(strategy, paths, labels, cfg, mixer, *, per_replica: int, accumulate: int, on_device: bool,
+                   steps: int) -> tuple[np.ndarray, np.ndarray, object]:
+    """The mixed training batches every replica trains on, through the product input path (train_dataset per
+    input pipeline with kfold's mix group, distributed by the strategy; in accelerator mode device_preprocess in
+    strategy.run, as the engine's replica step), put in global order (micro-batch, replica, row): images
+    [steps, rows, ...], labels [steps, rows, C], and the traced device function (accelerator mode)."""
+    from cxrlt.data import augment, pipeline
+
+    replicas = strategy.num_replicas_in_sync
+
+    def dataset_fn(ctx):
+        group = accumulate * replicas // ctx.num_input_pipelines
+        host = {} if on_device else {"mixer": mixer, "augment_fn": augment.make_basic_augment(cfg["augment"])}
+        return pipeline.train_dataset(paths, labels, cfg, seed=3, batch_size=ctx.get_per_replica_batch_size(
+            replicas * per_replica), shard=(ctx.num_input_pipelines, ctx.input_pipeline_id), mix_group=group,
+            on_device=on_device, **host)
+
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    preprocess = pipeline.device_preprocess(cfg["augment"], mixer, labels.shape[1])
+    run = tf.function(lambda micro: strategy.run(preprocess, args=(micro,)))
+    images, mixed, traced = [], [], None
+    for _ in range(steps):
+        micro = tuple(next(iterator) for _ in range(accumulate))
+        if on_device:
+            traced = traced or run.get_concrete_function(micro)
+            per_replica_out = strategy.experimental_local_results(run(micro))  # replica -> [(x, y) per micro-batch]
+            rows = [per_replica_out[r][a] for a in range(accumulate) for r in range(replicas)]
+        else:
+            rows = [strategy.experimental_local_results(micro[a])[r] for a in range(accumulate)
+                    for r in range(replicas)]
+        images.append(np.concatenate([np.asarray(x) for x, _ in rows]))
+        mixed.append(np.concatenate([np.asarray(y) for _, y in rows]))
+    return np.stack(images), np.stack(mixed), traced
+
+
+def global_mix() -> dict:
+    """Mosaic's partners come from the global batch: 8 replicas x 4 images (and 8 x 2 x train.accumulate 2) train
+    on the mixed batches of one device's batch of 32, on the host and in accelerator mode; every image has its
+    own label (an identity matrix), so a mixed label names exactly the sources of its row."""
+    import tempfile
+    from pathlib import Path
+
+    from PIL import Image
+
+    from cxrlt import config
+
+    from device_ops import op_report
+
+    distribute.split_cpu(8)
+    folder = Path(tempfile.mkdtemp())
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(64):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(folder / f"{i}.png")
+        paths.append(str(folder / f"{i}.png"))
+    labels = np.eye(64, dtype=np.float32)
+    cfg = config.load(overrides={"input": {"size": 32, "resize": "stretch"},
+                                 "augment": {"scale": 0.2, "rotate_deg": 15, "brightness": 0.1, "contrast": 0.2},
+                                 "mix": {"mosaic": 1.0, "mosaic_variant": "both"}})
+    mixer = mix.mixer_from_config(cfg, 3)
+    one, eight = distribute.get_strategy("one"), distribute.get_strategy("mirrored")
+    runs = {"one": (one, 32, 1), "eight": (eight, 4, 1), "eight_accumulate": (eight, 2, 2)}
+    result = {"replicas": eight.num_replicas_in_sync, "labels": {}, "image_difference": {}, "rows_distinct": {}}
+    reference = None
+    for mode in ("host", "device"):
+        for name, (strategy, per_replica, accumulate) in runs.items():
+            if (mode, name) == ("device", "one"):
+                continue  # one device's accelerator batches against the host's: test_pipeline.py
+            x, y, traced = _mixed_batches(strategy, paths, labels, cfg, mixer, per_replica=per_replica,
+                                          accumulate=accumulate, on_device=mode == "device", steps=2)
+            key = f"{mode}_{name}"
+            reference = x if reference is None else reference
+            result["labels"][key] = y.tolist()
+            result["image_difference"][key] = float(np.abs(x - reference).max())
+            # distinct label rows among the rows of each replica's micro-batch (4 or 2 rows)
+            blocks = y.reshape(2, -1, per_replica, y.shape[-1])
+            result["rows_distinct"][key] = min(len({row.tobytes() for row in block}) for step in blocks for block in step)
+            if traced is not None and strategy is eight:
+                result[f"ops_{key}"] = op_report(traced)
+    return result
+
+
 def audited(argv) -> int:
     """Run cxrlt.train in this process and record (event, path) for every Python-level change under the roots.
     TensorFlow's own C++ writes (checkpoints, TensorBoard events) are not seen; the test looks at those files."""
@@ -602,5 +685,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "service_stall":
         sys.exit(service_stall(sys.argv[2], sys.argv[3]))
     result = {"mirrored": mirrored, "bfloat16": bfloat16, "jit": jit, "masked": masked, "ema": ema, "accel": accel,
-              "validation": validation, "agree": agree, "parts": parts, "replicas": replicas}[sys.argv[1]]()
+              "validation": validation, "agree": agree, "parts": parts, "replicas": replicas,
+              "global_mix": global_mix}[sys.argv[1]]()
     print(json.dumps(result))

@@ -69,6 +69,16 @@ def test_training_batches_come_from_the_service_workers_exactly_and_resume(clust
     np.testing.assert_allclose(x3.numpy(), served[3][0].numpy(), atol=1e-3)
     np.testing.assert_array_equal(y3.numpy(), served[3][1].numpy())
 
+    # the batches of one update mixed together (mix_group 2): each sub-stream mixes whole groups of 2 batches,
+    # and the groups (not the batches) go round-robin, so an update's batches come from one sub-stream
+    grouped = list(stream(cfg, mix_group=2).take(4))
+    subs = [list(stream(local, shard=(STREAMS, s), mix_group=2).take(2)) for s in range(STREAMS)]
+    for i, (x, y) in enumerate(grouped):
+        group, k = divmod(i, 2)
+        rx, ry = subs[group % STREAMS][2 * (group // STREAMS) + k]
+        np.testing.assert_allclose(x.numpy(), rx.numpy(), atol=1e-3)
+        np.testing.assert_array_equal(y.numpy(), ry.numpy())
+
     # two train steps of cxrlt's engine on the service's batches (a new iteration: new service jobs)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((SIZE, SIZE, 3))

@@ -111,6 +111,51 @@ def test_accumulated_steps_under_mirrored_strategy_train_like_one_device_on_the_
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
+def test_cpu_replicas_make_auto_mirrored_and_cannot_change_a_started_process():
+    """distribute.cpu_replicas: `auto` without a GPU picks MirroredStrategy over the split CPU (a dry run of a
+    multi-GPU config); a process whose TensorFlow already started keeps its devices, so asking for another
+    count is a DistributeError that says to start a fresh process (the same count is fine)."""
+    import tensorflow as tf
+
+    from cxrlt import config
+
+    assert distribute.resolve_name("auto", 8) == "mirrored" and distribute.resolve_name("auto", None) == "one"
+    have = len(tf.config.list_logical_devices("CPU"))  # TensorFlow runs in this process: its devices are fixed
+    distribute.split_cpu(have)
+    with pytest.raises(distribute.DistributeError, match="already runs with .* fresh process"):
+        distribute.split_cpu(have + 7)
+    with pytest.raises(config.ConfigError, match="distribute.cpu_replicas must be a whole number"):
+        config.load(overrides={"distribute": {"cpu_replicas": 2.5}})
+    with pytest.raises(config.ConfigError, match="distribute.cpu_replicas must be"):
+        config.load(overrides={"distribute": {"cpu_replicas": 0}})
+
+
+def test_mix_partners_come_from_the_global_batch_at_eight_replicas():
+    """Mosaic at 8 replicas (logical CPUs) x 4 images, and x 2 images x train.accumulate 2: each replica's rows
+    are those of one device's batch of 32 with the same seed (the same labels; the same images on the host,
+    to float rounding in accelerator mode), not Mosaics of the replica's own 4 images (which gave all 4 rows
+    one label vector). Every image has its own label, so each mixed label names the 4 sources of its row.
+    The accelerator step traced at 8 replicas runs no host-only op and no loop."""
+    result = _run_worker("global_mix")
+    assert result["replicas"] == 8
+    labels = {key: np.asarray(value) for key, value in result["labels"].items()}
+    runs = ("one", "eight", "eight_accumulate")
+    assert set(labels) == {f"{mode}_{run}" for mode in ("host", "device") for run in runs} - {"device_one"}
+    reference = labels["host_one"]
+    assert reference.shape == (2, 32, 64) and (reference.sum(axis=-1) == 4).all()  # 4 distinct sources per row
+    for key, value in labels.items():
+        np.testing.assert_array_equal(value, reference, err_msg=key)
+    rows = {"one": 32, "eight": 4, "eight_accumulate": 2}  # rows of one replica's micro-batch
+    for key, distinct in result["rows_distinct"].items():
+        assert distinct == rows[key.split("_", 1)[1]], key  # no two rows of a replica share their sources
+    for key, difference in result["image_difference"].items():
+        assert difference == 0.0 if key.startswith("host") else difference < 2e-3, (key, difference)
+    for key in ("ops_device_eight", "ops_device_eight_accumulate"):
+        report = result[key]
+        assert report["host_only"] == [] and report["strings"] == [] and report["loops"] == [], report
+        assert "ImageProjectiveTransformV3" in report["types"] and "GatherV2" in report["types"]
+
+
 def test_per_part_rates_clipping_head_warm_up_and_ema_warm_up_under_mirrored_strategy_equal_one_device():
     """The 2026 winner's training knobs on 2 replicas whose halves of the batch differ: per-part rates and decays,
     clip_norm (always clipping: the norm is taken after the cross-replica sum), a head warm-up epoch with its own

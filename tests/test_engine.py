@@ -159,6 +159,41 @@ def test_augmentation_and_mixing_in_the_train_step_train_like_the_host_pipeline(
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
+def test_the_device_step_runs_no_host_only_op_and_no_loop_over_the_batch(tmp_path):
+    """augment.device accelerator: the train step's graph (nested functions included: the mixer's branches, the
+    steps loop's body) holds no op without an accelerator kernel (ScaleAndTranslate, Python/NumPy functions,
+    decoders, string ops: each a device -> host -> device copy), and the augmentation and mixing alone run no
+    loop (map_fn / while) over the batch: the step's only loop is its loop over steps_per_execution."""
+    from cxrlt import config
+    from cxrlt.data import mix
+
+    from .conftest import write_png
+    from .device_ops import op_report
+
+    rng = np.random.default_rng(3)
+    paths = np.array([str(write_png(tmp_path / f"{i}.png", rng.integers(0, 255, (32, 32), dtype=np.uint8)))
+                      for i in range(8)])
+    labels = (rng.random((8, CLASSES)) < 0.4).astype(np.float32)
+    cfg = config.load(overrides={"input": {"size": 32, "resize": "stretch"},
+                                 "mix": {"mosaic": 0.4, "mixup": 0.3, "cutmix": 0.3, "cutout": 0.5}})
+    preprocess = pipeline.device_preprocess(cfg["augment"], mix.mixer_from_config(cfg, 2), CLASSES)
+    raw = pipeline.train_dataset(paths, labels, cfg, seed=2, batch_size=2, on_device=True, mix_group=2)
+    alone = op_report(tf.function(preprocess).get_concrete_function(tuple(raw.element_spec for _ in range(2))))
+    assert alone["host_only"] == [] and alone["strings"] == [] and alone["loops"] == [], alone
+    assert {"ImageProjectiveTransformV3", "GatherV2"} <= set(alone["types"])
+    assert {"Case", "StatelessCase"} & set(alone["types"])  # the mixer's choice of op: a branch, not a loop
+    trainer = engine.Trainer(tf.distribute.get_strategy(), _model(size=32), keras.optimizers.Adam(1e-2),
+                             losses.get_loss("bce"), preprocess=preprocess, accumulate=2)
+    iterator = iter(trainer.strategy.experimental_distribute_dataset(raw))
+    step = trainer._phases["train"].steps.get_concrete_function(iterator, tf.constant(1, tf.int32))
+    whole = op_report(step)
+    assert whole["host_only"] == [] and whole["strings"] == [], whole
+    loops = [node.op for function in step.graph.as_graph_def().library.function for node in function.node_def
+             if node.op in ("While", "StatelessWhile")] + [node.op for node in step.graph.as_graph_def().node
+                                                           if node.op in ("While", "StatelessWhile")]
+    assert len(loops) == 1  # `for _ in tf.range(n)`: the steps of one call
+
+
 def test_callbacks_get_fits_hooks_and_can_add_logs():
     seen = []
 

@@ -205,6 +205,7 @@ RANGES: dict[str, Range] = {
     "train.steps_per_execution": Range(1, 10_000, cap=True, null="1 without a GPU, 16 with one"),
     "train.step_timeout_s": Range(0, 10**7, cap=True),
     "distribute.heartbeat_timeout_s": Range(1, 10**6, cap=True),
+    "distribute.cpu_replicas": Range(1, 1024, cap=True, null="the CPU as one device"),
     "predict.batch_size": Range(1, MAX_BATCH, cap=True),
     "ensemble.fit_rounds": Range(1, 100_000, cap=True),
     "ensemble.normal_gating": UNIT,
@@ -258,6 +259,9 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"input.size must be an integer >= 32, got {size!r}")
     for key, rule in RANGES.items():
         check_range(key, get(cfg, key))
+    replicas = cfg["distribute"]["cpu_replicas"]
+    if replicas is not None and (isinstance(replicas, bool) or not float(replicas).is_integer()):
+        raise ConfigError(f"distribute.cpu_replicas must be a whole number of logical CPU devices, got {replicas!r}")
     frozen = t["freeze_backbone_epochs"]
     if frozen and frozen >= t["epochs"]:
         raise ConfigError(f"train.freeze_backbone_epochs ({frozen}) must be below train.epochs ({t['epochs']}): "

@@ -4,7 +4,7 @@
                  MirroredStrategy when more than one GPU is visible, else the default (one device).
     one          the default strategy: one device.
     mirrored     MirroredStrategy over every visible GPU of this host, or over the logical CPU devices
-                 of a CPU-only host (tests split the CPU in two with `split_cpu`).
+                 of a CPU-only host (`distribute.cpu_replicas: N` splits the CPU into N, `split_cpu`).
     multiworker  MultiWorkerMirroredStrategy over the hosts TF_CONFIG names (one process per host, each
                  with its GPUs); every worker runs the same command.
 
@@ -38,9 +38,19 @@ class DistributeError(UserError):
 
 
 def split_cpu(n: int = 2) -> None:
-    """Expose the CPU as `n` logical devices (call before any TensorFlow op runs)."""
+    """Expose the CPU as `n` logical devices (distribute.cpu_replicas; must happen before TensorFlow's first op).
+
+    A process whose devices already exist keeps them: fine when it already has `n` CPU devices, else a
+    DistributeError that says to start a fresh process."""
     cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * int(n))
+    except RuntimeError:  # "Virtual devices cannot be modified after being initialized"
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have != int(n):
+            raise DistributeError(
+                f"distribute.cpu_replicas {n}: TensorFlow already runs with {have} CPU device(s) in this process, and "
+                "the devices are fixed at its first op. Run python -m cxrlt.train in a fresh process") from None
 
 
 def tf_config_workers() -> int:
@@ -55,22 +65,28 @@ def tf_config_workers() -> int:
     return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
 
 
-def resolve_name(name: str) -> str:
-    """'auto' -> the strategy this host and TF_CONFIG call for; other names are checked and kept."""
+def resolve_name(name: str, cpu_replicas: int | None = None) -> str:
+    """'auto' -> the strategy this host and TF_CONFIG call for (several GPUs, or no GPU and the CPU split into
+    several devices by distribute.cpu_replicas: mirrored); other names are checked and kept."""
     if name not in STRATEGIES:
         raise DistributeError(f"distribute.strategy must be one of {STRATEGIES}, got {name!r}")
     if name != "auto":
         return name
     if tf_config_workers() > 1:
         return "multiworker"
-    return "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "one"
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    return "mirrored" if gpus > 1 or (not gpus and (cpu_replicas or 1) > 1) else "one"
 
 
-def get_strategy(name: str = "auto", heartbeat_timeout_s: float = 300.0) -> tf.distribute.Strategy:
-    """The strategy `name` calls for. Under MultiWorkerMirroredStrategy `heartbeat_timeout_s`
+def get_strategy(name: str = "auto", heartbeat_timeout_s: float = 300.0,
+                 cpu_replicas: int | None = None) -> tf.distribute.Strategy:
+    """The strategy `name` (distribute.strategy). Under MultiWorkerMirroredStrategy `heartbeat_timeout_s`
     (distribute.heartbeat_timeout_s) is how long the coordination service waits for a silent worker before it
-    ends the run (see `configure_workers`)."""
-    name = resolve_name(name)
+    ends the run (see `configure_workers`). With `cpu_replicas` N the CPU is first split into N logical
+    devices, which `mirrored` uses where no GPU is visible: 8 replicas of a multi-GPU config on a laptop."""
+    if cpu_replicas is not None and int(cpu_replicas) > 1:
+        split_cpu(int(cpu_replicas))
+    name = resolve_name(name, cpu_replicas)
     if name == "one":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -185,7 +201,10 @@ def is_multiworker(strategy: tf.distribute.Strategy) -> bool:
 
 def local_replicas(strategy: tf.distribute.Strategy) -> int:
     """Replicas (devices) of this process; the same on every worker (MultiWorkerMirroredStrategy requires it)."""
-    return max(1, len(strategy.extended.worker_devices))
+    try:
+        return max(1, len(strategy.extended.worker_devices))
+    except RuntimeError:  # the default strategy (one device) does not list its devices
+        return 1
 
 
 def worker_position(strategy: tf.distribute.Strategy) -> tuple[int, int]:

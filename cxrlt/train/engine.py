@@ -102,7 +102,7 @@ class Trainer:
         self.strategy, self.model, self.optimizer, self.loss = strategy, model, optimizer, loss
         self.steps_per_execution, self.jit_compile = int(steps_per_execution), bool(jit_compile)
         self.accumulate = int(accumulate)  # micro-batches per optimizer update
-        self.preprocess = preprocess  # batch -> (images, labels[, mask]) on the replica (augment.device accelerator)
+        self.preprocess = preprocess  # the replica's micro-batches -> [(images, labels[, mask])] (augment.device accelerator)
         self.chief = distribute.is_chief(strategy)
         self.freeze_epochs, self.warmup_optimizer = int(freeze_epochs), warmup_optimizer
         self.watchdog = watchdog  # a cxrlt.runtime.watchdog.StepWatchdog, or None
@@ -205,7 +205,9 @@ class Trainer:
 
     def _replica_step(self, phase: "_Phase", *batches):
         """One optimizer update from the replica's `accumulate` micro-batches (one without accumulation)."""
-        batches = [self.preprocess(b) if self.preprocess is not None else b for b in batches]
+        # accelerator mode: the micro-batches are augmented and mixed together (their mix partners come from the
+        # global batch of the update, see pipeline.device_preprocess)
+        batches = list(self.preprocess(batches) if self.preprocess is not None else batches)
         masks = [b[2] if len(b) > 2 else None for b in batches]
         factors = self._global_mean_factors(masks)
         total, summed = None, None
