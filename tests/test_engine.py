@@ -185,7 +185,8 @@ def test_the_device_step_runs_no_host_only_op_and_no_loop_over_the_batch(tmp_pat
     trainer = engine.Trainer(tf.distribute.get_strategy(), _model(size=32), keras.optimizers.Adam(1e-2),
                              losses.get_loss("bce"), preprocess=preprocess, accumulate=2)
     iterator = iter(trainer.strategy.experimental_distribute_dataset(raw))
-    step = trainer._phases["train"].steps.get_concrete_function(iterator, tf.constant(1, tf.int32))
+    step = trainer._phases["train"].steps.get_concrete_function(iterator, tf.constant(1, tf.int32),
+                                                                tf.constant(0.0, tf.float32))
     whole = op_report(step)
     assert whole["host_only"] == [] and whole["strings"] == [], whole
     loops = [node.op for function in step.graph.as_graph_def().library.function for node in function.node_def
