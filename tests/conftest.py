@@ -67,7 +67,8 @@ def demo_run(tmp_path_factory):
 
     Trained the hard way: the first attempt runs in a subprocess that is killed (SIGKILL) as soon as
     fold 0 has checkpointed epoch 1, i.e. in epoch 2; the same command then resumes it in-process.
-    What the resumed run logged is kept in root/resume.log for the tests.
+    What the resumed run logged is kept in root/resume.log, the first attempt's stderr in
+    root/first_attempt.stderr for the tests.
     """
     from cxrlt.ensemble import ensembler as ensemble
     from cxrlt.train import kfold as train
@@ -86,7 +87,7 @@ def demo_run(tmp_path_factory):
         assert time.time() < deadline, "no epoch-1 checkpoint within 15 minutes"
         time.sleep(0.1)
     first.kill()
-    first.communicate()
+    (root / "first_attempt.stderr").write_text(first.communicate()[1])  # a CLI's stderr, for test_logs
     handler, logger = logging.FileHandler(root / "resume.log"), logging.getLogger("cxrlt")
     level = logger.level
     logger.addHandler(handler)

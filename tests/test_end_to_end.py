@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -63,6 +64,15 @@ def test_a_fold_killed_mid_epoch_resumes_after_its_last_finished_epoch(demo_run)
     assert list(pd.read_csv(run / "fold0" / "history.csv").epoch) == [1, 2]  # each epoch once, none lost
     assert json.loads((run / "fold0" / "best.json").read_text())["epoch"] in (1, 2)
     assert not (run / "fold0" / "backup").exists()  # resume state is dropped once the fold is done
+
+
+def test_a_training_cli_prints_no_tensorflow_error_records(demo_run):
+    """The first attempt of the demo run (`python -m cxrlt.train`, Mosaic on the host, killed in epoch 2) wrote
+    no TensorFlow C++ record to stderr: no `E0000 ... oneDNN supports DT_INT32 only on platforms with AVX-512`
+    (the int32 ops of the old host-side Mosaic triggered it, once per process)."""
+    root, _, _ = demo_run
+    stderr = (root / "first_attempt.stderr").read_text()
+    assert "oneDNN" not in stderr and not re.search(r"^[EWF]\d{4} ", stderr, re.M), stderr[-3000:]
 
 
 def test_a_killed_and_resumed_fold_ends_bit_identical_to_an_uninterrupted_one(demo_run, tmp_path):
