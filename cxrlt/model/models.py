@@ -18,9 +18,9 @@ from pathlib import Path
 
 import keras
 
-from ..config.schema import BACKBONES, HEADS  # name -> keras.applications constructor name; model.head names
+from ..config.schema import BACKBONES, HEADS, MINUS_ONE_TO_ONE  # name -> keras.applications constructor; head names
 from ..utils.errors import UserError
-from . import fusion as fusion_mod, heads as heads_mod
+from . import fusion as fusion_mod, heads as heads_mod, outputs as outputs_mod
 from .pretrained import WeightsError, resolve as resolve_weights_file  # WeightsError is models.WeightsError too
 
 # The last feature map before pooling (G26), as Keras 3.15 names it. ConvNeXt(include_top=False) ends in an
@@ -46,11 +46,13 @@ def backbone_names() -> list[str]:
 
 def build(backbone: str, num_classes: int, image_size: int, *, weights: str | None = "none",
           dropout: float = 0.3, pixel_range: str = "0_255", head: str = "gap", csra_lambda: float = 0.1,
-          sync_batchnorm: bool = False) -> Built:
+          sync_batchnorm: bool = False, output: str = "sigmoid") -> Built:
     """Build the classifier. `weights`: none | imagenet | path to a backbone weights file.
     `head`: gap (seed 002) | csra | ml_decoder (cxrlt.model.heads), on the backbone's last feature map.
     A weights path may be a folder written by `python -m cxrlt weights` (its <backbone>.weights.h5 is used).
-    `sync_batchnorm`: every BatchNormalization normalises over the global batch (`synchronize_batchnorm`)."""
+    `sync_batchnorm`: every BatchNormalization normalises over the global batch (`synchronize_batchnorm`).
+    `output`: sigmoid (multi-label) | softmax (one class per image) | corn (ordinal: K-1 logits, K grade
+    probabilities; cxrlt.model.outputs)."""
     if backbone not in BACKBONES:
         import difflib
 
@@ -65,16 +67,20 @@ def build(backbone: str, num_classes: int, image_size: int, *, weights: str | No
     include_preprocessing = pixel_range == "0_255"
     if not include_preprocessing:
         x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit_range")(x)
+    if backbone in MINUS_ONE_TO_ONE:  # no built-in preprocessing: ImageNet weights expect -1..1 ("tf" mode)
+        x = keras.layers.Rescaling(2.0 / (255.0 if include_preprocessing else 1.0), offset=-1.0, name="to_minus_one_one")(x)
+        include_preprocessing = None
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; use one of {', '.join(HEADS)}")
     base = _make_backbone(constructor, backbone, x, weights, include_preprocessing)
+    n_logits = num_classes - 1 if output == "corn" else num_classes
     if head == "gap":
         features = keras.layers.GlobalAveragePooling2D(name="gap")(base.output)
         features = keras.layers.Dropout(dropout, name="head_dropout")(features)
-        logits = keras.layers.Dense(num_classes, name="logits", dtype="float32")(features)
+        logits = keras.layers.Dense(n_logits, name="logits", dtype="float32")(features)
     else:
-        logits = attach_head(base.output, num_classes, head, dropout=dropout, csra_lambda=csra_lambda)
-    probs = keras.layers.Activation("sigmoid", name="probabilities", dtype="float32")(logits)
+        logits = attach_head(base.output, n_logits, head, dropout=dropout, csra_lambda=csra_lambda)
+    probs = outputs_mod.probabilities(logits, output, num_classes)
     name = backbone.replace("-", "_")
     built = Built(train_model=keras.Model(inputs, logits, name=f"{name}_logits"), model=keras.Model(inputs, probs, name=name))
     if sync_batchnorm:  # backbone and head: the two models share their layers
@@ -114,6 +120,8 @@ def attach_head(feature_map, num_classes: int, head: str, *, dropout: float = 0.
 def _make_backbone(constructor, backbone: str, x, weights, include_preprocessing: bool) -> keras.Model:
     weights = "none" if weights in (None, "", "none", "None") else weights
     kwargs = dict(include_top=False, input_tensor=x, include_preprocessing=include_preprocessing)
+    if include_preprocessing is None:  # a constructor without the argument (MobileNetV2, ResNet50V2)
+        del kwargs["include_preprocessing"]
     if weights == "none":
         return constructor(weights=None, **kwargs)
     if weights == "imagenet":
