@@ -217,6 +217,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="official sample submission: its header order and id list are used and checked")
     parser.add_argument("--edition", help="with --check and no --runs: the edition whose layout to check "
                                           "(default cxrlt2023)")
+    parser.add_argument("--decision", choices=("argmax", "median", "expected"),
+                        help="single-label ordinal runs: how the predicted grade is read from the averaged probabilities "
+                             "(default: the runs' predict.ordinal_decision)")
     parser.add_argument("--no-zip", action="store_true")
     parser.add_argument("--check", type=Path, metavar="FILE", help="only validate an existing submission CSV/zip and exit")
     cli.add_common(parser)
@@ -288,6 +291,11 @@ def main(argv=None) -> int:
         for run in run_list:
             run.config()  # fails clearly on a directory that is not a run
         check_same_classes(run_list)
+        if run_list[0].task() != "multilabel":  # one class per image: probabilities + the predicted class
+            from . import single_label
+
+            pooling, view_weights = study_settings(run_list, s["study_aggregation"], s["view_weights"])
+            return single_label.run(run_list, s, args, pooling, view_weights)
         normal_gating(np.zeros((0, len(run_list[0].classes()))), run_list[0].classes(), s["normal_gating"])  # fail now
         pooling, view_weights = study_settings(run_list, s["study_aggregation"], s["view_weights"])
         oof = out_of_fold(run_list, s, pooling, view_weights)
