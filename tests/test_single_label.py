@@ -110,6 +110,21 @@ def test_train_stops_with_one_error_line_on_two_labels_in_a_single_label_csv(tmp
     assert stop.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and "holds 2 labels" in err[0]
 
 
+def test_the_single_label_demo_sets_read_as_a_users_file_would(tmp_path):
+    from cxrlt.data import synthetic_single
+
+    mc = synthetic_single.make_single_label_demo(tmp_path / "mc", "multiclass", n_patients=40, image_size=32)
+    table, found = sl_data.read_table(mc.train_csv, image_root=mc.root, check_files=True)
+    assert found.task == "multiclass" and set(table.classes) <= set(synthetic_single.MULTICLASS)
+    counts = table.class_counts()
+    assert counts[list(table.classes).index("No Finding")] == counts.max()  # long-tailed, as the demo says
+    od = synthetic_single.make_single_label_demo(tmp_path / "od", "ordinal", n_patients=40, image_size=32)
+    table, found = sl_data.read_table(od.train_csv, task="ordinal", image_root=od.root, check_files=True)
+    assert found.column == "grade" and table.task == "ordinal" and table.classes[0] == "0"
+    train = set(pd.read_csv(od.train_csv).patient_id)
+    assert not train & set(pd.read_csv(od.test_csv).patient_id)  # the test list holds other patients
+
+
 # --------------------------------------------------------------------------------------------- config
 
 def test_a_single_label_task_sets_multi_label_defaults_aside_but_never_a_users_choice():
@@ -189,7 +204,8 @@ def test_a_class_without_images_is_left_out_of_the_aucs_and_macro_means_as_sciki
     r = sl.evaluate(np.eye(3)[y], p, ["a", "b", "never"], task="multiclass")
     assert r["undefined"] == [{"class": "never", "reason": "no images"}] and r["kappa"] is None
     assert r["macro_f1"] == pytest.approx(sk.f1_score(y, p.argmax(1), average="macro"))
-    assert r["auc_ovo"] == pytest.approx(sk.roc_auc_score(y, p[:, 0]))
+    pair = (sk.roc_auc_score(y == 0, p[:, 0]) + sk.roc_auc_score(y == 1, p[:, 1])) / 2  # Hand & Till, the one pair
+    assert r["auc_ovo"] == pytest.approx(pair)
 
 
 def _corn_label_from_logits(logits):
@@ -326,21 +342,18 @@ def _one_hot_tail() -> np.ndarray:
 
 
 def test_balanced_mixup_pairs_an_instance_sampled_and_a_uniform_class_sampled_image():
-    import tensorflow as tf
-
     from cxrlt.data import sampling
 
     labels = _one_hot_tail()
     y = labels.argmax(1)
-    pairs = sampling.balanced_pair_indices(labels, q_class=0.0, seed=7).take(6000)
-    inst, cls_side = np.array([[int(a), int(b)] for a, b in pairs.as_numpy_iterator()]).T
+    inst, cls_side = (t.numpy() for t in sampling.balanced_pair_indices(labels, q_class=0.0, seed=7)
+                      .batch(6000).take(1).get_single_element())
     k = len(LONG_TAIL)
     # class side: every class equally often (chi-squared against uniform); instance side: the class frequencies
     assert stats.chisquare(np.bincount(y[cls_side], minlength=k)).pvalue > 1e-3
     expected = LONG_TAIL / LONG_TAIL.sum() * len(inst)
     assert stats.chisquare(np.bincount(y[inst], minlength=k), expected).pvalue > 1e-3
     assert np.bincount(y[cls_side], minlength=k)[-1] > 10 * np.bincount(y[inst], minlength=k)[-1]
-    del tf
 
 
 @pytest.mark.parametrize("alpha", [0.1, 0.3])
@@ -350,9 +363,9 @@ def test_balanced_mixup_lambda_is_beta_alpha_1_on_the_class_side_with_convex_lab
     from cxrlt.data import mix
 
     mixer = mix.BalancedMixer(alpha, label_mode="convex", q=0.0, seed=3)
-    lams = np.array([float(mixer.lam(step)) for step in range(2000)])
+    lams = np.array([float(mixer.lam(step)) for step in range(500)])
     assert stats.kstest(lams, stats.beta(alpha, 1.0).cdf).pvalue > 1e-3
-    assert lams.mean() == pytest.approx(alpha / (alpha + 1), abs=0.02)  # mostly the instance side
+    assert lams.mean() == pytest.approx(alpha / (alpha + 1), abs=0.03)  # mostly the instance side
     k = 4
     x_i, x_c = tf.fill([8, 8, 8, 3], 10.0), tf.fill([8, 8, 8, 3], 200.0)
     y_i = tf.one_hot([0, 1, 2, 3, 0, 1, 2, 3], k)
@@ -487,7 +500,8 @@ def test_single_label_training_batches_hold_distributions_over_the_classes(singl
 
     root, _, _ = single_label_run
     cfg = yaml.safe_load((root / "runs" / "mc" / "config.yaml").read_text())
-    table, _ = sl_data.read_table(cfg["data"]["labels"], task="multiclass", image_root=cfg["data"]["image_root"])
+    table, _ = sl_data.read_table(cfg["data"]["labels"], task="multiclass", image_root=cfg["data"]["image_root"],
+                                  classes=cfg["data"]["classes"])
     _, labels = kfold.sample_batch(cfg, table, seed=0, batch_size=8)
     labels = labels.numpy()
     assert np.allclose(labels.sum(axis=1), 1.0, atol=1e-5) and (labels >= 0).all()

@@ -270,7 +270,8 @@ def _indices(texts: list[str], names: list[str] | None, lines, where: str, detec
         close = difflib.get_close_matches(text, names, n=1)
         raise SingleLabelError(f"{where}: line {lines[r]}, column {detected.column!r}: unknown class {text!r}"
                                + (f" (did you mean {close[0]!r}?)" if close else "")
-                               + f"; the classes are {names[:12]}{' ...' if len(names) > 12 else ''} (data.classes)")
+                               + f"; the classes are {names[:12]}{' ...' if len(names) > 12 else ''} (a class the "
+                               "training file lacks must be listed in data.classes)")
     return out, names
 
 

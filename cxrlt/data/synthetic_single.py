@@ -34,6 +34,12 @@ GRADE_SHARES = (0.50, 0.20, 0.15, 0.09, 0.06)
 TASKS = ("multiclass", "ordinal")
 
 
+def class_names(task: str) -> list[str]:
+    """The demo's classes in model order: the findings (alphabetical, as a label file's names are read), or the
+    grades 0-4."""
+    return sorted(MULTICLASS) if task == "multiclass" else [str(k) for k in range(len(GRADES))]
+
+
 def folder_for(demo_dir, task: str) -> Path:
     """Where the demo of `task` lives: beside the multi-label demo, never inside or over it."""
     return Path(f"{demo_dir}-{task}")

@@ -295,7 +295,7 @@ def main(argv=None) -> int:
             from . import single_label
 
             pooling, view_weights = study_settings(run_list, s["study_aggregation"], s["view_weights"])
-            return single_label.run(run_list, s, args, pooling, view_weights)
+            return single_label.run(run_list, s, args, pooling, view_weights, ensemble=ensemble, load_oof=load_oof)
         normal_gating(np.zeros((0, len(run_list[0].classes()))), run_list[0].classes(), s["normal_gating"])  # fail now
         pooling, view_weights = study_settings(run_list, s["study_aggregation"], s["view_weights"])
         oof = out_of_fold(run_list, s, pooling, view_weights)

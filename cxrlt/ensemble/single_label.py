@@ -77,10 +77,9 @@ def check_probabilities(probs: np.ndarray, ids) -> None:
         raise runs.RunError("the image list names an image twice")
 
 
-def run(run_list: list[runs.Run], s: dict, args, pooling: str, view_weights: dict) -> int:
-    """`python -m cxrlt.ensemble` for single-label runs; returns the exit status."""
-    from .ensembler import ensemble, load_oof
-
+def run(run_list: list[runs.Run], s: dict, args, pooling: str, view_weights: dict, *, ensemble, load_oof) -> int:
+    """`python -m cxrlt.ensemble` for single-label runs; returns the exit status. `ensemble` and `load_oof` are the
+    ensembler's (each run's fold-and-TTA mean on the test list; the runs' OOF predictions with their labels)."""
     task = run_list[0].task()
     if {r.task() for r in run_list} != {task}:
         raise runs.RunError("the runs have different tasks: " + ", ".join(f"{r.root.name} {r.task()}" for r in run_list))
