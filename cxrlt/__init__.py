@@ -1,7 +1,7 @@
 """cxrlt: multi-label, long-tailed chest X-ray classification with TensorFlow/Keras.
 
-One package per stage of the job, in the order a batch meets them (ARCHITECTURE.md):
-config -> data -> model -> train -> predict -> ensemble -> evaluate -> report; tools and utils beside.
+One package per stage of the job; each imports only the stages before it in ARCHITECTURE.md's order
+(utils, config, data, model, evaluate, runtime, predict, train, ensemble, report, tools).
 """
 
 __version__ = "0.1.0"

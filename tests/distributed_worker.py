@@ -26,7 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cxrlt.train import distribute, engine
+from cxrlt.runtime import distribute
+from cxrlt.train import engine
 from cxrlt.model import losses, models
 from cxrlt.data import mix  # noqa: E402
 

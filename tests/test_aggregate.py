@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from cxrlt.predict import aggregate
-from cxrlt.train import runs
+from cxrlt.runtime import runs
 
 
 def _case(seed, n=40, c=4):

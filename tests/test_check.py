@@ -271,3 +271,24 @@ def test_bench_times_both_modes_on_the_same_files(corpus, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "3 images" in printed and "images/s" in printed and "x faster" in printed
     assert not (tmp_path / "never.csv").exists()
+
+
+def test_a_model_input_larger_than_the_images_is_noted(tmp_path, caplog):
+    """--size 767 on 128 px demo images trained silently on upscaled pixels."""
+    import logging
+
+    from cxrlt.data import dataset
+
+    (tmp_path / "img").mkdir()
+    for i in range(4):
+        Image.fromarray(GREY).save(tmp_path / "img" / f"{i}.png")  # 64 x 48
+    (tmp_path / "l.csv").write_text("path,A\n" + "".join(f"img/{i}.png,{i % 2}\n" for i in range(4)))
+    table = dataset.read_labels(tmp_path / "l.csv")
+    with caplog.at_level(logging.WARNING, logger="cxrlt.check"):
+        check.screen_table(table, input_size=64)
+        assert not caplog.records  # the long side is 64: nothing upscaled
+        check.screen_table(table, input_size=767)
+    assert "input.size 767 is larger than the long side of 100% of the training images (median 64 px)" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="cxrlt.train"):
+        train.note_input_size(config.load(None, {"input.size": 767}))
+    assert "input.size 767 is not a multiple of 32" in caplog.text and "use 736 or 768" in caplog.text

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from cxrlt.ensemble import combine
-from cxrlt.train import runs
+from cxrlt.runtime import runs
 
 
 def _preds(seed, n=60, c=4, k=3):

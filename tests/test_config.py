@@ -135,6 +135,8 @@ def test_a_run_directory_with_another_config_is_refused_unless_forced(tmp_path):
     train.open_run(first, table, force=False)
     saved = (tmp_path / "runs" / "r" / "config.yaml").read_text()
     train.open_run(first, table, force=False)  # the same config resumes
+    (tmp_path / "runs" / "r" / "fold0" / "backup").mkdir(parents=True)
+    (tmp_path / "runs" / "r" / "fold0" / "backup" / "checkpoint").write_text("")  # an epoch was finished
     other = _parse("--out", str(tmp_path / "runs"), "--name", "r", "--weights", "none", "--size", "512")
     with pytest.raises(config.ConfigError, match="another config \\(input.size: 768 -> 512\\).*--force"):
         train.open_run(other, table, force=False)
@@ -218,3 +220,21 @@ def test_a_replica_batch_too_small_for_its_mixer_is_refused(tmp_path, capsys):
         train.main(argv)
     assert exc.value.code == 2
     assert "mix.mosaic combines 4 images of each replica's batch" in capsys.readouterr().err
+
+
+def test_a_run_that_failed_before_its_first_epoch_does_not_block_a_rerun(tmp_path, capsys):
+    """ImageNet weights offline: the first run stops at the model build, after writing config.yaml; the
+    next run with another config used to be refused until the folder was deleted."""
+    from cxrlt.train import kfold as train
+
+    argv = ["--demo", "--out", str(tmp_path / "runs"), "--name", "r", "--weights", "imagenet", "--folds", "2",
+            "--set", f"data.demo_dir={tmp_path / 'data'}", "--set", "data.demo_patients=40",
+            "--backbone", "efficientnetv2-b0", "--size", "32"]
+    for size in ("32", "48"):  # the second run changes input.size
+        argv[argv.index("--size") + 1] = size
+        with pytest.raises(SystemExit) as stop:
+            train.main(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert "python -m cxrlt weights --backbone efficientnetv2-b0" in err and "another config" not in err
+    assert "size: 48" in (tmp_path / "runs" / "r" / "config.yaml").read_text()

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlt.train import distribute
+from cxrlt.runtime import distribute
 
 from .conftest import REPO, TINY
 

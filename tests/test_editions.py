@@ -155,3 +155,14 @@ def test_a_sample_of_another_task_or_other_images_is_refused(tmp_path):
         submission.layout_from_sample(sample, list(editions.CXRLT2024_TASK2))
     with pytest.raises(submission.SubmissionError, match="ids differ from the test list: 1 not in the test list \\['b'\\]"):
         submission.layout_from_sample(sample, list(editions.CXRLT2024_TASK1), ["a", "c"])
+
+
+def test_the_config_schema_knows_the_editions_and_class_lists_the_data_stage_defines():
+    """config/schema.py holds the names (it sits below data and imports no reader): kept in step here."""
+    from cxrlt.config import schema
+    from cxrlt.data import classes
+
+    assert schema.EDITIONS == tuple(editions.EDITIONS)
+    assert schema.EDITION_NAMES == editions.NAMES
+    assert schema.CLASS_SCHEMAS == tuple(classes.SCHEMAS)
+    assert set(schema.DEMO_EDITIONS.values()) <= set(editions.EDITIONS)

@@ -3,6 +3,10 @@ with a message that says where, callbacks see fit's hooks and logs."""
 
 from __future__ import annotations
 
+import io
+import logging
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -296,3 +300,31 @@ def test_accumulated_micro_batches_train_like_one_batch_of_their_size(tmp_path):
     assert abs(other[0] - loss1[0]) > 1e-4
     with pytest.raises(ValueError, match="accumulate"):
         engine.Trainer(tf.distribute.get_strategy(), _model(), keras.optimizers.Adam(), losses.get_loss("bce"), accumulate=0)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_epoch_bar_ends_its_line_before_the_epoch_is_logged(monkeypatch):
+    """On a terminal, Keras' bar (stdout) and the epoch's log line (stderr) used to share one line:
+    '12/12 ━━━━ 47s 4s/step - loss: 0.08420:17:33 INFO ... epoch 1: ...'."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    handler = logging.StreamHandler(terminal)
+    logger = logging.getLogger("cxrlt.test_bar")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+    class EpochLine(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logger.info("EPOCH-LINE %d", epoch + 1)
+
+    try:
+        _trainer().fit(_epoch_datasets(0, 2), epochs=2, steps_per_epoch=2, callbacks=[EpochLine()], verbose=1)
+    finally:
+        logger.removeHandler(handler)
+    lines = terminal.getvalue().replace("\r", "\n").split("\n")
+    assert sum("EPOCH-LINE" in line for line in lines) == 2
+    assert all(line.startswith("EPOCH-LINE") for line in lines if "EPOCH-LINE" in line)

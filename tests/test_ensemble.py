@@ -15,7 +15,7 @@ import yaml
 from cxrlt.data import classes as cls
 from cxrlt.ensemble import combine, ensembler as ensemble
 from cxrlt.evaluate import metrics
-from cxrlt.train import runs
+from cxrlt.runtime import runs
 
 from .test_submission import _broken
 
@@ -261,3 +261,32 @@ def test_ensemble_killed_mid_prediction_reruns_to_byte_identical_files(demo_run,
     assert ensemble.main(argv) == 0
     for suffix in (".csv", ".zip", ".metrics.json"):
         assert out.with_suffix(suffix).read_bytes() == reference.with_suffix(suffix).read_bytes(), suffix
+
+
+def test_a_partial_run_is_said_in_the_wrote_line_and_its_zip_needs_allow_partial(demo_run, tmp_path, capsys):
+    """ensemble and predict used to write a submission from 1 of 2 folds with only an INFO line."""
+    from cxrlt.predict import inference as predict
+
+    root, _, _ = demo_run
+    run = shutil.copytree(root / "runs" / "demo", tmp_path / "demo")  # fold caches kept: fold 0 is not re-predicted
+    (run / "fold1" / "done.json").unlink()
+    out = tmp_path / "sub" / "p.csv"
+    with pytest.raises(SystemExit) as stop:
+        ensemble.main(["--run", str(run), "--out", str(out)])
+    assert stop.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert f"{run}: 1 of 2 folds" in err and "--allow-partial" in err
+    assert ensemble.main(["--run", str(run), "--out", str(out), "--allow-partial"]) == 0
+    assert f"PARTIAL: {run}: 1 of 2 folds" in capsys.readouterr().out and out.with_suffix(".zip").exists()
+    assert predict.main(["--run", str(run), "--out", str(tmp_path / "p.csv")]) == 0
+    assert "from 1 of 2 folds -- PARTIAL" in capsys.readouterr().out
+
+
+def test_ensemble_out_may_be_a_folder(demo_run, tmp_path, capsys):
+    """`--out submissions/` (a folder) ended in an IsADirectoryError traceback."""
+    root, _, _ = demo_run
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    assert ensemble.main(["--run", str(root / "runs" / "demo"), "--out", str(folder), "--no-zip"]) == 0
+    assert (folder / "demo.csv").is_file()
+    assert f"wrote {folder / 'demo.csv'}" in capsys.readouterr().out

@@ -14,7 +14,8 @@ from cxrlt.config import ConfigError
 from cxrlt.data import classes as cls
 from cxrlt.ensemble import ensembler as ensemble, submission
 from cxrlt.predict import fusion
-from cxrlt.train import fuse, runs
+from cxrlt.runtime import runs
+from cxrlt.train import fuse
 
 # Tiny fusion settings (the defaults are CheXFusion's 768-d, 8 heads, FFN 2048).
 TINY = ["--set", "fuse.dim=16", "--set", "fuse.heads=2", "--set", "fuse.ffn_dim=32", "--set", "fuse.batch_size=8"]

@@ -13,7 +13,8 @@ import pytest
 
 from cxrlt.config import ConfigError
 from cxrlt.model import models, transfer
-from cxrlt.train import init_from, runs
+from cxrlt.runtime import runs
+from cxrlt.train import init_from
 
 SIZE = 32
 

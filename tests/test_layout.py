@@ -1,5 +1,6 @@
-"""The package layout keeps its rules: no import cycle (function-level imports included), layers that point
-one way, and a config that validates without TensorFlow."""
+"""The package layout keeps its rules: one order of the stage packages that every import follows
+(function-level imports and package `__init__` side effects included), no import cycle, and a config that
+validates without TensorFlow. The order is ARCHITECTURE.md's table; this file is its check."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cxrlt"
-LOWER = ("cxrlt.data", "cxrlt.model", "cxrlt.config", "cxrlt.utils")
-HIGHER = ("cxrlt.train", "cxrlt.predict", "cxrlt.ensemble", "cxrlt.report", "cxrlt.tools")
+# A stage may import only the stages before it (and itself): ARCHITECTURE.md "Stages".
+ORDER = ("utils", "config", "data", "model", "evaluate", "runtime", "predict", "train", "ensemble", "report", "tools")
 
 
 def _modules() -> dict[str, Path]:
@@ -47,10 +48,24 @@ def import_graph() -> dict[str, set[str]]:
                         edges.add(target)
             elif isinstance(node, ast.Import):
                 edges |= {a.name for a in node.names if a.name in modules}
+        # Importing cxrlt.a.b runs cxrlt/a/__init__.py first: a package's own imports are the importer's too
+        # (except for the importer's own packages, which Python has imported before the importer itself).
+        edges |= {parent for target in edges for parent in _parents(target)
+                  if parent in modules and parent not in _parents(name) + [name]}
         edges.discard(name)
         edges.discard("cxrlt")  # the package root only sets up logging and the command path
         graph[name] = edges
     return graph
+
+
+def _parents(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(2, len(parts))]
+
+
+def stage(module: str) -> str:
+    """cxrlt.train.kfold -> train."""
+    return module.split(".")[1]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -90,10 +105,28 @@ def test_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_lower_layers_never_import_higher_ones():
-    bad = sorted(f"{m} imports {t}" for m, targets in import_graph().items() if m.startswith(LOWER)
-                 for t in targets if t.startswith(HIGHER))
+def test_every_module_is_in_a_stage_of_the_order():
+    assert {stage(m) for m in import_graph() if m != "cxrlt"} == set(ORDER)
+
+
+def test_every_import_points_down_the_stage_order():
+    rank = {name: i for i, name in enumerate(ORDER)}
+    bad = sorted(f"{m} imports {t} ({stage(m)} may import only {', '.join(ORDER[:rank[stage(m)]]) or 'nothing'})"
+                 for m, targets in import_graph().items() if m != "cxrlt"
+                 for t in targets if rank[stage(t)] > rank[stage(m)])
     assert not bad, "\n".join(bad)
+
+
+def test_the_graph_sees_package_init_side_effects(tmp_path):
+    graph = import_graph()
+    assert "cxrlt.predict" in graph["cxrlt.train.kfold"]  # kfold imports cxrlt.predict.step
+    assert "cxrlt.train" not in graph["cxrlt.train.kfold"]  # its own package is imported before it
+    # and a stage's __init__ stays free of its CLI module, so importing a small module stays cheap
+    code = ("import sys, cxrlt.runtime.runs, cxrlt.evaluate.thresholds; "
+            "print(sorted(m for m in sys.modules if m.startswith('cxrlt.') and m.endswith(('kfold', 'inference', 'ensembler', 'run_report'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent).stdout
+    assert out.strip() == "[]"
 
 
 def test_validating_a_config_loads_no_tensorflow():

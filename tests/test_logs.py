@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 from cxrlt.utils import tfquiet
 from cxrlt.utils.progress import Progress
@@ -75,3 +76,27 @@ def test_progress_redraws_one_line_on_a_terminal(caplog):
         with Progress(3, "ensemble", stream=quiet, is_tty=True) as bar:
             bar.add(3)
     assert quiet.getvalue() == ""
+
+
+def test_a_log_line_ends_a_half_drawn_bar_first(caplog):
+    """A bar on the terminal and a log record used to share one line: '...(3.0 s, 36 images/s)20:17:33 INFO ...'."""
+    from cxrlt.utils.progress import EndBarLine
+
+    terminal = io.StringIO()
+    handler = logging.StreamHandler(terminal)
+    handler.addFilter(EndBarLine())
+    logger = logging.getLogger("cxrlt.test_progress")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    with caplog.at_level(logging.INFO, logger="cxrlt.progress"):
+        with Progress(4, "predict", stream=terminal, is_tty=True) as bar:
+            time.sleep(0.15)  # the bar redraws at most ten times a second
+            bar.add(2)
+            assert terminal.getvalue().startswith("\rpredict [") and "2/4 images" in terminal.getvalue()
+            logger.info("LOG-LINE")
+            bar.add(2)
+        logger.info("AFTER")
+    logger.removeHandler(handler)
+    lines = terminal.getvalue().split("\n")
+    assert "LOG-LINE" in lines and "AFTER" in lines  # each on a line of its own
+    assert lines[-1] == "" and "\rpredict [" in lines[lines.index("LOG-LINE") + 1]  # redrawn below it

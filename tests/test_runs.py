@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from cxrlt.train import runs
+from cxrlt.runtime import runs
 
 
 def test_lists_a_finished_run_with_its_oof_and_per_fold_scores(demo_run, capsys):

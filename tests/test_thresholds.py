@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from cxrlt.evaluate import metrics
-from cxrlt.train import runs
-from cxrlt.ensemble import thresholds as thr
+from cxrlt.runtime import runs
+from cxrlt.evaluate import thresholds as thr
 
 
 def _random(seed, n=150, c=5):
@@ -61,12 +61,12 @@ def test_a_run_writes_its_thresholds_and_reports_mf1_both_ways(demo_run, capsys)
 def test_bad_threshold_files_are_named(tmp_path):
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"classes": ["a", "b"], "thresholds": [0.3, 1.0]}))
-    with pytest.raises(runs.RunError, match="strictly between 0 and 1.*b"):
+    with pytest.raises(thr.ThresholdsError, match="strictly between 0 and 1.*b"):
         thr.load(path, ["a", "b"])
-    with pytest.raises(runs.RunError, match="no threshold for \\['c'\\]"):
+    with pytest.raises(thr.ThresholdsError, match="no threshold for \\['c'\\]"):
         thr.load(path, ["a", "c"])
     path.write_text("{not json")
-    with pytest.raises(runs.RunError, match="not a cxrlt thresholds.json"):
+    with pytest.raises(thr.ThresholdsError, match="not a cxrlt thresholds.json"):
         thr.load(path, ["a"])
-    with pytest.raises(runs.RunError, match="does not exist"):
+    with pytest.raises(thr.ThresholdsError, match="does not exist"):
         thr.load(tmp_path / "missing.json", ["a"])

@@ -4,7 +4,8 @@ import json
 
 from PIL import Image
 
-from cxrlt.tools import bench, preview
+from cxrlt.report import preview
+from cxrlt.tools import bench
 
 from .conftest import FULLRES, need
 

@@ -1,8 +1,8 @@
-"""python -m cxrlt.augment: a preview grid of augmented and mixed batches (cxrlt.tools.preview)."""
+"""python -m cxrlt.augment: a preview grid of augmented and mixed batches (cxrlt.report.preview)."""
 
 import sys
 
-from cxrlt.tools.preview import main as main
+from cxrlt.report.preview import main as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,8 @@
-"""python -m cxrlt.runs: list runs with their scores (cxrlt.train.runs)."""
+"""python -m cxrlt.runs: list runs with their scores (cxrlt.runtime.runs)."""
 
 import sys
 
-from cxrlt.train.runs import main as main
+from cxrlt.runtime.runs import main as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -137,6 +137,10 @@ def merge(base: dict, override: dict, where: str) -> dict:
     flat_known = flatten(base)
     flat_override = flatten(override)
     for key, value in flat_override.items():
+        section = next((f for f in FREEFORM if key.startswith(f + ".")), None)
+        if section is not None and key not in flat_known:  # --set loss.params.gamma=1.5: one argument of the section
+            value = {key[len(section) + 1:]: value}
+            key = section
         if key not in flat_known:
             # A section given as a whole value (e.g. data.classes: [list]) is a leaf, not a section.
             head = key.rsplit(".", 1)[0]
@@ -197,7 +201,7 @@ def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
     given = set(flatten(overrides or {}))
     if path is not None:
         given |= set(flatten(user))
-    if cfg["loss"]["name"] != defaults()["loss"]["name"] and "loss.params" not in given:
+    if cfg["loss"]["name"] != defaults()["loss"]["name"] and not any(k.split(".")[:2] == ["loss", "params"] for k in given):
         cfg["loss"]["params"] = {}  # another loss: its own defaults, not focal's arguments
     d = cfg["data"]
     if d["demo"] and d["demo_task"] != "multilabel" and d["task"] == "auto":
@@ -260,15 +264,25 @@ FLAGS = {
 }
 
 
+# What a flag means where the same word means something else in another command.
+FLAG_HELP = {
+    "--size": "the model's input side in px (images are resized to it)",
+    "--weights": "backbone weights: imagenet | none | a folder from `python -m cxrlt weights` "
+                 "(not ensemble --weights, which weighs runs)",
+    "--fold": "train one fold (an index) or all (explain --fold takes a list of folds to average)",
+    "--out": "folder the run directory is made in (runs/<name>)",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (see configs/); flags override it")
+    base = flatten(defaults())
     for flag, key in FLAGS.items():
+        what = f"{FLAG_HELP[flag]}; " if flag in FLAG_HELP else ""
         parser.add_argument(flag, dest=key, default=None, metavar=key.rsplit(".", 1)[-1].upper(),
-                            help=f"sets {key}")
+                            help=f"{what}sets {key} (default: {base.get(key)})".replace("%", "%%"))
     parser.add_argument("--demo", action="store_true", help="use the embedded synthetic CXR-LT-format data")
-    from ..data.editions import DEMO_EDITIONS  # numpy only: no TensorFlow
-
-    parser.add_argument("--demo-edition", choices=sorted(DEMO_EDITIONS),
+    parser.add_argument("--demo-edition", choices=sorted(schema.DEMO_EDITIONS),
                         help="the demo in that edition's layout (implies --demo; 2026: 16-bit PNGs, a removal list)")
     parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 on GPU, mixed_bfloat16 on CPU")
     parser.add_argument("--jit-compile", action="store_true", help="XLA-compile the train step (GPU; 3-5x slower on CPU)")
@@ -277,7 +291,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-outside-root", action="store_true",
                         help="accept label paths that leave the image root ('..' or a symlink)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any setting, e.g. --set loss.gamma=1.5 (repeatable)")
+                        help="override any setting, e.g. --set loss.params.gamma=1.5 (repeatable)")
 
 
 def from_args(args: argparse.Namespace) -> dict:
@@ -295,9 +309,7 @@ def from_args(args: argparse.Namespace) -> dict:
         overrides["data.demo"] = True  # --demo-task multiclass|ordinal implies --demo
     if getattr(args, "demo_edition", None):
         overrides["data.demo"] = True
-        from ..data.editions import DEMO_EDITIONS
-
-        overrides["data.demo_edition"] = DEMO_EDITIONS[args.demo_edition]
+        overrides["data.demo_edition"] = schema.DEMO_EDITIONS[args.demo_edition]
     if getattr(args, "mixed_precision", False):
         overrides["distribute.mixed_precision"] = True
     if getattr(args, "jit_compile", False):

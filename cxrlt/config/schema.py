@@ -73,6 +73,13 @@ HEADS = ("gap", "csra", "ml_decoder")  # model.head (cxrlt.model.models / heads)
 PREPARED_READERS = ("auto", "files", "tfrecord")
 # input.intensity: how a 16-bit PNG's values become 0..1 (8-bit images are never touched); data/pipeline.py
 INTENSITIES = ("full_range", "minmax", "percentile")
+# The names the data stage defines (data/editions.py EDITIONS, data/classes.py SCHEMAS): the schema needs
+# the names, not the readers, so they are written here and tests/test_editions.py keeps the two in step.
+EDITIONS = ("cxrlt2023", "cxrlt2024-task1", "cxrlt2024-task2", "cxrlt2026-task1")
+EDITION_NAMES = ("auto", *EDITIONS, "generic")  # data.edition
+CLASS_SCHEMAS = ("cxrlt2023", "nih14")          # data.classes by name, beside an edition's
+# --demo-edition YEAR -> the edition whose layout the demo is written in (data.demo_edition)
+DEMO_EDITIONS = {"2023": "cxrlt2023", "2024": "cxrlt2024-task1", "2026": "cxrlt2026-task1"}
 
 CHOICES: dict[str, tuple] = {
     "data.uncertain": UNCERTAIN_POLICIES,
@@ -303,13 +310,11 @@ def _check_mix(mix: dict) -> None:
 
 
 def _check_data(cfg: dict) -> None:
-    from ..data import classes, editions  # numpy only: the class lists of the editions
-
     d = cfg["data"]
-    choice("data.edition", d["edition"], editions.NAMES)
-    choice("data.demo_edition", d["demo_edition"], tuple(editions.DEMO_EDITIONS.values()))
+    choice("data.edition", d["edition"], EDITION_NAMES)
+    choice("data.demo_edition", d["demo_edition"], tuple(DEMO_EDITIONS.values()))
     if isinstance(d["classes"], str) and d["classes"] not in ("auto", "edition"):
-        choice("data.classes", d["classes"], list(dict.fromkeys(["auto", "edition", *sorted(classes.SCHEMAS), *editions.EDITIONS])))
+        choice("data.classes", d["classes"], list(dict.fromkeys(["auto", "edition", *sorted(CLASS_SCHEMAS), *EDITIONS])))
     if isinstance(d["classes"], list) and (not d["classes"] or len(set(map(str, d["classes"]))) != len(d["classes"])):
         raise ConfigError(f"data.classes must list each class once, got {d['classes']}")
 

@@ -1,3 +1,3 @@
-"""Stage 1, data: label CSVs -> classes -> folds -> image check -> decoded, sampled, augmented, mixed batches.
+"""Data: label CSVs -> classes -> folds -> image check -> decoded, sampled, augmented, mixed batches.
 
-Nothing here imports train, predict, ensemble, report or tools."""
+It imports only utils and config (ARCHITECTURE.md: the stage order)."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from . import classes as cls
+from ..config.schema import DEMO_EDITIONS  # noqa: F401  (--demo-edition YEAR -> edition; data.demo_edition)
 from ..utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -100,9 +101,7 @@ EDITIONS: dict[str, Edition] = {e.name: e for e in (
     Edition("cxrlt2026-task1", "CXR-LT 2026 task 1", CXRLT2026_TASK1, CXRLT2026_TASK1, "ImageID", "ImageID",
             "PatientID", None, None, ("ImageID", "StudyDate_DICOM", "PatientID")),
 )}
-NAMES = ("auto", *EDITIONS, "generic")  # data.edition (config/schema.py imports it)
-# --demo-edition YEAR -> the edition whose layout the demo is written in (data.demo_edition)
-DEMO_EDITIONS = {"2023": "cxrlt2023", "2024": "cxrlt2024-task1", "2026": "cxrlt2026-task1"}
+NAMES = ("auto", *EDITIONS, "generic")  # data.edition (config/schema.py EDITION_NAMES, kept in step by a test)
 
 
 def submission_order(edition: Edition | None, classes: Sequence[str]) -> list[str]:

@@ -35,7 +35,6 @@ files go to bad.csv with the reason, and the command fails (exit 2) listing them
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -308,7 +307,7 @@ def _finish(layout: Layout, table: dataset.LabelTable, markers: dict, skip_bad: 
 def main(argv=None) -> int:
     from ..utils import cli
 
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.prepare", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.prepare", __doc__)
     parser.add_argument("--labels", required=True, help="label CSV (or image list) whose images to prepare")
     parser.add_argument("--image-root", help="folder the CSV's paths are relative to (default: the CSV's folder)")
     parser.add_argument("--out", required=True, type=Path, help="folder to write (resumed if it exists)")

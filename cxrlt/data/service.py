@@ -13,7 +13,6 @@ can reach (TF's default, localhost, works only on the dispatcher's host).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import socket
 import sys
@@ -57,7 +56,7 @@ def start_worker(dispatcher_address: str, port: int, worker_address: str | None 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.data_service", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.data_service", __doc__)
     role = parser.add_mutually_exclusive_group(required=True)
     role.add_argument("--dispatcher", action="store_true", help="run the dispatcher (one per cluster)")
     role.add_argument("--worker", action="store_true", help="run a worker (one per spare CPU host)")

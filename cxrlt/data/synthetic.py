@@ -12,7 +12,6 @@ jitter of position, size and intensity, so a small CNN can learn it but not triv
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -24,7 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
-from ..utils import atomic
+from ..utils import atomic, cli
 from . import classes as cls
 
 VERSION = 1
@@ -340,13 +339,16 @@ def make_edition_demo(out_dir, edition: str, *, n_patients: int = 400, image_siz
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.synthetic", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.synthetic", __doc__)
     parser.add_argument("--out", default="demo_data")
     parser.add_argument("--patients", type=int, default=400)
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--size", type=int, default=128,
+                        help="side of the square images written, in px (not the model input: that is train --size)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--edition", choices=sorted(DEMO_EDITIONS), default="2023", help="the layout to write")
+    cli.add_common(parser)
     args = parser.parse_args(argv)
+    cli.setup(args)
     edition = DEMO_EDITIONS[args.edition]
     demo = make_demo(args.out, n_patients=args.patients, image_size=args.size, seed=args.seed, edition=edition)
     for split in (demo.train_csv, demo.test_csv):

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import config
 from ..evaluate import metrics
-from ..train import runs
+from ..runtime import runs
 
 from ..config.schema import ENSEMBLE_METHODS as METHODS
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before taking logits

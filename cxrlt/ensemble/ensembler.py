@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -32,8 +33,8 @@ from ..predict import aggregate
 from ..utils import atomic, cli
 from .. import config
 from ..evaluate import metrics
-from ..train import runs
-from . import thresholds as thr
+from ..runtime import runs
+from ..evaluate import thresholds as thr
 from .combine import METHODS, combine, fit_weights, normal_gating, weights_of
 
 log = logging.getLogger("cxrlt.ensemble")
@@ -193,12 +194,14 @@ def validate_settings(s: dict) -> None:
 def _parser() -> argparse.ArgumentParser:
     from ..predict import inference as predict
 
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.ensemble", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.ensemble", __doc__)
     parser.add_argument("--config", type=Path, help="ensemble config (configs/08_ensemble_5_6.yaml ...); flags override it")
-    parser.add_argument("--runs", nargs="+", help="run directories (default: ensemble.runs, else every finished run in --runs-root)")
+    parser.add_argument("--run", "--runs", dest="runs", nargs="+", action="extend",
+                        help="run directories, repeatable (default: ensemble.runs, else every finished run in --runs-root)")
     parser.add_argument("--runs-root", type=Path, default=Path("runs"))
     parser.add_argument("--method", choices=METHODS, help="mean (probabilities, default) | rank | logit")
-    parser.add_argument("--weights", nargs="+", type=float, help="one weight per run (default: equal)")
+    parser.add_argument("--weights", "--run-weights", dest="weights", nargs="+", type=float,
+                        help="one weight per run, in --run order (default: equal; not train --weights, the backbone's)")
     parser.add_argument("--fit-weights", action="store_true", default=None,
                         help="fit run weights on OOF predictions to maximise OOF mAP (runs must share folds.csv)")
     parser.add_argument("--thresholds", help="none (default) | oof (tune on the ensemble's OOF) | path to a thresholds.json")
@@ -210,7 +213,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", help="test image list CSV (default: the runs' data.test_labels)")
     parser.add_argument("--image-root", help="folder the test list's paths are relative to")
     parser.add_argument("--tta", nargs="+", choices=sorted(predict.TTA), help="TTA views (default: each run's)")
-    parser.add_argument("--out", type=Path, help="submission CSV (default: submissions/<run names>.csv)")
+    parser.add_argument("--out", type=Path, help="the submission CSV to write; the zip goes beside it "
+                                                 "(default: submissions/<run names>.csv)")
     parser.add_argument("--id-column", help="submission id column (default: the runs' edition's, e.g. dicom_id, "
                                             "ImageID for 2026, or the sample submission's)")
     parser.add_argument("--sample-submission", type=Path, metavar="FILE",
@@ -220,7 +224,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--decision", choices=("argmax", "median", "expected"),
                         help="single-label ordinal runs: how the predicted grade is read from the averaged probabilities "
                              "(default: the runs' predict.ordinal_decision)")
-    parser.add_argument("--no-zip", action="store_true")
+    parser.add_argument("--no-zip", action="store_true", help="write the CSV only")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="zip a submission from runs whose folds are not all finished (their finished folds)")
     parser.add_argument("--check", type=Path, metavar="FILE", help="only validate an existing submission CSV/zip and exit")
     cli.add_common(parser)
     return parser
@@ -290,12 +296,18 @@ def main(argv=None) -> int:
         run_list = [runs.Run(Path(p)) for p in s["runs"]] if s["runs"] else find_runs(args.runs_root)
         for run in run_list:
             run.config()  # fails clearly on a directory that is not a run
-        check_same_classes(run_list)
-        if run_list[0].task() != "multilabel":  # one class per image: probabilities + the predicted class
+        if run_list and run_list[0].task() != "multilabel":  # one class per image: probabilities + the predicted class
             from . import single_label
 
+            check_same_classes(run_list)
             pooling, view_weights = study_settings(run_list, s["study_aggregation"], s["view_weights"])
             return single_label.run(run_list, s, args, pooling, view_weights, ensemble=ensemble, load_oof=load_oof)
+        partial = [p for p in (run.partial() for run in run_list) if p]
+        if partial and not args.no_zip and not args.allow_partial:
+            raise runs.RunError(f"unfinished run(s): {'; '.join(partial)} finished. A submission zip from them "
+                                "needs --allow-partial (it then uses the finished folds); --no-zip writes the CSV "
+                                "alone for a look; or finish training first (rerun the same train command)")
+        check_same_classes(run_list)
         normal_gating(np.zeros((0, len(run_list[0].classes()))), run_list[0].classes(), s["normal_gating"])  # fail now
         pooling, view_weights = study_settings(run_list, s["study_aggregation"], s["view_weights"])
         oof = out_of_fold(run_list, s, pooling, view_weights)
@@ -309,7 +321,10 @@ def main(argv=None) -> int:
         idx = [list(table.classes).index(c) for c in order]
         submitted = probs if apply is None else thr.to_half(probs, apply)
         rows = np.arange(len(table)) if rows is None else rows
-        out = Path(s["out"]) if s["out"] else Path("submissions") / ("+".join(run.root.name for run in run_list) + ".csv")
+        default_name = "+".join(run.root.name for run in run_list) + ".csv"
+        out = Path(s["out"]) if s["out"] else Path("submissions") / default_name
+        if out.is_dir() or str(s["out"] or "").endswith(("/", os.sep)):  # --out submissions/: a folder to write into
+            out = out / default_name
         csv_path, zip_path = submission.write_submission(out, table.ids[rows], submitted[rows], classes=order,
                                                          model_classes=table.classes, id_column=id_column,
                                                          expected_ids=table.ids, make_zip=not args.no_zip)
@@ -317,7 +332,8 @@ def main(argv=None) -> int:
               + f": {len(table)} images x {len(order)} classes from {len(run_list)} run(s); method {s['method']}, "
               f"weights {[round(float(w), 3) for w in oof['weights']]}, study aggregation {pooling}, "
               + (f"normal gating {s['normal_gating']:g}, " if s["normal_gating"] else "")
-              + (f"thresholds mapped to 0.5 ({source})" if apply is not None else "no threshold map"))
+              + (f"thresholds mapped to 0.5 ({source})" if apply is not None else "no threshold map")
+              + (f"; PARTIAL: {'; '.join(partial)}" if partial else ""))
         report_t = apply if apply is not None else oof["tuned"]
         report_oof(oof, report_t, run_list[0].groups(), source if s["thresholds"] not in ("oof", None, "none") else None)
         if table.has_labels:

@@ -12,6 +12,7 @@ rank / logit combination are multi-label tools and are refused with a message.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import pandas as pd
 from ..config import ConfigError, tasks
 from ..evaluate import single_label as sl_metrics
 from ..predict import aggregate
-from ..train import runs
+from ..runtime import runs
 from ..utils import atomic
 from .combine import combine, weights_of
 
@@ -100,12 +101,17 @@ def run(run_list: list[runs.Run], s: dict, args, pooling: str, view_weights: dic
     probs = probs / probs.sum(axis=1, keepdims=True)  # float32 rounding of the mean: rows sum to 1 again
     check_probabilities(probs, table.ids)
     id_column = args.id_column or table.id_column
-    out = Path(s["out"]) if s["out"] else Path("submissions") / ("+".join(r.root.name for r in run_list) + ".csv")
+    default_name = "+".join(r.root.name for r in run_list) + ".csv"
+    out = Path(s["out"]) if s["out"] else Path("submissions") / default_name
+    if out.is_dir() or str(s["out"] or "").endswith(("/", os.sep)):  # --out submissions/: a folder to write into
+        out = out / default_name
     frame = prediction_frame(table.ids, probs, table.classes, task, decision, id_column)
     atomic.write_csv(out, frame, float_format="%.6g")
+    partial = [p for p in (r.partial() for r in run_list) if p]
     print(f"wrote {out}: {len(table)} images x {len(table.classes)} classes + predicted ({decision}"
           + (", expected_grade" if task == "ordinal" else "") + f") from {len(run_list)} run(s); weights "
-          f"{[round(float(w), 3) for w in weights]}, study aggregation {pooling}")
+          f"{[round(float(w), 3) for w in weights]}, study aggregation {pooling}"
+          + (f"; PARTIAL: {'; '.join(partial)}" if partial else ""))
     if table.has_labels:
         result = sl_metrics.evaluate(table.labels, probs, list(table.classes), task=task, decision=decision)
         atomic.write_json(out.with_suffix(".metrics.json"), result)

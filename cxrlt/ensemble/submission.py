@@ -12,7 +12,6 @@ the id list.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import zipfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..utils import atomic
+from ..utils import atomic, cli
 from ..data import classes as cls
 from ..evaluate.align import PredictionFileError, some_of, check_table
 
@@ -191,13 +190,15 @@ def expected_layout(edition: str | None, sample, id_column: str | None, classes=
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.submission", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.submission", __doc__)
     parser.add_argument("--check", required=True, type=Path, help="submission CSV (or .zip) to validate")
     parser.add_argument("--labels", type=Path, help="test image list; its ids must each appear once")
     parser.add_argument("--edition", help="cxrlt2023 (default) | cxrlt2024-task1 | cxrlt2024-task2 | cxrlt2026-task1")
     parser.add_argument("--sample-submission", type=Path, help="official sample file: header order and id list")
     parser.add_argument("--id-column", help="default: the edition's (dicom_id; ImageID for 2026) or the sample's")
+    cli.add_common(parser)
     args = parser.parse_args(argv)
+    cli.setup(args)
     expected = None
     try:
         id_column, order, sample_ids = expected_layout(args.edition, args.sample_submission, args.id_column)

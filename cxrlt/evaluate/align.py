@@ -8,7 +8,6 @@ prevalence baseline; exits with status 2 and a clear message when the two files 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -116,7 +115,7 @@ def read_truth(args) -> dataset.LabelTable:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.evaluate", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.evaluate", __doc__)
     parser.add_argument("--pred", required=True, type=Path, help="prediction CSV: id column then class columns")
     parser.add_argument("--labels", required=True, type=Path, help="label CSV with the same ids")
     parser.add_argument("--classes", default="edition",

@@ -1,1 +1,1 @@
-"""Stage 2, model: backbones + heads (factory), safe model files and weights, losses, optimizers."""
+"""Model: backbones + heads (factory), safe model files and weights, losses, optimizers."""

@@ -130,9 +130,9 @@ def _make_backbone(constructor, backbone: str, x, weights, include_preprocessing
         except Exception as err:  # URL/socket/HTTP errors differ by platform; all mean "no download"
             raise WeightsError(
                 f"could not download ImageNet weights for {backbone} ({type(err).__name__}: {err}). "
-                "Without network access, pass --weights none (train from scratch) or --weights PATH to a "
-                f"local Keras weights file for {backbone} (include_top=False, e.g. the .h5 file Keras keeps in "
-                "~/.keras/models/ on a machine that can download it)."
+                f"Without network access: on a machine that has it, run python -m cxrlt weights --backbone {backbone} "
+                "--out weights/, copy weights/ here and pass --weights weights/; or pass --weights none (train "
+                "from scratch)."
             ) from None
     path = Path(os.path.expanduser(str(weights)))
     if not path.exists():

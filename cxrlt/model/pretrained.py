@@ -13,7 +13,6 @@ what to do (Keras' download cache, ~/.keras/models, is used when it already hold
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import sys
@@ -105,7 +104,7 @@ def fetch(backbone: str, directory: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt weights", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt weights", __doc__)
     parser.add_argument("--backbone", required=True, help=f"one of: {', '.join(sorted(BACKBONES))}")
     parser.add_argument("--out", required=True, help="folder for <backbone>.weights.h5 and <backbone>.json")
     cli.add_common(parser)

@@ -15,7 +15,6 @@ out-of-fold predictions never mixes in a model that saw the study.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -128,7 +127,7 @@ def measure(labels, probs, studies, views, classes, *, groups=None, view_weights
         result = metrics.evaluate(labels, pooled, classes, groups=groups)
         row = {k: result[k] for k in ("mAP", "mAUC", "mF1")}
         if tune_thresholds:
-            from ..ensemble import thresholds as thr
+            from ..evaluate import thresholds as thr
 
             tuned = thr.tune(labels, pooled, classes)
             row["mF1_tuned"] = tuned["mF1_tuned"]
@@ -153,9 +152,9 @@ def main(argv=None) -> int:
     from ..utils import cli
     from ..data import dataset
     from ..evaluate import align as evaluate
-    from ..train import runs
+    from ..runtime import runs
 
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.aggregate", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.aggregate", __doc__)
     parser.add_argument("--run", type=Path, help="measure on this run's out-of-fold predictions")
     parser.add_argument("--pred", type=Path, help="or: a prediction CSV (id column + class columns) ...")
     parser.add_argument("--labels", type=Path, help="... and the labelled list it predicts (with study ids)")

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from ..data import pipeline
 from ..model import fusion as fusion_model, models
-from ..train import runs
+from ..runtime import runs
 from ..utils import atomic
 from ..utils.hashing import file_sha256
 from ..utils.progress import Progress

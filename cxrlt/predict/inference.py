@@ -13,9 +13,9 @@ plain log lines instead when the output is not a terminal.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import numpy as np
 from ..config import tasks
 from ..data import dataset, pipeline
 from ..model import models
-from ..train import runs
+from ..runtime import runs
 from .step import TTA, Predictor  # noqa: F401 - TTA: the views' names for the CLIs
 from ..utils.progress import Progress  # the shared bar; predict.Progress keeps working for older callers
 
@@ -118,9 +118,9 @@ def main(argv=None) -> int:
     from . import aggregate
     from ..utils import cli
     from ..evaluate import metrics
-    from ..ensemble import thresholds as thr
+    from ..evaluate import thresholds as thr
 
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.predict", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.predict", __doc__)
     parser.add_argument("--run", required=True, type=Path, help="run directory (runs/<name>)")
     parser.add_argument("--labels", help="image list CSV (default: the run's data.test_labels)")
     parser.add_argument("--image-root", help="folder the list's paths are relative to")
@@ -144,12 +144,16 @@ def main(argv=None) -> int:
         probs = aggregate.aggregate(probs, table.studies, pooling, views=table.views,
                                     view_weights=cfg["predict"].get("view_weights"))
         suffix = "" if pooling == "none" else f".study_{pooling}"
-        out = args.out or run.root / "predictions" / f"{table.source.stem}{suffix}.csv"
+        name = f"{table.source.stem}{suffix}.csv"
+        out = args.out or run.root / "predictions" / name
+        out = out / name if out.is_dir() or str(args.out or "").endswith(("/", os.sep)) else out
         task = run.task()
         decision = tasks.ordinal_decision(cfg, task)
         runs.write_predictions(out, table.ids, probs, table.classes,
                                extra=runs.predicted_column(task, probs, table.classes, decision))
-        print(f"wrote {out} ({len(table)} images x {len(table.classes)} classes, study aggregation {pooling})")
+        folds = f"{len(run.finished_folds())} of {cfg['train']['folds']} folds"
+        print(f"wrote {out} ({len(table)} images x {len(table.classes)} classes from {folds}"
+              + (" -- PARTIAL: the run is unfinished" if run.partial() else "") + f", study aggregation {pooling})")
         if table.has_labels and task != "multilabel":
             from ..evaluate import single_label
 
@@ -158,7 +162,7 @@ def main(argv=None) -> int:
         elif table.has_labels:
             print(metrics.format_report(metrics.evaluate(table.labels, probs, list(table.classes),
                                                           groups=run.groups()), title=f"{table.source.name}"))
-            t, source = thr.for_run(run)
+            t, source = runs.thresholds_for(run)
             if t is None:
                 print(f"mF1 at 0.5 only: per-class thresholds need OOF predictions ({source})")
             else:

@@ -57,7 +57,7 @@ class Predictor:
         all-reduce (each row is non-zero on one worker only, so the sum is that worker's value, bit for bit)
         and every row must have been scored exactly once. `progress` counts this worker's images. One device, no workers: `__call__` on one stream.
         """
-        from ..train import distribute
+        from ..runtime import distribute
 
         strategy = self.strategy
         if strategy is None or strategy.num_replicas_in_sync == 1:

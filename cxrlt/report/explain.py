@@ -26,7 +26,6 @@ trained at 64 px has a 2 x 2 map and one at 32 px a single cell that cannot loca
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import json
 import logging
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils import atomic, cli
-from ..train import runs
+from ..runtime import runs
 
 log = logging.getLogger("cxrlt.explain")
 
@@ -347,15 +346,15 @@ def write_outputs(explanation: Explanation, out_dir: Path, resize: str) -> list[
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.explain", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.explain", __doc__)
     parser.add_argument("--run", required=True, type=Path, help="run directory (runs/<name>)")
     parser.add_argument("--image", required=True, nargs="+", type=Path, help="radiograph(s), JPEG or PNG")
     parser.add_argument("--class", dest="classes", nargs="+", metavar="FINDING",
                         help="findings to explain (default: the --top most probable)")
     parser.add_argument("--top", type=int, default=3, help="how many of the most probable findings (default 3)")
-    parser.add_argument("--fold", type=int, nargs="+", help="fold models to average (default: every finished fold)")
+    parser.add_argument("--fold", type=int, nargs="+", help="fold indices whose models to average, a list (default: every finished fold)")
     parser.add_argument("--layer", help="target layer name (default: the last feature map before pooling)")
-    parser.add_argument("--out", type=Path, default=Path("explain"), help="output folder (default: explain/)")
+    parser.add_argument("--out", type=Path, default=Path("explain"), help="folder the heat maps are written to")
     cli.add_common(parser)
     args = parser.parse_args(argv)
     cli.setup(args)

@@ -20,7 +20,6 @@ names its source in a data-metric attribute (a path into metrics.json, or into r
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as _dt
 import html
@@ -38,7 +37,7 @@ from ..utils import atomic, cli
 from ..data import classes as cls, dataset
 from ..config import tasks
 from ..evaluate import single_label
-from ..train import runs
+from ..runtime import runs
 
 log = logging.getLogger("cxrlt.report")
 
@@ -245,7 +244,7 @@ def augmentation_preview(data: ReportData, path: Path, n: int = 5, seed: int = 0
     import tensorflow as tf
 
     from ..data import pipeline
-    from ..tools import preview
+    from . import preview
 
     cfg = data.cfg
     rng = np.random.default_rng(seed)
@@ -522,10 +521,11 @@ def build_report(source: Path, out: Path, *, labels: str | None = None, threshol
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.report", description=__doc__.split("\n")[0])
-    parser.add_argument("source", type=Path, help="run directory (runs/<name>) or prediction/submission CSV")
+    parser = cli.parser("python -m cxrlt.report", __doc__)
+    parser.add_argument("source", type=Path, nargs="?", help="run directory (runs/<name>) or prediction/submission CSV")
+    parser.add_argument("--run", type=Path, help="the run directory (the same as giving it as SOURCE)")
     parser.add_argument("--labels", help="label CSV: the truth for a prediction CSV; for a run, overrides data.labels")
-    parser.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: report/)")
+    parser.add_argument("--out", type=Path, default=Path("report"), help="folder the report.html and its PNGs are written to")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability that counts as 'found' in the gallery")
     parser.add_argument("--gallery", type=int, default=12, help="validation images in the gallery (0: none)")
     parser.add_argument("--no-preview", action="store_true", help="leave out the augmentation preview")
@@ -533,6 +533,9 @@ def main(argv=None) -> int:
     cli.add_common(parser)
     args = parser.parse_args(argv)
     cli.setup(args)
+    if (args.source is None) == (args.run is None):
+        parser.error("give one run directory or CSV: SOURCE or --run RUN")
+    args.source = args.source or args.run
     with cli.errors():
         if not 0.0 < args.threshold < 1.0:
             raise ReportError(f"--threshold must be between 0 and 1, got {args.threshold}")

@@ -1,1 +1,1 @@
-"""Tools around the job: ablation grids, benchmarks, the augmentation preview."""
+"""Tools around the job: ablation grids and benchmarks."""

@@ -45,7 +45,7 @@ import yaml
 from ..utils import atomic, cli
 from .. import config
 from ..evaluate import metrics
-from ..train import runs
+from ..runtime import runs
 
 log = logging.getLogger("cxrlt.ablate")
 
@@ -196,7 +196,7 @@ def train_argv(config_file: Path, root: Path, name: str, forwarded: list[str]) -
 
 def resolve(argv: list[str]) -> dict:
     """The config train.main will resolve from `argv` (validated; nothing trained)."""
-    parser = argparse.ArgumentParser()
+    parser = cli.Parser()
     config.add_arguments(parser)
     return config.from_args(parser.parse_args(argv))
 
@@ -465,7 +465,7 @@ def run_grid(args: argparse.Namespace) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.ablate", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.ablate", __doc__)
     parser.add_argument("--grid", required=True, help="grid file, e.g. configs/ablations/seed003.yaml")
     parser.add_argument("--variants", help="comma-separated subset to train now (the table lists every trained one)")
     parser.add_argument("--folds-csv", help="a folds.csv (id, patient, fold) to use instead of making one")

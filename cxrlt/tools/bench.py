@@ -31,7 +31,6 @@ less when other processes take cores. Ratios use the wall-clock figures.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -46,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from ..utils import atomic
+from ..utils import atomic, cli
 from ..data import augment, mix, pipeline
 from . import bench_step
 from .. import config
@@ -593,7 +592,7 @@ def _prepared_folder(stack: contextlib.ExitStack, args, results: dict) -> str | 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.bench", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.bench", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pipeline(sub)
     _add_predict(sub)

@@ -44,7 +44,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from . import distribute
+from ..runtime import distribute
 from ..utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,10 @@ class Trainer:
         if initial_epoch:
             log.info("%s: resuming after epoch %d of %d (restored from %s)", label, initial_epoch, epochs, self._backup_dir)
         recorder = _EpochLogs()  # after the others: sees what they added to `logs` (CallbackList passes a copy)
-        cbs = keras.callbacks.CallbackList([*callbacks, recorder], add_history=False, add_progbar=verbose != 0,
+        # Keras' bar first: it ends its line at the epoch's end before the callbacks log their epoch line
+        # (last, as Keras adds it, the bar and the next log line shared one terminal line).
+        progbar = [keras.callbacks.ProgbarLogger()] if verbose else []
+        cbs = keras.callbacks.CallbackList([*progbar, *callbacks, recorder], add_history=False, add_progbar=False,
                                            model=self.model, verbose=verbose, epochs=epochs, steps=steps_per_epoch)
         self.model.stop_training = False
         iterator = iter(dataset)

@@ -31,7 +31,6 @@ tf.distribute: the head is small and the features are precomputed.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
@@ -50,7 +49,7 @@ from ..data import dataset
 from ..evaluate import metrics
 from ..utils import atomic, cli
 from ..utils.hashing import file_sha256
-from . import runs
+from ..runtime import runs
 
 log = logging.getLogger("cxrlt.fuse")
 
@@ -292,7 +291,7 @@ def parse_sets(items) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.fuse", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.fuse", __doc__)
     parser.add_argument("--run", required=True, type=Path, help="the trained run to fuse (all folds finished)")
     parser.add_argument("--name", help="the fused run's name (default: <run>_fused)")
     parser.add_argument("--out", type=Path, help="folder for the fused run (default: the source run's folder)")

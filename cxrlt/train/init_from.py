@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import ConfigError
-from . import runs
+from ..runtime import runs
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ finished epoch. When every fold is done, the out-of-fold predictions and scores 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -24,7 +23,7 @@ from ..data import dataset, editions, folds as folds_mod, single_label
 from .. import config
 from ..config import tasks
 from ..evaluate import metrics, single_label as single_label_metrics
-from . import runs
+from ..runtime import runs
 
 log = logging.getLogger("cxrlt.train")
 
@@ -60,7 +59,7 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
             demo = synthetic.make_demo(folder, n_patients=d["demo_patients"], image_size=d["demo_image_size"],
                                        edition=edition)
         if multi:
-            from . import distribute
+            from ..runtime import distribute
 
             distribute.barrier(strategy)  # the workers read the demo set once the chief has made it
         if not chief:
@@ -89,7 +88,7 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
                                          check_files=d["check_images"] == "off", edition=d.get("edition", "auto"),
                                          exclude=d.get("exclude"))
     if multi:
-        from . import distribute
+        from ..runtime import distribute
 
         # ids and labels, not paths: hosts may mount the shared images at different places
         distribute.agree(strategy, f"the training list {d['labels']} (image ids and labels)",
@@ -103,7 +102,8 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
         if chief:
             record = Path(cfg["out"]) / cfg["name"]
             deep = d["check_images"] == "deep"
-            screened = check.screen_table(table, deep=deep, skip_bad=d["skip_bad"], record_dir=record)
+            screened = check.screen_table(table, deep=deep, skip_bad=d["skip_bad"], record_dir=record,
+                                          input_size=cfg["input"]["size"])
             if d["test_labels"]:  # the submission needs every test image: bad ones stop the run, never skipped
                 test, _ = single_label.read_table(d["test_labels"], task=table.task, image_root=d["test_image_root"],
                                                   label_column=d.get("label_column"), classes=list(table.classes),
@@ -140,9 +140,21 @@ def _roles(strategy) -> tuple[bool, bool]:
     """(this process is the chief, there are several worker processes); no strategy: one process."""
     if strategy is None:
         return True, False
-    from . import distribute
+    from ..runtime import distribute
 
     return distribute.is_chief(strategy), distribute.is_multiworker(strategy)
+
+
+STRIDE = 32  # every backbone's total down-sampling: its last feature map is input.size / 32 cells wide
+
+
+def note_input_size(cfg: dict) -> None:
+    size = cfg["input"]["size"]
+    if size % STRIDE:
+        log.warning("input.size %d is not a multiple of %d, the backbone's total stride: its last feature map "
+                    "covers %d px and the last %d px of each side are seen only in part; use %d or %d",
+                    size, STRIDE, size // STRIDE * STRIDE, size % STRIDE, size // STRIDE * STRIDE,
+                    (size // STRIDE + 1) * STRIDE)
 
 
 def open_run(cfg: dict, table: dataset.LabelTable, force: bool, strategy=None) -> runs.Run:
@@ -155,6 +167,11 @@ def open_run(cfg: dict, table: dataset.LabelTable, force: bool, strategy=None) -
         saved = run.config()
         saved.setdefault("data", {}).setdefault("task", "multilabel")  # runs made before data.task: multi-label
         changed = config.diff(saved, cfg, ignore=RESUMABLE_CHANGES)
+        if changed and not force and not run.trained_anything():
+            log.warning("%s: replacing the config of a run that finished no epoch (%s%s)", run.root,
+                        "; ".join(changed[:4]), "; ..." if len(changed) > 4 else "")
+            run.folds_csv.unlink(missing_ok=True)  # made from the old config's folds and seed
+            changed = []
         if changed and not force:
             raise config.ConfigError(
                 f"{run.root} holds a run with another config ({'; '.join(changed[:4])}"
@@ -182,7 +199,7 @@ def load_folds(run: runs.Run, table: dataset.LabelTable, cfg: dict, strategy=Non
     fold_of = (folds_mod.load_or_make_folds(run.folds_csv, table, cfg["train"]["folds"], cfg["seed"]) if chief
                else np.zeros(len(table), np.int64))
     if multi:
-        from . import distribute
+        from ..runtime import distribute
 
         fold_of = distribute.from_chief(strategy, fold_of).astype(np.int64)
     return fold_of
@@ -200,7 +217,8 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     share; the chief scores and writes)."""
     import keras
 
-    from . import callbacks, distribute, engine, tensorboard_log
+    from . import callbacks, engine, tensorboard_log
+    from ..runtime import distribute
     from ..data import augment, mix, pipeline
     from ..model import losses, losses_single, models, optim
     from ..predict.step import Predictor
@@ -343,7 +361,7 @@ def finish_fold(cfg: dict, run: runs.Run, k: int, val: dataset.LabelTable, class
     else:
         weights = selected.get_weights()
         if multi:
-            from . import distribute
+            from ..runtime import distribute
 
             distribute.agree(strategy, f"fold {k}: the selected model {run.model_path(k)}", distribute.digest(*weights))
         model.set_weights(weights)
@@ -380,7 +398,7 @@ def finish_fold(cfg: dict, run: runs.Run, k: int, val: dataset.LabelTable, class
 
 def summarize(run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray) -> dict | None:
     """Assemble the OOF predictions of all folds, score them and tune per-class thresholds, once every fold is done."""
-    from ..ensemble import thresholds
+    from ..evaluate import thresholds
 
     k = run.config()["train"]["folds"]
     if len(run.finished_folds()) < k:
@@ -460,7 +478,7 @@ def refuse_ensemble_config(path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.train", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.train", __doc__)
     config.add_arguments(parser)
     parser.add_argument("--force", action="store_true", help="continue a run directory made with another config")
     cli.add_common(parser)
@@ -469,7 +487,8 @@ def main(argv=None) -> int:
     with cli.errors():
         refuse_ensemble_config(args.config)
         cfg = config.from_args(args)
-        from . import distribute
+        note_input_size(cfg)
+        from ..runtime import distribute
 
         strategy = distribute.get_strategy(cfg["distribute"]["strategy"])  # before TensorFlow runs any op
         with distribute.failures_end_every_worker(strategy):  # one worker's error ends them all, with its message

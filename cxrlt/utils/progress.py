@@ -14,6 +14,20 @@ import sys
 import time
 
 log = logging.getLogger("cxrlt.progress")
+_drawn: "Progress | None" = None  # the bar whose line is on the terminal, not yet ended
+
+
+class EndBarLine(logging.Filter):
+    """On the handlers cli.setup installs: a log record ends a half-drawn bar's line first, so the two
+    never share one terminal line; the bar redraws below it at its next update."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        global _drawn
+        if _drawn is not None:
+            _drawn.stream.write("\n")
+            _drawn.stream.flush()
+            _drawn = None
+        return True
 
 
 def interactive(stream=None) -> bool:
@@ -60,9 +74,11 @@ class Progress:
             return
         self.closed = True
         if self.tty:
+            global _drawn
             self._draw()
             self.stream.write("\n")
             self.stream.flush()
+            _drawn = None
 
     def __enter__(self) -> "Progress":
         return self
@@ -79,5 +95,7 @@ class Progress:
         width = 30
         filled = int(width * min(self.done, self.total) / self.total) if self.total else width
         bar = "=" * filled + (">" if filled < width else "") + "." * max(0, width - filled - 1)
+        global _drawn
         self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total} {self.unit}s ({self._elapsed()})\x1b[K")
         self.stream.flush()
+        _drawn = self

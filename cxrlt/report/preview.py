@@ -9,7 +9,6 @@ Figure 3). Mixed tiles list every finding their label carries.
 
 from __future__ import annotations
 
-import argparse
 import textwrap
 from pathlib import Path
 
@@ -86,7 +85,7 @@ def render(grid, names, out: Path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.augment", description=__doc__.split("\n")[0])
+    parser = cli.parser("python -m cxrlt.augment", __doc__)
     parser.add_argument("--config", help="YAML config whose augment/mix settings to show")
     parser.add_argument("--labels", type=Path, help="label CSV (default: the config's data.labels)")
     parser.add_argument("--image-root")

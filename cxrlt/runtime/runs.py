@@ -16,7 +16,6 @@ runs/<name>/
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..utils import atomic
+from ..utils import atomic, cli
 from ..utils.errors import UserError
 
 
@@ -119,9 +118,23 @@ class Run:
             raise RunError(f"{self.root} is not a cxrlt run (no config.yaml); train one with python -m cxrlt.train")
         return yaml.safe_load(self.config_path.read_text())
 
+    def trained_anything(self) -> bool:
+        """Whether any fold finished an epoch here (a checkpoint, a model, a done marker, OOF): a run that
+        failed before its first epoch (weights offline, a bad image) holds nothing a new config could spoil."""
+        if self.oof_csv.exists():
+            return True
+        return any((fold / "backup" / "checkpoint").exists() or (fold / "model.keras").exists()
+                   or (fold / "done.json").exists() for fold in self.root.glob("fold*"))
+
     def finished_folds(self) -> list[int]:
         k = self.config()["train"]["folds"]
         return [i for i in range(k) if self.is_done(i)]
+
+    def partial(self) -> str | None:
+        """'runs/x: 1 of 2 folds' when some of the run's folds are unfinished, else None. A fused run's folds
+        are its source's, each refit: the same rule."""
+        done, k = len(self.finished_folds()), self.config()["train"]["folds"]
+        return None if done == k else f"{self.root}: {done} of {k} folds"
 
 
 TRAILING = ("predicted", "expected_grade")  # columns written after the class probabilities
@@ -200,6 +213,18 @@ def oof_with_labels(run: Run):
     return table.subset([position[i] for i in ids]), probs
 
 
+def thresholds_for(run: Run) -> tuple[np.ndarray | None, str]:
+    """A run's thresholds (its thresholds.json, else tuned on its oof.csv without writing) and where from."""
+    from ..evaluate import thresholds
+
+    if run.thresholds_json.exists():
+        return thresholds.load(run.thresholds_json, run.classes()), str(run.thresholds_json)
+    if run.oof_csv.exists():
+        table, oof = oof_with_labels(run)
+        return np.asarray(thresholds.tune(table.labels, oof, table.classes)["thresholds"]), f"tuned on {run.oof_csv}"
+    return None, f"{run.root} has no OOF predictions yet"
+
+
 def mark_done(run: Run, k: int, info: dict) -> None:
     atomic.write_text(run.done_path(k), json.dumps(info, indent=2, default=str))
 
@@ -273,10 +298,21 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxrlt.runs", description="List cxrlt runs with their scores.")
-    parser.add_argument("root", nargs="?", type=Path, default=Path("runs"), help="a runs folder or one run (default: runs)")
+    parser = cli.parser("python -m cxrlt.runs", "List cxrlt runs with their scores.")
+    parser.add_argument("root", nargs="?", type=Path, default=Path("runs"), help="a runs folder or one run")
+    parser.add_argument("--run", type=Path, action="append", help="list these runs (repeatable) instead of a folder's")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    cli.add_common(parser)
     args = parser.parse_args(argv)
+    cli.setup(args)
+    if args.run:
+        missing = [str(r) for r in args.run if not (r / "config.yaml").is_file()]
+        if missing:
+            print(f"error: not a run directory (no config.yaml): {', '.join(missing)}", file=sys.stderr)
+            return 2
+        rows = [describe(Run(r)) for r in args.run]
+        print(json.dumps(rows, indent=2, default=str) if args.json else format_table(rows))
+        return 0
     if not args.root.is_dir():
         print(f"error: {args.root} is not a folder; pass the folder your runs are in (train --out, default runs/)",
               file=sys.stderr)

@@ -19,9 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from ..utils import atomic
-from ..evaluate import metrics
+from ..utils.errors import UserError
+from . import metrics
 
 FILE_NAME = "thresholds.json"
+
+
+class ThresholdsError(UserError):
+    """A thresholds.json that cannot be applied (missing, not cxrlt's, another class list, a bad value)."""
+
+
 NOTE = ("tuned to maximise each class's F1 on these out-of-fold predictions and scored on the same "
         "predictions, so mF1_tuned is optimistic; on new data expect less")
 
@@ -51,38 +58,24 @@ def save(path, info: dict) -> None:
 
 def load(path, classes) -> np.ndarray:
     """Thresholds from a thresholds.json, in the order of `classes`; a mismatch or a bad value is named."""
-    from ..train.runs import RunError
-
     path = Path(path)
     if path.is_dir():
         path = path / FILE_NAME
     if not path.is_file():
-        raise RunError(f"threshold file {path} does not exist (a run writes it when all its folds are done)")
+        raise ThresholdsError(f"threshold file {path} does not exist (a run writes it when all its folds are done)")
     try:
         info = json.loads(path.read_text())
         by_class = dict(zip(info["classes"], info["thresholds"]))
     except (ValueError, KeyError, TypeError) as err:
-        raise RunError(f"{path}: not a cxrlt thresholds.json ({err})") from None
+        raise ThresholdsError(f"{path}: not a cxrlt thresholds.json ({err})") from None
     missing = [c for c in classes if c not in by_class]
     if missing:
-        raise RunError(f"{path}: no threshold for {missing[:5]}; it was tuned for another class list")
+        raise ThresholdsError(f"{path}: no threshold for {missing[:5]}; it was tuned for another class list")
     t = np.array([by_class[c] for c in classes], dtype=np.float64)
     bad = [c for c, x in zip(classes, t) if not 0 < x < 1]
     if bad:
-        raise RunError(f"{path}: thresholds must lie strictly between 0 and 1; bad for {bad[:5]}")
+        raise ThresholdsError(f"{path}: thresholds must lie strictly between 0 and 1; bad for {bad[:5]}")
     return t
-
-
-def for_run(run) -> tuple[np.ndarray | None, str]:
-    """A run's thresholds (its thresholds.json, else tuned on its oof.csv without writing) and where from."""
-    if run.thresholds_json.exists():
-        return load(run.thresholds_json, run.classes()), str(run.thresholds_json)
-    if run.oof_csv.exists():
-        from ..train.runs import oof_with_labels
-
-        table, oof = oof_with_labels(run)
-        return np.asarray(tune(table.labels, oof, table.classes)["thresholds"]), f"tuned on {run.oof_csv}"
-    return None, f"{run.root} has no OOF predictions yet"
 
 
 def to_half(probs, thresholds) -> np.ndarray:
