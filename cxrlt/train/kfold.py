@@ -127,7 +127,7 @@ def _single_label_demo(cfg: dict, chief: bool, strategy) -> None:
         synthetic_single.make_single_label_demo(folder, d["demo_task"], n_patients=d["demo_patients"],
                                                 image_size=d["demo_image_size"])
     if _roles(strategy)[1]:
-        from . import distribute
+        from ..runtime import distribute
 
         distribute.barrier(strategy)
     d.update(labels=str(folder / "train.csv"), image_root=str(folder), test_labels=str(folder / "test.csv"),
