@@ -362,8 +362,8 @@ def markdown(grid: dict, summary: pd.DataFrame, settings: dict[str, dict], conte
         cells += [_cell(row, key, is_variant and len(real) > 1 and row[f"{key}_mean"] == best[key]) for key in columns]
         lines.append("| " + " | ".join(cells) + " |")
     if task != "multilabel":
-        lines += ["", "Cells: mean ± population std (ddof 0) (median) over the validation folds (seed 003 reports the "
-                  "median); bold = best mean. Single-label scores of the predicted class (" + task + "): MCC is the "
+        lines += ["", "Cells: mean ± population std (ddof 0) (median) over the validation folds (the Balanced-MixUp paper reports "
+                  "the median); bold = best mean. Single-label scores of the predicted class (" + task + "): MCC is the "
                   "multi-class R_K, B-ACC the mean recall, macro-F1 the mean F1 over the classes, quad-kappa and "
                   f"Kendall tau (ordinal grades) between the true and predicted grades. `{CHANCE}`: uniform "
                   "probabilities (every image the first class).", ""]
