@@ -13,6 +13,7 @@ COMMANDS = {
     "fuse": ("cxrlt.train.fuse", "learned study fusion (CheXFusion stage 2) over a run's frozen features"),
     "predict": ("cxrlt.predict.inference", "fold models x TTA over an image list"),
     "ensemble": ("cxrlt.ensemble.ensembler", "combine runs into a validated submission CSV + zip"),
+    "export": ("cxrlt.ensemble.export", "one TensorFlow SavedModel of runs for serving (bytes in, probabilities out)"),
     "evaluate": ("cxrlt.evaluate.align", "score a prediction CSV against labels"),
     "check": ("cxrlt.data.check", "pre-flight check of every image a run will read"),
     "prepare": ("cxrlt.data.prepare", "pre-resized image files and TFRecord shards"),
@@ -25,7 +26,8 @@ COMMANDS = {
     "bench": ("cxrlt.tools.bench", "input pipeline, step, prediction and memory benchmarks"),
     "augment": ("cxrlt.report.preview", "preview grid of augmented and mixed batches"),
     "synthetic": ("cxrlt.data.synthetic", "write the synthetic demo data set"),
-    "weights": ("cxrlt.model.pretrained", "fetch a backbone's ImageNet weights for offline nodes"),
+    "weights": ("cxrlt.model.pretrained", "fetch a backbone's ImageNet weights for offline nodes, or convert a timm "
+                                          "checkpoint (--from-timm)"),
     "data_service": ("cxrlt.data.service", "tf.data service dispatcher or worker (input.data_service)"),
 }
 

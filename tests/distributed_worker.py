@@ -8,6 +8,8 @@ before TensorFlow runs its first op, which a pytest process that already used Te
     python tests/distributed_worker.py ema         # train.ema under MirroredStrategy(2 CPUs) equals one device
     python tests/distributed_worker.py accel       # model.sync_batchnorm and train.accumulate under MirroredStrategy
     python tests/distributed_worker.py validation  # validation spread over MirroredStrategy(2 CPUs) scores as one device
+    python tests/distributed_worker.py parts       # per-part rates and decays, clip_norm, head warm-up, EMA warm-up
+                                                   # under MirroredStrategy(2 CPUs) equal one device
     python tests/distributed_worker.py agree       # (TF_CONFIG: two workers) broadcast, agreement, a worker's failure
     python tests/distributed_worker.py audited ARGS  # python -m cxrlt.train ARGS, recording every file this process
                                                      # changes under $CXRLT_AUDIT_ROOTS into $CXRLT_AUDIT_OUT (JSON)
@@ -299,6 +301,60 @@ def validation() -> dict:
             for name in ("one", "mirrored")}
 
 
+def _parts_run(strategy, images, labels, *, keras_clip: bool = False) -> dict:
+    """Two epochs of 2 steps: epoch 1 the head warm-up (backbone frozen), epoch 2 everything, with optim's per-part
+    rates and decays, clip_norm 0.05 (far below the gradients' norm: it always clips) and the EMA warm-up; or, with
+    `keras_clip`, one plain epoch with Keras' own global_clipnorm (which clips each replica's share)."""
+    import keras
+
+    from cxrlt import config
+    from cxrlt.model import models, optim
+
+    cfg = config.load(overrides={
+        "optim": {"name": "adamw", "lr": 1e-2, "weight_decay": 0.01, "head_weight_decay": 0.05, "backbone_lr_mult": 0.1,
+                  "decay_norms_and_biases": False, "clip_norm": 0.05, "head_warmup_lr": 0.05},
+        "train": {"epochs": 2, "batch_size": GLOBAL_BATCH, "freeze_backbone_epochs": 1, "ema": 0.5, "ema_warmup": True}})
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((SIZE, SIZE, 3))
+        x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="body")(inputs / 255.0)
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        model = keras.Model(inputs, keras.layers.Dense(CLASSES, name="logits")(x))
+        head = models.head_variables(model)
+        loss = losses.get_loss("focal")
+        if keras_clip:
+            optimizer, warmup = keras.optimizers.SGD(0.5, global_clipnorm=0.05), None
+        else:
+            optimizer = optim.make_optimizer(cfg, STEPS, head_variables=head)
+            warmup = optim.make_optimizer(cfg, STEPS, head_variables=head, warmup=True)
+    trainer = engine.Trainer(strategy, model, optimizer, loss, ema=0.0 if keras_clip else 0.5,
+                             ema_warmup=None if keras_clip else (1.0, 2 / 3), freeze_epochs=0 if keras_clip else 1,
+                             warmup_optimizer=warmup, head_variables=head)
+
+    def dataset_fn(ctx):
+        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(ctx.get_per_replica_batch_size(GLOBAL_BATCH)).repeat()
+
+    history = trainer.fit(trainer.distributed_input(dataset_fn), epochs=1 if keras_clip else 2, steps_per_epoch=STEPS,
+                          verbose=0)
+    return {"replicas": strategy.num_replicas_in_sync, "loss": history["loss"],
+            "weights": [np.asarray(w).ravel().tolist() for w in model.get_weights()],
+            "ema": [] if keras_clip else [a.numpy().ravel().tolist() for a in trainer.ema.averages],
+            "updates": int(optimizer.iterations.numpy()),
+            "warmup_updates": 0 if keras_clip else int(warmup.iterations.numpy())}
+
+
+def parts() -> dict:
+    """optim.backbone_lr_mult / head_weight_decay / decay_norms_and_biases / clip_norm, train.freeze_backbone_epochs
+    and train.ema_warmup under MirroredStrategy(2 CPUs) against one device; Keras' global_clipnorm for contrast."""
+    distribute.split_cpu(2)
+    images, labels = _data(6)
+    images[GLOBAL_BATCH // 2:GLOBAL_BATCH] *= 0.1  # the replicas' halves differ: their gradients (and norms) too
+    one, mirrored = distribute.get_strategy("one"), distribute.get_strategy("mirrored")
+    return {"one": _parts_run(one, images, labels), "mirrored": _parts_run(mirrored, images, labels),
+            "keras_one": _parts_run(one, images, labels, keras_clip=True),
+            "keras_mirrored": _parts_run(mirrored, images, labels, keras_clip=True)}
+
+
 def agree() -> dict:
     """Under MultiWorkerMirroredStrategy (TF_CONFIG names two workers): the chief's values reach both workers,
     equal values pass `agree`, different ones stop both workers with the same error, and an exception on
@@ -381,5 +437,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "audited":
         sys.exit(audited(sys.argv[2:]))
     result = {"mirrored": mirrored, "bfloat16": bfloat16, "jit": jit, "masked": masked, "ema": ema, "accel": accel,
-              "validation": validation, "agree": agree}[sys.argv[1]]()
+              "validation": validation, "agree": agree, "parts": parts}[sys.argv[1]]()
     print(json.dumps(result))

@@ -142,7 +142,8 @@ def test_beyond_seed002_grid_builds_every_variants_loss_and_head(tmp_path):
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(ablate.variant_config(loaded, name, None)))
         cfg = ablate.resolve(ablate.train_argv(path, tmp_path, name, ["--demo", "--epochs", "6"]))
-        loss = losses.get_loss(cfg["loss"]["name"], class_counts=[3, 30, 300], n_images=600, **cfg["loss"]["params"])
+        loss = losses.get_loss(cfg["loss"]["name"], class_counts=[3, 30, 300], n_images=600,
+                               epochs=cfg["train"]["epochs"], **cfg["loss"]["params"])
         assert cfg["model"]["head"] in schema.HEADS
         seen.add((cfg["loss"]["name"], cfg["model"]["head"], cfg["optim"]["warmup_epochs"],
                   getattr(loss, "drw_epoch", None), getattr(loss, "prevalence", None) is not None))
@@ -150,6 +151,7 @@ def test_beyond_seed002_grid_builds_every_variants_loss_and_head(tmp_path):
     assert ("focal", "ml_decoder", 0, None, False) in seen and ("focal", "gap", 1, None, False) in seen
     assert ("ldam", "gap", 0, 4, False) in seen and ("ldam", "gap", 0, None, False) in seen
     assert ("asl", "gap", 0, None, True) in seen and ("distribution_balanced", "gap", 0, None, False) in seen
+    assert ("cxrlt2026_db", "gap", 0, None, False) in seen
 
 
 def test_demo_edition_reaches_every_variant():

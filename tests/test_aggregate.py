@@ -44,14 +44,16 @@ def test_methods_compute_what_they_say():
 
 
 def _ref_view_groups(probs, studies, views):
-    """The CXR-LT 2024 rule, by loops: per study, mean of the frontal images' mean and the lateral images' mean."""
-    out = np.empty(probs.shape, np.float64)
-    studies, lateral = np.asarray(studies), np.isin([str(v).upper() for v in views], ["LATERAL", "LL", "RL", "XTABLE LATERAL"])
-    for s in np.unique(studies):
-        rows = studies == s
-        means = [probs[rows & g].mean(axis=0) for g in (lateral, ~lateral) if (rows & g).any()]
-        out[rows] = np.mean(means, axis=0)
-    return out
+    """The CXR-LT 2024 5th-place team's post-processing (yamagishi0824/cxrlt24-multiview-pp,
+    code/postprocess.py), re-derived in pandas: is_frontal = ViewPosition contains AP or PA
+    (case-insensitive, NaN -> False); mean per (study, is_frontal), then the mean over a study's groups."""
+    frame = pd.DataFrame(np.asarray(probs, np.float64))
+    classes = list(frame.columns)
+    frame["study_id"] = list(studies)
+    frame["is_frontal"] = pd.Series(list(views), dtype=object).str.contains("AP|PA", case=False, na=False)
+    grouped = frame.groupby(["study_id", "is_frontal"])[classes].mean().reset_index()
+    grouped = grouped.groupby(["study_id"])[classes].mean()
+    return grouped.loc[frame["study_id"]].to_numpy()
 
 
 def test_view_groups_is_the_mean_of_the_frontal_mean_and_the_lateral_mean():
@@ -66,6 +68,19 @@ def test_view_groups_is_the_mean_of_the_frontal_mean_and_the_lateral_mean():
         np.testing.assert_allclose(aggregate.aggregate(p, s, "view_groups", views=v), _ref_view_groups(p, s, v),
                                    rtol=1e-6)
     assert np.allclose(aggregate.aggregate(probs, studies, "view_groups"), aggregate.aggregate(probs, studies, "mean"))
+
+
+def test_view_groups_puts_a_blank_view_with_the_laterals_as_the_5th_place_team():
+    """About 4 % of the 2024 images have no ViewPosition; the team's get_frontal counts them (and LAO,
+    SWIMMERS, ...) in the non-frontal group, AP AXIAL and PA LLD as frontal. A study of PA 0.2,
+    LATERAL 0.6 and a blank 1.0: (0.2 + (0.6 + 1.0) / 2) / 2 = 0.5 (counted frontal it was 0.6)."""
+    probs = np.array([[0.2], [0.6], [1.0], [0.1], [0.5], [0.9], [0.3]], np.float32)
+    studies = ["s", "s", "s", "t", "t", "t", "t"]
+    views = ["PA", "LATERAL", "", "AP AXIAL", "PA LLD", "LAO", None]
+    pooled = aggregate.aggregate(probs, studies, "view_groups", views=views)
+    assert np.allclose(pooled[:3], 0.5)
+    assert np.allclose(pooled[3:], ((0.1 + 0.5) / 2 + (0.9 + 0.3) / 2) / 2)
+    np.testing.assert_allclose(pooled, _ref_view_groups(probs, studies, views), rtol=1e-6)
 
 
 def test_view_weights_are_configurable_and_zero_weights_fall_back_to_the_mean():

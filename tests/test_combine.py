@@ -88,6 +88,35 @@ def test_normal_gating_scales_abnormal_scores_by_the_normal_score():
         combine.normal_gating(probs, ["a", "No Finding", "b"], 1.5)
 
 
+def winner_normal_gating(probs, alpha, eps=1e-6):
+    """hieuphamha19/CXR_LT Task1_Long_tailed/inference.py postprocess_normal_gating ("Normal" is their column 0)."""
+    p = probs.copy()
+    p0 = p[:, 0:1]
+    abnormal = np.clip(1.0 - p0, 0.0, 1.0)
+    p[:, 1:] = p[:, 1:] * (abnormal ** float(alpha))
+    return np.clip(p, eps, 1.0 - eps)
+
+
+def test_normal_gating_power_is_the_2026_winners_code():
+    """--normal-gating-power P: p * (1 - p_normal) ** P, as the winner's inference.py (default --normal_alpha 0.5);
+    the normal class kept, whatever its column."""
+    from cxrlt import config
+
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(0.01, 0.99, (50, 4))
+    for power in (0.5, 1.0, 2.0):
+        theirs = winner_normal_gating(probs, power)
+        ours = combine.normal_gating(probs[:, [1, 0, 2, 3]], ["a", "Normal", "b", "c"], 0.0, power)
+        np.testing.assert_allclose(ours[:, [1, 0, 2, 3]], theirs, rtol=1e-12)
+    # P = 1 is the linear form with weight 1; P = 0.5 gates less than P = 1 (sqrt(1 - p) >= 1 - p)
+    np.testing.assert_allclose(combine.normal_gating(probs, ["Normal", "a", "b", "c"], 0.0, 1.0),
+                               combine.normal_gating(probs, ["Normal", "a", "b", "c"], 1.0), rtol=1e-12)
+    with pytest.raises(config.ConfigError, match="not both"):
+        combine.normal_gating(probs, ["Normal", "a", "b", "c"], 0.5, 0.5)
+    with pytest.raises(config.ConfigError, match="--normal-gating-power needs a normal class"):
+        combine.normal_gating(probs, ["x", "a", "b", "c"], 0.0, 0.5)
+
+
 def test_rank_average_breaks_ties_of_the_mean_by_the_rank_average():
     """Two runs, three images: the mean has a tie (0.2, 0.2) between images of different mean rank;
     before the fix both got 0.2 and AP fell from 0.50 (the rank average's) to 0.33."""

@@ -97,6 +97,19 @@ def test_diff_lists_changed_settings():
     (["--set", "mix.cutout_size=0"], "cutout_size must be in \\(0, 1\\]"),
     (["--size", "16"], "input.size must be an integer >= 32"),
     (["--name", "../elsewhere"], "must be a plain folder name"),
+    # issue 23's head, optimizer and training settings
+    (["--set", "model.csra_heads=3"], "authors' code has temperatures for 1, 2, 4, 6, 8 heads"),
+    (["--set", "model.csra_heads=2", "--set", "model.csra_temperatures=[1]"], "one number > 0 per head"),
+    (["--set", "model.csra_variant=cxrlt2026_winner", "--set", "model.csra_heads=2"], "has one softmax head"),
+    (["--set", "model.classifier=cosine", "--set", "model.head=csra"], "cosine is the gap head's classifier"),
+    (["--set", "loss.name=ldam", "--set", "model.head=ml_decoder"], "set loss.params.scale 1"),
+    (["--set", "train.freeze_backbone_epochs=20"], "freeze_backbone_epochs \\(20\\) must be below train.epochs"),
+    (["--epochs", "10", "--set", "train.freeze_backbone_epochs=5", "--set", "optim.warmup_epochs=5"],
+     "minus train.freeze_backbone_epochs"),
+    (["--set", "optim.clip_norm=-1"], "optim.clip_norm must be >= 0"),
+    (["--set", "optim.head_warmup_lr=0"], "optim.head_warmup_lr must be null \\(optim.lr\\) or > 0"),
+    (["--set", "ensemble.normal_gating=0.5", "--set", "ensemble.normal_gating_power=0.5"], "two forms of one step"),
+    (["--set", "sampling.sampler=repeat_factor", "--set", "sampling.repeat_max=0.5"], "sampling.repeat_max must be >= 1"),
 ])
 def test_every_bad_setting_is_named_before_any_work(argv, match):
     with pytest.raises(config.ConfigError, match=match):
@@ -222,6 +235,16 @@ def test_a_replica_batch_too_small_for_its_mixer_is_refused(tmp_path, capsys):
     assert "mix.mosaic combines 4 images of each replica's batch" in capsys.readouterr().err
 
 
+def test_the_new_settings_parse_with_their_types():
+    cfg = _parse("--set", "model.csra_temperatures=[1, 99]", "--set", "model.csra_heads=2", "--set",
+                 "optim.head_weight_decay=0.05", "--set", "optim.head_warmup_lr=1e-3")
+    assert cfg["model"]["csra_temperatures"] == [1, 99] and cfg["optim"]["head_weight_decay"] == 0.05
+    assert cfg["optim"]["head_warmup_lr"] == 1e-3 and isinstance(cfg["optim"]["head_warmup_lr"], float)
+    defaults = _parse()
+    assert defaults["model"]["ml_decoder_train_queries"] is False and defaults["optim"]["clip_norm"] == 0.0
+    assert defaults["train"]["freeze_backbone_epochs"] == 0 and defaults["model"]["csra_heads"] == 1
+
+
 def test_a_run_that_failed_before_its_first_epoch_does_not_block_a_rerun(tmp_path, capsys):
     """ImageNet weights offline: the first run stops at the model build, after writing config.yaml; the
     next run with another config used to be refused until the folder was deleted."""
@@ -238,3 +261,31 @@ def test_a_run_that_failed_before_its_first_epoch_does_not_block_a_rerun(tmp_pat
         err = capsys.readouterr().err
         assert "python -m cxrlt weights --backbone efficientnetv2-b0" in err and "another config" not in err
     assert "size: 48" in (tmp_path / "runs" / "r" / "config.yaml").read_text()
+
+
+def test_the_schema_knows_each_losss_parameters_as_the_losses_define_them():
+    from cxrlt.config import schema
+    from cxrlt.model import losses
+
+    assert sorted(schema.LOSS_PARAMS) == sorted(losses.LOSSES)
+    for name, (defaults, _) in losses.LOSSES.items():
+        extra = {"s"} if name == "ldam" else set()  # ldam's scale under its old name
+        assert set(schema.LOSS_PARAMS[name]) == set(defaults) | extra, name
+    assert set(schema.LOSS_COMMON_PARAMS) == set(losses._COMMON)
+
+
+def test_an_unknown_loss_parameter_is_refused_before_any_data_are_read(tmp_path, capsys):
+    """`--set loss.params.scale=30` for focal used to end in a ValueError traceback when the first fold built its loss."""
+    from cxrlt.train import kfold as train
+
+    with pytest.raises(config.ConfigError, match="loss focal has no parameter loss.params.gama; did you mean "
+                                                 "loss.params.gamma"):
+        config.load(None, {"loss.params.gama": "1.5"})
+    missing = tmp_path / "no_such_labels.csv"  # never read: the config check comes first
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--labels", str(missing), "--set", "loss.name=ldam", "--set", "loss.params.s_cale=30",
+                    "--out", str(tmp_path / "runs")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "loss ldam has no parameter loss.params.s_cale; did you mean loss.params.scale?" in err
+    assert "no_such_labels" not in err

@@ -111,6 +111,24 @@ def test_accumulated_steps_under_mirrored_strategy_train_like_one_device_on_the_
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
+def test_per_part_rates_clipping_head_warm_up_and_ema_warm_up_under_mirrored_strategy_equal_one_device():
+    """The 2026 winner's training knobs on 2 replicas whose halves of the batch differ: per-part rates and decays,
+    clip_norm (always clipping: the norm is taken after the cross-replica sum), a head warm-up epoch with its own
+    optimizer, the EMA with timm's warm-up; the same weights and averages as one device. Keras' own
+    global_clipnorm, for contrast, clips each replica's share before the sum and trains differently on 2."""
+    result = _run_worker("parts")
+    one, two = result["one"], result["mirrored"]
+    assert two["replicas"] == 2 and one["updates"] == two["updates"] == 2
+    assert one["warmup_updates"] == two["warmup_updates"] == 2
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)
+    for key in ("weights", "ema"):
+        for a, b in zip(one[key], two[key]):
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    keras_one, keras_two = result["keras_one"], result["keras_mirrored"]
+    gap = max(float(np.max(np.abs(np.subtract(a, b)))) for a, b in zip(keras_one["weights"], keras_two["weights"]))
+    assert gap > 1e-4, "Keras' global_clipnorm was expected to clip per replica (a test of the test)"
+
+
 def _free_ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:

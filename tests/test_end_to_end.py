@@ -28,8 +28,10 @@ def test_demo_submission_is_complete_and_in_official_order(demo_run):
     assert sorted(sub.dicom_id) == sorted(test.dicom_id.astype(str))
     values = sub[list(cls.CXRLT2023)].to_numpy()
     assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
-    with zipfile.ZipFile(out.with_suffix(".zip")) as z:
-        assert z.namelist() == ["demo.csv"]
+    with zipfile.ZipFile(out.with_suffix(".zip")) as z:  # the CSV, then the code/ folder (every edition)
+        names = z.namelist()
+        assert names[0] == "demo.csv" and "code/runs/demo/config.yaml" in names and "code/pip_freeze.txt" in names
+        assert all(n.startswith("code/") for n in names[1:])
     assert "OK" in check_file(out, classes=cls.CXRLT2023, expected_ids=test.dicom_id.astype(str).to_numpy())
 
 

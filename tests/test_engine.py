@@ -302,6 +302,103 @@ def test_accumulated_micro_batches_train_like_one_batch_of_their_size(tmp_path):
         engine.Trainer(tf.distribute.get_strategy(), _model(), keras.optimizers.Adam(), losses.get_loss("bce"), accumulate=0)
 
 
+# ----------------------------------------------------------------------------- head warm-up, EMA warm-up
+
+def _named_model() -> keras.Model:
+    """The small model with its dense layer named "logits": cxrlt's head (models.HEAD_LAYERS), the conv its backbone."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="body")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, keras.layers.Dense(CLASSES, name="logits")(x))
+
+
+def _warmup_trainer(ema: float = 0.5) -> engine.Trainer:
+    from cxrlt.model import models
+
+    model = _named_model()
+    head = models.head_variables(model)
+    return engine.Trainer(tf.distribute.get_strategy(), model, keras.optimizers.Adam(1e-2), losses.get_loss("bce"),
+                          ema=ema, freeze_epochs=2, warmup_optimizer=keras.optimizers.SGD(0.5), head_variables=head)
+
+
+def test_head_warm_up_trains_only_the_head_then_everything_from_a_fresh_optimizer_and_ema(tmp_path):
+    """train.freeze_backbone_epochs 2 of 3 (the 2026 winner's phase 1): the backbone's weights do not move in epochs
+    1-2 while the head's do; the main optimizer counts only epoch 3's steps (its schedule starts there); the EMA
+    starts from the weights at epoch 3's start and is what the callbacks see from then on only."""
+    raw, seen = [], []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raw.append([w.copy() for w in trainer.model.get_weights()])
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append([w.copy() for w in trainer.model.get_weights()])
+
+    trainer = _warmup_trainer()
+    start = [w.copy() for w in trainer.model.get_weights()]
+    trainer.restore(tmp_path / "a")
+    trainer.fit(_epoch_datasets(0, 2), epochs=3, steps_per_epoch=2, callbacks=[Watch()], verbose=0)
+    body = [i for i, v in enumerate(trainer.model.weights) if v.path.startswith("body/")]
+    head = [i for i, v in enumerate(trainer.model.weights) if v.path.startswith("logits/")]
+    for step in raw[:4]:  # the warm-up epochs
+        for i in body:
+            np.testing.assert_array_equal(step[i], start[i])
+    assert all(np.abs(raw[3][i] - start[i]).max() > 1e-3 for i in head)
+    assert all(np.abs(raw[5][i] - raw[3][i]).max() > 1e-4 for i in body)  # epoch 3 trains the backbone too
+    assert int(trainer.optimizer.iterations.numpy()) == 2 and int(trainer.warmup_optimizer.iterations.numpy()) == 4
+    for got, want in zip(seen[1], raw[3]):  # no EMA in the warm-up: the callbacks see the raw weights
+        np.testing.assert_array_equal(got, want)
+    ema = [w.astype(np.float64) for w in raw[3]]  # the average restarts from the weights the warm-up left
+    for step in raw[4:]:
+        ema = [0.5 * e + 0.5 * w for e, w in zip(ema, step)]
+    for got, want in zip(seen[2], ema):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # killed after the first warm-up epoch and resumed: the same weights and averages as straight through
+    first = _warmup_trainer()
+    first.restore(tmp_path / "b")
+    first.fit(_epoch_datasets(0, 2), epochs=1, steps_per_epoch=2, verbose=0)
+    resumed = _warmup_trainer()
+    assert resumed.restore(tmp_path / "b") == 1
+    resumed.fit(_epoch_datasets(1, 2), epochs=3, steps_per_epoch=2, verbose=0)
+    for a, b in zip(trainer.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(trainer.ema.averages, resumed.ema.averages):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="warmup_optimizer"):
+        engine.Trainer(tf.distribute.get_strategy(), _named_model(), keras.optimizers.Adam(), losses.get_loss("bce"),
+                       freeze_epochs=1)
+
+
+def timm_ema_decay(update: int, decay: float, gamma: float = 1.0, power: float = 2 / 3) -> float:
+    """timm ModelEmaV3.get_decay(step) with use_warmup, update_after_step 0, min_decay 0, written out."""
+    step = max(0, update - 0 - 1)
+    if step <= 0:
+        return 0.0
+    return max(min(1 - (1 + step / gamma) ** -power, decay), 0.0)
+
+
+def test_ema_warm_up_follows_timms_decay_schedule():
+    raw = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raw.append([w.copy() for w in trainer.model.get_weights()])
+
+    trainer = engine.Trainer(tf.distribute.get_strategy(), _bn_model(), keras.optimizers.Adam(1e-2),
+                             losses.get_loss("bce"), ema=0.9, ema_warmup=(2.0, 0.75))
+    trainer.fit(_epoch_datasets(0, 4), epochs=1, steps_per_epoch=4, callbacks=[Watch()], verbose=0)
+    ema = None
+    decays = [timm_ema_decay(n, 0.9, 2.0, 0.75) for n in range(1, 5)]
+    assert decays[0] == 0.0 and 0 < decays[1] < decays[2] < decays[3] < 0.9  # a copy, then a rising decay
+    for d, step in zip(decays, raw):
+        ema = [w.astype(np.float64) if ema is None else d * e + (1 - d) * w for e, w in
+               zip(ema or [None] * len(step), step)]
+    for average, want in zip(trainer.ema.averages, ema):
+        np.testing.assert_allclose(average.numpy(), want, rtol=1e-5, atol=1e-6)
+    assert engine.ema_decay(0.9, 3, (2.0, 0.75)) == pytest.approx(decays[2])
+
+
 class _Terminal(io.StringIO):
     def isatty(self):
         return True

@@ -5,6 +5,7 @@ with the horizontal flip only ("demo_hflip"), a genuinely different predictor sh
 """
 
 import json
+import zipfile
 import shutil
 from pathlib import Path
 
@@ -180,6 +181,18 @@ def test_normal_gating_and_view_groups_from_the_cli(demo_run, tmp_path, capsys):
         with pytest.raises(SystemExit):
             ensemble.main(["--runs", run, *bad, "--out", str(tmp_path / "x.csv")])
         assert "ensemble.normal_gating must be a number in [0, 1]" in capsys.readouterr().err
+    # the 2026 winner's power form: x (1 - p_normal) ** 0.5
+    assert ensemble.main(["--runs", run, "--normal-gating-power", "0.5", "--out", str(tmp_path / "p.csv"),
+                          "--no-zip"]) == 0
+    assert "normal gating power 0.5" in capsys.readouterr().out
+    powered = pd.read_csv(tmp_path / "p.csv", dtype={"dicom_id": str}).set_index("dicom_id").loc[single.index]
+    expected = single.to_numpy() * np.sqrt(1 - single[["No Finding"]].to_numpy())
+    expected[:, list(single.columns).index("No Finding")] = single["No Finding"].to_numpy()
+    np.testing.assert_allclose(powered.to_numpy(), expected, atol=2e-6)
+    with pytest.raises(SystemExit):
+        ensemble.main(["--runs", run, "--normal-gating", "0.5", "--normal-gating-power", "0.5", "--out",
+                       str(tmp_path / "x.csv")])
+    assert "two forms of one step" in capsys.readouterr().err
 
 
 def test_prediction_names_a_broken_image_in_the_list_before_any_model_runs(demo_run, tmp_path, capsys):
@@ -259,8 +272,15 @@ def test_ensemble_killed_mid_prediction_reruns_to_byte_identical_files(demo_run,
     _kill_after_fold0_is_cached("cxrlt.ensemble", argv, run)
     assert not out.exists() and not out.with_suffix(".zip").exists()
     assert ensemble.main(argv) == 0
-    for suffix in (".csv", ".zip", ".metrics.json"):
+    for suffix in (".csv", ".metrics.json"):
         assert out.with_suffix(suffix).read_bytes() == reference.with_suffix(suffix).read_bytes(), suffix
+    # the zip: every entry byte-identical, but code/ensemble_command.txt, which records each command's own paths
+    with zipfile.ZipFile(out.with_suffix(".zip")) as rerun, zipfile.ZipFile(reference.with_suffix(".zip")) as first:
+        assert rerun.namelist() == first.namelist()
+        for name in rerun.namelist():
+            if name != "code/ensemble_command.txt":
+                assert rerun.read(name) == first.read(name), name
+        assert f"--runs {run} --out {out}" in rerun.read("code/ensemble_command.txt").decode()
 
 
 def test_a_partial_run_is_said_in_the_wrote_line_and_its_zip_needs_allow_partial(demo_run, tmp_path, capsys):

@@ -1,4 +1,6 @@
-"""cxrlt.losses against NumPy references written here (float64, straight from the papers' formulas)."""
+"""cxrlt.losses against NumPy references written here (float64, straight from the papers' formulas and, where a
+method's official code exists, from that code: Alibaba-MIIL/ASL, dongkyunk/CheXFusion, kaidic/LDAM-DRW,
+wutong16/DistributionBalancedLoss, hieuphamha19/CXR_LT)."""
 
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ def smooth(y, eps):
 
 
 def ref_bce(y, z, eps=0.0, pos_weight=1.0):
-    y, p = smooth(y, eps), sig(z)
-    return -(pos_weight * y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
+    """-(w y log p + (1 - y) log(1 - p)), with log p = -softplus(-z) (LDAM's scale 30 puts logits at +-300)."""
+    y = smooth(y, eps)
+    return pos_weight * y * np.logaddexp(0.0, -z) + (1.0 - y) * np.logaddexp(0.0, z)
 
 
 def ref_focal(y, z, alpha=0.25, gamma=2.0, apply_class_balancing=True, eps=0.0):
@@ -38,34 +41,34 @@ def ref_focal(y, z, alpha=0.25, gamma=2.0, apply_class_balancing=True, eps=0.0):
     return out
 
 
-def ref_asl(y, z, gamma_neg=4.0, gamma_pos=0.0, clip=0.05):
-    """Soft-label form used by cxrlt: linear in y between the positive and the negative term."""
-    p = sig(z)
-    p_m = np.maximum(p - clip, 0.0)
-    pos = (1.0 - p) ** gamma_pos * np.log(p)
-    neg = p_m ** gamma_neg * np.log(1.0 - p_m)
-    return -(y * pos + (1.0 - y) * neg)
-
-
-def ref_asl_chexfusion(y, z, prev, gamma_neg=4.0, gamma_pos=1.0, clip=0.05):
-    """CheXFusion's weighting of ASL: the positive term x exp(1 - p), the negative term x exp(p), p = prevalence."""
-    p = sig(z)
-    p_m = np.maximum(p - clip, 0.0)
-    pos = np.exp(1.0 - prev) * (1.0 - p) ** gamma_pos * np.log(p)
-    neg = np.exp(prev) * p_m ** gamma_neg * np.log(1.0 - p_m)
-    return -(y * pos + (1.0 - y) * neg)
-
-
 def ref_asl_ridnik(y, z, gamma_neg=4.0, gamma_pos=0.0, clip=0.05):
-    """The authors' code (AsymmetricLoss.forward, Alibaba-MIIL/ASL), per element, for 0/1 labels."""
+    """The authors' code per element (AsymmetricLoss.forward, Alibaba-MIIL/ASL src/loss_functions/losses.py), soft
+    labels as it treats them: one focusing weight, its exponent gamma_pos * y + gamma_neg * (1 - y)."""
     xs_pos = sig(z)
     xs_neg = 1.0 - xs_pos
     if clip > 0:
         xs_neg = np.minimum(xs_neg + clip, 1.0)
     loss = y * np.log(np.maximum(xs_pos, 1e-8)) + (1 - y) * np.log(np.maximum(xs_neg, 1e-8))
+    if gamma_neg > 0 or gamma_pos > 0:
+        pt = xs_pos * y + xs_neg * (1 - y)
+        gamma = gamma_pos * y + gamma_neg * (1 - y)
+        loss = loss * (1.0 - pt) ** gamma
+    return -loss
+
+
+def ref_asl(y, z, gamma_neg=4.0, gamma_pos=0.0, clip=0.05):
+    return ref_asl_ridnik(y, z, gamma_neg, gamma_pos, clip)
+
+
+def ref_asl_chexfusion(y, z, prev, gamma_neg=4.0, gamma_pos=1.0, clip=0.05):
+    """CheXFusion's ASLwithClassWeight.forward (dongkyunk/CheXFusion model/loss.py) per element: the CE terms times
+    label * exp(1 - p) + (1 - label) * exp(p) (p = n_c / N), times the one-sided focusing weight."""
+    weight = y * np.exp(1.0 - prev) + (1 - y) * np.exp(prev)
+    xs_pos = sig(z)
+    xs_neg = np.minimum(1.0 - xs_pos + clip, 1.0)
+    loss = (y * np.log(np.maximum(xs_pos, 1e-8)) + (1 - y) * np.log(np.maximum(xs_neg, 1e-8))) * weight
     pt = xs_pos * y + xs_neg * (1 - y)
-    gamma = gamma_pos * y + gamma_neg * (1 - y)
-    return -loss * (1.0 - pt) ** gamma
+    return -loss * (1.0 - pt) ** (gamma_pos * y + gamma_neg * (1 - y))
 
 
 def ref_ldam_margins(counts, max_m=0.5):
@@ -74,11 +77,32 @@ def ref_ldam_margins(counts, max_m=0.5):
     return m * (max_m / m.max())
 
 
-def ref_ldam(y, z, counts, max_m=0.5, s=1.0, eps=0.0, drw=None):
-    """Binary LDAM per class: the positive logit loses its margin, the scaled logit goes through BCE;
-    DRW multiplies class j by its effective-number weight (Cao et al., Algorithm 1)."""
-    out = ref_bce(y, s * (z - y * ref_ldam_margins(counts, max_m)), eps)
+def ref_ldam(y, z, counts, max_m=0.5, s=30.0, eps=0.0, drw=None, negative=None):
+    """The authors' LDAMLoss.forward (kaidic/LDAM-DRW losses.py: cross_entropy(s * where(target, x - m, x))) with each
+    class a binary problem: the positive logit loses its margin, times s, through BCE; `negative` (per class) is
+    added to the negatives' logits; DRW multiplies class j by its effective-number weight (Cao et al., Alg. 1)."""
+    shifted = z - y * ref_ldam_margins(counts, max_m)
+    if negative is not None:
+        shifted = shifted + (1.0 - y) * negative
+    out = ref_bce(y, s * shifted, eps)
     return out if drw is None else out * drw
+
+
+def ref_winner_db(y, z, counts, beta=0.9999, rebalance_alpha=0.5, neg_scale=1.0, neg_margin=0.0, margin_scale=1.0,
+                  max_margin=0.2):
+    """The CXR-LT 2026 winner's DistributionBalancedLoss (hieuphamha19/CXR_LT train_csra_head.py), per element."""
+    cls_counts = np.clip(np.asarray(counts, np.float64), 1.0, None)
+    eff = (1.0 - beta) / (1.0 - np.power(beta, cls_counts))
+    eff = eff / eff.mean()
+    inv = 1.0 / (eff + 1e-6)
+    inv = (inv - inv.min()) / (inv.max() - inv.min() + 1e-6)
+    margin = max_margin * inv * margin_scale
+    logits_adj = z - y * margin
+    bce = ref_bce(y, logits_adj) * np.power(eff, rebalance_alpha)[None, :]
+    if neg_scale != 1.0 or neg_margin != 0.0:
+        neg_loss = ref_bce(y, logits_adj + neg_margin) * (1.0 - y) * neg_scale
+        return bce * y + neg_loss
+    return bce
 
 
 def ref_db_paper(y, z, counts, n, alpha=0.1, beta=10.0, mu=0.2, lam=2.0, kappa=0.05):
@@ -96,9 +120,12 @@ def ref_db_paper(y, z, counts, n, alpha=0.1, beta=10.0, mu=0.2, lam=2.0, kappa=0
     return r_hat * (y * pos + (1.0 - y) * neg)
 
 
-def ref_db_code(y, z, counts, n, alpha=0.1, beta=10.0, mu=0.2, lam=2.0, kappa=0.05, gamma=0.0, present=None):
-    """The authors' ResampleLoss (rebalance + logit_reg [+ focal]) per element, soft labels as their code treats them;
-    `present` (a 0/1 mask) leaves masked labels out of the image's positives."""
+def ref_db_code(y, z, counts, n, alpha=0.1, beta=10.0, mu=0.2, lam=2.0, kappa=0.05, gamma=0.0, present=None,
+                focal=False, balance=2.0):
+    """The authors' ResampleLoss (rebalance + logit_reg [+ focal]) per element, soft labels as their code treats them
+    (wutong16/DistributionBalancedLoss mllt/models/losses/resample_loss.py); the focal branch: logpt = -BCE(score)
+    unweighted, loss = balance_param * (1 - exp(logpt)) ** gamma * weighted BCE. `present` (a 0/1 mask) leaves
+    masked labels out of the image's positives."""
     freq_inv = 1.0 / np.maximum(counts, 1)
     rate = (y * (1.0 if present is None else present) * freq_inv).sum(axis=1, keepdims=True)
     weight = 1.0 / (1.0 + np.exp(-beta * (freq_inv / rate - mu))) + alpha
@@ -107,8 +134,8 @@ def ref_db_code(y, z, counts, n, alpha=0.1, beta=10.0, mu=0.2, lam=2.0, kappa=0.
     zz = zz * (1 - y) * lam + zz * y
     weight = weight / lam * (1 - y) + weight * y
     bce = -(y * np.log(sig(zz)) + (1.0 - y) * np.log(1.0 - sig(zz)))
-    if gamma:
-        bce = (1.0 - np.exp(-bce)) ** gamma * bce
+    if focal:
+        return balance * (1.0 - np.exp(-bce)) ** gamma * (weight * bce)
     return weight * bce
 
 
@@ -170,16 +197,26 @@ def cases(counts):
         ("asl", {}, lambda y, z: ref_asl(y, z)),
         ("asl", {"gamma_pos": 1.0, "clip": 0.0}, lambda y, z: ref_asl(y, z, 4.0, 1.0, 0.0)),
         ("asl", {"gamma_neg": 2.0, "clip": 0.1}, lambda y, z: ref_asl(y, z, 2.0, 0.0, 0.1)),
+        ("asl", {"gamma_neg": 0.0, "gamma_pos": 0.0, "clip": 0.05}, lambda y, z: ref_asl(y, z, 0.0, 0.0, 0.05)),
         ("asl", {"class_weighting": "chexfusion", "gamma_pos": 1.0},
          lambda y, z: ref_asl_chexfusion(y, z, counts / N_IMAGES)),
-        ("ldam", {}, lambda y, z: ref_ldam(y, z, counts)),
+        ("asl", {"detach_focusing": True, "gamma_pos": 1.0}, lambda y, z: ref_asl(y, z, 4.0, 1.0)),
+        ("ldam", {}, lambda y, z: ref_ldam(y, z, counts)),  # drw_epoch auto: 8 of 10 epochs, not yet on
         ("ldam", {"max_margin": 1.0, "s": 2.0, "label_smoothing": 0.05},
          lambda y, z: ref_ldam(y, z, counts, 1.0, 2.0, 0.05)),
-        ("ldam", {"drw_epoch": 3}, lambda y, z: ref_ldam(y, z, counts)),  # before epoch 3: no re-weighting
-        ("distribution_balanced", {}, lambda y, z, present=None: ref_db_code(y, z, counts, N_IMAGES, present=present)),
-        ("distribution_balanced", {"neg_scale": 5.0, "init_bias": 0.1, "alpha": 0.2, "gamma": 2.0},
-         lambda y, z, present=None: ref_db_code(y, z, counts, N_IMAGES, alpha=0.2, lam=5.0, kappa=0.1, gamma=2.0,
-                                                present=present)),
+        ("ldam", {"drw_epoch": 3, "scale": 1.0}, lambda y, z: ref_ldam(y, z, counts, s=1.0)),  # before epoch 3: no DRW
+        ("ldam", {"negative_margin": True}, lambda y, z: ref_ldam(
+            y, z, counts, negative=0.5 / (np.maximum(counts, 1) ** -0.25).max() * np.maximum(N_IMAGES - counts, 1) ** -0.25)),
+        ("distribution_balanced", {}, lambda y, z, present=None: ref_db_code(y, z, counts, N_IMAGES, present=present,
+                                                                             focal=True, gamma=2.0, balance=2.0)),
+        ("distribution_balanced", {"focal": False},
+         lambda y, z, present=None: ref_db_code(y, z, counts, N_IMAGES, present=present)),
+        ("distribution_balanced", {"neg_scale": 5.0, "init_bias": 0.1, "alpha": 0.2, "gamma": 1.0, "balance_param": 3.0},
+         lambda y, z, present=None: ref_db_code(y, z, counts, N_IMAGES, alpha=0.2, lam=5.0, kappa=0.1, gamma=1.0,
+                                                present=present, focal=True, balance=3.0)),
+        ("cxrlt2026_db", {}, lambda y, z: ref_winner_db(y, z, counts)),
+        ("cxrlt2026_db", {"neg_scale": 0.5, "neg_margin": 0.3, "rebalance_alpha": 1.0, "max_margin": 0.4},
+         lambda y, z: ref_winner_db(y, z, counts, neg_scale=0.5, neg_margin=0.3, rebalance_alpha=1.0, max_margin=0.4)),
         ("logit_adjusted", {}, lambda y, z: ref_bce(y, z + np.log(prior / (1 - prior)))),
         ("logit_adjusted", {"tau": 0.5, "label_smoothing": 0.02},
          lambda y, z: ref_bce(y, z + 0.5 * np.log(prior / (1 - prior)), 0.02)),
@@ -189,8 +226,11 @@ def cases(counts):
 CASE_IDS = [f"{i}-{c[0]}" for i, c in enumerate(cases(np.ones(C)))]
 
 
+EPOCHS = 10  # a run's train.epochs: LDAM's drw_epoch auto is epoch 8 (80 %)
+
+
 def build(name, params, counts):
-    return losses.get_loss(name, class_counts=counts, n_images=N_IMAGES, **params)
+    return losses.get_loss(name, class_counts=counts, n_images=N_IMAGES, epochs=EPOCHS, **params)
 
 
 # ----------------------------------------------------------------------------- equality with the references
@@ -301,11 +341,15 @@ def test_low_precision_logits_close_to_float32(data, name, dtype):
 # ----------------------------------------------------------------------------- registry, statistics, config
 
 def test_registry_errors():
-    with pytest.raises(ValueError, match="asl, bce, class_balanced, distribution_balanced, focal, ldam, "
+    with pytest.raises(ValueError, match="asl, bce, class_balanced, cxrlt2026_db, distribution_balanced, focal, ldam, "
                                          "logit_adjusted, weighted_bce"):
         losses.get_loss("ldma")
     with pytest.raises(ValueError, match="class_counts"):
-        losses.get_loss("ldam")
+        losses.get_loss("ldam", drw_epoch=None)
+    with pytest.raises(ValueError, match="needs the number of epochs"):
+        losses.get_loss("ldam", class_counts=[1, 2])
+    with pytest.raises(ValueError, match="scale or its old name s, not both"):
+        losses.get_loss("ldam", class_counts=[1, 2], drw_epoch=None, s=1.0, scale=30.0)
     with pytest.raises(ValueError, match="n_images"):
         losses.get_loss("distribution_balanced", class_counts=[1, 2])
     with pytest.raises(ValueError, match="class_weighting"):
@@ -382,19 +426,22 @@ def test_drw_switches_on_at_its_epoch_inside_a_traced_step(data):
     """DRW is a variable the loss reads: set_epoch flips it without retracing, and a fresh (resumed) loss set to
     the same epoch gives the same value."""
     counts, y, z = data["counts"], data["y"], data["z"]
-    loss = build("ldam", {"drw_epoch": 2, "drw_beta": 0.999}, counts)
+    loss = build("ldam", {"drw_epoch": 2, "drw_beta": 0.999, "scale": 1.0}, counts)
     traced = tf.function(lambda a, b: loss(a, b, sample_weight=data["mask"]))
-    plain = reduce_ref(ref_ldam(y.astype(np.float64), z.astype(np.float64), counts), data["mask"])
-    weighted = reduce_ref(ref_ldam(y.astype(np.float64), z.astype(np.float64), counts,
+    plain = reduce_ref(ref_ldam(y.astype(np.float64), z.astype(np.float64), counts, s=1.0), data["mask"])
+    weighted = reduce_ref(ref_ldam(y.astype(np.float64), z.astype(np.float64), counts, s=1.0,
                                    drw=ref_cb_weights(counts, 0.999)), data["mask"])
     for epoch, expected in ((0, plain), (1, plain), (2, weighted), (5, weighted)):
         assert loss.set_epoch(epoch) == (epoch >= 2)
         np.testing.assert_allclose(float(traced(y, z)), expected, rtol=1e-5)
     assert traced.experimental_get_tracing_count() == 1
-    resumed = build("ldam", {"drw_epoch": 2, "drw_beta": 0.999}, counts)
+    resumed = build("ldam", {"drw_epoch": 2, "drw_beta": 0.999, "scale": 1.0}, counts)
     resumed.set_epoch(3)
     np.testing.assert_allclose(float(resumed(y, z, sample_weight=data["mask"])), weighted, rtol=1e-5)
-    assert build("ldam", {}, counts).set_epoch(100) is False  # drw_epoch null: plain LDAM throughout
+    assert build("ldam", {"drw_epoch": None}, counts).set_epoch(100) is False  # drw_epoch null: plain LDAM throughout
+    auto = build("ldam", {}, counts)  # drw_epoch auto: 80 % of the run's 10 epochs, the authors' 160 of 200
+    assert auto.drw_epoch == 8 and auto.set_epoch(7) is False and auto.set_epoch(8) is True
+    assert losses.resolve_drw_epoch("auto", 200) == 160 and losses.resolve_drw_epoch("auto", 1) == 0
 
 
 def test_the_trainer_flips_drw_through_the_loss_epoch_callback():
@@ -420,7 +467,7 @@ def test_the_trainer_flips_drw_through_the_loss_epoch_callback():
 def test_distribution_balanced_equals_the_paper_on_hard_labels(data):
     y = (data["y"] > 0.5).astype(np.float32)
     y[:, 0] = 1.0  # every image has a positive (CXR-LT: "No Finding" is a class)
-    loss = build("distribution_balanced", {"reduction": "none"}, data["counts"])
+    loss = build("distribution_balanced", {"reduction": "none", "focal": False}, data["counts"])
     ref = ref_db_paper(y.astype(np.float64), data["z"].astype(np.float64), data["counts"], N_IMAGES)
     np.testing.assert_allclose(loss(y, data["z"]).numpy(), ref, rtol=1e-4, atol=1e-6)
     # the re-balanced weight is r = (1/n_i) / sum over the image's positives of 1/n_j, then smoothed

@@ -9,10 +9,14 @@ import keras
 import numpy as np
 import pytest
 
+from cxrlt.config.schema import OWN_BACKBONES
 from cxrlt.model import models
 
 
-@pytest.mark.parametrize("name", models.backbone_names())
+# Every keras.applications backbone, and the smallest of each of cxrlt's own families (tests/test_backbones.py
+# checks every registered size's parameter count against timm without allocating them)
+@pytest.mark.parametrize("name", [n for n in models.backbone_names() if n not in OWN_BACKBONES]
+                         + ["convnextv2-atto", "maxvit-tiny-tf-224"])
 def test_every_offered_backbone_builds_with_the_seed_002_head(name):
     built = models.build(name, num_classes=5, image_size=32, weights="none", dropout=0.3)
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
@@ -21,13 +25,18 @@ def test_every_offered_backbone_builds_with_the_seed_002_head(name):
     assert probs.shape == (2, 5) and logits.shape == (2, 5)
     np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-6)  # one set of weights
     names = [layer.name for layer in built.model.layers[-4:]]
-    assert names == ["gap", "head_dropout", "logits", "probabilities"]
-    if name in ("efficientnetv2-b0", "convnext-tiny"):  # each family's layer types, once
+    if name in OWN_BACKBONES:  # timm's pre-classifier head (norm, MaxViT's pre-logits) between gap and dropout
+        assert names[1:] == ["head_dropout", "logits", "probabilities"] and names[0].startswith("head_")
+        assert built.model.get_layer("gap")
+    else:
+        assert names == ["gap", "head_dropout", "logits", "probabilities"]
+    if name in ("efficientnetv2-b0", "convnext-tiny", "convnextv2-atto", "maxvit-tiny-tf-224"):  # each family's layer types
         # what models.load's allow-list will see in a saved file (ConvNeXt names
         # keras.src.applications.convnext.LayerScale and keras.src.ops.numpy.Add): all accepted
         for node in models._walk(keras.saving.serialize_keras_object(built.model)):
-            if "module" in node:
-                assert models._is_keras_class(node["module"], node["class_name"]), node
+            if "module" in node:  # Keras' own, or (cxrlt's own backbones) cxrlt's registered layers
+                assert (models._is_keras_class(node["module"], node["class_name"])
+                        or (node["module"], node["class_name"]) in models.OWN_LAYERS), node
     keras.backend.clear_session()
 
 
@@ -170,28 +179,121 @@ def test_corrupt_and_foreign_model_files_are_named(tmp_path):
 
 # ----------------------------------------------------------------------------- model.head: csra, ml_decoder
 
-def _tiny_head_model(head, classes=3, size=16):
+def _tiny_head_model(head, classes=3, size=16, options=None):
     """A two-conv 'backbone' (4 x 4 feature map) under one of cxrlt's heads: what build() puts on a real one."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((size, size, 3), name="image")
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="tiny_conv")(inputs)
     x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="tiny_features")(x)
-    logits = models.attach_head(x, classes, head, dropout=0.1, csra_lambda=0.1)
+    logits = models.attach_head(x, classes, head, dropout=0.1, options=options)
     probs = keras.layers.Activation("sigmoid", name="probabilities", dtype="float32")(logits)
     return keras.Model(inputs, logits), keras.Model(inputs, probs)
 
 
-def test_csra_is_the_mean_plus_lambda_times_the_max_of_the_class_scores():
-    train_model, model = _tiny_head_model("csra")
-    head = model.get_layer("logits")
-    kernel = np.random.default_rng(3).normal(size=head.kernel.shape).astype("float32")
-    head.kernel.assign(kernel)
-    head.bias.assign(np.array([0.5, -1.0, 0.0], "float32"))
+def ref_csra_official(features, kernels, temperatures, lam):
+    """Kevinz-code/CSRA pipeline/csra.py (CSRA.forward, summed over MHA's heads) in NumPy: per head the 1x1 scores
+    divided by each class's weight norm, the spatial mean plus lam x (max if T == 99 else the softmax(T score)
+    weighted sum); no bias."""
+    x = features.reshape(features.shape[0], -1, features.shape[-1]).astype(np.float64)
+    logit = 0.0
+    for kernel, t in zip(kernels, temperatures):
+        kernel = kernel.astype(np.float64)
+        score = np.einsum("bnd,dc->bnc", x, kernel) / np.linalg.norm(kernel, axis=0)
+        base = score.mean(axis=1)
+        if t == 99:
+            att = score.max(axis=1)
+        else:
+            soft = np.exp(score * t - (score * t).max(axis=1, keepdims=True))
+            soft /= soft.sum(axis=1, keepdims=True)
+            att = (score * soft).sum(axis=1)
+        logit = logit + base + lam * att
+    return logit
+
+
+def ref_csra_winner(features, classifier_kernel, bias, attention_kernel, lam):
+    """The CXR-LT 2026 winner's CSRA.forward (hieuphamha19/CXR_LT train_csra_head.py) in NumPy."""
+    x = features.reshape(features.shape[0], -1, features.shape[-1]).astype(np.float64)
+    logit_gap = x.mean(axis=1) @ classifier_kernel + bias
+    att = np.einsum("bnd,dc->bcn", x, attention_kernel)
+    att = np.exp(att - att.max(axis=2, keepdims=True))
+    att /= att.sum(axis=2, keepdims=True)
+    csra_feat = np.einsum("bcn,bnd->bcd", att, x)
+    logit_csra = (csra_feat * classifier_kernel.T[None]).sum(axis=2) + bias
+    return logit_gap + lam * logit_csra
+
+
+def _features_and_input(model):
     x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
-    features = keras.Model(model.inputs, model.get_layer("tiny_features").output)(x).numpy()
+    return x, keras.Model(model.inputs, model.get_layer("tiny_features").output)(x).numpy()
+
+
+@pytest.mark.parametrize("heads,temperatures,lam", [(1, None, 0.1), (4, None, 0.5), (2, [3.0, 99.0], 0.3)])
+def test_csra_equals_the_authors_multi_head_code(heads, temperatures, lam):
+    options = models.HeadOptions(csra_lambda=lam, csra_heads=heads, csra_temperatures=temperatures)
+    train_model, model = _tiny_head_model("csra", options=options)
+    head = model.get_layer("logits")
+    assert head.bias is None and head.normalize and len(head.kernels) == heads
+    rng = np.random.default_rng(3)
+    kernels = [rng.normal(size=k.shape).astype("float32") for k in head.kernels]
+    for variable, value in zip(head.kernels, kernels):
+        variable.assign(value)
+    x, features = _features_and_input(model)
+    expected = ref_csra_official(features, kernels, temperatures or {1: [1], 4: [1, 2, 4, 99]}[heads], lam)
+    np.testing.assert_allclose(train_model(x, training=False).numpy(), expected, rtol=1e-4, atol=1e-4)
+    # the authors' normalisation: scaling a class's weights does not change its logit
+    head.kernels[0].assign(kernels[0] * np.array([3.0, 0.5, 7.0], "float32"))
+    np.testing.assert_allclose(train_model(x, training=False).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_csra_winner_variant_equals_their_code():
+    options = models.HeadOptions(csra_lambda=0.1, csra_variant="cxrlt2026_winner")
+    train_model, model = _tiny_head_model("csra", options=options)
+    head = model.get_layer("logits")
+    rng = np.random.default_rng(4)
+    kernel, attention = (rng.normal(size=head.kernel.shape).astype("float32") for _ in range(2))
+    bias = np.array([0.5, -1.0, 0.2], "float32")
+    head.kernel.assign(kernel)
+    head.attention_kernel.assign(attention)
+    head.bias.assign(bias)
+    x, features = _features_and_input(model)
+    np.testing.assert_allclose(train_model(x, training=False).numpy(),
+                               ref_csra_winner(features, kernel, bias, attention, 0.1), rtol=1e-4, atol=1e-4)
+
+
+def test_a_csra_layer_saved_before_the_options_keeps_its_formula():
+    """A model file's CSRA config without the new keys (written before them) is the old head: mean + lam * max
+    of unnormalised scores, plus a bias."""
+    from cxrlt.model import heads
+
+    layer = heads.CSRA.from_config({"num_classes": 3, "lam": 0.1, "name": "logits", "dtype": "float32"})
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(2, 4, 4, 16)).astype("float32")
+    layer.build(features.shape)
+    kernel = rng.normal(size=(16, 3)).astype("float32")
+    layer.kernel.assign(kernel)
+    layer.bias.assign(np.array([0.5, -1.0, 0.0], "float32"))
     scores = np.einsum("bhwd,dc->bhwc", features.astype(np.float64), kernel)
     expected = scores.mean(axis=(1, 2)) + 0.1 * scores.max(axis=(1, 2)) + np.array([0.5, -1.0, 0.0])
-    np.testing.assert_allclose(train_model(x, training=False).numpy(), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer(features).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_ml_decoder_queries_are_frozen_by_default_as_the_authors():
+    import tensorflow as tf
+    from cxrlt.model import losses
+
+    for train_queries in (False, True):
+        train_model, model = _tiny_head_model("ml_decoder", options=models.HeadOptions(ml_decoder_train_queries=train_queries))
+        decoder = model.get_layer("logits")
+        queries = decoder.queries.numpy().copy()
+        assert any(v is decoder.queries for v in train_model.trainable_variables) == train_queries
+        rng = np.random.default_rng(0)
+        x = rng.uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+        y = (rng.uniform(size=(4, 3)) > 0.5).astype("float32")
+        with tf.GradientTape() as tape:
+            value = losses.get_loss("focal")(y, train_model(x, training=True))
+        grads = tape.gradient(value, train_model.trainable_variables)
+        keras.optimizers.Adam(1e-2).apply_gradients(zip(grads, train_model.trainable_variables))
+        assert np.array_equal(decoder.queries.numpy(), queries) != train_queries
 
 
 @pytest.mark.parametrize("head", ["csra", "ml_decoder"])
@@ -253,3 +355,30 @@ def test_build_puts_each_head_on_a_real_backbone():
         keras.backend.clear_session()
     with pytest.raises(ValueError, match="unknown head 'mlp'"):
         models.build("efficientnetv2-b0", 4, 32, head="mlp")
+
+
+def test_ldam_cosine_classifier_and_the_head_norm_on_a_real_backbone(tmp_path):
+    """model.classifier auto with loss ldam: the logits are cosines (LDAM's NormedLinear), the saved model predicts
+    sigmoid(scale x cosine), what the loss scored; model.head_norm batchnorm sits before the head, Grad-CAM still
+    targets the backbone's map, and per-part rates see it as head."""
+    from cxrlt import config
+    from cxrlt.report import explain
+
+    cfg = config.load(overrides={"loss": {"name": "ldam"}, "model": {"head_norm": "batchnorm"}})
+    options = models.head_options(cfg)
+    assert options.classifier == "cosine" and options.logit_scale == 30.0
+    built = models.build("efficientnetv2-b0", 4, 32, head_options=options)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    cosines = built.train_model(x, training=False).numpy()
+    assert np.abs(cosines).max() <= 1.0 + 1e-5
+    np.testing.assert_allclose(built.model(x, training=False).numpy(), 1 / (1 + np.exp(-30.0 * cosines)), rtol=1e-5)
+    head_names = {v.path.split("/")[0] for v in models.head_variables(built.train_model)}
+    assert head_names == {"head_batchnorm", "logits"}
+    assert explain.feature_layer(built.model).name == "top_activation"
+    models.save(built.model, tmp_path / "m.keras")
+    loaded = models.load(tmp_path / "m.keras", num_classes=4)
+    np.testing.assert_allclose(loaded(x, training=False).numpy(), built.model(x, training=False).numpy(), rtol=1e-5)
+    assert models.head_options(config.load(overrides={"loss": {"name": "ldam", "params": {"scale": 1.0}},
+                                                      "model": {"head": "csra"}})).classifier == "dense"
+    with pytest.raises(config.ConfigError, match="set loss.params.scale 1"):
+        config.load(overrides={"loss": {"name": "ldam"}, "model": {"head": "ml_decoder"}})

@@ -188,3 +188,38 @@ def test_balanced_pairs_zip_an_instance_and_a_class_stream(small_labels):
     inst2, bal2 = (t.numpy() for t in take(sampling.balanced_pair_indices(small_labels, 0.0, seed=2), 1200))
     np.testing.assert_array_equal(inst, inst2)
     np.testing.assert_array_equal(bal, bal2)
+
+
+def winner_sample_repeat(labels_np, cls_counts, threshold=0.01, max_repeat=10):
+    """hieuphamha19/CXR_LT RepeatFactorDistributedSampler.__init__ + _build_epoch_indices' int(np.round(r)):
+    class_freq = counts / counts.sum() (their load_and_split_data, counts floored at 1)."""
+    class_freq = np.asarray(cls_counts, np.float32) / np.sum(cls_counts)
+    rf = np.maximum(1.0, np.sqrt(threshold / np.clip(class_freq, 1e-12, None)))
+    sample_rf = []
+    for i in range(labels_np.shape[0]):
+        pos = np.where(labels_np[i] > 0.5)[0]
+        sample_rf.append(1.0 if len(pos) == 0 else np.max(rf[pos]))
+    sample_rf = np.clip(sample_rf, 1.0, float(max_repeat))
+    return np.array([int(np.round(r)) for r in sample_rf])
+
+
+def test_repeat_factor_epochs_hold_each_image_as_often_as_the_2026_winners_sampler():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((300, 6)) < np.array([0.5, 0.2, 0.05, 0.01, 0.003, 0.0])).astype(np.float32)
+    counts = [max(1, int(c)) for c in labels.sum(axis=0)]
+    for threshold, cap in ((0.05, 10), (0.3, 3)):
+        theirs = winner_sample_repeat(labels, counts, threshold, cap)
+        np.testing.assert_array_equal(sampling.repeat_factors(labels, threshold, cap), theirs)
+        section = {"sampler": "repeat_factor", "repeat_threshold": threshold, "repeat_max": float(cap)}
+        n = sampling.epoch_images(labels, section)
+        assert n == theirs.sum() > len(labels)  # rare-class images are repeated
+        stream = sampling.make_index_dataset(labels, sampling.spec_from_config(section), seed=3)
+        first = np.array(list(stream.take(2 * n).as_numpy_iterator()))
+        for epoch in (first[:n], first[n:]):
+            np.testing.assert_array_equal(np.bincount(epoch, minlength=len(labels)), theirs)
+        assert not np.array_equal(first[:n], first[n:])  # reshuffled every epoch
+        again = np.array(list(sampling.make_index_dataset(labels, sampling.spec_from_config(section), 3)
+                              .take(n).as_numpy_iterator()))
+        np.testing.assert_array_equal(again, first[:n])  # a function of the seed: resumable
+    assert sampling.epoch_images(labels, {"sampler": "instance"}) == len(labels)
+    assert "repeat_max" in sampling.config_problem({"sampler": "repeat_factor", "repeat_max": 0.5})

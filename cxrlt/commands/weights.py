@@ -1,4 +1,5 @@
-"""python -m cxrlt.weights: fetch a backbone's ImageNet weights for offline nodes (cxrlt.model.pretrained)."""
+"""python -m cxrlt.weights: fetch a backbone's ImageNet weights for offline nodes, or convert a timm checkpoint
+(--from-timm) for cxrlt's own backbones (cxrlt.model.pretrained)."""
 
 import sys
 

@@ -33,7 +33,8 @@ FREEFORM = {"loss.params", "predict.view_weights"}
 # Settings whose default is null, and the type a value must have.
 NULLABLE = {"name": str, "data.labels": str, "data.image_root": str, "data.test_labels": str,
             "data.test_image_root": str, "train.steps_per_epoch": int,
-            "train.steps_per_execution": int, "model.init": str, "data.label_column": str}
+            "train.steps_per_execution": int, "model.init": str, "model.csra_temperatures": list,
+            "optim.head_weight_decay": float, "optim.head_warmup_lr": float, "data.label_column": str}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -62,7 +63,8 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
     """Keep each value the type of its default; strings from the command line are parsed as YAML."""
     if isinstance(value, str) and not isinstance(default, str):
         try:
-            value = _number(value) if isinstance(default, (int, float)) and not isinstance(default, bool) else yaml.safe_load(value)
+            value = (_number(value) if (isinstance(default, (int, float)) and not isinstance(default, bool))
+                     or NULLABLE.get(key) in (int, float) else yaml.safe_load(value))
         except yaml.YAMLError as err:
             raise ConfigError(f"{where}: {key}={value!r} is not a valid value ({_yaml_problem(err)})") from None
     if isinstance(value, str) and value.strip().startswith("["):
@@ -75,6 +77,10 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
         if value is None or kind is None:
             return value
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is list and isinstance(value, list):
             return value
         if kind is str and isinstance(value, (str, Path)):
             return str(value)
@@ -249,6 +255,7 @@ FLAGS = {
     "--image-root": "data.image_root",
     "--prepared": "data.prepared",
     "--test-labels": "data.test_labels",
+    "--test-image-root": "data.test_image_root",
     "--classes": "data.classes",
     "--uncertain": "data.uncertain",
     "--out": "out",

@@ -37,8 +37,15 @@ BACKBONES = {
     "resnet50v2": "ResNet50V2",
 }
 MINUS_ONE_TO_ONE = ("mobilenetv2", "resnet50v2")  # backbones that expect -1..1 ("tf" mode of keras.applications)
+# model.backbone -> family module in cxrlt.model.backbones: cxrlt's own Keras 3 ports of timm models, pretrained
+# weights from a timm checkpoint (python -m cxrlt weights --from-timm); the sizes are the family module's VARIANTS
+OWN_BACKBONES = {
+    **{f"convnextv2-{size}": "convnextv2" for size in ("atto", "femto", "pico", "nano", "tiny", "base", "large", "huge")},
+    **{f"maxvit-{size}-tf-{px}": "maxvit" for size in ("tiny", "small", "base") for px in (224, 384, 512)},
+}
 # loss.name (cxrlt.model.losses.LOSSES holds each one's defaults and builder; a test keeps the two in step)
-LOSSES = ("asl", "bce", "class_balanced", "distribution_balanced", "focal", "ldam", "logit_adjusted", "weighted_bce")
+LOSSES = ("asl", "bce", "class_balanced", "cxrlt2026_db", "distribution_balanced", "focal", "ldam", "logit_adjusted",
+          "weighted_bce")
 # loss.name for single-label tasks (softmax over the classes; cxrlt.model.losses_single.LOSSES, kept in step by a test);
 # corn (ordinal regression over K-1 conditional binary tasks) is for ordinal tasks only
 SINGLE_LABEL_LOSSES = ("ce", "softmax_focal", "class_balanced_ce", "logit_adjusted_ce", "corn")
@@ -51,7 +58,8 @@ SINGLE_LABEL_MONITORS = ("map", "mauc", "accuracy", "balanced_accuracy", "macro_
                          "auc_ovo", "auc_ovr", "log_loss")  # log_loss: validation cross-entropy, selected at its minimum
 LOWER_IS_BETTER = ("log_loss",)
 ORDINAL_ONLY_MONITORS = ("kappa", "kendall_tau")
-ORDINAL_DECISIONS = ("auto", "argmax", "median", "expected")# augment.strategy of seed 000 -> (minority pipeline, majority pipeline, oversample minority images?)
+ORDINAL_DECISIONS = ("auto", "argmax", "median", "expected")
+# augment.strategy of seed 000 -> (minority pipeline, majority pipeline, oversample minority images?)
 STRATEGIES = {
     "baseline": ("weak", "weak", False),
     "weak-weak": ("weak", "weak", True),
@@ -59,7 +67,7 @@ STRATEGIES = {
     "strong-strong": ("strong_no_ssr", "strong", True),
     "weak-strong": ("weak", "strong", True),
 }
-SAMPLERS = ("instance", "class", "sqrt", "q", "ros", "rus")
+SAMPLERS = ("instance", "class", "sqrt", "q", "ros", "rus", "repeat_factor")
 LABEL_MODES = ("clip_sum", "convex")
 MOSAIC_VARIANTS = ("both", "crop", "resize")
 UNCERTAIN_POLICIES = ("error", "zero", "one", "ignore")
@@ -73,6 +81,9 @@ HEADS = ("gap", "csra", "ml_decoder")  # model.head (cxrlt.model.models / heads)
 PREPARED_READERS = ("auto", "files", "tfrecord")
 # input.intensity: how a 16-bit PNG's values become 0..1 (8-bit images are never touched); data/pipeline.py
 INTENSITIES = ("full_range", "minmax", "percentile")
+# input.dicom_window: which VOI a DICOM's values get (data/dicom.py): the file's stored VOI LUT / window (else the
+# percentile stretch), the stored bits' full range, the image's min..max, or its 0.5..99.5 % values
+DICOM_WINDOWS = ("stored", "full_range", "minmax", "percentile")
 # The names the data stage defines (data/editions.py EDITIONS, data/classes.py SCHEMAS): the schema needs
 # the names, not the readers, so they are written here and tests/test_editions.py keeps the two in step.
 EDITIONS = ("cxrlt2023", "cxrlt2024-task1", "cxrlt2024-task2", "cxrlt2026-task1")
@@ -90,6 +101,7 @@ CHOICES: dict[str, tuple] = {
     "input.resize": ("stretch", "letterbox"),
     "input.antialias": ("auto", "always"),
     "input.intensity": INTENSITIES,
+    "input.dicom_window": DICOM_WINDOWS,
     "input.pixel_range": ("0_255", "0_1"),
     "augment.strategy": ("none", *STRATEGIES),
     "augment.device": AUGMENT_DEVICES,
@@ -97,8 +109,11 @@ CHOICES: dict[str, tuple] = {
     "mix.label_mode": LABEL_MODES,
     "mix.mosaic_variant": MOSAIC_VARIANTS,
     "mix.balanced_mixup_labels": LABEL_MODES,
-    "model.backbone": tuple(sorted(BACKBONES)),
+    "model.backbone": tuple(sorted({**BACKBONES, **OWN_BACKBONES})),
     "model.head": HEADS,
+    "model.csra_variant": ("official", "cxrlt2026_winner"),
+    "model.classifier": ("auto", "dense", "cosine"),
+    "model.head_norm": ("none", "batchnorm"),
     "loss.name": LOSSES + SINGLE_LABEL_LOSSES,
     "optim.name": OPTIMIZERS,
     "optim.schedule": ("constant", "cosine", "cyclic"),
@@ -172,6 +187,8 @@ RANGES: dict[str, Range] = {
     "sampling.ros_share": SHARE,
     "sampling.ros_epoch_size": Range(0, MAX_COUNT, cap=True),
     "sampling.rus_keep": Range(0, 1, lo_open=True),
+    "sampling.repeat_threshold": Range(0, 1, lo_open=True),
+    "sampling.repeat_max": Range(1, 10_000, cap=True),
     "mix.mosaic": UNIT,
     "mix.mixup": UNIT,
     "mix.cutmix": UNIT,
@@ -183,6 +200,8 @@ RANGES: dict[str, Range] = {
     "mix.balanced_mixup_q": Q,
     "model.dropout": Range(0, 1, hi_open=True),
     "model.csra_lambda": Range(0, 100, cap=True),
+    "model.drop_path": Range(0, 1, hi_open=True),
+    "model.csra_heads": Range(1, 64, cap=True),
     "optim.lr": Range(0, 10, lo_open=True, cap=True),
     "optim.beta_1": Range(0, 1, hi_open=True),
     "optim.beta_2": Range(0, 1, hi_open=True),
@@ -191,16 +210,25 @@ RANGES: dict[str, Range] = {
     "optim.warmup_epochs": Range(0, 100_000, cap=True),
     "optim.cycle_epochs": Range(1, 100_000, cap=True),
     "optim.momentum": Range(0, 1, hi_open=True),
+    "optim.min_lr_ratio": UNIT,
+    "optim.backbone_lr_mult": Range(0, 1000, cap=True),
+    "optim.head_weight_decay": Range(0, 10, cap=True, null="optim.weight_decay"),
+    "optim.clip_norm": Range(0, 1e9, cap=True),
+    "optim.head_warmup_lr": Range(0, 10, lo_open=True, cap=True, null="optim.lr"),
     "train.epochs": Range(1, 100_000, cap=True),
     "train.batch_size": Range(1, MAX_BATCH, cap=True),
     "train.folds": Range(2, 100, cap=True),
     "train.ema": Range(0, 1, hi_open=True),
+    "train.ema_warmup_gamma": Range(0, 1e12, lo_open=True, cap=True),
+    "train.ema_warmup_power": Range(0, 100, lo_open=True, cap=True),
+    "train.freeze_backbone_epochs": Range(0, 100_000, cap=True),
     "train.steps_per_epoch": Range(1, MAX_COUNT, cap=True, null="one pass"),
     "train.accumulate": Range(1, 1024, cap=True),
     "train.steps_per_execution": Range(1, 10_000, cap=True, null="1 without a GPU, 16 with one"),
     "predict.batch_size": Range(1, MAX_BATCH, cap=True),
     "ensemble.fit_rounds": Range(1, 100_000, cap=True),
     "ensemble.normal_gating": UNIT,
+    "ensemble.normal_gating_power": Range(0, 100, cap=True),
     "fuse.max_images": Range(1, 64, cap=True),
     "fuse.dim": Range(1, 8192, cap=True),
     "fuse.layers": Range(1, 64, cap=True),
@@ -250,11 +278,23 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"input.size must be an integer >= 32, got {size!r}")
     for key, rule in RANGES.items():
         check_range(key, get(cfg, key))
-    if cfg["optim"]["warmup_epochs"] and cfg["optim"]["warmup_epochs"] >= t["epochs"]:
+    frozen = t["freeze_backbone_epochs"]
+    if frozen and frozen >= t["epochs"]:
+        raise ConfigError(f"train.freeze_backbone_epochs ({frozen}) must be below train.epochs ({t['epochs']}): "
+                          "the head warm-up comes before training the whole model")
+    if cfg["optim"]["warmup_epochs"] and cfg["optim"]["warmup_epochs"] >= t["epochs"] - frozen:
         raise ConfigError(f"optim.warmup_epochs ({cfg['optim']['warmup_epochs']}) must be below train.epochs "
-                          f"({t['epochs']}): the warm-up comes before the schedule")
+                          f"({t['epochs']})" + (f" minus train.freeze_backbone_epochs ({frozen})" if frozen else "")
+                          + ": the warm-up comes before the schedule")
+    _check_head(cfg)
     if cfg["optim"]["schedule"] == "cyclic" and cfg["optim"]["warmup_epochs"]:
         raise ConfigError("optim.schedule cyclic has no warm-up: set optim.warmup_epochs 0 (every cycle starts at lr)")
+    choice("loss.name", cfg["loss"]["name"], LOSSES + SINGLE_LABEL_LOSSES)
+    _check_loss_params(cfg["loss"])
+    e = cfg["ensemble"]
+    if e["normal_gating"] and e["normal_gating_power"]:
+        raise ConfigError("ensemble.normal_gating (linear: x (1 - w p_normal)) and ensemble.normal_gating_power "
+                          "(x (1 - p_normal) ** P) are two forms of one step: set one of them")
     fold = t["fold"]
     if fold != "all" and (not isinstance(fold, int) or not 0 <= fold < t["folds"]):
         raise ConfigError(f"train.fold must be 'all' or an index in 0..{t['folds'] - 1}, got {fold!r}")
@@ -280,12 +320,101 @@ def validate(cfg: dict) -> None:
     if weights not in ("none", "imagenet") and not Path(str(weights)).expanduser().exists():
         raise ConfigError(f"model.weights must be none, imagenet or an existing weights file (or a folder from "
                           f"python -m cxrlt weights), got {weights!r} (no such file)")
+    if cfg["model"]["drop_path"] and cfg["model"]["backbone"] not in OWN_BACKBONES:
+        raise ConfigError(f"model.drop_path ({cfg['model']['drop_path']}) is built into cxrlt's own backbones "
+                          f"(convnextv2-*, maxvit-*), not into keras.applications' {cfg['model']['backbone']}: "
+                          "set model.drop_path 0 or pick one of those backbones")
+    if cfg["model"]["backbone"] in OWN_BACKBONES and cfg["model"]["weights"] == "imagenet" and not cfg["model"]["init"]:
+        raise ConfigError(f"model.weights imagenet downloads Keras' own weights, which {cfg['model']['backbone']} has "
+                          "none of: convert a timm checkpoint (python -m cxrlt weights --from-timm FILE.safetensors "
+                          f"--backbone {cfg['model']['backbone']} --out DIR) and pass --weights DIR, or --weights none")
+    if OWN_BACKBONES.get(cfg["model"]["backbone"]) == "maxvit" and size % 32:
+        raise ConfigError(f"input.size {size} does not fit {cfg['model']['backbone']}: MaxViT's attention windows are "
+                          f"input.size / 32, so the size must be a multiple of 32 (e.g. {max(32, size // 32 * 32)})")
     init = cfg["model"]["init"]
     if init is not None and not Path(str(init)).expanduser().exists():
         raise ConfigError(f"model.init must be a cxrlt run directory or a .keras model file, got {init!r} (no such path)")
     name = None if cfg.get("name") is None else str(cfg["name"])
     if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
         raise ConfigError(f"name {name!r} must be a plain folder name (the run goes to {cfg['out']}/<name>)")
+
+
+# Kevinz-code/CSRA MHA.temp_settings: the head counts the authors give temperatures for
+CSRA_AUTHOR_HEADS = (1, 2, 4, 6, 8)
+
+
+def _check_head(cfg: dict) -> None:
+    """The model.* head settings together, and LDAM's scale against the classifier it scales."""
+    m, loss = cfg["model"], cfg["loss"]
+    temps = m["csra_temperatures"]
+    if temps is not None:
+        if (not isinstance(temps, list) or len(temps) != m["csra_heads"]
+                or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in temps)):
+            raise ConfigError(f"model.csra_temperatures must be null or one number > 0 per head (model.csra_heads "
+                              f"{m['csra_heads']}; 99 = max pooling), got {temps!r}")
+    elif m["csra_heads"] not in CSRA_AUTHOR_HEADS:
+        raise ConfigError(f"model.csra_heads {m['csra_heads']}: the authors' code has temperatures for "
+                          f"{', '.join(map(str, CSRA_AUTHOR_HEADS))} heads; give model.csra_temperatures (one per head)")
+    if m["csra_variant"] == "cxrlt2026_winner" and (m["csra_heads"] != 1 or temps not in (None, [1], [1.0])):
+        raise ConfigError("model.csra_variant cxrlt2026_winner has one softmax head: leave model.csra_heads 1 and "
+                          "model.csra_temperatures null")
+    if m["classifier"] == "cosine" and m["head"] != "gap":
+        raise ConfigError(f"model.classifier cosine is the gap head's classifier; model.head {m['head']} has its own "
+                          "(use model.classifier auto or dense)")
+    if loss["name"] == "ldam":
+        params = loss["params"] or {}
+        if "scale" in params and "s" in params:
+            raise ConfigError("loss.params: give ldam's scale or its old name s, not both")
+        scale = params.get("scale", params.get("s", 30.0))
+        cosine = m["classifier"] == "cosine" or (m["classifier"] == "auto" and m["head"] == "gap")
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale != 1 and not cosine:
+            raise ConfigError(f"loss ldam multiplies the logits by loss.params.scale ({scale:g}, the authors' 30 is "
+                              f"for cosine logits), but model.head {m['head']} with model.classifier "
+                              f"{m['classifier']} gives raw logits: set loss.params.scale 1, or use the gap head "
+                              "with model.classifier auto/cosine")
+
+
+# Each loss's parameters (loss.params), besides the common `reduction` and `name`: the config is checked
+# before any data are read; model/losses.py LOSSES holds the defaults (tests/test_config.py keeps the two in step).
+LOSS_PARAMS = {
+    "focal": ("alpha", "gamma", "apply_class_balancing", "label_smoothing"),
+    "bce": ("label_smoothing",),
+    "weighted_bce": ("power", "max_weight", "label_smoothing"),
+    "class_balanced": ("beta", "base", "gamma", "alpha", "apply_class_balancing", "label_smoothing"),
+    "asl": ("gamma_neg", "gamma_pos", "clip", "label_smoothing", "class_weighting", "detach_focusing"),
+    "ldam": ("max_margin", "scale", "s", "drw_epoch", "drw_beta", "negative_margin", "label_smoothing"),
+    "distribution_balanced": ("alpha", "beta", "mu", "neg_scale", "init_bias", "focal", "gamma", "balance_param",
+                              "label_smoothing"),
+    "cxrlt2026_db": ("beta", "rebalance_alpha", "neg_scale", "neg_margin", "margin_scale", "max_margin",
+                     "label_smoothing"),
+    "logit_adjusted": ("tau", "label_smoothing"),
+}
+# the single-label losses' parameters (cxrlt.model.losses_single.LOSSES; kept in step by a test)
+SINGLE_LABEL_LOSS_PARAMS = {
+    "ce": ("label_smoothing",),
+    "softmax_focal": ("gamma", "alpha", "label_smoothing"),
+    "class_balanced_ce": ("beta", "gamma", "label_smoothing"),
+    "logit_adjusted_ce": ("tau", "label_smoothing"),
+    "corn": (),
+}
+LOSS_COMMON_PARAMS = ("reduction", "name")
+
+
+def _check_loss_params(loss: dict) -> None:
+    """An unknown loss parameter (`--set loss.params.scale=30` for a loss that has none) used to pass the config
+    check and end in a traceback when the first fold built its loss, after the data were read and screened."""
+    params = loss.get("params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"loss.params must be a mapping of the loss's arguments, got {params!r}")
+    known = LOSS_PARAMS.get(loss["name"], SINGLE_LABEL_LOSS_PARAMS.get(loss["name"]))
+    if known is None:
+        return  # an unknown loss name is choice()'s error
+    for key in params:
+        if key not in known and key not in LOSS_COMMON_PARAMS:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            raise ConfigError(f"loss {loss['name']} has no parameter loss.params.{key}"
+                              + (f"; did you mean loss.params.{close[0]}?" if close else "")
+                              + f" It takes: {', '.join(known)}")
 
 
 def validate_fuse(cfg: dict) -> None:

@@ -15,6 +15,12 @@ holds each rule against the decoder): it reads 8-bit and 16-bit JPEG/PNG in grey
 or with alpha; it refuses CMYK JPEGs, 12-bit JPEGs, BMP/GIF/WebP in grey mode and TIFF; it
 fails on a truncated file. Training runs this check (data.check_images) and stops with the list,
 or with --skip-bad leaves the bad files out and records them (check.screen_table).
+
+DICOM files (the "DICM" marker, or a .dcm name) are read by pydicom (cxrlt/data/dicom.py): the header mode
+reads the attributes up to the pixel data and checks that the file holds all of it; every DICOM file gets a
+row in the report with its photometric interpretation, transfer syntax, size and what decoding will do
+(`action`: rescale, window, MONOCHROME1 inversion), whatever its status. Nothing else from the header
+(no patient, study or UID) is written.
 """
 
 from __future__ import annotations
@@ -35,12 +41,13 @@ import numpy as np
 import pandas as pd
 
 from ..config.schema import MAX_IMAGE_PIXELS
+from . import dicom
 from .dataset import LabelFileError
 
 log = logging.getLogger("cxrlt.check")
 
 STATUSES = ("ok", "warning", "bad")
-COLUMNS = ["path", "status", "reason", "format", "width", "height"]
+COLUMNS = ["path", "status", "reason", "format", "width", "height", "photometric", "transfer_syntax", "action"]
 TAIL_BYTES = 1024
 DEEP_SIZE = 8  # deep mode decodes with pipeline.decode_image at this output size (the decode is what is checked)
 
@@ -65,6 +72,8 @@ class ImageCheckError(LabelFileError):
 
 
 def _sniff(head: bytes) -> str | None:
+    if head[128:132] == b"DICM":  # first: a DICOM preamble may hold anything, a TIFF header included
+        return "DICOM"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG"
     if head.startswith(b"\xff\xd8\xff"):
@@ -77,8 +86,6 @@ def _sniff(head: bytes) -> str | None:
         return "WEBP"
     if head.startswith((b"II*\x00", b"MM\x00*")):
         return "TIFF"
-    if head[128:132] == b"DICM":
-        return "DICOM"
     if head.startswith((b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51")):
         return "JPEG2000"
     return None
@@ -89,7 +96,6 @@ _OTHER_FORMATS = {
     "BMP": "BMP: the pipeline's grey decode does not read BMP (convert to PNG)",
     "WEBP": "WebP: the pipeline's grey decode does not read WebP (convert to PNG)",
     "TIFF": "TIFF: tf.io.decode_image does not read TIFF (convert to PNG, 16-bit is fine)",
-    "DICOM": "DICOM: convert it to PNG (16-bit keeps the full range) or JPEG first",
     "JPEG2000": "JPEG 2000: tf.io.decode_image does not read it (convert to PNG)",
 }
 _EXTENSIONS = {"JPEG": {".jpg", ".jpeg"}, "PNG": {".png"}}
@@ -102,6 +108,9 @@ class Finding:
     format: str = ""
     width: int = 0
     height: int = 0
+    photometric: str = ""      # DICOM only: the pixel encoding and what decoding does to it
+    transfer_syntax: str = ""
+    action: str = ""
 
     def add(self, status: str, reason: str) -> "Finding":
         self.reasons = [*(self.reasons or []), reason]
@@ -111,11 +120,12 @@ class Finding:
 
     def row(self, path: str) -> dict:
         return {"path": path, "status": self.status, "reason": "; ".join(self.reasons or []), "format": self.format,
-                "width": self.width, "height": self.height}
+                "width": self.width, "height": self.height, "photometric": self.photometric,
+                "transfer_syntax": self.transfer_syntax, "action": self.action}
 
 
-def inspect_header(path: str, limits: Limits = LIMITS) -> Finding:
-    """Everything that can be told without decoding pixels."""
+def inspect_header(path: str, limits: Limits = LIMITS, dicom_window: str = "stored") -> Finding:
+    """Everything that can be told without decoding pixels (`dicom_window`: what a DICOM's `action` says)."""
     found = Finding()
     try:
         st = os.stat(path)
@@ -131,6 +141,8 @@ def inspect_header(path: str, limits: Limits = LIMITS) -> Finding:
         with open(path, "rb") as fh:
             kind = _sniff(fh.read(132))
             found.format = kind or ""
+            if kind == "DICOM" or (kind is None and os.path.splitext(path)[1].lower() in dicom.SUFFIXES):
+                return _inspect_dicom(path, found, limits, dicom_window)
             if kind is None:
                 return found.add("bad", "not an image: neither JPEG nor PNG (unknown content)")
             if kind in _OTHER_FORMATS:
@@ -166,6 +178,20 @@ def inspect_header(path: str, limits: Limits = LIMITS) -> Finding:
     return found
 
 
+def _inspect_dicom(path: str, found: Finding, limits: Limits, window: str) -> Finding:
+    """A DICOM file's header verdict (dicom.inspect), with the size rules every image gets."""
+    info = dicom.inspect(path, window)
+    found.format = "DICOM"
+    found.width, found.height = info.width, info.height
+    found.photometric, found.transfer_syntax, found.action = info.photometric, info.transfer_syntax, info.action
+    if info.problem:
+        return found.add("bad", info.problem)
+    if info.warning:
+        found.add("warning", info.warning)
+    _size_rules(found, limits)
+    return found
+
+
 def _header_fields(kind: str, fh) -> tuple[str, tuple[int, int], int, bool]:
     """(PIL mode, (width, height), bits, has transparency) from the header alone (PIL reads no pixels
     until asked). PIL's plugin classes are used directly: Image.open adds a decompression-bomb check
@@ -198,32 +224,31 @@ def _size_rules(found: Finding, limits: Limits) -> None:
 
 # --- deep mode ------------------------------------------------------------------------------------
 
-_decode_fn = None
+_decode_fns: dict = {}
 
 
-def _pipeline_decode(path: str):
-    """pipeline.decode_image, traced once and shared by the worker threads."""
-    global _decode_fn
+def _pipeline_decode(path: str, dicom_window: str = "stored"):
+    """pipeline.decode_image (with its DICOM step), traced once per window and shared by the worker threads."""
     import tensorflow as tf
 
-    if _decode_fn is None:
+    if dicom_window not in _decode_fns:
         from .pipeline import decode_image
 
-        _decode_fn = tf.function(lambda p: decode_image(p, DEEP_SIZE),
-                                 input_signature=[tf.TensorSpec([], tf.string)])
-    return _decode_fn(tf.constant(path)).numpy()
+        _decode_fns[dicom_window] = tf.function(lambda p: decode_image(p, DEEP_SIZE, dicom=dicom_window),
+                                                input_signature=[tf.TensorSpec([], tf.string)])
+    return _decode_fns[dicom_window](tf.constant(path)).numpy()
 
 
-def inspect_deep(path: str, limits: Limits = LIMITS) -> Finding:
+def inspect_deep(path: str, limits: Limits = LIMITS, dicom_window: str = "stored") -> Finding:
     """Header rules, then a real decode of what the header did not already condemn."""
-    found = inspect_header(path, limits)
+    found = inspect_header(path, limits, dicom_window)
     if found.status == "bad":
         return found
     try:
-        if found.width * found.height > limits.warn_pixels:
+        if found.width * found.height > limits.warn_pixels and found.format != "DICOM":
             _verify_huge(path, found.format)
             return found
-        image = _pipeline_decode(path)
+        image = _pipeline_decode(path, dicom_window)
     except Exception as err:  # noqa: BLE001 - TF raises InvalidArgumentError & co. with the decoder's words
         return found.add("bad", f"cannot be decoded ({_decoder_words(err)})")
     if float(image.max()) - float(image.min()) < 1.0:  # one grey level (resampling may add float dust)
@@ -235,7 +260,8 @@ def _decoder_words(err: Exception) -> str:
     """The decoder's own sentence from a TensorFlow error, without the graph-node decoration."""
     text = (getattr(err, "message", None) or str(err)).strip()
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text.splitlines()[0] if text else type(err).__name__)
-    return text[:160] or type(err).__name__
+    text = re.sub(r"^DicomError: \S+: ", "", text)  # the report's row names the file already
+    return text[:240] or type(err).__name__
 
 
 def _verify_huge(path: str, kind: str) -> None:
@@ -282,8 +308,9 @@ def _verify_png_stream(path: str) -> None:
 # --- scanning many files --------------------------------------------------------------------------
 
 def scan(paths, deep: bool = False, *, limits: Limits = LIMITS, workers: int | None = None,
-         progress: str | None = None) -> pd.DataFrame:
-    """One row per path, in the given order: path, status (ok|warning|bad), reason, format, width, height.
+         progress: str | None = None, dicom_window: str = "stored") -> pd.DataFrame:
+    """One row per path, in the given order: path, status (ok|warning|bad), reason, format, width, height,
+    and for DICOM files photometric, transfer_syntax and action (`dicom_window`: input.dicom_window).
 
     Threads, not processes: the work is file reads (header mode) or TensorFlow/zlib calls that
     release the GIL (deep mode). `progress` labels a progress bar (None: silent).
@@ -300,7 +327,8 @@ def scan(paths, deep: bool = False, *, limits: Limits = LIMITS, workers: int | N
     with futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for start in range(0, len(paths), 1024):  # in chunks: 264,849 pending futures would cost ~0.3 GB
             chunk = paths[start:start + 1024]
-            rows.extend(found.row(p) for p, found in zip(chunk, pool.map(lambda p: inspect(p, limits), chunk)))
+            rows.extend(found.row(p) for p, found in
+                        zip(chunk, pool.map(lambda p: inspect(p, limits, dicom_window), chunk)))
             if bar is not None:
                 bar.add(len(chunk))
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -310,6 +338,24 @@ def summary(report: pd.DataFrame) -> str:
     counts = report["status"].value_counts()
     return (f"{len(report)} images: {counts.get('ok', 0)} ok, {counts.get('warning', 0)} with warnings, "
             f"{counts.get('bad', 0)} bad")
+
+
+def reported_rows(report: pd.DataFrame) -> pd.DataFrame:
+    """The rows a report file keeps: every bad or warning image, and every DICOM file (what decoding does to it)."""
+    return report[(report["status"] != "ok") | (report["format"] == "DICOM")]
+
+
+def dicom_summary(report: pd.DataFrame, limit: int = 10) -> str:
+    """DICOM files counted by (photometric interpretation, transfer syntax, action): what the check found and
+    what decoding will do, one line per kind."""
+    rows = report[(report["format"] == "DICOM") & (report["status"] != "bad")]
+    if rows.empty:
+        return "  (none usable)"
+    kinds = rows.groupby(["photometric", "transfer_syntax", "action"], dropna=False).size().sort_values(ascending=False)
+    lines = [f"  {n} x {p or '?'}, {t or '?'}: {a or 'as stored'}" for (p, t, a), n in kinds.head(limit).items()]
+    if len(kinds) > limit:
+        lines.append(f"  ... and {len(kinds) - limit} more kinds")
+    return "\n".join(lines)
 
 
 def listing(report: pd.DataFrame, status: str = "bad", limit: int = 10) -> str:
@@ -338,22 +384,25 @@ def upscaling_note(report: pd.DataFrame, size: int, what: str = "training") -> s
 
 
 def screen_table(table, *, deep: bool = False, skip_bad: bool = False, record_dir: str | os.PathLike | None = None,
-                 limits: Limits = LIMITS, what: str = "training", can_skip: bool = True, input_size: int | None = None):
+                 limits: Limits = LIMITS, what: str = "training", can_skip: bool = True, input_size: int | None = None,
+                 dicom_window: str = "stored"):
     """Scan a LabelTable's images; return the table without bad images, or stop.
 
-    Every problem is recorded in `record_dir`: image_check.csv (all bad and warning rows) and, with
-    skip_bad, excluded_images.csv (the images left out). Without skip_bad any bad image raises
-    ImageCheckError listing them: nothing is dropped silently. can_skip=False (a test list: the
-    submission needs every image) always raises on a bad image.
+    Every problem is recorded in `record_dir`: image_check.csv (all bad and warning rows, and every DICOM
+    file with what its decoding does) and, with skip_bad, excluded_images.csv (the images left out).
+    Without skip_bad any bad image raises ImageCheckError listing them: nothing is dropped silently.
+    can_skip=False (a test list: the submission needs every image) always raises on a bad image.
     """
     skip_bad = skip_bad and can_skip
     from ..utils import atomic
 
-    report = scan(table.paths, deep, limits=limits, progress=f"{what} image check")
+    report = scan(table.paths, deep, limits=limits, progress=f"{what} image check", dicom_window=dicom_window)
     report.insert(0, "id", table.ids)
-    problems = report[report["status"] != "ok"]
+    problems = reported_rows(report)
     bad = report["status"].to_numpy() == "bad"
     log.info("%s image check (%s): %s", what, "deep" if deep else "header", summary(report))
+    if (report["format"] == "DICOM").any():
+        log.info("%s DICOM files:\n%s", what, dicom_summary(report))
     note = upscaling_note(report, input_size, what) if input_size else None
     if note:
         log.warning(note)
@@ -419,6 +468,8 @@ def main(argv=None) -> int:
                         help="how -1/blank labels are read, as for training")
     parser.add_argument("--allow-outside-root", action="store_true", help="accept paths outside the image root")
     parser.add_argument("--deep", action="store_true", help="decode every image with the training decoder")
+    parser.add_argument("--dicom-window", default="stored", choices=dicom.WINDOWS,
+                        help="input.dicom_window for DICOM files: what the report's action column says (default stored)")
     parser.add_argument("--workers", type=int, help="threads (default: 8 per core, 1 per core with --deep)")
     parser.add_argument("--out", type=Path, default=Path("image_check.csv"),
                         help="CSV of every bad or warning image (default: image_check.csv)")
@@ -437,14 +488,19 @@ def main(argv=None) -> int:
         import tensorflow  # noqa: F401 - the deep check decodes with TensorFlow: its import is not part of the timing
 
         started = time.perf_counter()
-        report = scan(table.paths, args.deep, workers=args.workers, progress="image check")
+        report = scan(table.paths, args.deep, workers=args.workers, progress="image check",
+                      dicom_window=args.dicom_window)
         seconds = time.perf_counter() - started
         report.insert(0, "id", table.ids)
         from ..utils import atomic
 
-        atomic.write_csv(args.out, report[report["status"] != "ok"])
+        atomic.write_csv(args.out, reported_rows(report))
+        has_dicom = (report["format"] == "DICOM").any()
         print(f"{summary(report)} ({'deep' if args.deep else 'header'} check, {seconds:.1f} s, "
-              f"{len(report) / max(seconds, 1e-9):.0f} images/s); problems listed in {args.out}")
+              f"{len(report) / max(seconds, 1e-9):.0f} images/s); problems"
+              f"{' and every DICOM file' if has_dicom else ''} listed in {args.out}")
+        if has_dicom:
+            print(f"DICOM (photometric interpretation, transfer syntax: what decoding does):\n{dicom_summary(report)}")
         for status in ("bad", "warning"):
             if (report["status"] == status).any():
                 print(f"{status}:\n{listing(report, status, 20)}")

@@ -4,8 +4,10 @@ Accepted layouts (columns are found by name, case-sensitive):
 - CXR-LT 2023: ``path`` (relative to an image root), ``study_id``, ``ViewPosition``, class columns;
   the patient comes from the MIMIC path ``files/pXX/pXXXXXXXX/sYYYYYYYY/<dicom_id>.jpg``.
 - CXR-LT 2024: ``dicom_id, subject_id, study_id, ViewPosition, fpath`` + class columns.
-- CXR-LT 2026: ``ImageID`` (the PadChest PNG file name: id and path), ``StudyDate_DICOM``,
-  ``PatientID`` (a ~38-digit number, kept as text) + class columns.
+- CXR-LT 2026: ``ImageID`` (the PadChest PNG file name: id and path; PadChest keeps the files in
+  numbered sub-folders, found by `image_index`), ``StudyDate_DICOM``, ``PatientID`` + class columns.
+  The organisers' files hold PatientID rounded to three significant digits (``1.90E+38``): kept as
+  text and grouped on as given (see `_patients`).
 - Generic / NIH: a path column, an optional patient column, 0/1 class columns.
 
 Which edition a file is (its class list and order, its id column) is `editions.py`'s business;
@@ -43,9 +45,9 @@ METADATA_COLUMNS = set(PATH_COLUMNS + ID_COLUMNS + PATIENT_COLUMNS + STUDY_COLUM
     "split", "fold", "Sex", "Age", "sex", "age", "license", "doi", "url", "finding",
     "StudyDate_DICOM", "ViewCodeSequence_CodeMeaning",
 }
-# A number a spreadsheet has rounded to scientific notation (PadChest's 38-digit PatientIDs opened
-# and re-saved in Excel become '1.90E+38'): distinct patients merge into one, so it is refused.
-_MANGLED_NUMBER = re.compile(r"^[+-]?\d+(?:\.\d+)?[eE][+-]?\d+$")
+# A number in scientific notation. CXR-LT 2026's own files hold every PatientID so ('1.90E+38': the
+# 38-digit PadChest id rounded to 3 significant digits): data, grouped on as given (`_patients`).
+_ROUNDED_NUMBER = re.compile(r"^[+-]?\d+(?:\.\d+)?[eE][+-]?\d+$")
 # Cell texts that mean "no value" (what pandas, R and spreadsheets write for a missing number):
 # a label cell holding one of these is treated like a blank cell, i.e. by the --uncertain policy.
 MISSING_TEXTS = {"nan", "na", "n/a"}
@@ -115,6 +117,8 @@ def read_labels(
     check_files: bool = False,
     edition: str = "auto",
     exclude: str | os.PathLike | None = None,
+    split: str | None = None,
+    index_dir: str | os.PathLike | None = None,
 ) -> LabelTable:
     """Parse and validate a label CSV. Every problem raises LabelFileError naming file/rows/columns.
 
@@ -123,7 +127,10 @@ def read_labels(
     file every 0/1 column), "auto" (every 0/1 column, whatever the edition: also how a near-miss of
     an edition's class list is accepted), a schema name or an explicit list. `exclude`: a file of
     ids (editions' Removal.csv) whose rows are dropped before any other row check, so a removed
-    image never stops a run (the image screen runs later, on the table returned)."""
+    image never stops a run (the image screen runs later, on the table returned). `split`: keep only
+    the rows whose 'split' column holds this value (CXR-LT 2024's labels.csv lists its train,
+    development and test rows in one file); None or "all" reads every row. `index_dir`: where the index of
+    an image root with sub-folders is cached (`image_index`; a run directory)."""
     csv_path = Path(csv_path)
     if uncertain not in UNCERTAIN_POLICIES:
         raise LabelFileError(f"--uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
@@ -150,6 +157,8 @@ def read_labels(
         raise LabelFileError(f"{where}: no image path column; expected one of {list(PATH_COLUMNS)}, "
                              f"found {list(frame.columns)[:12]}{hint}")
     id_col = _first_present(frame, ((ed.id_column,) if ed and ed.id_column else ()) + ID_COLUMNS)
+    if split is not None:
+        frame = _keep_split(frame, split, where)
     if exclude is not None:
         frame = _drop_excluded(frame, read_exclusions(exclude), id_col, path_col, where)
     lines = frame.index.to_numpy()
@@ -159,6 +168,10 @@ def read_labels(
     rel_paths = frame[path_col].str.strip()
 
     root = Path(image_root) if image_root is not None else csv_path.parent
+    if image_root is not None:  # bare file names under a root of sub-folders (PadChest's 0/ ... 54/)
+        from . import image_index
+
+        rel_paths = image_index.place(rel_paths, root, where=where, column=path_col, cache_dir=index_dir)
     paths = _resolve_paths(rel_paths, root, where, path_col, allow_outside_root, check_absolute=image_root is not None)
 
     if id_col:
@@ -179,7 +192,7 @@ def read_labels(
     _check_unique(ids, lines, where, id_col or (f"{path_col} (file stem)" if ed else path_col))
 
     patients = _patients(frame, rel_paths, ids, where)
-    studies = _studies(frame, rel_paths, ids, patients)
+    studies = _studies(frame, rel_paths, ids)
     view_col = _first_present(frame, VIEW_COLUMNS)
     views = frame[view_col].fillna("").astype(str).to_numpy() if view_col else np.full(len(frame), "", dtype=object)
 
@@ -188,6 +201,7 @@ def read_labels(
     present = [c for c in class_names if c in frame.columns]
     if present:
         labels, mask = _parse_labels(frame, class_names, where, uncertain)
+        _check_patient_groups(frame, patients, studies, where)  # folds are made from labelled tables
     elif require_labels:
         raise LabelFileError(f"{where}: no class columns found. {CXRLT_HELP}")
 
@@ -203,6 +217,13 @@ def read_labels(
                 f"Check --image-root (the folder the '{path_col}' column is relative to)."
             )
     return table
+
+
+def training_rows(data: dict) -> dict:
+    """The read_labels arguments that pick a run's training rows as its training did (a run's
+    `data` settings): its edition, exclusion list and split. Out-of-fold scoring, reports and
+    fused runs read the training CSV again and must see the same rows."""
+    return {"edition": data.get("edition", "auto"), "exclude": data.get("exclude"), "split": data.get("split")}
 
 
 def read_exclusions(path: str | os.PathLike) -> set[str]:
@@ -243,6 +264,28 @@ def _drop_excluded(frame: pd.DataFrame, excluded: set[str], id_col: str | None, 
     if hit.all():
         raise LabelFileError(f"{where}: the exclusion list removes every image")
     return frame[~hit]
+
+
+def _keep_split(frame: pd.DataFrame, split: str, where: str) -> pd.DataFrame:
+    """The rows of one split when the CSV has a 'split' column (CXR-LT 2024's labels.csv: its train,
+    development and test rows in one file); a CSV without the column is returned as it is.
+
+    Training on every row of such a file would train on the rows the challenge scores, so the
+    rows of other splits are left out and counted; a file without any row of `split` is refused."""
+    if "split" not in frame.columns or split.strip().lower() == "all":
+        return frame
+    values = frame["split"].fillna("").str.strip()
+    keep = (values.str.lower() == split.strip().lower()).to_numpy()
+    counts = values[~keep].replace("", "(blank)").value_counts()
+    if not keep.any():
+        found = ", ".join(f"{v!r} {n}" for v, n in values.replace("", "(blank)").value_counts().items())
+        raise LabelFileError(f"{where}: its 'split' column holds no {split!r} row (found {found}); name the rows to "
+                             "train on with --set data.split=VALUE, or --set data.split=all to use every row")
+    if len(counts):
+        log.info("%s: training on the %d rows whose split is %r; %d rows of other splits left out (%s): they are "
+                 "the challenge's own evaluation rows (data.split)", where, int(keep.sum()), split,
+                 int((~keep).sum()), ", ".join(f"{v} {n}" for v, n in counts.items()))
+    return frame[keep]
 
 
 def _read_csv(csv_path: Path) -> pd.DataFrame:
@@ -415,6 +458,12 @@ def _check_unique(ids: np.ndarray, lines: np.ndarray, where: str, col: str) -> N
 
 
 def _patients(frame: pd.DataFrame, rel_paths: pd.Series, ids: np.ndarray, where: str) -> np.ndarray:
+    """Each image's patient value, as the file writes it (text, never parsed as a number).
+
+    CXR-LT 2026's own files hold PatientID rounded to 3 significant digits ('1.90E+38'). Rounding
+    is deterministic: every image of one patient carries one value, so grouping folds on the value
+    as given keeps each patient in one fold; one value may stand for several patients, so the
+    groups are only coarser. How many distinct values and the largest group are logged."""
     col = _first_present(frame, PATIENT_COLUMNS)
     if col:
         blank = frame[col].isna().to_numpy()
@@ -422,14 +471,15 @@ def _patients(frame: pd.DataFrame, rel_paths: pd.Series, ids: np.ndarray, where:
             raise LabelFileError(f"{where}: empty '{col}' in rows {_rows(frame.index.to_numpy()[blank])}; "
                                  "every image needs its patient (folds are grouped by patient)")
         values = frame[col].str.strip()
-        mangled = values.str.fullmatch(_MANGLED_NUMBER).to_numpy(dtype=bool)
-        if mangled.any():
-            first = values[mangled].iloc[0]
-            raise LabelFileError(
-                f"{where}: '{col}' holds numbers in scientific notation ({first!r}) in rows "
-                f"{_rows(frame.index.to_numpy()[mangled])}: a spreadsheet rounded the patient ids, so different "
-                "patients now share one and folds would leak between them. Use the original CSV (never re-saved "
-                "from Excel) or read the column as text")
+        counts = values.value_counts()
+        rounded = int(values.str.fullmatch(_ROUNDED_NUMBER).sum())
+        note = ""
+        if rounded:
+            example = values[values.str.fullmatch(_ROUNDED_NUMBER)].iloc[0]
+            note = (f"; {rounded} images carry a rounded number such as {example!r}: one value may stand for several "
+                    "patients, so folds group on the value as given (no patient crosses folds, the groups are coarser)")
+        log.info("%s: '%s' has %d distinct values for %d images (largest group %r: %d images)%s", where, col,
+                 len(counts), len(values), counts.index[0], int(counts.iloc[0]), note)
         return values.to_numpy(dtype=object)
     found = rel_paths.str.extract(_MIMIC_PATIENT, expand=False)
     if found.notna().all():
@@ -438,16 +488,47 @@ def _patients(frame: pd.DataFrame, rel_paths: pd.Series, ids: np.ndarray, where:
     return ids.copy()
 
 
-def _studies(frame: pd.DataFrame, rel_paths: pd.Series, ids: np.ndarray, patients: np.ndarray) -> np.ndarray:
+def _studies(frame: pd.DataFrame, rel_paths: pd.Series, ids: np.ndarray) -> np.ndarray:
+    """Each image's study. CXR-LT 2026 has no study column: a study is the ImageID's prefix (the part
+    before the first '_', PadChest's study number) on one StudyDate_DICOM. Checked against the
+    organisers' files: images sharing a prefix and a date always share the patient value, while
+    the prefix alone spans several dates (94 of 11,815 prefixes in Removal.csv, up to 1,310 days
+    apart) and patient value + date merges other studies (442 groups in Removal.csv)."""
     col = _first_present(frame, STUDY_COLUMNS)
     if col:
         return np.where(frame[col].isna().to_numpy(), ids, frame[col].fillna("").str.strip().to_numpy(dtype=object))
     if "StudyDate_DICOM" in frame.columns:
-        # CXR-LT 2026 has no study id: the images of one patient taken on one day are one study
-        date = frame["StudyDate_DICOM"].fillna("").str.strip().to_numpy(dtype=object)
-        return np.where(date == "", ids, patients.astype(object) + "/" + date)
+        names = pd.Series(ids, index=frame.index).astype(str).str.rsplit("/", n=1).str[-1]
+        prefix = names.str.split("_", n=1).str[0].str.replace(r"\.[^.]*$", "", regex=True)
+        date = frame["StudyDate_DICOM"].fillna("").str.strip()
+        return np.where(date == "", prefix, prefix + "/" + date).astype(object)
     found = rel_paths.str.extract(_MIMIC_STUDY, expand=False)
     return found.to_numpy(dtype=str) if found.notna().all() else ids.copy()
+
+
+def _check_patient_groups(frame: pd.DataFrame, patients: np.ndarray, studies: np.ndarray, where: str) -> None:
+    """Refuse only a patient column that would let images of one study fall into different folds: one
+    study whose images carry different patient values, or a value unique to every image while the
+    studies show images together (an image id in the patient column)."""
+    col = _first_present(frame, PATIENT_COLUMNS)
+    if col is None or len(patients) < 2:
+        return
+    grouped = pd.DataFrame({"patient": patients, "study": studies}, index=frame.index)
+    repeated = int((grouped["study"].value_counts() > 1).sum())
+    if repeated and grouped["patient"].nunique() == len(grouped):
+        raise LabelFileError(
+            f"{where}: '{col}' holds a different value for every image, while {repeated} studies hold several images: "
+            f"it looks like an image id, not a patient id, and folds grouped on it would split studies and patients. "
+            "Use the column that names each image's patient")
+    per_study = grouped.groupby("study", sort=False)["patient"].nunique()
+    split = per_study[per_study > 1]
+    if len(split):
+        first = split.index[0]
+        rows = grouped.index[grouped["study"] == first].to_numpy()
+        raise LabelFileError(
+            f"{where}: {len(split)} studies hold images of different '{col}' values, e.g. study {first!r} "
+            f"(rows {_rows(rows, 4)}: {sorted(set(grouped.loc[rows, 'patient']))[:3]}); folds grouped on '{col}' "
+            "would put one study's images in different folds. Give each study's images one patient value")
 
 
 def _class_columns(frame: pd.DataFrame, wanted: tuple[str, ...] | None, where: str) -> list[str]:

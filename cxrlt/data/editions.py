@@ -3,18 +3,23 @@
 One place for the facts a user would otherwise have to get right by hand (sources: the challenges'
 pages and overview papers, the teams' repositories):
 
-- ``cxrlt2023`` (ICCV 2023 CVAMD): MIMIC-CXR-JPG, 26 classes, alphabetical; CSV ``path`` (or
-  ``fpath``), ``study_id``, ``ViewPosition``; submission ``dicom_id`` + 26 probabilities.
+- ``cxrlt2023`` (ICCV 2023 CVAMD): MIMIC-CXR-JPG, 26 classes, alphabetical (the order of
+  CheXFusion's config.yaml); CSV ``path`` (or ``fpath``), ``study_id``, ``ViewPosition``; submission
+  ``dicom_id`` + 26 probabilities, zipped with a ``code/`` folder (CheXFusion's writer packs one).
 - ``cxrlt2024-task1`` (MICCAI 2024): MIMIC-CXR-JPG, 40 classes, alphabetical; CSV ``dicom_id,
   subject_id, study_id, ViewPosition, ViewCodeSequence_CodeMeaning, fpath`` + classes.
 - ``cxrlt2024-task2``: the 26 classes of 2023 with "No Finding" renamed "Normal". The training
   CSVs are strictly alphabetical (Normal after Nodule) but the sample submission keeps Normal
-  where No Finding stood (after Mass, before Nodule), so the model order and the submission
-  order differ and columns are always written by name.
+  where No Finding stood (after Mass, before Nodule; the 5th-place team's ``sub_cols_task2``), so
+  the model order and the submission order differ and columns are always written by name.
+  PhysioNet's 2.0.0 ``labels.csv`` holds every row with a ``split`` column (``data.split``).
 - ``cxrlt2026-task1`` (ISBI 2026): PadChest + NIH, 30 classes in the organisers' (not
-  alphabetical) order; CSV ``ImageID`` (the PadChest PNG file name, also the path),
-  ``StudyDate_DICOM``, ``PatientID`` (a ~38-digit number kept as text) + classes; submission
-  ``ImageID`` + 30 probabilities.
+  alphabetical) order; CSV ``ImageID`` (the PadChest PNG file name, also the path; the PNGs lie in
+  numbered sub-folders), ``StudyDate_DICOM``, ``PatientID`` (rounded by the organisers to 3
+  significant digits, ``1.90E+38``, kept as text) + classes; a study is the ImageID prefix on one
+  date. Submission: a zip of the CSV and a ``code/`` folder (the organisers' rules). The rules
+  name the id column ``dicom_id`` while both public team writers use ``ImageID``: the default is
+  ``ImageID`` and a sample submission's own header wins (``--sample-submission``).
 - ``generic``: any path column + 0/1 columns; the submission's id column is the CSV's own id
   column, or its path column when it has none.
 
@@ -82,6 +87,7 @@ class Edition:
     marker_columns: tuple[str, ...] = ()  # metadata columns that only this edition's files have
     head: tuple[str, ...] | None = None  # the organisers' / a published grouping; None: terciles
     tail: tuple[str, ...] | None = None
+    needs_code: bool = False  # the submission zip must hold a code/ folder (2026: the rules; 2023: CheXFusion's zip)
 
     def groups(self, classes: Sequence[str], train_counts: Mapping[str, float] | Sequence[float] | None):
         """head / medium / tail per class: the published grouping where there is one (2023), else
@@ -93,13 +99,13 @@ class Edition:
 
 EDITIONS: dict[str, Edition] = {e.name: e for e in (
     Edition("cxrlt2023", "CXR-LT 2023", cls.CXRLT2023, cls.CXRLT2023, "dicom_id", "path", "subject_id",
-            "study_id", "ViewPosition", head=cls.CXRLT2023_HEAD, tail=cls.CXRLT2023_TAIL),
+            "study_id", "ViewPosition", head=cls.CXRLT2023_HEAD, tail=cls.CXRLT2023_TAIL, needs_code=True),
     Edition("cxrlt2024-task1", "CXR-LT 2024 task 1", CXRLT2024_TASK1, CXRLT2024_TASK1, "dicom_id", "fpath",
             "subject_id", "study_id", "ViewPosition", ("ViewCodeSequence_CodeMeaning",)),
     Edition("cxrlt2024-task2", "CXR-LT 2024 task 2", CXRLT2024_TASK2, CXRLT2024_TASK2_SUBMISSION, "dicom_id",
             "fpath", "subject_id", "study_id", "ViewPosition", ("ViewCodeSequence_CodeMeaning",)),
     Edition("cxrlt2026-task1", "CXR-LT 2026 task 1", CXRLT2026_TASK1, CXRLT2026_TASK1, "ImageID", "ImageID",
-            "PatientID", None, None, ("ImageID", "StudyDate_DICOM", "PatientID")),
+            "PatientID", None, None, ("ImageID", "StudyDate_DICOM", "PatientID"), needs_code=True),
 )}
 NAMES = ("auto", *EDITIONS, "generic")  # data.edition (config/schema.py EDITION_NAMES, kept in step by a test)
 

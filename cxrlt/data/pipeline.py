@@ -126,7 +126,7 @@ def stretch16(data: tf.Tensor, intensity: str) -> tf.Tensor:
 
 
 def decode_grey(data: tf.Tensor, size=None, fit: str = "square", name=None,
-                intensity: str = "full_range") -> tf.Tensor:
+                intensity: str = "full_range", dicom: str | None = None) -> tf.Tensor:
     """Encoded JPEG/PNG/BMP/GIF bytes -> float32 [h, w, 1] grey in 0..1.
 
     With a target `size`, a JPEG is decoded at the smallest DCT scale that still covers it
@@ -138,14 +138,34 @@ def decode_grey(data: tf.Tensor, size=None, fit: str = "square", name=None,
     alpha dropped). Images whose header claims more than MAX_IMAGE_PIXELS are refused before any
     decoding (`pixel_guard`; `name`, e.g. the path, goes into that error). `intensity` (input.intensity)
     changes 16-bit PNGs only (`stretch16`); every other image takes the same ops as before it existed.
+    `dicom` (input.dicom_window, or None): DICOM bytes are decoded by pydicom in Python (`dicom_grey`); None
+    leaves that step out of the graph (lists without DICOM names: the graph stays pure TensorFlow, which a
+    tf.data service worker or a SavedModel needs).
     """
     if intensity not in INTENSITIES:
         raise ValueError(f"input.intensity must be one of {INTENSITIES}, got {intensity!r}")
     data = pixel_guard(data, name)
-    if size is None:
-        return _decode_whole(data, intensity)
-    return tf.cond(tf.io.is_jpeg(data), lambda: tf.image.convert_image_dtype(_scaled_jpeg(data, size, fit), tf.float32),
-                   lambda: _decode_whole(data, intensity))
+
+    def tensorflow_decode():
+        if size is None:
+            return _decode_whole(data, intensity)
+        return tf.cond(tf.io.is_jpeg(data),
+                       lambda: tf.image.convert_image_dtype(_scaled_jpeg(data, size, fit), tf.float32),
+                       lambda: _decode_whole(data, intensity))
+    return _or_dicom(data, tensorflow_decode, dicom, name)
+
+
+def _or_dicom(data: tf.Tensor, tensorflow_decode, dicom: str | None, name, scale: float = 1.0, resize=None):
+    """`tensorflow_decode()`, or for DICOM bytes (checked first: a DICOM preamble may hold anything, a TIFF or
+    JPEG header included) `dicom_grey`, optionally resized and scaled like the other branch. No DICOM step
+    without `dicom`."""
+    if dicom is None:
+        return tensorflow_decode()
+
+    def from_dicom():
+        image = dicom_grey(data, dicom, name)
+        return image if resize is None else resize(image) * scale
+    return tf.cond(is_dicom(data), from_dicom, tensorflow_decode)
 
 
 def _decode_whole(data: tf.Tensor, intensity: str = "full_range") -> tf.Tensor:
@@ -160,6 +180,25 @@ def _decode_whole(data: tf.Tensor, intensity: str = "full_range") -> tf.Tensor:
     return tf.cond(is_png16(data), lambda: stretch16(data, intensity), any_image)
 
 
+def is_dicom(data: tf.Tensor) -> tf.Tensor:
+    """True for DICOM Part 10 bytes: "DICM" after the 128-byte preamble."""
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, 132), b"\0" * 132]), 0, 132)
+    return tf.equal(tf.strings.substr(head, 128, 4), b"DICM")
+
+
+def dicom_grey(data: tf.Tensor, window: str, name=None) -> tf.Tensor:
+    """DICOM bytes -> float32 [h, w, 1] in 0..1 by pydicom (cxrlt.data.dicom.decode), in tf.numpy_function:
+    Python on the host (it holds the GIL while it runs), which a tf.data service worker cannot run. A file
+    it refuses raises InvalidArgumentError naming the file (`name`)."""
+    from . import dicom as dicom_mod
+
+    dicom_mod.check_window(window)
+    name = tf.constant("", tf.string) if name is None else tf.convert_to_tensor(name, tf.string)
+    image = tf.numpy_function(lambda d, n: dicom_mod.decode(d, window, n), [data, name], tf.float32,
+                              stateful=False, name="dicom_decode")
+    return tf.ensure_shape(image, [None, None, 1])
+
+
 def _scaled_jpeg(data: tf.Tensor, size, fit: str) -> tf.Tensor:
     """A JPEG at its largest DCT scaling that covers the target (`jpeg_scale_index`): uint8 [h, w, 1]."""
     shape = tf.io.extract_jpeg_shape(data)
@@ -169,7 +208,7 @@ def _scaled_jpeg(data: tf.Tensor, size, fit: str) -> tf.Tensor:
 
 
 def decode_uint8(data: tf.Tensor, size: int, resize: str = "stretch", antialias: str = "auto", name=None,
-                 intensity: str = "full_range") -> tf.Tensor:
+                 intensity: str = "full_range", dicom: str | None = None) -> tf.Tensor:
     """Encoded image bytes -> uint8 grey [size, size, 1]: decode_bytes(channels=1) rounded to integers, the
     wire format of augment.device accelerator, in fewer passes over the pixels.
 
@@ -181,8 +220,10 @@ def decode_uint8(data: tf.Tensor, size: int, resize: str = "stretch", antialias:
     """
     data = pixel_guard(data, name)
     fit = "long" if resize == "letterbox" else "square"
-    image = tf.cond(tf.io.is_jpeg(data), lambda: resize_grey(_scaled_jpeg(data, size, fit), size, resize, antialias),
-                    lambda: resize_grey(_decode_whole(data, intensity), size, resize, antialias) * 255.0)
+    image = _or_dicom(data, lambda: tf.cond(
+        tf.io.is_jpeg(data), lambda: resize_grey(_scaled_jpeg(data, size, fit), size, resize, antialias),
+        lambda: resize_grey(_decode_whole(data, intensity), size, resize, antialias) * 255.0),
+        dicom, name, 255.0, lambda grey: resize_grey(grey, size, resize, antialias))
     return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
@@ -211,26 +252,27 @@ def resize_grey(image: tf.Tensor, size: int, resize: str = "stretch", antialias:
 
 
 def decode_bytes(data: tf.Tensor, size: int, resize: str = "stretch", antialias: str = "auto",
-                 channels: int = 3, name=None, intensity: str = "full_range") -> tf.Tensor:
+                 channels: int = 3, name=None, intensity: str = "full_range", dicom: str | None = None) -> tf.Tensor:
     """Encoded image bytes -> float32 [size, size, channels] in 0..255 (3: decode_image's contract).
 
     channels=1 keeps the grey image: the training stream augments and mixes one channel and
     replicates it once per batch (`to_rgb`), a third of the work of every per-image op.
     """
-    image = decode_grey(data, size, "long" if resize == "letterbox" else "square", name, intensity)
+    image = decode_grey(data, size, "long" if resize == "letterbox" else "square", name, intensity, dicom)
     image = tf.clip_by_value(resize_grey(image, size, resize, antialias) * 255.0, 0.0, 255.0)
     return image if channels == 1 else tf.tile(image, (1, 1, channels))
 
 
 def decode_image(path: tf.Tensor, size: int, resize: str = "stretch", antialias: str = "auto",
-                 channels: int = 3, intensity: str = "full_range") -> tf.Tensor:
-    """Any JPEG/PNG (8/16-bit, grey/RGB/RGBA) -> float32 [size, size, 3] in 0..255.
+                 channels: int = 3, intensity: str = "full_range", dicom: str | None = None) -> tf.Tensor:
+    """Any JPEG/PNG (8/16-bit, grey/RGB/RGBA), or DICOM with `dicom` set -> float32 [size, size, 3] in 0..255.
 
     Radiographs are grey: decode to one channel (16-bit PNGs are scaled, not truncated) and
     replicate it to the 3 channels ImageNet backbones expect (G33). Large JPEGs are decoded at a
     reduced DCT scale (`decode_grey`), and resized as `resize_grey` says.
     """
-    return decode_bytes(tf.io.read_file(path), size, resize, antialias, channels, name=path, intensity=intensity)
+    return decode_bytes(tf.io.read_file(path), size, resize, antialias, channels, name=path, intensity=intensity,
+                        dicom=dicom)
 
 
 def to_rgb(images: tf.Tensor) -> tf.Tensor:
@@ -240,18 +282,26 @@ def to_rgb(images: tf.Tensor) -> tf.Tensor:
     return images
 
 
-def _decoder(cfg: dict, uint8: bool = False):
+def dicom_setting(paths, cfg: dict) -> str | None:
+    """input.dicom_window when the list may hold DICOM files (`dicom.list_has_dicom`), else None: the decoder
+    then has no Python step."""
+    from . import dicom
+
+    return (cfg.get("input") or {}).get("dicom_window", "stored") if dicom.list_has_dicom(paths) else None
+
+
+def _decoder(cfg: dict, uint8: bool = False, dicom: str | None = None):
     """bytes or path -> grey float [size, size, 1] 0..255 (uint8=True: `decode_uint8`, accelerator mode's
-    wire format), with the input section's settings."""
+    wire format), with the input section's settings; `dicom`: `dicom_setting` of the list."""
     i = cfg["input"]
     intensity = i.get("intensity", "full_range")  # a run made before input.intensity existed: as it decoded then
     if uint8:
         args = (i["size"], i["resize"], i.get("antialias", "auto"))
-        return ((lambda data, name=None: decode_uint8(data, *args, name=name, intensity=intensity)),
-                (lambda path: decode_uint8(tf.io.read_file(path), *args, name=path, intensity=intensity)))
+        return ((lambda data, name=None: decode_uint8(data, *args, name=name, intensity=intensity, dicom=dicom)),
+                (lambda path: decode_uint8(tf.io.read_file(path), *args, name=path, intensity=intensity, dicom=dicom)))
     args = (i["size"], i["resize"], i.get("antialias", "auto"), 1)
-    return ((lambda data, name=None: decode_bytes(data, *args, name=name, intensity=intensity)),
-            (lambda path: decode_image(path, *args, intensity=intensity)))
+    return ((lambda data, name=None: decode_bytes(data, *args, name=name, intensity=intensity, dicom=dicom)),
+            (lambda path: decode_image(path, *args, intensity=intensity, dicom=dicom)))
 
 
 # ------------------------------------------------------------------------------ raw vs prepared data
@@ -271,6 +321,7 @@ def source_files(paths, cfg: dict, *, required: bool = True) -> np.ndarray:
 
     prepared = open_prepared(folder)
     prepared.check_size(cfg["input"]["size"])
+    prepared.check_dicom_window(cfg["input"].get("dicom_window", "stored"))
     files, missing = prepared.files_for(paths)
     if not missing.any():
         return files
@@ -371,7 +422,7 @@ def _global_index(index: tf.Tensor, shard) -> tf.Tensor:
 def _stream(paths, labels, flags, cfg: dict, seed: int, skip: int = 0, uint8: bool = False) -> tf.data.Dataset:
     """One infinite shuffled stream of (grey image [size, size, 1], label, is_minority), from its
     `skip`-th element on (skipped before decoding where the images are not cached)."""
-    _, read = _decoder(cfg, uint8)
+    _, read = _decoder(cfg, uint8, dicom_setting(paths, cfg))
     n = len(paths)
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=str), labels.astype(np.float32), flags))
     decode = lambda p, y, m: (read(p), y, m)  # noqa: E731
@@ -432,6 +483,14 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     """
     service = (cfg.get("input") or {}).get("data_service")
     if service:
+        if not (cfg.get("data") or {}).get("prepared") and dicom_setting(paths, cfg) is not None:
+            from .dicom import DicomError
+
+            raise DicomError(
+                f"input.data_service ({service}) cannot decode DICOM: pydicom runs in Python in this process "
+                "(tf.numpy_function), which a tf.data service worker cannot run. Prepare the images once "
+                "(python -m cxrlt.prepare --labels ... --out DIR: the same JPEG shards as from JPEG/PNG) and train "
+                "with --prepared DIR, or leave input.data_service unset")
         local = {**cfg, "input": {**cfg["input"], "data_service": None}}
 
         def build(sub_shard, sub_start):
@@ -666,7 +725,7 @@ def images_at(index: tf.data.Dataset, paths, labels, flags, cfg: dict, skip: int
 
     With `input.cache` the images are decoded once into one in-memory tensor [N, size, size, 1] (small
     data sets only, like the cache of `_stream`) and gathered by index."""
-    _, read = _decoder(cfg, uint8)
+    _, read = _decoder(cfg, uint8, dicom_setting(paths, cfg))
     index = index.skip(skip)  # positioned on the row indices: nothing skipped is decoded
     labels_t = tf.constant(np.asarray(labels, np.float32))
     flags_t = tf.constant(np.asarray(flags, bool))
@@ -711,7 +770,8 @@ def eval_dataset(paths: np.ndarray, cfg: dict, *, batch_size: int) -> tf.data.Da
     With data.prepared, the prepared files of these images are read (still in list order); a list
     the folder does not hold (e.g. the test list) is read from the raw files.
     """
-    _, read = _decoder(cfg)
-    ds = tf.data.Dataset.from_tensor_slices(source_files(paths, cfg, required=False))
+    files = source_files(paths, cfg, required=False)
+    _, read = _decoder(cfg, dicom=dicom_setting(files, cfg))
+    ds = tf.data.Dataset.from_tensor_slices(files)
     ds = ds.map(read, num_parallel_calls=AUTOTUNE)
     return ds.batch(batch_size).map(to_rgb, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

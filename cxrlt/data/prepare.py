@@ -19,6 +19,11 @@ natively:
 
 Labels stay in the CSV: the trainer looks images up by path (files) or by id (records).
 
+DICOM sources (cxrlt/data/dicom.py) are decoded once here, by pydicom, windowed per --dicom-window (the
+run's input.dicom_window; recorded in prepare.json and held against the run's setting) and MONOCHROME1
+inverted, and written as the same JPEG files and shards: after this pass a DICOM archive trains at the cost
+of a JPEG one, and nothing from the DICOM headers is copied (ids are the CSV's).
+
 Why 8-bit JPEG: MIMIC-CXR-JPG is itself 8-bit JPEG, the model input is 8-bit-derived after the
 resize anyway, and a 1024 px JPEG decodes ~5x faster than a PNG of the same image. `--encoding
 png` stores lossless 8-bit PNG, `png16` 16-bit PNG (for 16-bit sources, e.g. DICOM exports, when
@@ -39,6 +44,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,7 +54,7 @@ import pandas as pd
 
 from ..utils import atomic
 from ..utils.hashing import file_sha256
-from . import dataset
+from . import dataset, dicom
 from .prepared import FORMAT_VERSION, Layout, Prepared, PreparedError, open_prepared, parse_record  # noqa: F401
 
 log = logging.getLogger("cxrlt.prepare")
@@ -56,7 +62,7 @@ log = logging.getLogger("cxrlt.prepare")
 ENCODINGS = {"jpeg": ".jpg", "png": ".png", "png16": ".png"}
 # Settings that define the output: a rerun must use the same ones (the worker count may change).
 PLAN_KEYS = ("format_version", "labels_sha256", "image_root", "n_images", "long_side", "encoding", "quality",
-             "shard_size", "seed", "format")
+             "shard_size", "seed", "format", "dicom_window")
 KILL_AFTER_ENV = "CXRLT_PREPARE_KILL_AFTER"  # tests: SIGKILL self after writing this many image files
 
 
@@ -75,12 +81,12 @@ def _example(image_id: str, encoded: bytes, hw, orig_hw) -> bytes:
 
 # ------------------------------------------------------------------------------------ image shrinking
 
-def make_shrinker(long_side: int, encoding: str = "jpeg", quality: int = 95):
+def make_shrinker(long_side: int, encoding: str = "jpeg", quality: int = 95, dicom_window: str | None = None):
     """A function: encoded source bytes -> (encoded shrunk bytes, (h, w), (orig_h, orig_w)).
 
     The decoder is the trainer's (pipeline.decode_grey: DCT-scaled JPEG decoding, 16-bit PNGs
-    scaled), so a file that passes here also decodes in training. Raises tf.errors.OpError on an
-    undecodable file.
+    scaled; DICOM through pydicom with `dicom_window`, None: no DICOM step), so a file that passes here
+    also decodes in training. Raises tf.errors.OpError on an undecodable file.
     """
     import tensorflow as tf
 
@@ -96,7 +102,7 @@ def make_shrinker(long_side: int, encoding: str = "jpeg", quality: int = 95):
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
     def shrink(data):
-        image = decode_grey(data, long_side, fit="long")
+        image = decode_grey(data, long_side, fit="long", dicom=dicom_window)
         orig = tf.cond(tf.io.is_jpeg(data), lambda: tf.io.extract_jpeg_shape(data)[:2], lambda: tf.shape(image)[:2])
         scale = tf.minimum(1.0, long_side / tf.cast(tf.reduce_max(orig), tf.float32))
         new = tf.maximum(1, tf.cast(tf.round(tf.cast(orig, tf.float32) * scale), tf.int32))
@@ -128,7 +134,9 @@ def _process(shrink, path: str):
     try:
         encoded, hw, orig = shrink(data)
     except tf.errors.OpError as err:
-        return None, None, None, "cannot decode: " + (err.message or type(err).__name__).strip().splitlines()[0]
+        words = (err.message or type(err).__name__).strip().splitlines()[0]
+        words = re.sub(r"^\{\{function_node [^}]*\}\}\s*(DicomError: DICOM bytes: )?", "", words)
+        return None, None, None, "cannot decode: " + words
     return encoded, hw, orig, None
 
 
@@ -229,8 +237,10 @@ def _shard_is_done(layout: Layout, k: int, n_shards: int, write_shards: bool) ->
 
 def prepare(labels: str | os.PathLike, out: str | os.PathLike, *, image_root=None, long_side: int = 1024,
             encoding: str = "jpeg", quality: int = 95, shard_size: int = 1000, seed: int = 0, fmt: str = "both",
-            workers: int | None = None, skip_bad: bool = False, allow_outside_root: bool = False) -> dict:
+            workers: int | None = None, skip_bad: bool = False, allow_outside_root: bool = False,
+            dicom_window: str = "stored") -> dict:
     """Prepare (or finish preparing) `out` from the images of `labels`; returns a summary dict.
+    `dicom_window` (input.dicom_window) windows the DICOM files among them.
 
     Raises PreparedError listing the bad images unless skip_bad (the manifest is written only then,
     so a folder with unacknowledged bad images cannot be trained on by accident).
@@ -249,10 +259,11 @@ def prepare(labels: str | os.PathLike, out: str | os.PathLike, *, image_root=Non
     root_dir = Path(image_root).resolve() if image_root is not None else labels.parent
     layout = Layout(Path(out))
     shards = plan_shards(len(table), shard_size, seed)
+    window = dicom.check_window(dicom_window) if dicom.list_has_dicom(table.paths) else None
     plan = {"format_version": FORMAT_VERSION, "labels": str(labels), "labels_sha256": file_sha256(labels),
             "image_root": str(root_dir), "n_images": len(table), "long_side": long_side, "encoding": encoding,
             "quality": quality if encoding == "jpeg" else None, "shard_size": shard_size, "seed": seed,
-            "format": fmt, "n_shards": len(shards)}
+            "format": fmt, "n_shards": len(shards), "dicom_window": window}
     write_shards = fmt == "both"
     with _lock(layout.root):
         _check_plan(layout, plan)
@@ -264,7 +275,7 @@ def prepare(labels: str | os.PathLike, out: str | os.PathLike, *, image_root=Non
         if todo:
             from ..utils.progress import Progress
 
-            shrink = make_shrinker(long_side, encoding, quality)
+            shrink = make_shrinker(long_side, encoding, quality, window)
             progress = Progress(sum(len(shards[k]) for k in todo), "prepare")
             tick = _kill_countdown()
             with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
@@ -322,6 +333,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the image-to-shard assignment")
     parser.add_argument("--workers", type=int, help="decoding threads (default: one per CPU core)")
     parser.add_argument("--skip-bad", action="store_true", help="leave undecodable images out instead of failing")
+    parser.add_argument("--dicom-window", choices=dicom.WINDOWS, default="stored",
+                        help="DICOM files: the run's input.dicom_window (default stored: the file's own window)")
     parser.add_argument("--allow-outside-root", action="store_true")
     cli.add_common(parser)
     args = parser.parse_args(argv)
@@ -330,7 +343,7 @@ def main(argv=None) -> int:
         summary = prepare(args.labels, args.out, image_root=args.image_root, long_side=args.long_side,
                           encoding=args.encoding, quality=args.quality, shard_size=args.shard_size, seed=args.seed,
                           fmt=args.fmt, workers=args.workers, skip_bad=args.skip_bad,
-                          allow_outside_root=args.allow_outside_root)
+                          allow_outside_root=args.allow_outside_root, dicom_window=args.dicom_window)
         print(f"prepared {summary['images']} images in {summary['shards']} shards under {summary['out']}"
               + (f"; {summary['bad']} undecodable images left out (see {Path(summary['out']) / 'bad.csv'})"
                  if summary["bad"] else ""))

@@ -133,6 +133,15 @@ class Prepared:
                                 f"input.size {size}: training would upscale. Prepare again with --long-side >= {size}, "
                                 "or unset data.prepared")
 
+    def check_dicom_window(self, window: str) -> None:
+        """A folder prepared from DICOM files holds them windowed by its --dicom-window: the run must ask for the
+        same input.dicom_window, or training would read other pixels than a raw-file run."""
+        used = self.plan.get("dicom_window")
+        if used is not None and used != window:
+            raise PreparedError(f"{self.root} holds DICOM images prepared with --dicom-window {used}, but "
+                                f"input.dicom_window is {window}: prepare again with --dicom-window {window} "
+                                "(into another --out), or set input.dicom_window to match")
+
     def explain_missing(self, missing, total: int) -> str:
         bad = set(self.bad["path"]) if len(self.bad) else set()
         n_bad = sum(p in bad for p in missing)

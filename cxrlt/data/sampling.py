@@ -15,6 +15,13 @@ Every sampler yields int64 row indices into the training table; map them to path
 * :func:`random_oversample_indices` / :func:`random_undersample_indices` - one epoch of seed 000's
   ROS / RUS as numpy index arrays; :func:`make_index_dataset` streams them epoch after epoch.
 * :func:`balanced_pair_indices` - (instance index, class index) pairs for Balanced-MixUp (seed 003).
+* :func:`repeat_factor_indices` - repeat-factor sampling (Gupta et al.'s LVIS rule, detectron2's
+  RepeatFactorTrainingSampler), as the CXR-LT 2026 task-1 winner's "class-aware sampling" (CAS,
+  hieuphamha19/CXR_LT ``RepeatFactorDistributedSampler``): every epoch holds each image
+  ``round(clip(max over its positives of max(1, sqrt(t / f_c)), 1, max_repeat))`` times, where ``f_c`` is class
+  c's share of all positive labels (their ``cls_counts / cls_counts.sum()``, counts floored at 1). Their code
+  puts an image's copies next to each other after shuffling the images; here the expanded epoch is shuffled
+  again (detectron2's sampler does the same), so the copies do not land in one batch.
 
 Note on the mix of the resulting image stream: under class-first sampling, an image with several
 positives can be reached through any of them, so the share of *images* positive for class j is
@@ -192,11 +199,13 @@ def make_index_dataset(labels, sampler_cfg: dict, seed: int, *, minority_mask=No
         {"name": "q", "q": 0.25}                  # any q (paper convention)
         {"name": "ros", "target_share": 0.5, "epoch_size": None}   # needs minority_mask=
         {"name": "rus", "keep_fraction": 0.5}                      # needs majority_mask=
+        {"name": "repeat_factor", "threshold": 0.01, "max_repeat": 10}   # the 2026 winner's CAS
     """
     cfg = dict(sampler_cfg or {})
     name = cfg.pop("name", "instance")
     allowed = {"instance": {"reshuffle_each_iteration"}, "class": set(), "sqrt": set(), "q": {"q"},
-               "ros": {"target_share", "epoch_size"}, "rus": {"keep_fraction"}}
+               "ros": {"target_share", "epoch_size"}, "rus": {"keep_fraction"},
+               "repeat_factor": {"threshold", "max_repeat"}}
     if name not in allowed:
         raise ValueError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
     unknown = sorted(set(cfg) - allowed[name])
@@ -210,6 +219,8 @@ def make_index_dataset(labels, sampler_cfg: dict, seed: int, *, minority_mask=No
             raise ValueError("sampler 'q' needs a 'q' value (1 instance-like, 0.5 square root, 0 class-balanced)")
         q = {"class": 0.0, "sqrt": 0.5}.get(name, cfg.get("q"))
         return class_sampled_indices(labels, float(q), seed)
+    if name == "repeat_factor":
+        return repeat_factor_indices(labels, cfg.get("threshold", 0.01), cfg.get("max_repeat", 10.0), seed)
     if name == "ros":
         if minority_mask is None:
             raise ValueError("sampler 'ros' needs minority_mask (image or class flags)")
@@ -219,6 +230,44 @@ def make_index_dataset(labels, sampler_cfg: dict, seed: int, *, minority_mask=No
         raise ValueError("sampler 'rus' needs majority_mask (image or class flags)")
     keep = cfg.get("keep_fraction", 0.5)
     return _epochs(lambda s: random_undersample_indices(labels, majority_mask, keep, s), seed)
+
+
+def repeat_factors(labels, threshold: float = 0.01, max_repeat: float = 10.0) -> np.ndarray:
+    """Copies of each image per epoch (int64 >= 1): the 2026 winner's repeat factors, rounded as their sampler
+    (``int(np.round(r_i))``); an image without positives is drawn once."""
+    positive = _labels(labels)
+    if not float(threshold) > 0 or not float(max_repeat) >= 1:
+        raise ValueError(f"repeat factors need threshold > 0 and max_repeat >= 1, got {threshold}, {max_repeat}")
+    counts = np.maximum(positive.sum(axis=0), 1).astype(np.float64)
+    freq = counts / counts.sum()
+    per_class = np.maximum(1.0, np.sqrt(float(threshold) / np.clip(freq, 1e-12, None)))
+    per_image = np.where(positive, per_class[None, :], 1.0).max(axis=1)
+    return np.round(np.clip(per_image, 1.0, float(max_repeat))).astype(np.int64)
+
+
+def repeat_factor_indices(labels, threshold: float, max_repeat: float, seed: int) -> tf.data.Dataset:
+    """Infinite int64 indices in epochs of ``sum(repeat_factors)`` entries: the images shuffled, each repeated
+    its number of copies, the result shuffled again (TensorFlow ops only: tf.data service workers can run it)."""
+    copies = repeat_factors(labels, threshold, max_repeat)
+    copies_t = tf.constant(copies)
+    base = tf.range(len(copies), dtype=tf.int64)
+    seed = int(seed)
+
+    def epoch(e):
+        keys = tf.random.experimental.stateless_split(_seed_pair(seed, e), 2)
+        order = tf.random.experimental.stateless_shuffle(base, keys[0])
+        return tf.random.experimental.stateless_shuffle(tf.repeat(order, tf.gather(copies_t, order)), keys[1])
+
+    return tf.data.Dataset.counter().map(epoch).unbatch()
+
+
+def epoch_images(labels, section: dict) -> int:
+    """Images in one epoch of the `sampling:` section's stream: the table's size, or for repeat_factor the sum of
+    the repeat factors (the winner's epochs are of the repeated list)."""
+    s = {**SECTION_DEFAULTS, **(section or {})}
+    if s["sampler"] == "repeat_factor":
+        return int(repeat_factors(labels, s["repeat_threshold"], s["repeat_max"]).sum())
+    return len(np.asarray(labels))
 
 
 BALANCED_SEED_OFFSET = 1_000_003  # Balanced-MixUp's class-sampled stream is seeded with seed + this
@@ -260,6 +309,9 @@ def config_problem(section: dict) -> str | None:
                 f"got {s['ros_epoch_size']}")
     if not 0.0 < s["rus_keep"] <= 1.0:
         return f"sampling.rus_keep must be in (0, 1], got {s['rus_keep']}"
+    if not s["repeat_threshold"] > 0 or not s["repeat_max"] >= 1:
+        return (f"sampling.repeat_threshold must be > 0 and sampling.repeat_max >= 1, got {s['repeat_threshold']} "
+                f"and {s['repeat_max']}")
     return None
 
 
@@ -276,4 +328,6 @@ def spec_from_config(section: dict) -> dict:
         return {"name": "ros", "target_share": float(s["ros_share"]), "epoch_size": int(s["ros_epoch_size"]) or None}
     if name == "rus":
         return {"name": "rus", "keep_fraction": float(s["rus_keep"])}
+    if name == "repeat_factor":
+        return {"name": "repeat_factor", "threshold": float(s["repeat_threshold"]), "max_repeat": float(s["repeat_max"])}
     return {"name": name}

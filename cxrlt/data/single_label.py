@@ -112,11 +112,12 @@ def detect(csv_path, requested: str = "auto", *, label_column: str | None = None
 def read_table(csv_path, *, task: str = "auto", label_column: str | None = None, image_root=None,
                classes="edition", require_labels: bool = True, uncertain: str = "error",
                allow_outside_root: bool = False, check_files: bool = False, edition: str = "auto",
-               exclude=None) -> tuple[dataset.LabelTable, Detected]:
+               exclude=None, split: str | None = None, index_dir=None) -> tuple[dataset.LabelTable, Detected]:
     """(table, what was detected) for a label file of `task` (auto: detected and logged). Multi-label files go
-    to dataset.read_labels unchanged; single-label rows come back one-hot, `table.task` set."""
+    to dataset.read_labels unchanged; single-label rows come back one-hot, `table.task` set. `exclude`, `split`
+    and `index_dir` are read_labels' (rows left out, the rows of one split, the image-root index's folder)."""
     common = dict(image_root=image_root, allow_outside_root=allow_outside_root, check_files=check_files,
-                  exclude=exclude)
+                  exclude=exclude, split=split, index_dir=index_dir)
     where = str(csv_path)
     detected = detect(csv_path, task, label_column=label_column, edition=edition)
     if detected.form == "column":

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +35,30 @@ MIN_PREVALENCE = 0.03
 class DemoData:
     root: Path       # image root; CSV paths are relative to it
     train_csv: Path  # labelled training list
-    test_csv: Path   # labelled test list (labels kept so the demo can be scored offline)
+    test_csv: Path   # test list (2023/2024: labelled, so the demo can be scored offline; 2026: as published, no labels)
     exclude: Path | None = None            # a removal list (the 2026 layout's Removal.csv)
     sample_submission: Path | None = None  # the test list's sample submission (2024 / 2026 layouts)
     edition: str = "cxrlt2023"
+    test_truth: Path | None = None         # 2026: the test list's labels, for scoring the demo offline only
+
+
+# The 2026 demo's file names are the organisers' (CXR-LT/CXR-LT-2026, "CXRLT-2026-TRAINING DATA/").
+FILES_2026 = {"train": "CXRLT_2026_training.csv", "test": "CXRLT_2026_TEST_ALL_TASK1.csv", "exclude": "Removal.csv",
+              "sample": "development_sample_submission.zip", "truth": "test_labels.csv", "images": "images"}
+
+
+def demo_files(folder, edition: str) -> DemoData:
+    """Where the demo of `edition` in `folder` keeps its files (whether or not they are written yet)."""
+    out = Path(folder)
+    if edition == "cxrlt2023":
+        return DemoData(root=out, train_csv=out / "train.csv", test_csv=out / "test.csv")
+    if edition.startswith("cxrlt2026"):
+        f = FILES_2026
+        return DemoData(root=out / f["images"], train_csv=out / f["train"], test_csv=out / f["test"],
+                        exclude=out / f["exclude"], sample_submission=out / f["sample"], edition=edition,
+                        test_truth=out / f["truth"])
+    return DemoData(root=out, train_csv=out / "train.csv", test_csv=out / "test.csv",
+                    sample_submission=out / "test_sample_submission.csv", edition=edition)
 
 
 def prevalences() -> dict[str, float]:
@@ -260,40 +281,31 @@ def make_edition_demo(out_dir, edition: str, *, n_patients: int = 400, image_siz
     """A demo set in another edition's layout, so each edition runs end to end without its data.
 
     cxrlt2024-task1: the 2024 columns (dicom_id, subject_id, study_id 's5...', ViewPosition, some
-    blank, ViewCodeSequence_CodeMeaning, fpath) + 40 classes, MIMIC-style JPEG paths.
-    cxrlt2026-task1: ImageID (flat PNG file names), StudyDate_DICOM, PatientID (38 digits, two
-    patients differing only past float64's 16 digits) + 30 classes; the images are 16-bit PNGs
-    holding 12-bit values in a per-image window, and a Removal.csv lists one broken file (which must
-    never reach the image screen) and one ordinary image. Both write a sample submission of the
-    test list. Each class's label is that of the 2023 finding whose trace it borrows (`_TRACE_OF`).
+    blank, ViewCodeSequence_CodeMeaning, fpath) + 40 classes, MIMIC-style JPEG paths; a sample
+    submission of the test list (dicom_id + the 40 classes, the 5th-place team's header).
+    cxrlt2026-task1: the organisers' files as published (`_write_2026`). Each class's label is that
+    of the 2023 finding whose trace it borrows (`_TRACE_OF`).
     """
     from . import editions
 
     e = editions.EDITIONS[edition]
     out = Path(out_dir)
     params = {"version": VERSION, "edition": edition, "n_patients": n_patients, "image_size": image_size,
-              "seed": seed, "test_fraction": test_fraction}
-    demo = DemoData(root=out, train_csv=out / "train.csv", test_csv=out / "test.csv",
-                    exclude=out / "Removal.csv" if edition.startswith("cxrlt2026") else None,
-                    sample_submission=out / "test_sample_submission.csv", edition=edition)
+              "seed": seed, "test_fraction": test_fraction, **({"layout": 2} if edition.startswith("cxrlt2026") else {})}
+    demo = demo_files(out, edition)
     manifest = out / "manifest.json"
     if manifest.exists() and json.loads(manifest.read_text()).get("params") == params:
         return demo
-    rng = np.random.default_rng([seed, 2026 if demo.exclude else 2024])
+    is_2026 = edition.startswith("cxrlt2026")
+    rng = np.random.default_rng([seed, 2026 if is_2026 else 2024])
     frame = _sample_studies(n_patients, rng)
     labels = pd.DataFrame({c: frame[_trace_class(c)].to_numpy() for c in e.classes})
     n = len(frame)
-    if demo.exclude:
-        draws = rng.choice(10 ** 6, len(frame.subject.unique()), replace=False)
-        base = [10 ** 37 + 10 ** 20 * int(v) for v in draws]  # 38 digits, beyond float64's 16
-        patient_of = {s: str(base[i]) for i, s in enumerate(frame.subject.unique())}
-        first, second = list(patient_of)[:2]
-        patient_of[second] = str(int(patient_of[first]) + 1)  # equal as floats, two patients as text
-        days = {st: f"2015{1 + i % 12:02d}{1 + i % 28:02d}" for i, st in enumerate(frame.study_id.unique())}
-        meta = pd.DataFrame({"ImageID": [f"{_dicom_id(seed, i)[:17].replace('-', '')}_{i:05d}.png" for i in range(n)],
-                             "StudyDate_DICOM": [days[st] for st in frame.study_id],
-                             "PatientID": [patient_of[s] for s in frame.subject]})
-        files = meta.ImageID.tolist()
+    subjects = frame.subject.unique()
+    test_subjects = set(rng.choice(subjects, max(1, int(round(len(subjects) * test_fraction))), replace=False))
+    is_test = frame.subject.isin(test_subjects).to_numpy()
+    if is_2026:
+        meta, files = _meta_2026(frame, rng)
     else:
         dicom = [_dicom_id(seed, i) for i in range(n)]
         files = [f"files/p{str(s)[:2]}/p{s}/s{st}/{d}.jpg" for s, st, d in zip(frame.subject, frame.study_id, dicom)]
@@ -307,10 +319,10 @@ def make_edition_demo(out_dir, edition: str, *, n_patients: int = 400, image_siz
         pixels = render({c: frame.at[i, c] for c in cls.CXRLT2023}, image_size, np.random.default_rng([seed, i]))
         if row.ViewPosition == "LATERAL":
             pixels = np.ascontiguousarray(pixels[:, ::-1])
-        path = out / files[i]
+        path = demo.root / files[i]
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
-        if demo.exclude:  # PadChest: 16-bit PNG, 12-bit values in a window that varies per image
+        if is_2026:  # PadChest: 16-bit PNG, 12-bit values in a window that varies per image
             lo, hi = rng.uniform(0, 400), rng.uniform(2500, 4095)
             Image.fromarray(np.round(lo + pixels / 255.0 * (hi - lo)).astype(np.uint16)).save(buffer, format="PNG")
         else:
@@ -318,24 +330,88 @@ def make_edition_demo(out_dir, edition: str, *, n_patients: int = 400, image_siz
         with atomic.atomic_path(path) as tmp:
             tmp.write_bytes(buffer.getvalue())
     table = pd.concat([meta, labels], axis=1)
-    subjects = frame.subject.unique()
-    test_subjects = set(rng.choice(subjects, max(1, int(round(len(subjects) * test_fraction))), replace=False))
-    is_test = frame.subject.isin(test_subjects).to_numpy()
-    train = table.loc[~is_test]
-    if demo.exclude:
-        broken = "broken_00000.png"  # truncated: the image screen would stop the run, were it not removed
-        (out / broken).write_bytes(b"\x89PNG\r\n\x1a\n")
-        extra = train.iloc[[0]].copy()
-        extra["ImageID"] = broken
-        train = pd.concat([train, extra], ignore_index=True)
-        atomic.write_csv(demo.exclude, pd.DataFrame({"ImageID": [broken, train.ImageID.iloc[1]]}))
-    atomic.write_csv(demo.train_csv, train)
-    atomic.write_csv(demo.test_csv, table.loc[is_test])
-    sample = pd.DataFrame({e.id_column: table.loc[is_test, e.id_column].to_numpy(),
-                           **{c: 0.5 for c in e.submission_classes}})
-    atomic.write_csv(demo.sample_submission, sample)
+    if is_2026:
+        _write_2026(demo, table, is_test, files, rng)
+    else:
+        atomic.write_csv(demo.train_csv, table.loc[~is_test])
+        atomic.write_csv(demo.test_csv, table.loc[is_test])
+        sample = pd.DataFrame({e.id_column: table.loc[is_test, e.id_column].to_numpy(),
+                               **{c: 0.5 for c in e.submission_classes}})
+        atomic.write_csv(demo.sample_submission, sample)
     atomic.write_json(manifest, {"params": params, "images": len(table)})
     return demo
+
+
+_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _meta_2026(frame: pd.DataFrame, rng: np.random.Generator) -> tuple[pd.DataFrame, list[str]]:
+    """ImageID, StudyDate_DICOM and PatientID as the organisers' files write them, and each image's
+    file under the image root (PadChest's numbered sub-folders).
+
+    - ImageID `<study number>_<6 lower-case letters/digits>.png`, the study number 37-39 digits; a
+      patient's later study now and then reuses the earlier one's number on another date, as 94
+      of the 11,815 prefixes of the real Removal.csv do (so a study is the prefix on one date);
+    - StudyDate_DICOM `YYYYMMDD`;
+    - PatientID rounded to 3 significant digits ('1.90E+38'), drawn from a pool about a third the
+      size of the patients, so that one value stands for several patients as in the real files."""
+    subjects = list(frame.subject.unique())
+    pool = [f"{rng.uniform(1.0, 3.4):.2f}E+38" if rng.random() < 0.8 else f"{rng.uniform(1.0, 9.99):.2f}E+37"
+            for _ in range(max(5, len(subjects) // 3))]
+    patient_of = {s: pool[int(rng.integers(len(pool)))] for s in subjects}
+    prefix_of, date_of, last_prefix = {}, {}, {}
+    for subject, study in frame[["subject", "study_id"]].drop_duplicates().itertuples(index=False):
+        reuse = subject in last_prefix and rng.random() < 0.3
+        digits = int(rng.integers(37, 40))
+        prefix_of[study] = last_prefix[subject] if reuse else str(int(rng.integers(1, 10))) + "".join(
+            str(d) for d in rng.integers(0, 10, digits - 1))
+        last_prefix[subject] = prefix_of[study]
+        day = np.datetime64("2014-01-01") + int(rng.integers(0, 4 * 365))
+        date_of[study] = str(day).replace("-", "")
+    ids = [f"{prefix_of[st]}_{''.join(_BASE36[k] for k in rng.integers(0, 36, 6))}.png" for st in frame.study_id]
+    meta = pd.DataFrame({"ImageID": ids, "StudyDate_DICOM": [date_of[st] for st in frame.study_id],
+                         "PatientID": [patient_of[s] for s in frame.subject]})
+    files = [f"{i % 3}/{name}" for i, name in enumerate(ids)]  # numbered sub-folders, like PadChest's 0/ ... 54/
+    return meta, files
+
+
+def _write_2026(demo: DemoData, table: pd.DataFrame, is_test: np.ndarray, files: list[str],
+                rng: np.random.Generator) -> None:
+    """The files as the organisers publish them (read from CXR-LT/CXR-LT-2026 and the copies in the
+    teams' repositories; tests/fixtures/cxrlt2026 holds rows of them):
+
+    - CXRLT_2026_training.csv: ImageID,StudyDate_DICOM,PatientID + the 30 classes;
+    - CXRLT_2026_TEST_ALL_TASK1.csv: ImageID,StudyDate_DICOM,PatientID and 30 empty unnamed columns
+      (every row ends in 30 commas), sorted by ImageID, CRLF line ends;
+    - Removal.csv: ImageID,StudyDate_DICOM,PatientID, CRLF, listing every test image. The demo adds
+      one truncated PNG that the training CSV names too: the image screen would stop the run on it,
+      were the list not applied while the CSV is read;
+    - development_sample_submission.zip: one CSV (ImageID + the 30 classes, random values) and a
+      code/ folder, as a submission zip holds them.
+    test_labels.csv (the test images' labels) is the demo's own, to score it offline."""
+    cols = ["ImageID", "StudyDate_DICOM", "PatientID"]
+    test = table.loc[is_test].sort_values("ImageID")
+    train = table.loc[~is_test]
+    broken = train.iloc[[0]].copy()
+    broken["ImageID"] = "100000000000000000000000000000000000000_broken.png"
+    (demo.root / "0").mkdir(parents=True, exist_ok=True)
+    (demo.root / "0" / broken["ImageID"].iloc[0]).write_bytes(b"\x89PNG\r\n\x1a\n")  # truncated
+    atomic.write_csv(demo.train_csv, pd.concat([train, broken], ignore_index=True))
+    empty = "," * 30
+    lines = [",".join(cols) + empty] + [",".join(row) + empty for row in test[cols].itertuples(index=False)]
+    atomic.write_text(demo.test_csv, "\r\n".join(lines) + "\r\n")
+    removed = pd.concat([test[cols], broken[cols]]).sort_values("ImageID")
+    atomic.write_text(demo.exclude, "\r\n".join([",".join(cols)] + [",".join(r) for r in removed.itertuples(index=False)])
+                      + "\r\n")
+    atomic.write_csv(demo.test_truth, test)
+    from . import editions
+
+    sample = pd.DataFrame({"ImageID": test.ImageID.to_numpy(),
+                           **{c: np.round(rng.random(len(test)), 4) for c in editions.CXRLT2026_TASK1}})
+    with atomic.atomic_path(demo.sample_submission) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("submission.csv", sample.to_csv(index=False))
+            archive.writestr("code/README.txt", "the code that made these random predictions\n")
 
 
 def main(argv=None) -> int:

@@ -107,6 +107,47 @@ def _break_ties(level: np.ndarray) -> np.ndarray:
     return level
 
 
+# --------------------------------------------------------------- rank averaging one image at a time
+
+def rank_reference(scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A run's reference distribution per class from its scores [n, C] (its OOF predictions): for each class
+    the distinct values, ascending, and their mid-ranks scaled to 0..1 (ties share their mean position), padded
+    to one length by repeating the last point; returns (values [C, M], ranks [C, M], points per class [C])."""
+    scores = np.asarray(scores, np.float64)
+    n, c = scores.shape
+    if n < 2:
+        raise runs.RunError("rank averaging one image at a time needs a run's OOF predictions of >= 2 images")
+    values, ranks, counts = np.zeros((c, n)), np.zeros((c, n)), np.zeros(c, np.int64)
+    for j in range(c):
+        u, inverse = np.unique(np.sort(scores[:, j]), return_inverse=True)  # positions below are sorted ones
+        mid = np.bincount(inverse, weights=np.arange(n, dtype=np.float64)) / np.bincount(inverse) / (n - 1)
+        m = len(u)
+        values[j, :m], ranks[j, :m], counts[j] = u, mid, m
+        values[j, m:], ranks[j, m:] = u[-1], mid[-1]
+    return values, ranks, counts
+
+
+def _interp(x, xp, fp) -> np.ndarray:
+    """Per class j, np.interp(x[:, j], xp[j], fp[j]) (clamped at the ends), for padded xp/fp rows."""
+    return np.stack([np.interp(x[:, j], xp[j], fp[j]) for j in range(x.shape[1])], axis=1)
+
+
+def reference_rank_average(preds, references, weights=None) -> np.ndarray:
+    """Rank averaging that scores each image on its own (what an exported model can do; cxrlt.export).
+
+    `rank_average` ranks the images of one list against each other, so an image's score depends on the
+    rest of the batch. Here each run's score s_r of class j becomes its position in that run's reference
+    distribution (its OOF scores: F_r(s) = the mid-rank, linearly interpolated between the distinct reference
+    values, clamped to 0..1), the positions are averaged with the run weights, q = sum w_r F_r(s_r), and q is
+    put back on the probability scale by the weighted mean of the runs' reference quantile functions,
+    sum w_r F_r^-1(q). Monotone in every run's score (the ordering is a rank average); for one run it
+    returns the run's own probabilities inside its reference range (F^-1(F(s)) = s)."""
+    w = weights_of(len(preds), weights)
+    preds = [np.asarray(p, np.float64) for p in preds]
+    q = sum(wi * _interp(p, values, ranks) for wi, p, (values, ranks, _) in zip(w, preds, references))
+    return sum(wi * _interp(q, ranks, values) for wi, (values, ranks, _) in zip(w, references))
+
+
 COMBINE = {"mean": mean_average, "rank": rank_average, "logit": logit_average}
 
 
@@ -160,22 +201,37 @@ def fit_weights(preds, labels, method: str = "mean", rounds: int = 20) -> tuple[
 NORMAL_CLASSES = ("No Finding", "Normal")  # CXR-LT 2023 / 2024 call it "No Finding"; "Normal" in other editions
 
 
-def normal_gating(probs, classes, weight: float) -> np.ndarray:
-    """Every abnormal class's score times ``1 - weight * p_normal`` (CXR-LT 2026 top team: weight 0.5), where
-    p_normal is the image's score for "No Finding" (or "Normal"), which itself is kept. ``weight`` 0 = off."""
-    weight = float(weight)
-    if not 0.0 <= weight <= 1.0:
-        raise config.ConfigError(f"normal gating weight must be in [0, 1], got {weight}")
-    probs = np.asarray(probs)
-    if weight == 0.0:
-        return probs
+def normal_index(classes, flag: str = "--normal-gating") -> int:
+    """The column of "No Finding" (or "Normal") among `classes`, which normal gating keeps and gates by."""
     lower = [str(c).strip().lower() for c in classes]
     found = [lower.index(n.lower()) for n in NORMAL_CLASSES if n.lower() in lower]
     if not found:
-        raise config.ConfigError(f"--normal-gating needs a normal class ({' or '.join(map(repr, NORMAL_CLASSES))}) "
+        raise config.ConfigError(f"{flag} needs a normal class ({' or '.join(map(repr, NORMAL_CLASSES))}) "
                                  f"among the runs' classes; they are {', '.join(map(str, classes))}")
-    j = found[0]
-    gate = 1.0 - weight * probs[:, j:j + 1].astype(np.float64)
+    return found[0]
+
+
+def normal_gating(probs, classes, weight: float, power: float = 0.0) -> np.ndarray:
+    """Every abnormal class's score times a gate that falls as p_normal, the image's score for "No Finding" (or
+    "Normal"), rises; p_normal itself is kept. Two forms, one at a time (0 = off):
+
+    * linear, ``weight`` w in [0, 1]: ``p * (1 - w * p_normal)`` (the 2026 winner's README);
+    * power, ``power`` P >= 0: ``p * (1 - p_normal) ** P``, what the CXR-LT 2026 task-1 winner's code runs
+      (hieuphamha19/CXR_LT ``inference.py`` ``postprocess_normal_gating``, ``--normal_alpha 0.5``)."""
+    weight, power = float(weight), float(power)
+    if not 0.0 <= weight <= 1.0:
+        raise config.ConfigError(f"normal gating weight must be in [0, 1], got {weight}")
+    if not 0.0 <= power:
+        raise config.ConfigError(f"normal gating power must be >= 0, got {power}")
+    if weight and power:
+        raise config.ConfigError("give the linear normal gating (--normal-gating) or the power form "
+                                 "(--normal-gating-power), not both")
+    probs = np.asarray(probs)
+    if weight == 0.0 and power == 0.0:
+        return probs
+    j = normal_index(classes, "--normal-gating-power" if power else "--normal-gating")
+    normal = probs[:, j:j + 1].astype(np.float64)
+    gate = np.clip(1.0 - normal, 0.0, 1.0) ** power if power else 1.0 - weight * normal
     out = probs.astype(np.float64) * gate
     out[:, j] = probs[:, j]
     return out.astype(probs.dtype, copy=False)

@@ -9,11 +9,14 @@
 Order of operations: the folds of each run are averaged (each fold TTA-averaged, cached by
 cxrlt.predict); the runs are combined with equal weight per run (seed 002's (8)-(10), G16), or
 --weights, or weights fitted on OOF predictions; optionally pooled per study (cxrlt.aggregate);
-optionally normal-gated (--normal-gating W: abnormal scores x (1 - W p("No Finding")), combine.normal_gating);
+optionally normal-gated (--normal-gating W: abnormal scores x (1 - W p("No Finding")), or --normal-gating-power P:
+x (1 - p("No Finding")) ** P, the CXR-LT 2026 winner's code with P = 0.5; combine.normal_gating);
 optionally mapped so per-class OOF-tuned thresholds land on 0.5 (cxrlt.thresholds); then the CSV
 is validated (every test id once, 26 columns in the official order, values finite in [0, 1]) and
-written atomically with the .zip CodaLab takes. Out-of-fold and (for a labelled list) test scores
-are printed, mF1 both at 0.5 and at OOF-tuned thresholds.
+written atomically with the .zip CodaLab takes: the CSV and a code/ folder (`code_folder`: cxrlt's
+source, pip freeze, every run's resolved config and commands; --code DIR adds your own folder).
+Out-of-fold and (for a labelled list) test scores are printed, mF1 both at 0.5 and at OOF-tuned
+thresholds.
 """
 
 from __future__ import annotations
@@ -185,6 +188,12 @@ def validate_settings(s: dict) -> None:
     gating = s["normal_gating"]
     if isinstance(gating, bool) or not isinstance(gating, (int, float)) or not 0.0 <= gating <= 1.0:
         raise config.ConfigError(f"ensemble.normal_gating must be a number in [0, 1] (0 = off), got {gating!r}")
+    power = s.get("normal_gating_power", 0.0)
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0.0 <= power <= 100.0:
+        raise config.ConfigError(f"ensemble.normal_gating_power must be a number in [0, 100] (0 = off), got {power!r}")
+    if gating and power:
+        raise config.ConfigError("ensemble.normal_gating (linear) and ensemble.normal_gating_power are two forms of "
+                                 "one step: set one of them")
     if s["runs"] is not None and (not isinstance(s["runs"], list) or not s["runs"]):
         raise config.ConfigError(f"ensemble.runs must be a non-empty list of run directories, got {s['runs']!r}")
 
@@ -210,6 +219,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--view-weights", nargs="+", metavar="VIEW=W", help="for view_mean, e.g. PA=1 AP=1 LATERAL=0.5 default=1")
     parser.add_argument("--normal-gating", type=float, metavar="WEIGHT",
                         help="multiply every abnormal score by 1 - WEIGHT * p(No Finding / Normal); 0 = off (default)")
+    parser.add_argument("--normal-gating-power", type=float, metavar="P",
+                        help="multiply every abnormal score by (1 - p(No Finding / Normal)) ** P (the CXR-LT 2026 "
+                             "task-1 winner's code: 0.5); 0 = off (default)")
     parser.add_argument("--labels", help="test image list CSV (default: the runs' data.test_labels)")
     parser.add_argument("--image-root", help="folder the test list's paths are relative to")
     parser.add_argument("--tta", nargs="+", choices=sorted(predict.TTA), help="TTA views (default: each run's)")
@@ -227,6 +239,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-zip", action="store_true", help="write the CSV only")
     parser.add_argument("--allow-partial", action="store_true",
                         help="zip a submission from runs whose folds are not all finished (their finished folds)")
+    parser.add_argument("--code", type=Path, metavar="DIR",
+                        help="your own code folder, packed under code/user/ in the zip beside cxrlt's source, "
+                             "pip freeze and the runs' configs and commands (always packed)")
     parser.add_argument("--check", type=Path, metavar="FILE", help="only validate an existing submission CSV/zip and exit")
     cli.add_common(parser)
     return parser
@@ -235,7 +250,8 @@ def _parser() -> argparse.ArgumentParser:
 def settings_from(args) -> dict:
     """defaults.yaml <- --config <- flags, validated."""
     s = load_settings(args.config)
-    for key in ("runs", "method", "weights", "fit_weights", "thresholds", "study_aggregation", "normal_gating", "out"):
+    for key in ("runs", "method", "weights", "fit_weights", "thresholds", "study_aggregation", "normal_gating",
+                "normal_gating_power", "out"):
         if getattr(args, key) is not None:
             s[key] = [str(p) for p in args.runs] if key == "runs" else getattr(args, key)
     if args.weights is not None and args.fit_weights is None:
@@ -270,7 +286,7 @@ def out_of_fold(run_list: list[runs.Run], s: dict, pooling: str, view_weights: d
         table = oof["table"]
         oof["probs"] = aggregate.aggregate(combine(preds, oof["weights"], s["method"]), table.studies, pooling,
                                            views=table.views, view_weights=view_weights)
-        oof["probs"] = normal_gating(oof["probs"], table.classes, s["normal_gating"])
+        oof["probs"] = normal_gating(oof["probs"], table.classes, s["normal_gating"], s["normal_gating_power"])
         oof["tuned"] = np.asarray(thr.tune(table.labels, oof["probs"], table.classes)["thresholds"])
     return oof
 
@@ -285,6 +301,7 @@ def thresholds_to_apply(s: dict, oof: dict, classes) -> tuple[np.ndarray | None,
 
 
 def main(argv=None) -> int:
+    command = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     cli.setup(args)
     with cli.errors():
@@ -308,7 +325,8 @@ def main(argv=None) -> int:
                                 "needs --allow-partial (it then uses the finished folds); --no-zip writes the CSV "
                                 "alone for a look; or finish training first (rerun the same train command)")
         check_same_classes(run_list)
-        normal_gating(np.zeros((0, len(run_list[0].classes()))), run_list[0].classes(), s["normal_gating"])  # fail now
+        normal_gating(np.zeros((0, len(run_list[0].classes()))), run_list[0].classes(), s["normal_gating"],
+                      s["normal_gating_power"])  # fail now
         pooling, view_weights = study_settings(run_list, s["study_aggregation"], s["view_weights"])
         oof = out_of_fold(run_list, s, pooling, view_weights)
         apply, source = thresholds_to_apply(s, oof, run_list[0].classes())
@@ -316,7 +334,7 @@ def main(argv=None) -> int:
         table, probs = ensemble(run_list, args.labels, weights=oof["weights"], method=s["method"],
                                 image_root=args.image_root, tta=args.tta)
         probs = aggregate.aggregate(probs, table.studies, pooling, views=table.views, view_weights=view_weights)
-        probs = normal_gating(probs, table.classes, s["normal_gating"])
+        probs = normal_gating(probs, table.classes, s["normal_gating"], s["normal_gating_power"])
         id_column, order, rows = submission_layout(run_list, args, table)
         idx = [list(table.classes).index(c) for c in order]
         submitted = probs if apply is None else thr.to_half(probs, apply)
@@ -325,13 +343,19 @@ def main(argv=None) -> int:
         out = Path(s["out"]) if s["out"] else Path("submissions") / default_name
         if out.is_dir() or str(s["out"] or "").endswith(("/", os.sep)):  # --out submissions/: a folder to write into
             out = out / default_name
+        code = None
+        if not args.no_zip:
+            from . import code_folder
+
+            code = code_folder.collect(run_list, command=command, user_code=args.code)
         csv_path, zip_path = submission.write_submission(out, table.ids[rows], submitted[rows], classes=order,
                                                          model_classes=table.classes, id_column=id_column,
-                                                         expected_ids=table.ids, make_zip=not args.no_zip)
+                                                         expected_ids=table.ids, make_zip=not args.no_zip, code=code)
         print(f"wrote {csv_path}" + (f" and {zip_path}" if zip_path else "")
               + f": {len(table)} images x {len(order)} classes from {len(run_list)} run(s); method {s['method']}, "
               f"weights {[round(float(w), 3) for w in oof['weights']]}, study aggregation {pooling}, "
               + (f"normal gating {s['normal_gating']:g}, " if s["normal_gating"] else "")
+              + (f"normal gating power {s['normal_gating_power']:g}, " if s["normal_gating_power"] else "")
               + (f"thresholds mapped to 0.5 ({source})" if apply is not None else "no threshold map")
               + (f"; PARTIAL: {'; '.join(partial)}" if partial else ""))
         report_t = apply if apply is not None else oof["tuned"]
@@ -386,7 +410,8 @@ def check(args) -> int:
         if expected is not None and set(map(str, expected)) != set(map(str, listed)):
             raise submission.SubmissionError(f"{args.labels} and {args.sample_submission} list different images")
         expected = listed
-    print(submission.check_file(args.check, classes=classes, expected_ids=expected, id_column=id_column))
+    print(submission.check_file(args.check, classes=classes, expected_ids=expected, id_column=id_column,
+                                edition=edition or (None if args.sample_submission else "cxrlt2023")))
     return 0
 
 

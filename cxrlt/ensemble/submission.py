@@ -6,8 +6,12 @@
 A submission is an id column (the edition's: `dicom_id` for 2023/2024, `ImageID` for 2026) then
 one probability column per class in the official order, one row per test image, every id once,
 values finite in [0, 1]. A file that breaks any of these is never written; an existing good file
-is left as it was. An official sample submission, when given, is the authority on the header and
-the id list.
+is left as it was. An official sample submission (a CSV, or a zip holding one CSV beside other
+entries), when given, is the authority on the header, its id column's name and the id list.
+
+The zip CodaLab takes holds the CSV and, for the editions whose rules ask for it (2026; 2023, as
+CheXFusion's zip shows), a `code/` folder; `--check` of a zip lists what it holds and warns when
+that folder is missing.
 """
 
 from __future__ import annotations
@@ -46,14 +50,35 @@ def keep_decision(probs: np.ndarray) -> np.ndarray:
     return np.where(below, 0.5 - 10.0 ** -DECIMALS, probs)
 
 
+CODE_FOLDER = "code/"
+
+
+def prediction_csvs(names) -> list[str]:
+    """The zip entries that can be the predictions CSV: CSVs outside code/ (and outside the
+    __MACOSX/ and ._ resource forks a Mac's zip adds)."""
+    return [n for n in names if n.lower().endswith(".csv") and not n.startswith((CODE_FOLDER, "__MACOSX/"))
+            and not n.rsplit("/", 1)[-1].startswith("._")]
+
+
 def read_sample(path) -> tuple[str, list[str], np.ndarray]:
-    """(id column, class columns in order, ids in order) of an official sample submission."""
+    """(id column, class columns in order, ids in order) of an official sample submission: a CSV,
+    or a zip holding one CSV (beside a code/ folder or other files, as a submission zip does)."""
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"sample submission {path} does not exist (--sample-submission)")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = prediction_csvs(archive.namelist())
+                if len(names) != 1:
+                    raise SubmissionError(f"sample submission {path}: a zip holding one CSV was expected (outside "
+                                          f"code/), found {names or 'none'} among {some_of(archive.namelist())}; "
+                                          "unzip it and pass the CSV")
+                with archive.open(names[0]) as fh:
+                    frame = pd.read_csv(fh, dtype=str, keep_default_na=False)
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, zipfile.BadZipFile) as err:
         raise SubmissionError(f"sample submission {path}: not a readable CSV ({err})") from None
     if frame.shape[1] < 2:
         raise SubmissionError(f"sample submission {path}: expected an id column then class columns, "
@@ -87,9 +112,11 @@ def layout_from_sample(sample, classes, ids=None) -> tuple[str, list[str], np.nd
 
 
 def write_submission(path, ids, probs: np.ndarray, *, classes, id_column: str = "dicom_id", expected_ids=None,
-                     make_zip: bool = True, model_classes=None) -> tuple[Path, Path | None]:
+                     make_zip: bool = True, model_classes=None, code: dict[str, bytes] | None = None
+                     ) -> tuple[Path, Path | None]:
     """`probs` columns are `classes` in order, or, with `model_classes` (the model's column order), are
-    taken by name into the order of `classes` (the official order, e.g. 2024 task 2's Normal after Mass)."""
+    taken by name into the order of `classes` (the official order, e.g. 2024 task 2's Normal after Mass).
+    `code`: {entry name under code/: bytes} packed into the zip beside the CSV (`code_folder.collect`)."""
     path = Path(path)
     if model_classes is not None:
         probs = np.asarray(probs)[:, [list(model_classes).index(c) for c in classes]]
@@ -105,11 +132,19 @@ def write_submission(path, ids, probs: np.ndarray, *, classes, id_column: str = 
     with atomic.atomic_path(zip_path) as zip_tmp, atomic.atomic_path(path) as csv_tmp:
         frame.to_csv(csv_tmp, index=False, float_format=f"%.{DECIMALS}f")
         # A fixed timestamp: the same scores give the same zip, byte for byte (a rerun after a kill too).
-        entry = zipfile.ZipInfo(path.name, date_time=(1980, 1, 1, 0, 0, 0))
-        entry.compress_type, entry.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
         with zipfile.ZipFile(zip_tmp, "w") as archive:
-            archive.writestr(entry, csv_tmp.read_bytes())
+            archive.writestr(_entry(path.name), csv_tmp.read_bytes())
+            for name in sorted(code or {}):
+                if not name.startswith(CODE_FOLDER) or _unsafe_entry(name):
+                    raise ValueError(f"code entry {name!r} must be a relative path under {CODE_FOLDER}")
+                archive.writestr(_entry(name), code[name])
     return path, zip_path
+
+
+def _entry(name: str) -> zipfile.ZipInfo:
+    entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    entry.compress_type, entry.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+    return entry
 
 
 def _unsafe_entry(name: str) -> str | None:
@@ -129,6 +164,11 @@ def _unsafe_entry(name: str) -> str | None:
 
 
 def _read_frame(path: Path, id_column: str) -> pd.DataFrame:
+    return _read_submission(path, id_column)[0]
+
+
+def _read_submission(path: Path, id_column: str) -> tuple[pd.DataFrame, list[str] | None]:
+    """(the predictions, every entry name of the zip, or None for a bare CSV)."""
     if not path.is_file():
         raise SubmissionError(f"{path} does not exist")
     try:
@@ -140,14 +180,29 @@ def _read_frame(path: Path, id_column: str) -> pd.DataFrame:
                         raise SubmissionError(f"{path}: the zip entry {name!r} has {why}, which CodaLab may reject "
                                               "(and an unzip may write outside its folder); zip the CSV under its "
                                               "plain file name, e.g. zip -j sub.zip sub.csv")
-                names = [n for n in archive.namelist() if n.endswith(".csv")]
+                names = prediction_csvs(archive.namelist())
                 if len(names) != 1:
-                    raise SubmissionError(f"{path}: the zip must hold exactly one CSV, found {names}")
+                    raise SubmissionError(f"{path}: the zip must hold exactly one predictions CSV (outside code/), "
+                                          f"found {names}")
                 with archive.open(names[0]) as fh:
-                    return pd.read_csv(fh, dtype={id_column: str})
-        return pd.read_csv(path, dtype={id_column: str})
+                    return pd.read_csv(fh, dtype={id_column: str}), archive.namelist()
+        return pd.read_csv(path, dtype={id_column: str}), None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, zipfile.BadZipFile) as err:
         raise SubmissionError(f"{path}: not a readable CSV ({err})") from None
+
+
+def describe_zip(names: list[str]) -> str:
+    """What a submission zip holds, e.g. 'sub.csv and code/ (142 files: cxrlt 120, runs 6, ...)'."""
+    csvs = prediction_csvs(names)
+    code = [n for n in names if n.startswith(CODE_FOLDER) and not n.endswith("/")]
+    parts = {}
+    for n in code:
+        top = n[len(CODE_FOLDER):].split("/", 1)[0]
+        parts[top] = parts.get(top, 0) + 1
+    listed = ", ".join(f"{k} {v}" if v > 1 else k for k, v in sorted(parts.items()))
+    other = [n for n in names if n not in csvs and n not in code and not n.endswith("/")]
+    return (f"{', '.join(csvs)}" + (f" and code/ ({len(code)} files: {listed})" if code else ", no code/ folder")
+            + (f"; other entries {some_of(other)}" if other else ""))
 
 
 def read_submission(path, *, classes, id_column: str = "dicom_id") -> tuple[np.ndarray, np.ndarray]:
@@ -158,14 +213,27 @@ def read_submission(path, *, classes, id_column: str = "dicom_id") -> tuple[np.n
     return frame[id_column].astype(str).to_numpy(), frame[list(classes)].to_numpy(dtype=np.float32)
 
 
-def check_file(path, *, classes, expected_ids=None, id_column: str = "dicom_id") -> str:
+def check_file(path, *, classes, expected_ids=None, id_column: str = "dicom_id", edition: str | None = None) -> str:
+    """The OK line(s) of a valid submission; for a zip, also what it holds, and a warning line when
+    `edition`'s rules ask for a code/ folder the zip lacks (or when a bare CSV is checked for one)."""
+    from ..data import editions
+
     path = Path(path)
-    frame = _read_frame(path, id_column)
+    frame, names = _read_submission(path, id_column)
     try:
         validate_frame(frame, classes=classes, expected_ids=expected_ids, id_column=id_column)
     except SubmissionError as err:
         raise SubmissionError(f"{path}: {err}") from None
-    return f"OK: {path} has {len(frame)} rows, {id_column} + {len(classes)} classes in order, values in [0, 1]"
+    lines = [f"OK: {path} has {len(frame)} rows, {id_column} + {len(classes)} classes in order, values in [0, 1]"]
+    if names is not None:
+        lines.append(f"  the zip holds {describe_zip(names)}")
+    ed = editions.EDITIONS.get(edition or "")
+    has_code = names is not None and any(n.startswith(CODE_FOLDER) for n in names)
+    if ed is not None and ed.needs_code and not has_code:
+        what = "this zip has no code/ folder" if names is not None else "this is a bare CSV"
+        lines.append(f"warning: {ed.title} submissions are one zip of the predictions CSV and a code/ folder with the "
+                     f"code that made them; {what}. python -m cxrlt.ensemble writes both (--code DIR adds your own)")
+    return "\n".join(lines)
 
 
 def expected_layout(edition: str | None, sample, id_column: str | None, classes=None) -> tuple[str, list[str], object]:
@@ -191,10 +259,12 @@ def expected_layout(edition: str | None, sample, id_column: str | None, classes=
 
 def main(argv=None) -> int:
     parser = cli.parser("python -m cxrlt.submission", __doc__)
-    parser.add_argument("--check", required=True, type=Path, help="submission CSV (or .zip) to validate")
+    parser.add_argument("--check", required=True, type=Path, help="submission CSV (or .zip, its contents listed) to "
+                                                                     "validate")
     parser.add_argument("--labels", type=Path, help="test image list; its ids must each appear once")
     parser.add_argument("--edition", help="cxrlt2023 (default) | cxrlt2024-task1 | cxrlt2024-task2 | cxrlt2026-task1")
-    parser.add_argument("--sample-submission", type=Path, help="official sample file: header order and id list")
+    parser.add_argument("--sample-submission", type=Path, help="official sample file (a CSV, or a zip holding one): "
+                                                               "header order, id column and id list")
     parser.add_argument("--id-column", help="default: the edition's (dicom_id; ImageID for 2026) or the sample's")
     cli.add_common(parser)
     args = parser.parse_args(argv)
@@ -210,7 +280,8 @@ def main(argv=None) -> int:
                                    edition=args.edition or "auto").ids
             if sample_ids is not None and set(map(str, sample_ids)) != set(map(str, expected)):
                 raise SubmissionError(f"{args.labels} and {args.sample_submission} list different images")
-        print(check_file(args.check, classes=order, expected_ids=expected, id_column=id_column))
+        print(check_file(args.check, classes=order, expected_ids=expected, id_column=id_column,
+                         edition=args.edition or (None if args.sample_submission else "cxrlt2023")))
     except (SubmissionError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

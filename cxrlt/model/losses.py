@@ -38,15 +38,22 @@ Losses (``name``: parameters, defaults):
   base loss's parameters (focal base: ``gamma=2.0, alpha=0.25, apply_class_balancing=False,
   label_smoothing=0.0``; bce base: ``label_smoothing=0.0``); see :func:`class_balanced_weights`.
 * ``asl`` (Ridnik et al. 2021; BEYOND THE SEEDS, G27): ``gamma_neg=4.0, gamma_pos=0.0, clip=0.05,
-  label_smoothing=0.0``.
+  label_smoothing=0.0, class_weighting="none", detach_focusing=False``; soft labels as the authors' code:
+  one focusing weight with the exponent ``gamma_pos * y + gamma_neg * (1 - y)``.
 * ``logit_adjusted`` (Menon et al. 2021; BEYOND THE SEEDS, G27): ``tau=1.0, label_smoothing=0.0``.
-* ``asl`` also takes ``class_weighting="none" | "chexfusion"`` (CheXFusion, CXR-LT 2023 winner: positives
-  times ``exp(1 - p_c)``, negatives times ``exp(p_c)``, ``p_c = n_c / N`` the class prevalence).
-* ``ldam`` (Cao et al. 2019; BEYOND THE SEEDS): ``max_margin=0.5, s=1.0, drw_epoch=None, drw_beta=0.9999,
-  label_smoothing=0.0``; margins ``~ n_c^-1/4`` on the positive logits, DRW (effective-number class weights)
-  from epoch ``drw_epoch`` on (null = never); see :class:`LDAMLoss`.
+* ``asl`` also takes ``class_weighting="none" | "chexfusion"`` (CheXFusion, CXR-LT 2023 winner: the element
+  loss times ``y exp(1 - p_c) + (1 - y) exp(p_c)``, ``p_c = n_c / N`` the class prevalence).
+* ``ldam`` (Cao et al. 2019; BEYOND THE SEEDS): ``max_margin=0.5, scale=30.0, drw_epoch="auto", drw_beta=0.9999,
+  negative_margin=False, label_smoothing=0.0``; margins ``~ n_c^-1/4`` on the positive logits, the result
+  times ``scale`` (``s``, the old name, is accepted), DRW (effective-number class weights) from epoch
+  ``drw_epoch`` on ("auto" = 80 % of ``epochs``, as the authors' 160 of 200; null = never); the official model
+  scores cosines (cxrlt.model.heads.CosineDense, model.classifier auto); see :class:`LDAMLoss`.
 * ``distribution_balanced`` (Wu et al. 2020; BEYOND THE SEEDS): ``alpha=0.1, beta=10.0, mu=0.2,
-  neg_scale=2.0, init_bias=0.05, gamma=0.0, label_smoothing=0.0``; see :class:`DistributionBalancedLoss`.
+  neg_scale=2.0, init_bias=0.05, focal=True, gamma=2.0, balance_param=2.0, label_smoothing=0.0`` (the
+  authors' COCO/VOC configs); ``focal=False`` is their non-focal form; see :class:`DistributionBalancedLoss`.
+* ``cxrlt2026_db`` (the CXR-LT 2026 task-1 winner's "DistributionBalancedLoss", hieuphamha19/CXR_LT, which is
+  not Wu et al.'s): ``beta=0.9999, rebalance_alpha=0.5, neg_scale=1.0, neg_margin=0.0, margin_scale=1.0,
+  max_margin=0.2``; see :class:`WinnerDBLoss`.
 
 Losses with a part that starts at an epoch (``ldam``'s DRW) have ``set_epoch(epoch)``; the trainer calls it
 before every epoch (``cxrlt.train.callbacks.LossEpoch``), a resumed fold included.
@@ -287,47 +294,51 @@ class BinaryFocalCrossentropy(MultiLabelLoss):
 class AsymmetricLoss(MultiLabelLoss):
     """Asymmetric loss (Ridnik et al., ICCV 2021). BEYOND THE SEEDS (G27): no seed names it.
 
-    ``L = -[ y (1 - p)^gamma_pos log p + (1 - y) p_m^gamma_neg log(1 - p_m) ]`` with the shifted
-    probability ``p_m = max(p - clip, 0)`` (probability margin: easy negatives with p < clip are
-    discarded). Soft labels weight the two terms. Differences from the authors' PyTorch code: the mean
-    over elements instead of the sum (a constant factor), exact log-sigmoid instead of
-    ``log(clamp(p, 1e-8))``, and gradients flow through the focusing weights (their
-    ``disable_torch_grad_focal_loss=False``).
+    As the authors' ``AsymmetricLoss.forward`` (Alibaba-MIIL/ASL ``src/loss_functions/losses.py``), per element:
+    ``p_m = max(p - clip, 0)`` (the probability margin: easy negatives with p < clip are discarded),
+    ``1 - p_t = y (1 - p) + (1 - y) p_m`` and
+    ``L = -[y log p + (1 - y) log(1 - p_m)] * (1 - p_t) ** (gamma_pos y + gamma_neg (1 - y))``,
+    which for soft labels (MixUp/CutMix, label smoothing) mixes the EXPONENT, one focusing weight for both
+    terms. Differences from their code: the mean over elements instead of the sum (a constant factor), exact
+    log-sigmoid instead of ``log(clamp(p, 1e-8))``. Their ``AsymmetricLoss`` detaches the focusing weight from
+    the gradient (``disable_torch_grad_focal_loss=True``); CheXFusion's ASL and their own
+    ``AsymmetricLossOptimized`` do not, and neither does cxrlt unless ``detach_focusing=True``.
     """
 
     def __init__(self, *, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, prevalence=None,
-                 **kwargs):
+                 detach_focusing: bool = False, **kwargs):
         super().__init__(**kwargs)
         if float(gamma_neg) < 0 or float(gamma_pos) < 0:
             raise ValueError(f"asl: gammas must be >= 0, got gamma_neg={gamma_neg}, gamma_pos={gamma_pos}")
         if not 0.0 <= float(clip) < 1.0:
             raise ValueError(f"asl: clip must be in [0, 1), got {clip}")
         self.gamma_neg, self.gamma_pos, self.clip = float(gamma_neg), float(gamma_pos), float(clip)
-        # CheXFusion's class weighting (class_weighting: chexfusion): positives x exp(1 - p), negatives x exp(p)
+        self.detach_focusing = bool(detach_focusing)
+        # CheXFusion's class weighting (class_weighting: chexfusion): y exp(1 - p) + (1 - y) exp(p)
         self.prevalence = _vector(prevalence)
 
     def elementwise(self, y_true, logits):
         y = _smooth(y_true, self.label_smoothing)
-        p, not_p = ops.sigmoid(logits), ops.sigmoid(-logits)
+        p = ops.sigmoid(logits)
         log_p = -ops.softplus(-logits)
         if self.clip > 0:
             p_m = ops.maximum(p - self.clip, 0.0)
-            log_not_pm = ops.log(ops.minimum(not_p + self.clip, 1.0))  # 1 - p_m >= clip: finite
+            log_not_pm = ops.log(ops.minimum(ops.sigmoid(-logits) + self.clip, 1.0))  # 1 - p_m >= clip: finite
         else:
             p_m, log_not_pm = p, -ops.softplus(logits)
-        pos = ops.power(ops.maximum(not_p, _TINY), self.gamma_pos) * log_p
-        neg = ops.power(ops.maximum(p_m, _TINY), self.gamma_neg) * log_not_pm
-        if self.gamma_neg == 0:  # p_m == 0 -> 0**0 = 1 (plain BCE on the shifted probability)
-            neg = log_not_pm
+        values = -(y * log_p + (1.0 - y) * log_not_pm)
         if self.prevalence is not None:
-            prev = np.asarray(self.prevalence, np.float32)
-            pos = pos * ops.convert_to_tensor(np.exp(1.0 - prev))
-            neg = neg * ops.convert_to_tensor(np.exp(prev))
-        return -(y * pos + (1.0 - y) * neg)
+            prev = ops.convert_to_tensor(np.asarray(self.prevalence, np.float32))
+            values = values * (y * ops.exp(1.0 - prev) + (1.0 - y) * ops.exp(prev))
+        if self.gamma_neg or self.gamma_pos:
+            one_minus_pt = y * (1.0 - p) + (1.0 - y) * p_m
+            weight = ops.power(ops.maximum(one_minus_pt, _TINY), self.gamma_pos * y + self.gamma_neg * (1.0 - y))
+            values = values * (ops.stop_gradient(weight) if self.detach_focusing else weight)
+        return values
 
     def get_config(self) -> dict:
         return {**super().get_config(), "gamma_neg": self.gamma_neg, "gamma_pos": self.gamma_pos, "clip": self.clip,
-                "prevalence": self.prevalence}
+                "prevalence": self.prevalence, "detach_focusing": self.detach_focusing}
 
 
 @keras.saving.register_keras_serializable(package="cxrlt")
@@ -365,6 +376,40 @@ def ldam_margins(class_counts, max_margin: float = 0.5) -> np.ndarray:
     return m * (float(max_margin) / m.max())
 
 
+def ldam_negative_margins(class_counts, n_images, max_margin: float = 0.5) -> np.ndarray:
+    """The margins of the negative side of each binary problem: ``C / (N - n_j) ** (1/4)`` with the positives'
+    constant C (:func:`ldam_margins`), counts floored at 1. cxrlt's construction (``negative_margin: true``):
+    LDAM's rule applied to both classes of the one-vs-rest problem, so frequent classes, whose negatives are
+    few, get the larger negative margins; the authors' softmax loss has no negatives to give one to."""
+    counts = np.maximum(_counts(class_counts, "ldam"), 1.0)
+    n = _n_images(n_images, counts, "ldam negative_margin")
+    c = float(max_margin) / (counts ** -0.25).max()
+    return c * np.maximum(n - counts, 1.0) ** -0.25
+
+
+LDAM_DEFAULT_SCALE = 30.0  # Cao et al.'s s (kaidic/LDAM-DRW cifar_train.py: LDAMLoss(..., s=30))
+DRW_SHARE = 0.8            # DRW from 80 % of the epochs on (their 160 of 200)
+
+
+def ldam_scale(params: dict) -> float:
+    """LDAM's logit scale of a loss.params mapping: ``scale``, or its old name ``s``, else 30 (the authors')."""
+    if "scale" in params and "s" in params:
+        raise ValueError("ldam: give loss.params.scale or its old name s, not both")
+    value = params.get("scale", params.get("s", LDAM_DEFAULT_SCALE))
+    if value is None or isinstance(value, bool) or not float(value) > 0:
+        raise ValueError(f"ldam: scale must be > 0, got {value!r}")
+    return float(value)
+
+
+def resolve_drw_epoch(drw_epoch, epochs) -> int | None:
+    """``"auto"``: floor(0.8 x epochs) (the authors' 160 of 200), else the value as given (null = never)."""
+    if drw_epoch != "auto":
+        return drw_epoch
+    if epochs is None:
+        raise ValueError("ldam: drw_epoch 'auto' (80 % of the epochs) needs the number of epochs; give drw_epoch")
+    return int(DRW_SHARE * int(epochs))
+
+
 class EpochAwareLoss(MultiLabelLoss):
     """A loss with a part switched on at a given epoch (``set_epoch``, called by the trainer's callback).
 
@@ -396,27 +441,40 @@ class EpochAwareLoss(MultiLabelLoss):
 class LDAMLoss(EpochAwareLoss):
     """LDAM with deferred re-weighting (Cao et al., NeurIPS 2019), multi-label binary form. BEYOND THE SEEDS.
 
-    Label-distribution-aware margins ``Delta_j`` (:func:`ldam_margins`, proportional to ``n_j^-1/4``) are
-    subtracted from the logits of the positive labels, the result is scaled by ``s`` and scored with BCE:
-    ``BCE(y_smoothed, s * (z - y * Delta))`` (soft labels move the margin linearly). Cao et al. scale
-    cosine logits by s = 30; cxrlt's heads give unnormalised logits, hence the default s = 1.
+    As the authors' ``LDAMLoss`` (kaidic/LDAM-DRW ``losses.py``: ``cross_entropy(s * where(target, x - m, x))``)
+    with each class a binary problem: the label-distribution-aware margin ``Delta_j`` (:func:`ldam_margins`,
+    proportional to ``n_j^-1/4``) is subtracted from the logit of a positive label, the result is multiplied by
+    ``scale`` (s = 30) and scored with BCE: ``BCE(y_smoothed, s * (z - y * Delta))`` (soft labels move the
+    margin linearly). Their model's logits are cosines (``NormedLinear``), which model.classifier auto gives
+    with LDAM (cxrlt.model.heads.CosineDense); on raw logits use scale 1. ``negative_margin=True`` also adds
+    the negatives' margin (:func:`ldam_negative_margins`): ``s * (z - y Delta + (1 - y) Delta_neg)``.
 
     DRW: from epoch ``drw_epoch`` (0-based; null = never) every element of class j is multiplied by the
     effective-number weight ``(1 - beta) / (1 - beta^n_j)``, normalised to sum to C (Cao et al.: beta 0.9999,
     the switch at 80% of training, 160 of 200 epochs).
     """
 
-    def __init__(self, *, margins, drw_weights, s: float = 1.0, drw_epoch: int | None = None, **kwargs):
+    def __init__(self, *, margins, drw_weights, scale: float = LDAM_DEFAULT_SCALE, drw_epoch: int | None = None,
+                 negative_margins=None, s: float | None = None, **kwargs):
         super().__init__(switch_epoch=drw_epoch, **kwargs)
-        if not float(s) > 0:
-            raise ValueError(f"ldam: s must be > 0, got {s}")
-        self.margins, self.drw_weights, self.s = _vector(margins), _vector(drw_weights), float(s)
+        scale = scale if s is None else s  # s: the name of saved configs before scale
+        if not float(scale) > 0:
+            raise ValueError(f"ldam: scale must be > 0, got {scale}")
+        self.margins, self.drw_weights, self.scale = _vector(margins), _vector(drw_weights), float(scale)
+        self.negative_margins = _vector(negative_margins)
         self.drw_epoch = self.switch_epoch
+
+    @property
+    def s(self) -> float:
+        return self.scale
 
     def elementwise(self, y_true, logits):
         y = _smooth(y_true, self.label_smoothing)
         margin = ops.convert_to_tensor(np.asarray(self.margins, np.float32))
-        values = _bce(y, self.s * (logits - y_true * margin))
+        shifted = logits - y_true * margin
+        if self.negative_margins is not None:
+            shifted = shifted + (1.0 - y_true) * ops.convert_to_tensor(np.asarray(self.negative_margins, np.float32))
+        values = _bce(y, self.scale * shifted)
         if self.drw_epoch is None:
             return values
         w = ops.convert_to_tensor(np.asarray(self.drw_weights, np.float32))
@@ -424,8 +482,8 @@ class LDAMLoss(EpochAwareLoss):
         return values * (1.0 + on * (w - 1.0))
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "margins": self.margins, "drw_weights": self.drw_weights, "s": self.s,
-                "drw_epoch": self.drw_epoch}
+        return {**super().get_config(), "margins": self.margins, "drw_weights": self.drw_weights,
+                "scale": self.scale, "drw_epoch": self.drw_epoch, "negative_margins": self.negative_margins}
 
 
 def db_bias(class_counts, n_images, init_bias: float = 0.05, neg_scale: float = 2.0) -> np.ndarray:
@@ -451,19 +509,26 @@ class DistributionBalancedLoss(MultiLabelLoss):
     ``L = r^ [ y log(1 + e^-(z + nu)) + (1 - y) / lambda log(1 + e^(lambda (z + nu))) ]``
     (lambda = ``neg_scale``). Labels masked out by a [B, C] sample_weight are not among the image's positives.
     For soft labels this is the authors' code's form: the logit is scaled by
-    ``lambda (1 - y) + y`` and the weight by ``(1 - y) / lambda + y``, then weighted BCE. ``gamma > 0``
-    adds their focal factor ``(1 - p_t)^gamma`` (p_t from the regularised logit); 0 (default) = plain DB.
+    ``lambda (1 - y) + y`` and the weight by ``(1 - y) / lambda + y``, then weighted BCE.
+
+    ``focal=True`` (the authors' configs, wutong16/DistributionBalancedLoss ``configs/*/LT_resnet50_pfc_DB.py``:
+    ``focal=dict(focal=True, balance_param=2.0, gamma=2)``) is their ``ResampleLoss`` focal branch:
+    ``balance_param * (1 - p_t)^gamma * L`` with ``p_t = exp(-BCE)`` of the regularised logit, unweighted.
+    ``focal=False`` is their plain form (no balance_param). cxrlt before the option had gamma 0 and no
+    balance_param, so its gamma-2 value was half of theirs: the factor 2 is ``balance_param``.
     """
 
     def __init__(self, *, freq_inv, bias, alpha: float = 0.1, beta: float = 10.0, mu: float = 0.2,
-                 neg_scale: float = 2.0, gamma: float = 0.0, **kwargs):
+                 neg_scale: float = 2.0, focal: bool = False, gamma: float = 0.0, balance_param: float = 1.0,
+                 **kwargs):
         super().__init__(**kwargs)
-        if not float(neg_scale) > 0 or float(gamma) < 0 or float(alpha) < 0:
-            raise ValueError(f"distribution_balanced: neg_scale must be > 0, gamma and alpha >= 0, got neg_scale="
-                             f"{neg_scale}, gamma={gamma}, alpha={alpha}")
+        if not float(neg_scale) > 0 or float(gamma) < 0 or float(alpha) < 0 or float(balance_param) < 0:
+            raise ValueError(f"distribution_balanced: neg_scale must be > 0, gamma, alpha and balance_param >= 0, got "
+                             f"neg_scale={neg_scale}, gamma={gamma}, alpha={alpha}, balance_param={balance_param}")
         self.freq_inv, self.bias = _vector(freq_inv), _vector(bias)
         self.alpha, self.beta, self.mu = float(alpha), float(beta), float(mu)
         self.neg_scale, self.gamma = float(neg_scale), float(gamma)
+        self.focal, self.balance_param = bool(focal), float(balance_param)
 
     def call_weighted(self, y_true, y_pred, sample_weight):
         """A [B, C] mask also hides masked labels from the image's positive set (the instance-level frequency)."""
@@ -494,14 +559,61 @@ class DistributionBalancedLoss(MultiLabelLoss):
         z = z * (lam * (1.0 - y) + y)
         weight = weight * ((1.0 - y) / lam + y)
         values = _bce(y, z)
-        if self.gamma:
-            p_t = ops.exp(-values)  # as their code: exp(-BCE) of the regularised logit
-            values = ops.power(ops.maximum(1.0 - p_t, _TINY), self.gamma) * values
+        if self.focal:
+            p_t = ops.exp(-values)  # as their code: exp(-BCE) of the regularised logit, without the weight
+            values = self.balance_param * ops.power(ops.maximum(1.0 - p_t, _TINY), self.gamma) * values
         return weight * values
 
     def get_config(self) -> dict:
         return {**super().get_config(), "freq_inv": self.freq_inv, "bias": self.bias, "alpha": self.alpha,
-                "beta": self.beta, "mu": self.mu, "neg_scale": self.neg_scale, "gamma": self.gamma}
+                "beta": self.beta, "mu": self.mu, "neg_scale": self.neg_scale, "focal": self.focal,
+                "gamma": self.gamma, "balance_param": self.balance_param}
+
+
+def winner_db_vectors(class_counts, beta: float = 0.9999, max_margin: float = 0.2, margin_scale: float = 1.0):
+    """(effective-number weights normalised to mean 1, per-class margins) of the CXR-LT 2026 winner's loss, as
+    their ``DistributionBalancedLoss.__init__``: counts clipped at 1, ``w = (1 - b) / (1 - b^n) / mean``,
+    margins ``max_margin * margin_scale * minmax(1 / (w + 1e-6))`` (the frequent classes get the largest)."""
+    counts = np.maximum(_counts(class_counts, "cxrlt2026_db"), 1.0)
+    w = (1.0 - beta) / (1.0 - np.power(beta, counts))
+    w = w / w.mean()
+    inv = 1.0 / (w + 1e-6)
+    inv = (inv - inv.min()) / (inv.max() - inv.min() + 1e-6)
+    return w, float(max_margin) * inv * float(margin_scale)
+
+
+@keras.saving.register_keras_serializable(package="cxrlt")
+class WinnerDBLoss(MultiLabelLoss):
+    """The loss the CXR-LT 2026 task-1 winner's stage-2 code calls DistributionBalancedLoss (hieuphamha19/CXR_LT,
+    ``Task1_Long_tailed/train_csra_head.py``); it is not Wu et al.'s (see ``distribution_balanced``).
+
+    With ``w_c`` and ``m_c`` from :func:`winner_db_vectors`: ``z' = z - y m`` (a margin on the positives),
+    ``L = BCE(y, z') * w ** rebalance_alpha``; when ``neg_scale != 1`` or ``neg_margin != 0`` the loss is
+    ``y * L + neg_scale * (1 - y) * BCE(y, z' + neg_margin)`` instead (their "negative-tolerant" branch, whose
+    negatives are not re-weighted). Their defaults: beta 0.9999, rebalance_alpha 0.5, neg_scale 1, neg_margin 0,
+    margin_scale 1, max_margin 0.2; the mean over elements, as theirs.
+    """
+
+    def __init__(self, *, class_weights, margins, rebalance_alpha: float = 0.5, neg_scale: float = 1.0,
+                 neg_margin: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.class_weights, self.margins = _vector(class_weights), _vector(margins)
+        self.rebalance_alpha, self.neg_scale, self.neg_margin = float(rebalance_alpha), float(neg_scale), float(neg_margin)
+
+    def elementwise(self, y_true, logits):
+        y = _smooth(y_true, self.label_smoothing)
+        shifted = logits - y * ops.convert_to_tensor(np.asarray(self.margins, np.float32))
+        w = ops.convert_to_tensor(np.power(np.asarray(self.class_weights, np.float64), self.rebalance_alpha)
+                                  .astype(np.float32))
+        weighted = _bce(y, shifted) * w
+        if self.neg_scale == 1.0 and self.neg_margin == 0.0:
+            return weighted
+        negatives = _bce(y, shifted + self.neg_margin) * (1.0 - y) * self.neg_scale
+        return weighted * y + negatives
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "class_weights": self.class_weights, "margins": self.margins,
+                "rebalance_alpha": self.rebalance_alpha, "neg_scale": self.neg_scale, "neg_margin": self.neg_margin}
 
 
 # ----------------------------------------------------------------------------- registry
@@ -564,11 +676,18 @@ def _asl(p, class_counts, n_images):
     return AsymmetricLoss(prevalence=prev, **p)
 
 
-def _ldam(p, class_counts, n_images):
+def _ldam(p, class_counts, n_images, epochs=None):
     p = dict(p)
-    margins = ldam_margins(class_counts, p.pop("max_margin"))
+    scale = ldam_scale(p)
+    p.pop("s", None)
+    p["scale"] = scale
+    max_margin = p.pop("max_margin")
+    margins = ldam_margins(class_counts, max_margin)
+    negative = ldam_negative_margins(class_counts, n_images, max_margin) if p.pop("negative_margin") else None
     beta = p.pop("drw_beta")
-    return LDAMLoss(margins=margins, drw_weights=class_balanced_weights(class_counts, beta), **p)
+    p["drw_epoch"] = resolve_drw_epoch(p["drw_epoch"], epochs)
+    return LDAMLoss(margins=margins, drw_weights=class_balanced_weights(class_counts, beta), negative_margins=negative,
+                    **p)
 
 
 def _distribution_balanced(p, class_counts, n_images):
@@ -576,6 +695,12 @@ def _distribution_balanced(p, class_counts, n_images):
     counts = np.maximum(_counts(class_counts, "distribution_balanced"), 1.0)
     bias = db_bias(class_counts, n_images, p.pop("init_bias"), p["neg_scale"])
     return DistributionBalancedLoss(freq_inv=1.0 / counts, bias=bias, **p)
+
+
+def _winner_db(p, class_counts, n_images):
+    p = dict(p)
+    weights, margins = winner_db_vectors(class_counts, p.pop("beta"), p.pop("max_margin"), p.pop("margin_scale"))
+    return WinnerDBLoss(class_weights=weights, margins=margins, **p)
 
 
 # name -> (parameter defaults, builder(params, class_counts, n_images))
@@ -589,13 +714,20 @@ LOSSES: dict[str, tuple[dict[str, Any], Callable]] = {
          "label_smoothing": 0.0},
         _class_balanced,
     ),
-    "asl": ({"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05, "label_smoothing": 0.0, "class_weighting": "none"},
-            _asl),
-    "ldam": ({"max_margin": 0.5, "s": 1.0, "drw_epoch": None, "drw_beta": 0.9999, "label_smoothing": 0.0}, _ldam),
-    "distribution_balanced": (
-        {"alpha": 0.1, "beta": 10.0, "mu": 0.2, "neg_scale": 2.0, "init_bias": 0.05, "gamma": 0.0,
-         "label_smoothing": 0.0},
+    "asl": ({"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05, "label_smoothing": 0.0, "class_weighting": "none",
+             "detach_focusing": False}, _asl),
+    # drw_epoch "auto": 80 % of the epochs (get_loss's `epochs`); scale 30 with the cosine classifier (the authors')
+    "ldam": ({"max_margin": 0.5, "scale": LDAM_DEFAULT_SCALE, "drw_epoch": "auto", "drw_beta": 0.9999,
+              "negative_margin": False, "label_smoothing": 0.0}, _ldam),
+    "distribution_balanced": (  # the authors' COCO and VOC configs (focal, gamma 2, balance_param 2)
+        {"alpha": 0.1, "beta": 10.0, "mu": 0.2, "neg_scale": 2.0, "init_bias": 0.05, "focal": True, "gamma": 2.0,
+         "balance_param": 2.0, "label_smoothing": 0.0},
         _distribution_balanced,
+    ),
+    "cxrlt2026_db": (  # the CXR-LT 2026 winner's train_csra_head.py constants (DB_*)
+        {"beta": 0.9999, "rebalance_alpha": 0.5, "neg_scale": 1.0, "neg_margin": 0.0, "margin_scale": 1.0,
+         "max_margin": 0.2, "label_smoothing": 0.0},
+        _winner_db,
     ),
     "logit_adjusted": (
         {"tau": 1.0, "label_smoothing": 0.0},
@@ -608,20 +740,25 @@ def loss_names() -> list[str]:
     return sorted(LOSSES)
 
 
-def get_loss(name: str, *, class_counts=None, n_images=None, **params) -> keras.losses.Loss:
+def get_loss(name: str, *, class_counts=None, n_images=None, epochs=None, **params) -> keras.losses.Loss:
     """Build the loss ``name`` with ``params`` over its defaults (see the module docstring).
 
     ``class_counts`` (positives per class in the training fold) and ``n_images`` (training images)
-    are used by the losses that need them and ignored by the others.
+    are used by the losses that need them and ignored by the others; ``epochs`` (the run's train.epochs)
+    resolves LDAM's ``drw_epoch: auto``.
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; use one of {', '.join(loss_names())}")
     defaults, build = LOSSES[name]
-    allowed = {**defaults, **_COMMON}
+    allowed = {**defaults, **_COMMON, **({"s": None} if name == "ldam" else {})}  # ldam's s: scale's old name
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(f"loss {name!r} got unknown parameter(s) {unknown}; it takes {sorted(allowed)}")
     merged = {**defaults, **params}
+    if name == "ldam" and "s" in params:
+        if "scale" in params:
+            raise ValueError("ldam: give loss.params.scale or its old name s, not both")
+        merged.pop("scale")
     if params.get("name") is None:
         merged.pop("name", None)
-    return build(merged, class_counts, n_images)
+    return build(merged, class_counts, n_images, epochs) if name == "ldam" else build(merged, class_counts, n_images)

@@ -1,7 +1,12 @@
-"""Fetch a backbone's ImageNet weights on a machine with internet, for GPU nodes without it.
+"""Fetch a backbone's ImageNet weights on a machine with internet, for GPU nodes without it; or convert a
+timm checkpoint for cxrlt's own backbones (ConvNeXt V2, MaxViT), offline, with NumPy.
 
     python -m cxrlt weights --backbone efficientnetv2-s --out weights/     # on a machine with internet
     python -m cxrlt train --weights weights/efficientnetv2-s.weights.h5 ... # offline (or --weights weights/)
+    python -m cxrlt weights --from-timm model.safetensors --backbone convnextv2-base --out weights/
+    python -m cxrlt train --backbone convnextv2-base --weights weights/ ...
+
+--from-timm writes DIR/<backbone>.safetensors + DIR/<backbone>.json (cxrlt.model.backbones.timm_weights).
 
 writes DIR/<backbone>.weights.h5 (Keras' own ImageNet weights of the include_top=False backbone, with its
 built-in preprocessing, as `keras.applications` downloads them) and DIR/<backbone>.json (the backbone name,
@@ -13,31 +18,17 @@ what to do (Keras' download cache, ~/.keras/models, is used when it already hold
 
 from __future__ import annotations
 
-import json
 import socket
 import sys
 from pathlib import Path
 
-from ..config.schema import BACKBONES
+from ..config.schema import BACKBONES, OWN_BACKBONES
 from ..utils import atomic, cli
-from ..utils.errors import UserError
+from .weights_files import (OWN_SUFFIX, SUFFIX, WeightsError, check_info, how_to_get, info_path,  # noqa: F401
+                            resolve, weights_path)  # (re-exported: cxrlt.model.pretrained.WeightsError etc.)
 
 
-class WeightsError(UserError, RuntimeError):
-    """Pretrained weights that cannot be had; the message names the fix (cxrlt.model.models re-exports it)."""
-
-SUFFIX = ".weights.h5"
 DOWNLOAD_TIMEOUT_S = 30  # per socket operation: a machine without a route fails now, not after minutes
-
-
-def weights_path(directory: Path, backbone: str) -> Path:
-    return Path(directory) / f"{backbone}{SUFFIX}"
-
-
-def info_path(weights_file: Path) -> Path:
-    """DIR/<backbone>.weights.h5 -> DIR/<backbone>.json"""
-    name = weights_file.name
-    return weights_file.with_name((name[: -len(SUFFIX)] if name.endswith(SUFFIX) else weights_file.stem) + ".json")
 
 
 def save_backbone_weights(model, backbone: str, directory: Path) -> Path:
@@ -54,40 +45,14 @@ def save_backbone_weights(model, backbone: str, directory: Path) -> Path:
     return path
 
 
-def check_info(path: Path, backbone: str) -> None:
-    """Refuse a weights file whose JSON names another backbone (before anything is built)."""
-    info = info_path(path)
-    if not info.is_file():
-        return  # a plain Keras weights file: the load itself checks the shapes
-    try:
-        named = json.loads(info.read_text())["backbone"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise WeightsError(f"{info} (beside {path.name}) is not a cxrlt weights description: {err}") from None
-    if named != backbone:
-        raise WeightsError(f"{path} holds weights for the {named} backbone (says {info.name}), but model.backbone is "
-                           f"{backbone}: pass --backbone {named}, or fetch {backbone}'s weights with "
-                           f"python -m cxrlt weights --backbone {backbone} --out {path.parent}")
-
-
-def resolve(weights: str | Path, backbone: str) -> Path:
-    """--weights DIR -> DIR/<backbone>.weights.h5; a file stays as it is; then check_info."""
-    path = Path(weights).expanduser()
-    if path.is_dir():
-        found = weights_path(path, backbone)
-        if not found.is_file():
-            there = sorted(p.name for p in path.glob("*" + SUFFIX))
-            raise WeightsError(f"{path} has no {found.name} (it holds: {', '.join(there) or 'no weights files'}); "
-                               f"fetch it with python -m cxrlt weights --backbone {backbone} --out {path}")
-        path = found
-    check_info(path, backbone)
-    return path
-
-
 def fetch(backbone: str, directory: Path) -> Path:
     import keras
 
+    if backbone in OWN_BACKBONES:
+        raise WeightsError(f"{backbone} is one of cxrlt's own backbones: Keras has no ImageNet download for it; "
+                           f"{how_to_get(backbone, directory)} (docs/backbones.md says where to get the file)")
     if backbone not in BACKBONES:
-        raise WeightsError(f"unknown backbone {backbone!r}; offered: {', '.join(sorted(BACKBONES))}")
+        raise WeightsError(f"unknown backbone {backbone!r}; offered: {', '.join(sorted({**BACKBONES, **OWN_BACKBONES}))}")
     constructor = getattr(keras.applications, BACKBONES[backbone])
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
@@ -105,14 +70,27 @@ def fetch(backbone: str, directory: Path) -> Path:
 
 def main(argv=None) -> int:
     parser = cli.parser("python -m cxrlt weights", __doc__)
-    parser.add_argument("--backbone", required=True, help=f"one of: {', '.join(sorted(BACKBONES))}")
-    parser.add_argument("--out", required=True, help="folder for <backbone>.weights.h5 and <backbone>.json")
+    parser.add_argument("--backbone", required=True, help=f"one of: {', '.join(sorted({**BACKBONES, **OWN_BACKBONES}))}")
+    parser.add_argument("--out", required=True, help="folder for <backbone>.weights.h5 (or .safetensors) and "
+                                                     "<backbone>.json")
+    parser.add_argument("--from-timm", metavar="FILE.safetensors",
+                        help="convert this timm checkpoint (offline, NumPy only) for one of cxrlt's own backbones: "
+                             f"{', '.join(sorted(OWN_BACKBONES))}")
     cli.add_common(parser)
     args = parser.parse_args(argv)
     cli.setup(args)
     with cli.errors():
-        path = fetch(args.backbone, Path(args.out))
-        print(f"wrote {path} and {info_path(path).name}; offline: --weights {path}")
+        if args.from_timm:
+            from .backbones import timm_weights
+
+            path = timm_weights.convert(Path(args.from_timm), args.backbone, Path(args.out))
+            info = timm_weights.read_info(path)
+            print(f"wrote {path} ({info['tensors']} tensors of timm {info['timm_model']}, trained at "
+                  f"{info['image_size']} px; licence {info['license']}) and {info_path(path).name}; "
+                  f"train with --backbone {args.backbone} --weights {Path(args.out)}")
+        else:
+            path = fetch(args.backbone, Path(args.out))
+            print(f"wrote {path} and {info_path(path).name}; offline: --weights {path}")
     return 0
 
 

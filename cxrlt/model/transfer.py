@@ -20,9 +20,11 @@ import numpy as np
 from ..utils.errors import UserError
 
 HEAD = "logits"
+HEAD_NORM = "head_batchnorm"  # model.head_norm's BatchNormalization: part of the head, copied when both models have it
 # The class axis of each class-wise head weight, by (head layer class, weight path below the head layer).
-CLASS_AXIS = {("Dense", "kernel"): 1, ("Dense", "bias"): 0,
-              ("CSRA", "kernel"): 1, ("CSRA", "bias"): 0,
+CLASS_AXIS = {("Dense", "kernel"): 1, ("Dense", "bias"): 0, ("CosineDense", "kernel"): 1,
+              ("CSRA", "kernel"): 1, ("CSRA", "bias"): 0, ("CSRA", "attention_kernel"): 1,
+              **{("CSRA", f"kernel_{i}"): 1 for i in range(1, 8)},
               ("MLDecoder", "queries"): 0, ("MLDecoder", "group_kernel"): 0, ("MLDecoder", "group_bias"): 0}
 
 
@@ -70,7 +72,18 @@ def _match(source_classes, target_classes) -> dict[int, int]:
 
 
 def _body(model: keras.Model) -> list:
-    return [(layer, w) for layer in model.layers if layer.name != HEAD for w in layer.weights]
+    return [(layer, w) for layer in model.layers if layer.name not in (HEAD, HEAD_NORM) for w in layer.weights]
+
+
+def _copy_head_norm(source: keras.Model, target: keras.Model) -> None:
+    """model.head_norm's statistics and affine weights go along when both models have the layer (same width)."""
+    names_s, names_t = {layer.name for layer in source.layers}, {layer.name for layer in target.layers}
+    if HEAD_NORM not in names_s or HEAD_NORM not in names_t:
+        return
+    pairs = list(zip(source.get_layer(HEAD_NORM).weights, target.get_layer(HEAD_NORM).weights))
+    if all(tuple(a.shape) == tuple(b.shape) for a, b in pairs):
+        for a, b in pairs:
+            b.assign(np.asarray(a.numpy()))
 
 
 def transfer(source: keras.Model, target: keras.Model, target_classes, source_classes=None, *,
@@ -90,6 +103,7 @@ def transfer(source: keras.Model, target: keras.Model, target_classes, source_cl
     for (_, a), (_, b) in zip(src, dst):
         b.assign(np.asarray(a.numpy()))
     report.backbone_tensors = len(dst)
+    _copy_head_norm(source, target)
 
     target_classes = list(target_classes)
     head_s, head_t = source.get_layer(HEAD), target.get_layer(HEAD)
@@ -101,6 +115,8 @@ def transfer(source: keras.Model, target: keras.Model, target_classes, source_cl
         report.head_note = "the source's class names are unknown: no classes.json beside the model or in its run"
     elif kind_s != kind_t:
         report.head_note = f"the source's head is {kind_s}, this run's is {kind_t} (model.head differs)"
+    elif [w.path.split("/")[-1] for w in head_s.weights] != [w.path.split("/")[-1] for w in head_t.weights]:
+        report.head_note = f"the source's {kind_s} head has other weights than this run's (a model.csra_* setting differs)"
     if report.head_note:
         report.fresh = target_classes
         return report

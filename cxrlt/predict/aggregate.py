@@ -4,8 +4,12 @@ In CXR-LT the labels belong to the study (the radiology report), so the frontal 
 of one study carry the same findings; pooling their scores lets one view's evidence help the other.
 Methods: `mean`, `max`, `view_mean` (mean weighted by view, e.g. frontal 1.0, lateral 0.5), `view_groups`
 (CXR-LT 2024, 5th in task 1: the mean of the frontal images and the mean of the lateral images, then the
-mean of the two; a study with one group takes that group's mean; lateral = a ViewPosition in LATERAL_VIEWS,
-every other view, unknown or empty included, counts as frontal), or `none` (the default: seed 002 scores each image on its own and shows no evidence for pooling).
+mean of the two; a study with one group takes that group's mean), or `none` (the default: seed 002 scores
+each image on its own and shows no evidence for pooling). `view_groups` splits the views as the team's
+published code does (`postprocess.get_frontal`: `ViewPosition.str.contains('AP|PA', case=False, na=False)`):
+a view naming AP or PA (PA, AP, AP AXIAL, PA LLD, ...) is frontal, every other one is in the other group,
+a blank ViewPosition (about 4 % of MIMIC's images) included; that is the grouping the team's score was
+measured with, so it is the one cxrlt follows.
 Metrics stay per image. A study's images belong to one patient, hence to one fold, so pooling
 out-of-fold predictions never mixes in a model that saw the study.
 
@@ -27,8 +31,15 @@ from ..config.schema import STUDY_AGGREGATIONS as METHODS
 DEFAULT_VIEW_WEIGHTS = defaults()["predict"]["view_weights"]  # defaults.yaml is the one copy
 
 
-# view_groups: the views of the lateral group (upper-cased MIMIC ViewPosition values); everything else is frontal
-LATERAL_VIEWS = frozenset({"LATERAL", "LL", "RL", "XTABLE LATERAL"})
+# view_groups: a view is frontal when its ViewPosition contains one of these (case-insensitive), as in the
+# CXR-LT 2024 5th-place team's get_frontal; every other view, blank included, is in the lateral group
+FRONTAL_MARKS = ("AP", "PA")
+
+
+def is_frontal(view) -> bool:
+    """The 5th-place team's rule: 'AP' or 'PA' anywhere in the ViewPosition (NaN / blank: no)."""
+    text = "" if view is None or (isinstance(view, float) and np.isnan(view)) else str(view).upper()
+    return any(mark in text for mark in FRONTAL_MARKS)
 
 
 class AggregationError(ConfigError):
@@ -99,7 +110,7 @@ def view_group_weights(study_index: np.ndarray, views) -> np.ndarray:
     1 / (images of the same study and group) / (groups in the study)."""
     if len(views) != len(study_index):
         raise AggregationError(f"{len(views)} view names for {len(study_index)} prediction rows")
-    lateral = np.array([str(v).strip().upper() in LATERAL_VIEWS for v in views], dtype=np.int64)
+    lateral = np.array([not is_frontal(v) for v in views], dtype=np.int64)
     _, group, group_size = np.unique(study_index.astype(np.int64) * 2 + lateral, return_inverse=True,
                                      return_counts=True)
     has = np.zeros((int(study_index.max()) + 1, 2), bool)

@@ -12,7 +12,7 @@ results cached under <run>/predictions/ as for any run).
 Study stacks: a study's images are sorted by view group (PA, AP, lateral, other) then id; a study with more
 than `max_images` images is dealt round-robin into ceil(n / max_images) chunks of near-equal size, each
 chunk is scored, and the study's score is the mean over its chunks. Images without a study id are their own
-study (cxrlt.data.dataset). The view groups are cxrlt.predict.aggregate's: LATERAL_VIEWS are lateral.
+study (cxrlt.data.dataset). The view embedding's groups are PA, AP, LATERAL_VIEWS and every other view.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from ..runtime import runs
 from ..utils import atomic
 from ..utils.hashing import file_sha256
 from ..utils.progress import Progress
-from .aggregate import LATERAL_VIEWS
 from .step import TTA
 
 log = logging.getLogger(__name__)
 
 # View group ids of the fusion model's view embedding (cxrlt.model.fusion.NUM_VIEWS of them).
+LATERAL_VIEWS = frozenset({"LATERAL", "LL", "RL", "XTABLE LATERAL"})  # upper-cased MIMIC ViewPosition values
 VIEW_GROUPS = {"PA": 0, "AP": 1, **dict.fromkeys(LATERAL_VIEWS, 2)}
 OTHER_VIEW = 3
 

@@ -96,21 +96,22 @@ def read_image_list(run: runs.Run, path, image_root=None) -> dataset.LabelTable:
     if run.task() == "multilabel":
         table = dataset.read_labels(path, image_root=image_root, classes=list(run.classes()), require_labels=False,
                                     uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
-                                    edition=edition)
+                                    edition=edition, index_dir=run.root)
     else:  # one class per image: a label column (or one-hot columns) if the list is labelled
         from ..data import single_label
 
         table, _ = single_label.read_table(path, task=run.task(), label_column=d.get("label_column"),
                                            image_root=image_root, classes=list(run.classes()), require_labels=False,
                                            uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
-                                           edition=edition)
+                                           edition=edition, index_dir=run.root)
     mode = d.get("check_images", "header")
     if mode != "off":
         # Every listed image needs a prediction: a bad one is named now (never skipped), not as a
         # decode error after the first fold models have run.
         from ..data import check
 
-        check.screen_table(table, deep=mode == "deep", what="prediction", can_skip=False)
+        check.screen_table(table, deep=mode == "deep", what="prediction", can_skip=False,
+                           dicom_window=run.config()["input"].get("dicom_window", "stored"))
     return table
 
 

@@ -65,14 +65,16 @@ def feature_layer(model, name: str | None = None):
             close = difflib.get_close_matches(name, [layer.name for layer in model.layers], n=3)
             raise ExplainError(f"the model has no layer {name!r}" + (f"; close: {close}" if close else "")) from None
     try:
-        return model.get_layer("gap").input._keras_history[0]
+        found = model.get_layer("gap").input._keras_history[0]
     except ValueError:
-        pass
-    try:  # model.head csra / ml_decoder: feature map -> "head_dropout" -> head layer "logits"
-        return model.get_layer("head_dropout").input._keras_history[0]
-    except ValueError:
-        raise ExplainError(f"model {model.name} has neither a 'gap' pooling layer nor a 'head_dropout' layer before "
-                           "its head; is it a cxrlt model? Name the target layer with --layer") from None
+        try:  # model.head csra / ml_decoder: feature map -> "head_dropout" -> head layer "logits"
+            found = model.get_layer("head_dropout").input._keras_history[0]
+        except ValueError:
+            raise ExplainError(f"model {model.name} has neither a 'gap' pooling layer nor a 'head_dropout' layer before "
+                               "its head; is it a cxrlt model? Name the target layer with --layer") from None
+    if found.name == "head_batchnorm":  # model.head_norm batchnorm: the backbone's feature map is the norm's input
+        found = found.input._keras_history[0]
+    return found
 
 
 def gradcam_model(model, layer=None):
@@ -226,10 +228,11 @@ def explain_image(fold_models: FoldModels, image_path, requested=None, *, top: i
     cfg, class_names = run.config(), list(run.classes())
     try:
         image = pipeline.decode_image(tf.constant(str(image_path)), cfg["input"]["size"], cfg["input"]["resize"],
-                                       intensity=cfg["input"].get("intensity", "full_range"))
+                                       intensity=cfg["input"].get("intensity", "full_range"),
+                                       dicom=pipeline.dicom_setting([str(image_path)], cfg))
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as err:
         raise ExplainError(f"{image_path}: cannot decode the image ({err.message.splitlines()[0][:200]}); "
-                           "JPEG or PNG expected") from None
+                           "JPEG, PNG or DICOM expected") from None
     batch = image[None].numpy()
     probability = np.mean([np.asarray(cam.predict(batch), dtype=np.float64)[0] for cam in fold_models.cams], axis=0)
     chosen = resolve_classes(requested, probability, class_names, top)
@@ -265,7 +268,8 @@ def to_original_frame(cam: np.ndarray, width: int, height: int, resize: str) -> 
     return np.clip(np.asarray(resized), 0.0, 1.0)
 
 
-def render(explanation: Explanation, out_dir: Path, resize: str = "stretch", max_side: int = 768) -> list[Path]:
+def render(explanation: Explanation, out_dir: Path, resize: str = "stretch", max_side: int = 768,
+           dicom_window: str = "stored") -> list[Path]:
     """One overlay PNG per finding plus an overview; returns the files written."""
     import matplotlib
 
@@ -273,10 +277,11 @@ def render(explanation: Explanation, out_dir: Path, resize: str = "stretch", max
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    with Image.open(explanation.image_path) as img:
-        grey = img.convert("L")
-        scale = min(1.0, max_side / max(grey.size))
-        grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.BILINEAR)
+    from ..data import dicom
+
+    grey = dicom.grey_picture(explanation.image_path, dicom_window)
+    scale = min(1.0, max_side / max(grey.size))
+    grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.BILINEAR)
     pixels = np.asarray(grey)
     stem = explanation.image_path.stem
     n_folds = len(explanation.folds)
@@ -330,9 +335,9 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(explanation: Explanation, out_dir: Path, resize: str) -> list[Path]:
+def write_outputs(explanation: Explanation, out_dir: Path, resize: str, dicom_window: str = "stored") -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = render(explanation, out_dir, resize)
+    files = render(explanation, out_dir, resize, dicom_window=dicom_window)
     stem = explanation.image_path.stem
     with atomic.atomic_path(out_dir / f"{stem}_maps.npz", suffix=".tmp.npz") as tmp:
         with open(tmp, "wb") as fh:
@@ -348,7 +353,7 @@ def write_outputs(explanation: Explanation, out_dir: Path, resize: str) -> list[
 def main(argv=None) -> int:
     parser = cli.parser("python -m cxrlt.explain", __doc__)
     parser.add_argument("--run", required=True, type=Path, help="run directory (runs/<name>)")
-    parser.add_argument("--image", required=True, nargs="+", type=Path, help="radiograph(s), JPEG or PNG")
+    parser.add_argument("--image", required=True, nargs="+", type=Path, help="radiograph(s): JPEG, PNG or DICOM")
     parser.add_argument("--class", dest="classes", nargs="+", metavar="FINDING",
                         help="findings to explain (default: the --top most probable)")
     parser.add_argument("--top", type=int, default=3, help="how many of the most probable findings (default 3)")
@@ -369,7 +374,7 @@ def main(argv=None) -> int:
         fold_models = load_fold_models(run, args.fold, args.layer)
         for image in args.image:
             explanation = explain_image(fold_models, image, args.classes, top=args.top)
-            files = write_outputs(explanation, args.out, resize)
+            files = write_outputs(explanation, args.out, resize, run.config()["input"].get("dicom_window", "stored"))
             shown = ", ".join(f"{c} {explanation.probabilities[c]:.2f}" for c in explanation.classes)
             print(f"{image}: {shown} -> {', '.join(str(f) for f in files)}")
     return 0

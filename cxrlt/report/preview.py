@@ -104,7 +104,8 @@ def main(argv=None) -> int:
             raise config.ConfigError("no images: pass --labels CSV (e.g. ../shared/data/cxr_fullres/images.csv)")
         paths, labels, names = load_examples(Path(csv), args.image_root or cfg["data"]["image_root"],
                                              args.label_column, args.n, args.seed)
-        images = tf.stack([pipeline.decode_image(tf.constant(p), args.size, cfg["input"]["resize"]) for p in paths])
+        images = tf.stack([pipeline.decode_image(tf.constant(p), args.size, cfg["input"]["resize"],
+                                                 dicom=pipeline.dicom_setting([p], cfg)) for p in paths])
         render(rows(images, tf.constant(labels), cfg, args.seed), names, args.out)
         print(f"wrote {args.out}")
     return 0

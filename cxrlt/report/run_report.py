@@ -153,7 +153,8 @@ def _training_labels(run: runs.Run, cfg: dict, classes, labels) -> dataset.Label
                                             image_root=d.get("image_root") if same_file else None,
                                             classes=list(classes), allow_outside_root=True)[0]
     return dataset.read_labels(csv, image_root=d.get("image_root") if same_file else None, classes=list(classes),
-                               uncertain=uncertain, allow_outside_root=True)
+                               uncertain=uncertain, allow_outside_root=True,
+                               **(dataset.training_rows(d) if same_file else {}))
 
 
 def load_submission(pred_csv: Path, labels: str | None) -> ReportData:
@@ -225,14 +226,13 @@ def pick_gallery(data: ReportData, n: int, seed: int) -> list[int]:
 
 
 def gallery_items(data: ReportData, picks: list[int], size: int = 320) -> list[dict]:
-    from PIL import Image
+    from ..data import dicom
 
     items = []
     for i in picks:
-        with Image.open(data.paths[i]) as img:
-            grey = img.convert("L")
-            grey.thumbnail((size, size))
-            pixels = np.asarray(grey)
+        grey = dicom.grey_picture(data.paths[i], ((data.cfg or {}).get("input") or {}).get("dicom_window", "stored"))
+        grey.thumbnail((size, size))
+        pixels = np.asarray(grey)
         fold = f"fold {data.fold_of[i]}, " if data.fold_of is not None else ""
         items.append({"image": pixels, "caption": f"{fold}{str(data.ids[i])[:23]}", "truth": data.y_true[i] > 0.5,
                       "prob": data.y_prob[i]})
@@ -250,7 +250,8 @@ def augmentation_preview(data: ReportData, path: Path, n: int = 5, seed: int = 0
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(data.paths), size=min(n, len(data.paths)), replace=False)
     images = tf.stack([pipeline.decode_image(tf.constant(p), cfg["input"]["size"], cfg["input"]["resize"],
-                                              intensity=cfg["input"].get("intensity", "full_range"))
+                                              intensity=cfg["input"].get("intensity", "full_range"),
+                                              dicom=pipeline.dicom_setting([p], cfg))
                        for p in data.paths[idx]])
     grid = preview.rows(images, tf.constant(data.y_true[idx], tf.float32), cfg, seed)
     m, a = cfg["mix"], cfg["augment"]

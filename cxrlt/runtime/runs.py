@@ -2,6 +2,7 @@
 
 runs/<name>/
   config.yaml          resolved config (a rerun with a different one is refused unless --force)
+  command.txt          every command that trained the run (folder it ran in + the command line), oldest first
   folds.csv            image id -> patient -> fold (made once, reused on every resume)
   fold<k>/model.keras  the fold's selected model (probabilities out)
   fold<k>/history.csv  one row per epoch; fold<k>/backup/ mid-training state (tf.train.CheckpointManager: weights, optimizer, epoch)
@@ -43,6 +44,10 @@ class Run:
     @property
     def config_path(self) -> Path:
         return self.root / "config.yaml"
+
+    @property
+    def command_txt(self) -> Path:
+        return self.root / "command.txt"
 
     @property
     def folds_csv(self) -> Path:
@@ -137,6 +142,17 @@ class Run:
         return None if done == k else f"{self.root}: {done} of {k} folds"
 
 
+def record_command(run: Run, program: str, argv: list[str]) -> None:
+    """Append `cd <folder> && <program> <argv>` to the run's command.txt (rewritten atomically): the
+    exact commands a submission's code/ folder shows for this run."""
+    import os
+    import shlex
+
+    line = f"cd {shlex.quote(os.getcwd())} && {program} {shlex.join(argv)}".rstrip() + "\n"
+    before = run.command_txt.read_text(encoding="utf-8") if run.command_txt.is_file() else ""
+    atomic.write_text(run.command_txt, before + line)
+
+
 TRAILING = ("predicted", "expected_grade")  # columns written after the class probabilities
 
 
@@ -199,11 +215,13 @@ def oof_with_labels(run: Run):
     d = run.config()["data"]
     if run.task() == "multilabel":
         table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=list(run.classes()),
-                                    uncertain=d["uncertain"], allow_outside_root=True)
+                                    uncertain=d["uncertain"], allow_outside_root=True, index_dir=run.root,
+                                    **dataset.training_rows(d))
     else:
         table, _ = single_label.read_table(d["labels"], task=run.task(), label_column=d.get("label_column"),
                                            image_root=d["image_root"], classes=list(run.classes()),
-                                           uncertain=d["uncertain"], allow_outside_root=True)
+                                           uncertain=d["uncertain"], allow_outside_root=True, index_dir=run.root,
+                                           **dataset.training_rows(d))
     ids, probs = read_predictions(run.oof_csv, run.classes())
     position = {image_id: i for i, image_id in enumerate(table.ids)}
     missing = [i for i in ids if i not in position]

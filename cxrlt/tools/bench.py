@@ -7,6 +7,7 @@
     python -m cxrlt.bench cpu      [--sizes 224 512 768] [--rates 145 400] [--json out.json]
     python -m cxrlt.bench step     [--backbones efficientnetv2-b0] [--size 224] [--json out.json]   (cxrlt/bench_step.py)
     python -m cxrlt.bench loop     [--ks 1 16] [--size 32] [--backbone NAME] [--json out.json]  (k steps per call)
+    python -m cxrlt.bench export   --run runs/X [--labels LIST.csv] [--batch-size 16] [--json out.json]
 
 pipeline: images/s of the training input pipeline on full-resolution radiographs, for
 decode+resize only (the ceiling any variant can reach), a bare tf.data read-decode-resize-batch
@@ -23,6 +24,8 @@ thread: where the pipeline's time goes, to read the ratios above.
 cpu: host CPU milliseconds per training image of the whole input, host mode vs augment.device
 accelerator (the host only decodes), from raw files and from prepared shards, on one tf.data thread;
 and the CPU cores one GPU needs to be fed --rates images/s.
+export: images/s of `cxrlt predict` and of the same run exported by `cxrlt export` (SavedModel, bytes in), on
+the same images in one process.
 
 The machine may be shared: variants are measured in interleaved rounds (median over rounds), and
 next to wall-clock images/s each entry has images per CPU-second of this process, which moves much
@@ -368,6 +371,77 @@ def predict_bench(paths: np.ndarray, backbones, size: int, batch: int, images: i
     return results
 
 
+# --------------------------------------------------------------------------------------------- export
+
+def export_bench(run_dir: Path, labels: str | None, batch: int, rounds: int, max_images: int | None,
+                 image_root: str | None = None) -> dict:
+    """images/s of `cxrlt predict` (predict.inference: each fold model x TTA over pipeline.eval_dataset, the fold
+    means averaged) and of the run exported by `cxrlt export` (tf.saved_model.load, the serving signature fed the
+    files' bytes in batches), on the same images in interleaved rounds (median). Both are timed warm (models
+    loaded, functions traced); the one-time costs (export, load, first call) are reported beside them."""
+    from ..ensemble import ensembler, export
+    from ..model import models
+    from ..predict import inference
+    from ..predict.step import Predictor
+    from ..runtime import runs
+
+    run = runs.Run(run_dir)
+    cfg = run.config()
+    table = inference.read_image_list(run, labels or cfg["data"]["test_labels"], image_root)
+    paths = table.paths[:max_images] if max_images else table.paths
+    tta = tuple(cfg["predict"]["tta"])
+    results = {"run": str(run.root), "images": int(len(paths)), "batch_size": batch, "rounds": rounds,
+               "tta": list(tta), "folds": run.finished_folds(), "size": cfg["input"]["size"],
+               "backbone": cfg["model"]["backbone"]}
+    with tempfile.TemporaryDirectory(prefix="cxrlt-bench-export-") as folder:
+        started = time.perf_counter()
+        settings = {**ensembler.load_settings(None), "runs": [str(run.root)]}
+        export.save(export.make_plan([run], settings), Path(folder) / "model")
+        results["export_s"] = round(time.perf_counter() - started, 2)
+
+        started = time.perf_counter()
+        predictors = [Predictor(models.load(run.model_path(k), num_classes=len(run.classes())), tta)
+                      for k in run.finished_folds()]
+        for predictor in predictors:  # trace
+            predictor(pipeline.eval_dataset(paths[:batch], cfg, batch_size=batch))
+        results["predict_load_and_trace_s"] = round(time.perf_counter() - started, 2)
+
+        started = time.perf_counter()
+        serve = tf.saved_model.load(str(Path(folder) / "model")).signatures["serving_default"]
+        serve(images=tf.constant([Path(p).read_bytes() for p in paths[:batch]]))
+        results["export_load_and_first_call_s"] = round(time.perf_counter() - started, 2)
+
+        def cxrlt_predict():
+            return np.mean([p(pipeline.eval_dataset(paths, cfg, batch_size=batch), expected=len(paths))
+                            for p in predictors], axis=0)
+
+        def exported():
+            out = [serve(images=tf.constant([Path(p).read_bytes() for p in paths[i:i + batch]]))["probabilities"]
+                   .numpy() for i in range(0, len(paths), batch)]
+            return np.concatenate(out)
+
+        rates = {"cxrlt predict": [], "export": []}
+        outputs = {}
+        for _ in range(rounds):
+            for name, fn in (("cxrlt predict", cxrlt_predict), ("export", exported)):
+                started = time.perf_counter()
+                outputs[name] = fn()
+                rates[name].append(len(paths) / (time.perf_counter() - started))
+    for name, values in rates.items():
+        results[name] = {"images_per_s": round(float(np.median(values)), 2), "rounds": [round(v, 2) for v in values]}
+    results["ratio_export_vs_predict"] = round(results["export"]["images_per_s"]
+                                               / results["cxrlt predict"]["images_per_s"], 3)
+    results["max_abs_difference"] = float(np.abs(outputs["export"] - outputs["cxrlt predict"]).max())
+    print(f"{len(paths)} images, {results['backbone']} at {results['size']} px, {len(results['folds'])} folds x "
+          f"{len(tta)} TTA view(s), batch {batch}, median of {rounds} rounds: cxrlt predict "
+          f"{results['cxrlt predict']['images_per_s']:.1f} images/s, export {results['export']['images_per_s']:.1f} "
+          f"images/s (x{results['ratio_export_vs_predict']:.2f}); max |difference| "
+          f"{results['max_abs_difference']:.1e}. One-time: export {results['export_s']:.1f} s, predict load+trace "
+          f"{results['predict_load_and_trace_s']:.1f} s, export load+first call "
+          f"{results['export_load_and_first_call_s']:.1f} s", flush=True)
+    return results
+
+
 # --------------------------------------------------------------------------------------------- memory
 
 def _peak_rss_mb() -> float:
@@ -567,6 +641,17 @@ def _add_cpu(sub) -> None:
     p.add_argument("--json", type=Path)
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="images/s of cxrlt predict vs the run exported as a SavedModel, same images")
+    p.add_argument("--run", type=Path, required=True, help="a finished run (runs/X)")
+    p.add_argument("--labels", help="image list (default: the run's data.test_labels)")
+    p.add_argument("--image-root", help="folder the list's paths are relative to (default: the list's folder)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--json", type=Path)
+
+
 def _add_ops(sub) -> None:
     p = sub.add_parser("ops", help="CPU ms per image of each input-pipeline step, one thread")
     p.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
@@ -599,6 +684,7 @@ def main(argv=None) -> int:
     _add_memory(sub)
     _add_ops(sub)
     _add_cpu(sub)
+    _add_export(sub)
     bench_step.add_parser(sub, DEFAULT_IMAGES)
     bench_step.add_loop_parser(sub)
     bench_step.add_heads_parser(sub)
@@ -621,6 +707,14 @@ def main(argv=None) -> int:
                    "batch_size": args.batch_size,
                    "heads": bench_step.head_bench(args.backbone, args.size, args.batch_size, args.steps, args.warmup,
                                                   args.heads)}
+        if args.json:
+            atomic.write_json(args.json, results)
+        return 0
+    if args.command == "export":  # the run's own image list
+        print(f"cxrlt predict vs export; {machine()}", flush=True)
+        results = {"machine": machine(), "command": "export",
+                   **export_bench(args.run, args.labels, args.batch_size, args.rounds, args.max_images, args.image_root),
+                   "machine_after": machine()}
         if args.json:
             atomic.write_json(args.json, results)
         return 0

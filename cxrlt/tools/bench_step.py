@@ -51,9 +51,22 @@ def _memory_batch(size: int, batch: int):
     return tf.data.Dataset.from_tensors((images, labels)).repeat()
 
 
+# bench heads' names: model.head plus the head options that change its cost
+HEAD_VARIANTS = {
+    "gap": ("gap", {}),
+    "csra": ("csra", {}),                                                    # the authors' default: 1 head, T = 1
+    "csra4": ("csra", {"csra_heads": 4}),                                    # 4 heads, T = 1, 2, 4, 99
+    "csra_winner": ("csra", {"csra_variant": "cxrlt2026_winner", "head_norm": "batchnorm"}),  # the 2026 winner's
+    "ml_decoder": ("ml_decoder", {}),                                        # frozen queries (the authors')
+    "ml_decoder_trained_queries": ("ml_decoder", {"ml_decoder_train_queries": True}),
+}
+
+
 def _build(backbone: str, size: int, head: str = "gap"):
     keras.utils.set_random_seed(0)
-    return models.build(backbone, CLASSES, size, weights="none", head=head).train_model
+    kind, options = HEAD_VARIANTS.get(head, (head, {}))
+    return models.build(backbone, CLASSES, size, weights="none", head=kind,
+                        head_options=models.HeadOptions(**options)).train_model
 
 
 def bare_fit(backbone: str, size: int, batch: int, steps: int, warmup: int) -> float:
@@ -114,14 +127,15 @@ def head_bench(backbone: str, size: int, batch: int, steps: int, warmup: int, he
         base = base or rate
         out[head] = {"images_per_s": round(rate, 3), "ratio": round(rate / base, 3), "ratio_vs": heads[0],
                      "trainable_params": params}
-        print(f"  head {head:<11}{rate:8.2f} images/s  x{rate / base:.3f} of {heads[0]}  "
+        print(f"  head {head:<27}{rate:8.2f} images/s  x{rate / base:.3f} of {heads[0]}  "
               f"{params / 1e6:6.2f} M trainable parameters", flush=True)
     return out
 
 
 def add_heads_parser(sub) -> None:
     p = sub.add_parser("heads", help="train images/s of one backbone with each model.head, from memory")
-    p.add_argument("--heads", nargs="+", default=["gap", "csra", "ml_decoder"])
+    p.add_argument("--heads", nargs="+", default=["gap", "csra", "ml_decoder"], choices=sorted(HEAD_VARIANTS),
+                   help="model.head, or one of its variants (csra4, csra_winner, ml_decoder_trained_queries)")
     p.add_argument("--backbone", default="efficientnetv2-b0")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=8)

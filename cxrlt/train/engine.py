@@ -28,11 +28,20 @@ worker takes part in saving (it is a collective operation); only the chief write
 Weight EMA (`train.ema`, `WeightEMA` below): an exponential moving average of the model's float variables,
 updated after every step. At each epoch's end the averages are swapped into the model for the callbacks
 (so validation scores them and model selection saves them as model.keras, which prediction then uses) and
-swapped back before the checkpoint, which holds both the raw weights and the averages.
+swapped back before the checkpoint, which holds both the raw weights and the averages. With timm's warm-up
+(`train.ema_warmup`, ModelEmaV3's use_warmup) the decay of update n is min(decay, 1 - (1 + (n - 1) / gamma)^-power)
+(0 at the first update: the average starts as a copy).
+
+Head warm-up (`train.freeze_backbone_epochs` F, the 2026 winner's phase 1): the first F epochs train the head's
+variables only, with an optimizer of their own (`warmup_optimizer`: constant rate, optim.head_warmup_lr), the
+backbone frozen (no gradient, no optimizer state: its moments start at the first full epoch, as torch's fresh
+optimizer of phase 2) and no EMA; from epoch F on the main optimizer trains every variable (its schedule starts
+at its own step 0) and the EMA starts from the weights the warm-up left. Both optimizers are checkpointed.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -64,34 +73,40 @@ class Trainer:
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, optimizer, loss, *,
                  jit_compile: bool = False, steps_per_execution: int = 1, preprocess=None, ema: float = 0.0,
-                 accumulate: int = 1):
+                 accumulate: int = 1, ema_warmup: tuple[float, float] | None = None, freeze_epochs: int = 0,
+                 warmup_optimizer=None, head_variables=None):
         if int(steps_per_execution) < 1:
             raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
         if not 0.0 <= float(ema) < 1.0:
             raise ValueError(f"ema must be in [0, 1) (0 = off), got {ema}")
         if int(accumulate) < 1:
             raise ValueError(f"accumulate must be >= 1, got {accumulate}")
+        if int(freeze_epochs) < 0 or (freeze_epochs and (warmup_optimizer is None or not head_variables)):
+            raise ValueError("freeze_epochs > 0 needs a warmup_optimizer and the head's variables")
         self.strategy, self.model, self.optimizer, self.loss = strategy, model, optimizer, loss
         self.steps_per_execution, self.jit_compile = int(steps_per_execution), bool(jit_compile)
         self.accumulate = int(accumulate)  # micro-batches per optimizer update
         self.preprocess = preprocess  # batch -> (images, labels[, mask]) on the replica (augment.device accelerator)
         self.chief = distribute.is_chief(strategy)
+        self.freeze_epochs, self.warmup_optimizer = int(freeze_epochs), warmup_optimizer
         with strategy.scope():
             optimizer.build(model.trainable_variables)
-        self.ema = WeightEMA(strategy, model, float(ema)) if ema else None
+            if self.freeze_epochs:
+                warmup_optimizer.build(list(head_variables))
+        self.ema = WeightEMA(strategy, model, float(ema), warmup=ema_warmup) if ema else None
         # XLA compiles the forward and backward pass only: the iterator (IteratorGetNext has no XLA
         # kernel) and the optimizer update (a cross-replica merge under MirroredStrategy) stay outside.
-        self._gradients = tf.function(self._replica_gradients, jit_compile=jit_compile, reduce_retracing=True)
-        if strategy.num_replicas_in_sync > 1 and _synchronized_batchnorm(model):
+        inline = strategy.num_replicas_in_sync > 1 and _synchronized_batchnorm(model)
+        if inline and jit_compile:
             # model.sync_batchnorm: the BN layers all-reduce their moments in the forward pass, a cross-replica
             # merge that MirroredStrategy cannot run inside a nested tf.function (let alone an XLA cluster): the
             # forward and backward pass are traced inline into the replica step instead.
-            if jit_compile:
-                raise TrainingError("model.sync_batchnorm all-reduces the BatchNorm statistics between the replicas "
-                                    "inside the forward pass, which cannot be XLA-compiled: turn off "
-                                    "distribute.jit_compile (--jit-compile) or model.sync_batchnorm")
-            self._gradients = self._replica_gradients
-        self._train_steps = tf.function(self._distributed_steps)
+            raise TrainingError("model.sync_batchnorm all-reduces the BatchNorm statistics between the replicas "
+                                "inside the forward pass, which cannot be XLA-compiled: turn off "
+                                "distribute.jit_compile (--jit-compile) or model.sync_batchnorm")
+        self._phases = {"train": _Phase(self, list(model.trainable_variables), optimizer, ema=True, inline=inline)}
+        if self.freeze_epochs:
+            self._phases["warmup"] = _Phase(self, list(head_variables), warmup_optimizer, ema=False, inline=inline)
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="finished_epochs")
         self._manager: tf.train.CheckpointManager | None = None
         self._backup_dir: Path | None = None
@@ -111,6 +126,8 @@ class Trainer:
         rng = {f"rng{i}": v.value for i, v in enumerate(v for v in self.model.variables
                                                        if v.path.endswith("seed_generator_state"))}
         extra = {"ema": self.ema.tracked()} if self.ema is not None else {}
+        if self.freeze_epochs:
+            extra["warmup_optimizer"] = self.warmup_optimizer
         checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self._epoch, rng=rng, **extra)
         latest = tf.train.latest_checkpoint(str(self._backup_dir))
         if latest:
@@ -122,14 +139,14 @@ class Trainer:
         self._manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=2)
         return self.finished_epochs
 
-    def _replica_gradients(self, images, labels, mask, rescale):
+    def _replica_gradients(self, images, labels, mask, rescale, variables, optimizer):
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             loss = self.loss(labels, logits, sample_weight=mask) * rescale
-            scaled = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16, identity otherwise
-        return loss, tape.gradient(scaled, self.model.trainable_variables)
+            scaled = optimizer.scale_loss(loss)  # loss scaling under mixed_float16, identity otherwise
+        return loss, tape.gradient(scaled, variables)
 
-    def _replica_step(self, *batches):
+    def _replica_step(self, phase: "_Phase", *batches):
         """One optimizer update from the replica's `accumulate` micro-batches (one without accumulation)."""
         batches = [self.preprocess(b) if self.preprocess is not None else b for b in batches]
         masks = [b[2] if len(b) > 2 else None for b in batches]
@@ -139,13 +156,13 @@ class Trainer:
             # one micro-batch after the other: the next forward pass waits for the last gradients, so the
             # activations of only one micro-batch are alive at a time
             with tf.control_dependencies([] if summed is None else [g for g in summed if g is not None]):
-                loss, grads = self._gradients(batch[0], batch[1], mask, factor)
+                loss, grads = phase.gradients(batch[0], batch[1], mask, factor)
             if summed is None:
                 total, summed = loss, list(grads)
             else:
                 total += loss
                 summed = [a if b is None else (b if a is None else a + b) for a, b in zip(summed, grads)]
-        self.optimizer.apply_gradients(zip(summed, self.model.trainable_variables))
+        phase.optimizer.apply_gradients(zip(summed, phase.variables))
         return total
 
     def _global_mean_factors(self, masks):
@@ -169,15 +186,15 @@ class Trainer:
             total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, total)
         return [tf.math.divide_no_nan(c * replicas, total) for c in local]
 
-    def _distributed_steps(self, iterator, n):
+    def _distributed_steps(self, phase: "_Phase", iterator, n):
         """`n` train steps (optimizer updates) in one call (a loop inside the graph: one host round trip per
         call, not per step); returns the sum of their losses (each step's loss summed over replicas)."""
         total = tf.constant(0.0, tf.float32)
         for _ in tf.range(n):
             batches = tuple(next(iterator) for _ in range(self.accumulate))
-            per_replica = self.strategy.run(self._replica_step, args=batches)
+            per_replica = self.strategy.run(functools.partial(self._replica_step, phase), args=batches)
             total += tf.cast(self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None), tf.float32)
-            if self.ema is not None:
+            if self.ema is not None and phase.ema:
                 with tf.control_dependencies([total]):  # after this step's update of the weights
                     self.ema.update()
         return total
@@ -216,6 +233,8 @@ class Trainer:
         iterator = iter(dataset)
         cbs.on_train_begin()
         for epoch in range(initial_epoch, epochs):
+            if self.ema is not None and self.freeze_epochs and epoch == self.freeze_epochs:
+                self.ema.reset()  # the average starts where the head warm-up left the weights (winner's phase 2)
             cbs.on_epoch_begin(epoch)
             total, step = 0.0, 0
             while step < steps_per_epoch:  # chunks of k steps; the last one ends exactly at the epoch's end
@@ -225,12 +244,13 @@ class Trainer:
                 total += value
                 step += n
                 cbs.on_train_batch_end(step - 1, {"loss": total / step})
-            if self.ema is not None:  # the callbacks validate and save the averaged weights
+            averaged = self.ema is not None and epoch >= self.freeze_epochs  # no average during the head warm-up
+            if averaged:  # the callbacks validate and save the averaged weights
                 self.ema.swap()
             try:
                 cbs.on_epoch_end(epoch, {"loss": total / steps_per_epoch})
             finally:
-                if self.ema is not None:  # training and its checkpoint go on from the raw weights
+                if averaged:  # training and its checkpoint go on from the raw weights
                     self.ema.swap()
             for key, value in recorder.logs.items():
                 history.setdefault(key, []).append(value)
@@ -249,7 +269,8 @@ class Trainer:
         when the input pipeline raised it (the op that failed is the iterator's or a decoder's)."""
         where = f"epoch {epoch + 1}, batch {step + 1}" + (f"-{step + n}" if n > 1 else "")
         try:
-            value = float(self._train_steps(iterator, tf.constant(n, tf.int32)))
+            phase = self._phases["warmup" if epoch < self.freeze_epochs else "train"]
+            value = float(phase.steps(iterator, tf.constant(n, tf.int32)))
         except tf.errors.OutOfRangeError:
             raise TrainingError(
                 f"{label}: the input stream ended in {where}; training streams never end on their own, so a tf.data "
@@ -279,30 +300,76 @@ class Trainer:
             shutil.rmtree(Path(self._manager.directory).parent, ignore_errors=True)
 
 
+class _Phase:
+    """The variables one optimizer trains and the traced step functions that train them (the head warm-up of
+    train.freeze_backbone_epochs is a phase of its own)."""
+
+    def __init__(self, trainer: Trainer, variables: list, optimizer, *, ema: bool, inline: bool):
+        self.variables, self.optimizer, self.ema = variables, optimizer, ema
+
+        # closures, not partials: tf.function would trace a partial's bound objects as arguments
+        def gradients(images, labels, mask, rescale):
+            return trainer._replica_gradients(images, labels, mask, rescale, variables, optimizer)
+
+        def steps(iterator, n):
+            return trainer._distributed_steps(self, iterator, n)
+
+        self.gradients = gradients if inline else tf.function(gradients, jit_compile=trainer.jit_compile,
+                                                              reduce_retracing=True)
+        self.steps = tf.function(steps)
+
+
+def ema_decay(decay: float, update: int, warmup: tuple[float, float] | None = None) -> float:
+    """The decay of the `update`-th EMA update (1-based): `decay`, or with timm's warm-up (ModelEmaV3.get_decay,
+    use_warmup, (gamma, power)): 0 for the first update, then min(decay, 1 - (1 + (update - 1) / gamma) ** -power)."""
+    if warmup is None:
+        return decay
+    step = max(0, update - 1)
+    if step <= 0:
+        return 0.0
+    gamma, power = warmup
+    return min(decay, 1.0 - (1.0 + step / gamma) ** -power)
+
+
 class WeightEMA:
     """ema <- decay * ema + (1 - decay) * w after every train step, for every float variable of the model
     (the trainable weights and BatchNorm's moving statistics, as timm's ModelEmaV2; the dropout seed state is
-    int and left out), starting from the weights the model has when the Trainer is made.
+    int and left out), starting from the weights the model has when the Trainer is made (or at `reset`).
+    `warmup` (gamma, power): timm's ModelEmaV3 decay warm-up (:func:`ema_decay`), counted from the start.
 
     Keras 3's own `use_ema` averages the trainable variables only and can only overwrite the weights with the
     averages (`finalize_variable_values`), not swap them back for the next epoch; the averages here are
     tf.Variables made under the strategy's scope (mirrored like the weights), updated with
     `strategy.extended.update` in cross-replica context, so each device averages its own copy (no
-    communication), and they are checkpointed with the rest of the state.
+    communication), and they are checkpointed with the rest of the state (the update count too).
     """
 
-    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, decay: float):
-        self.strategy, self.decay = strategy, float(decay)
+    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, decay: float,
+                 warmup: tuple[float, float] | None = None):
+        self.strategy, self.decay, self.warmup = strategy, float(decay), warmup
         self.variables = [v for v in model.variables if v.dtype in ("float16", "bfloat16", "float32", "float64")]
         with strategy.scope():
             self.averages = [tf.Variable(v.value, trainable=False, name=f"ema_{i}")
                              for i, v in enumerate(self.variables)]
+            self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="ema_updates")
 
     def tracked(self) -> dict:
-        return {f"v{i}": a for i, a in enumerate(self.averages)}
+        averages = {f"v{i}": a for i, a in enumerate(self.averages)}
+        # the count matters only to the warm-up (and checkpoints written without it resume unchanged)
+        return averages if self.warmup is None else {**averages, "updates": self.updates}
+
+    def _decay_now(self):
+        """This update's decay as a tensor (the count was just incremented)."""
+        if self.warmup is None:
+            return tf.constant(self.decay, tf.float32)
+        gamma, power = self.warmup
+        step = tf.cast(tf.maximum(self.updates - 1, 0), tf.float32)
+        warm = 1.0 - tf.pow(1.0 + step / gamma, -power)
+        return tf.where(step > 0, tf.minimum(tf.constant(self.decay, tf.float32), warm), 0.0)
 
     def update(self) -> None:
-        decay = tf.constant(self.decay, tf.float32)
+        self.updates.assign_add(1)
+        decay = self._decay_now()
 
         def step(average, value):
             return average.assign(tf.cast(decay, average.dtype) * average
@@ -310,6 +377,13 @@ class WeightEMA:
 
         for average, variable in zip(self.averages, self.variables):
             self.strategy.extended.update(average, step, args=(variable.value,))
+
+    def reset(self) -> None:
+        """Start the average again from the current weights (eager; the update count from 0)."""
+        with self.strategy.scope():
+            for average, variable in zip(self.averages, self.variables):
+                average.assign(variable.numpy())
+            self.updates.assign(0)
 
     def swap(self) -> None:
         """Exchange the model's weights and the averages (eager, once per epoch)."""

@@ -82,7 +82,8 @@ def source_table(source: runs.Run):
     """(the source's training table in folds.csv order, fold of each image)."""
     d = source.config()["data"]
     table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=list(source.classes()),
-                                uncertain=d["uncertain"], allow_outside_root=True)
+                                uncertain=d["uncertain"], allow_outside_root=True, index_dir=source.root,
+                                **dataset.training_rows(d))
     if not source.folds_csv.exists():
         raise runs.RunError(f"{source.root}: no folds.csv; is it a finished cxrlt run?")
     folds = pd.read_csv(source.folds_csv, dtype={"id": str})
@@ -181,7 +182,8 @@ def train_fold(cfg: dict, run: runs.Run, source: runs.Run, table, fold_of: np.nd
 
     built = fusion_model.build(len(classes), feats.shape[1:], max_images=f["max_images"], dim=f["dim"],
                                layers=f["layers"], num_heads=f["heads"], ffn_dim=f["ffn_dim"], dropout=f["dropout"])
-    loss = losses.get_loss(cfg["loss"]["name"], class_counts=y.sum(axis=0), n_images=len(y), **cfg["loss"]["params"])
+    loss = losses.get_loss(cfg["loss"]["name"], class_counts=y.sum(axis=0), n_images=len(y), epochs=f["epochs"],
+                           **cfg["loss"]["params"])
     optimizer = keras.optimizers.Adam(f["lr"])
     model, variables = built.train_model, built.train_model.trainable_variables
     optimizer.build(variables)
@@ -300,6 +302,7 @@ def main(argv=None) -> int:
                         help="fuse.* (e.g. fuse.feature_pool=2), predict.tta, predict.batch_size or seed (repeatable)")
     parser.add_argument("--force", action="store_true", help="refit a fused run made with other settings")
     cli.add_common(parser)
+    command = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     cli.setup(args)
     with cli.errors():
@@ -307,6 +310,7 @@ def main(argv=None) -> int:
         if args.epochs is not None:
             overrides["fuse.epochs"] = args.epochs
         run, summary = fuse(args.run, name=args.name, out=args.out, overrides=overrides, force=args.force)
+        runs.record_command(run, "python -m cxrlt.fuse", command)
         from .kfold import print_summary
 
         print_summary(run, summary)

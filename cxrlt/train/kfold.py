@@ -63,9 +63,7 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
 
             distribute.barrier(strategy)  # the workers read the demo set once the chief has made it
         if not chief:
-            demo = synthetic.DemoData(root=folder, train_csv=folder / "train.csv", test_csv=folder / "test.csv",
-                                      exclude=folder / "Removal.csv" if edition.startswith("cxrlt2026") else None,
-                                      edition=edition)
+            demo = synthetic.demo_files(folder, edition)
         d.update(labels=str(demo.train_csv), image_root=str(demo.root), test_labels=str(demo.test_csv),
                  test_image_root=str(demo.root))
         if edition == "cxrlt2023":
@@ -81,12 +79,14 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
         d["exclude"] = str(Path(d["exclude"]).expanduser().resolve())
     if cfg["model"]["init"]:  # a rerun from another folder finds the same source
         cfg["model"]["init"] = str(Path(cfg["model"]["init"]).expanduser().resolve())
-    # the exclusion list is applied while reading, so a removed (e.g. broken) image is never screened
+    # the exclusion list and the split are applied while reading, so a removed (e.g. broken) image is never
+    # screened; an image root of sub-folders is indexed once, the index cached in the run directory.
     # data.task auto is settled here (one log line says what the file is and why); the config the run saves is explicit
+    record = Path(cfg["out"]) / cfg["name"]
     table, _ = single_label.resolve_task(cfg, d["labels"], image_root=d["image_root"], classes=d["classes"],
                                          uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
-                                         check_files=d["check_images"] == "off", edition=d.get("edition", "auto"),
-                                         exclude=d.get("exclude"))
+                                         check_files=d["check_images"] == "off", index_dir=record if chief else None,
+                                         **dataset.training_rows(d))
     if multi:
         from ..runtime import distribute
 
@@ -100,16 +100,17 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
 
         screened = table
         if chief:
-            record = Path(cfg["out"]) / cfg["name"]
             deep = d["check_images"] == "deep"
+            window = cfg["input"].get("dicom_window", "stored")
             screened = check.screen_table(table, deep=deep, skip_bad=d["skip_bad"], record_dir=record,
-                                          input_size=cfg["input"]["size"])
+                                          input_size=cfg["input"]["size"], dicom_window=window)
             if d["test_labels"]:  # the submission needs every test image: bad ones stop the run, never skipped
                 test, _ = single_label.read_table(d["test_labels"], task=table.task, image_root=d["test_image_root"],
                                                   label_column=d.get("label_column"), classes=list(table.classes),
                                                   require_labels=False, uncertain=d["uncertain"], edition=table.edition,
-                                                  allow_outside_root=d["allow_outside_root"])
-                check.screen_table(test, deep=deep, record_dir=record / "test_images", what="test", can_skip=False)
+                                                  allow_outside_root=d["allow_outside_root"], index_dir=record)
+                check.screen_table(test, deep=deep, record_dir=record / "test_images", what="test", can_skip=False,
+                                   dicom_window=window)
         if multi:
             kept = distribute.from_chief(strategy, np.isin(table.ids, screened.ids))
             screened = screened if chief else table.subset(np.flatnonzero(kept > 0.5))
@@ -157,9 +158,11 @@ def note_input_size(cfg: dict) -> None:
                     (size // STRIDE + 1) * STRIDE)
 
 
-def open_run(cfg: dict, table: dataset.LabelTable, force: bool, strategy=None) -> runs.Run:
+def open_run(cfg: dict, table: dataset.LabelTable, force: bool, strategy=None, command: list[str] | None = None
+             ) -> runs.Run:
     """Create the run directory, or check that an existing one was made with this config (the chief only:
-    the other workers write nothing; a refusal on the chief stops them too)."""
+    the other workers write nothing; a refusal on the chief stops them too). `command` (the train
+    arguments) is appended to the run's command.txt: every command that trained it, in order."""
     run = runs.Run(Path(cfg["out"]) / cfg["name"])
     if not _roles(strategy)[0]:
         return run
@@ -178,6 +181,8 @@ def open_run(cfg: dict, table: dataset.LabelTable, force: bool, strategy=None) -
                 f"{'; ...' if len(changed) > 4 else ''}). Use another --name/--out, or --force to continue it anyway"
             )
     atomic.write_text(run.config_path, config.dump(cfg))
+    if command is not None:
+        runs.record_command(run, "python -m cxrlt.train", command)
     counts = table.class_counts()
     edition = editions.get(table.edition)
     atomic.write_json(run.classes_json, {
@@ -242,7 +247,11 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     # train.accumulate: a step is one optimizer update of `accumulate` micro-batches of global_batch images each;
     # steps_per_epoch counts updates, so an epoch always ends between updates (nothing accumulated is lost)
     accumulate = cfg["train"]["accumulate"]
-    steps = cfg["train"]["steps_per_epoch"] or len(train) // (global_batch * accumulate)
+    from ..data import sampling
+
+    # one pass over the fold's images; sampling.sampler repeat_factor: over its repeated list (the 2026 winner's epoch)
+    epoch_images = sampling.epoch_images(train.labels, cfg["sampling"])
+    steps = cfg["train"]["steps_per_epoch"] or epoch_images // (global_batch * accumulate)
     if steps < 1:
         raise config.ConfigError(f"fold {k}: {len(train)} training images are fewer than one update of {global_batch} "
                                  f"x {accumulate} (train.batch_size x train.accumulate)")
@@ -257,16 +266,24 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
                              weights="none" if cfg["model"]["init"] else cfg["model"]["weights"],
                              dropout=cfg["model"]["dropout"],
                              pixel_range=cfg["input"]["pixel_range"], head=cfg["model"]["head"],
-                             csra_lambda=cfg["model"]["csra_lambda"], sync_batchnorm=cfg["model"]["sync_batchnorm"],
-                             output=model_output(cfg, table.task))
+                             head_options=models.head_options(cfg), sync_batchnorm=cfg["model"]["sync_batchnorm"],
+                             drop_path=cfg["model"]["drop_path"], output=model_output(cfg, table.task))
         if init:
             from . import init_from
 
             init_from.initialise(init, run, k, built.model, classes)
-        loss_module = losses_single if single_label.is_single_label_table(table) else losses
-        loss = loss_module.get_loss(cfg["loss"]["name"], class_counts=train.class_counts(), n_images=len(train),
-                                    **cfg["loss"]["params"])
-        optimizer = optim.make_optimizer(cfg, steps)
+        if single_label.is_single_label_table(table):  # softmax / CORN losses (model.losses_single)
+            loss = losses_single.get_loss(cfg["loss"]["name"], class_counts=train.class_counts(), n_images=len(train),
+                                          **cfg["loss"]["params"])
+        else:
+            loss = losses.get_loss(cfg["loss"]["name"], class_counts=train.class_counts(), n_images=len(train),
+                                   epochs=cfg["train"]["epochs"], **cfg["loss"]["params"])
+        # the head's variables: their own rate and decay (optim.backbone_lr_mult, head_weight_decay), and what the
+        # head warm-up (train.freeze_backbone_epochs) trains with an optimizer of its own
+        head_variables = models.head_variables(built.train_model)
+        optimizer = optim.make_optimizer(cfg, steps, head_variables=head_variables)
+        frozen = cfg["train"]["freeze_backbone_epochs"]
+        warmup_optimizer = optim.make_optimizer(cfg, steps, head_variables=head_variables, warmup=True) if frozen else None
     # A resumed fold continues the stream it was on: the batches are a function of (seed, position), and
     # the first `start_epoch * steps` steps are skipped before anything is decoded.
     seed = cfg["seed"] + k
@@ -276,7 +293,10 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
                                              masked=train.mask is not None) if on_device else None)
     trainer = engine.Trainer(strategy, built.train_model, optimizer, loss, jit_compile=cfg["distribute"]["jit_compile"],
                              steps_per_execution=distribute.steps_per_execution(cfg["train"]["steps_per_execution"]),
-                             preprocess=preprocess, ema=cfg["train"]["ema"], accumulate=accumulate)
+                             preprocess=preprocess, ema=cfg["train"]["ema"], accumulate=accumulate,
+                             ema_warmup=((cfg["train"]["ema_warmup_gamma"], cfg["train"]["ema_warmup_power"])
+                                         if cfg["train"]["ema_warmup"] else None),
+                             freeze_epochs=frozen, warmup_optimizer=warmup_optimizer, head_variables=head_variables)
     start_epoch = trainer.restore(fold_dir / "backup")
     # Every worker runs these loops and their collectives: the counts must be the same everywhere (a worker
     # that cannot see the chief's checkpoint would start at another epoch and wait in another collective).
@@ -482,6 +502,7 @@ def main(argv=None) -> int:
     config.add_arguments(parser)
     parser.add_argument("--force", action="store_true", help="continue a run directory made with another config")
     cli.add_common(parser)
+    command = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     cli.setup(args)
     with cli.errors():
@@ -494,7 +515,7 @@ def main(argv=None) -> int:
         with distribute.failures_end_every_worker(strategy):  # one worker's error ends them all, with its message
             distribute.set_precision(cfg["distribute"]["mixed_precision"])
             table = resolve_data(cfg, strategy)
-            run = open_run(cfg, table, args.force, strategy)
+            run = open_run(cfg, table, args.force, strategy, command=command)
             fold_of = load_folds(run, table, cfg, strategy)
             todo = range(cfg["train"]["folds"]) if cfg["train"]["fold"] == "all" else [cfg["train"]["fold"]]
             done = distribute.from_chief(strategy, [run.is_done(k) for k in todo])  # the chief's view of the files
