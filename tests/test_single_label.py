@@ -329,7 +329,11 @@ def test_single_label_loss_names_are_in_step_with_the_schema():
     from cxrlt.config import schema
     from cxrlt.model import losses_single
 
-    assert set(losses_single.LOSSES) == set(schema.SINGLE_LABEL_LOSSES)
+    assert set(losses_single.LOSSES) == set(schema.SINGLE_LABEL_LOSSES) == set(schema.SINGLE_LABEL_LOSS_PARAMS)
+    for name, (defaults, _) in losses_single.LOSSES.items():
+        assert set(schema.SINGLE_LABEL_LOSS_PARAMS[name]) == set(defaults), name
+    with pytest.raises(ConfigError, match="loss ce has no parameter loss.params.gama"):
+        load_config(None, {"data": {"task": "multiclass"}, "loss": {"name": "ce", "params": {"gama": 2}}})
 
 
 # ------------------------------------------------------------------------------------ sampling, mixing
