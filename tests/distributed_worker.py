@@ -11,6 +11,12 @@ before TensorFlow runs its first op, which a pytest process that already used Te
     python tests/distributed_worker.py parts       # per-part rates and decays, clip_norm, head warm-up, EMA warm-up
                                                    # under MirroredStrategy(2 CPUs) equal one device
     python tests/distributed_worker.py agree       # (TF_CONFIG: two workers) broadcast, agreement, a worker's failure
+    python tests/distributed_worker.py replicas    # MirroredStrategy(2 CPUs): float16 overflow on replica 1 only, dropout masks
+    python tests/distributed_worker.py workers DIR # (TF_CONFIG: two workers) float16 overflow on worker 1 only, a 15 s
+                                                   # silence of worker 1 (the test stops it), a stuck worker 1 (watchdog)
+    python tests/distributed_worker.py service_stall ADDRESS DIR  # training from a tf.data service whose worker the
+                                                   # test stops; prints each finished step
+    python tests/distributed_worker.py global_mix  # 8 replicas (CPUs) x 4 images mix like one device's batch of 32
     python tests/distributed_worker.py audited ARGS  # python -m cxrlt.train ARGS, recording every file this process
                                                      # changes under $CXRLT_AUDIT_ROOTS into $CXRLT_AUDIT_OUT (JSON)
 
@@ -389,6 +395,88 @@ _CHANGES = ("os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
 
+def _mixed_batches(strategy, paths, labels, cfg, mixer, *, per_replica: int, accumulate: int, on_device: bool,
+                   steps: int) -> tuple[np.ndarray, np.ndarray, object]:
+    """The mixed training batches every replica trains on, through the product input path (train_dataset per
+    input pipeline with kfold's mix group, distributed by the strategy; in accelerator mode device_preprocess in
+    strategy.run, as the engine's replica step), put in global order (micro-batch, replica, row): images
+    [steps, rows, ...], labels [steps, rows, C], and the traced device function (accelerator mode)."""
+    from cxrlt.data import augment, pipeline
+
+    replicas = strategy.num_replicas_in_sync
+
+    def dataset_fn(ctx):
+        group = accumulate * replicas // ctx.num_input_pipelines
+        host = {} if on_device else {"mixer": mixer, "augment_fn": augment.make_basic_augment(cfg["augment"])}
+        return pipeline.train_dataset(paths, labels, cfg, seed=3, batch_size=ctx.get_per_replica_batch_size(
+            replicas * per_replica), shard=(ctx.num_input_pipelines, ctx.input_pipeline_id), mix_group=group,
+            on_device=on_device, **host)
+
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    preprocess = pipeline.device_preprocess(cfg["augment"], mixer, labels.shape[1])
+    run = tf.function(lambda micro: strategy.run(preprocess, args=(micro,)))
+    images, mixed, traced = [], [], None
+    for _ in range(steps):
+        micro = tuple(next(iterator) for _ in range(accumulate))
+        if on_device:
+            traced = traced or run.get_concrete_function(micro)
+            per_replica_out = strategy.experimental_local_results(run(micro))  # replica -> [(x, y) per micro-batch]
+            rows = [per_replica_out[r][a] for a in range(accumulate) for r in range(replicas)]
+        else:
+            rows = [strategy.experimental_local_results(micro[a])[r] for a in range(accumulate)
+                    for r in range(replicas)]
+        images.append(np.concatenate([np.asarray(x) for x, _ in rows]))
+        mixed.append(np.concatenate([np.asarray(y) for _, y in rows]))
+    return np.stack(images), np.stack(mixed), traced
+
+
+def global_mix() -> dict:
+    """Mosaic's partners come from the global batch: 8 replicas x 4 images (and 8 x 2 x train.accumulate 2) train
+    on the mixed batches of one device's batch of 32, on the host and in accelerator mode; every image has its
+    own label (an identity matrix), so a mixed label names exactly the sources of its row."""
+    import tempfile
+    from pathlib import Path
+
+    from PIL import Image
+
+    from cxrlt import config
+
+    from device_ops import op_report
+
+    distribute.split_cpu(8)
+    folder = Path(tempfile.mkdtemp())
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(64):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(folder / f"{i}.png")
+        paths.append(str(folder / f"{i}.png"))
+    labels = np.eye(64, dtype=np.float32)
+    cfg = config.load(overrides={"input": {"size": 32, "resize": "stretch"},
+                                 "augment": {"scale": 0.2, "rotate_deg": 15, "brightness": 0.1, "contrast": 0.2},
+                                 "mix": {"mosaic": 1.0, "mosaic_variant": "both"}})
+    mixer = mix.mixer_from_config(cfg, 3)
+    one, eight = distribute.get_strategy("one"), distribute.get_strategy("mirrored")
+    runs = {"one": (one, 32, 1), "eight": (eight, 4, 1), "eight_accumulate": (eight, 2, 2)}
+    result = {"replicas": eight.num_replicas_in_sync, "labels": {}, "image_difference": {}, "rows_distinct": {}}
+    reference = None
+    for mode in ("host", "device"):
+        for name, (strategy, per_replica, accumulate) in runs.items():
+            if (mode, name) == ("device", "one"):
+                continue  # one device's accelerator batches against the host's: test_pipeline.py
+            x, y, traced = _mixed_batches(strategy, paths, labels, cfg, mixer, per_replica=per_replica,
+                                          accumulate=accumulate, on_device=mode == "device", steps=2)
+            key = f"{mode}_{name}"
+            reference = x if reference is None else reference
+            result["labels"][key] = y.tolist()
+            result["image_difference"][key] = float(np.abs(x - reference).max())
+            # distinct label rows among the rows of each replica's micro-batch (4 or 2 rows)
+            blocks = y.reshape(2, -1, per_replica, y.shape[-1])
+            result["rows_distinct"][key] = min(len({row.tobytes() for row in block}) for step in blocks for block in step)
+            if traced is not None and strategy is eight:
+                result[f"ops_{key}"] = op_report(traced)
+    return result
+
+
 def audited(argv) -> int:
     """Run cxrlt.train in this process and record (event, path) for every Python-level change under the roots.
     TensorFlow's own C++ writes (checkpoints, TensorBoard events) are not seen; the test looks at those files."""
@@ -433,9 +521,170 @@ def audited(argv) -> int:
         Path(os.environ["CXRLT_AUDIT_OUT"]).write_text(json.dumps(events))
 
 
+def _fp16_run(strategy, dataset_fn) -> dict:
+    """Two steps of a small conv net under mixed_float16 with the product's optimizer (cxrlt.model.optim under
+    the policy: the loss-scale optimizer) and train.ema 0.5; `dataset_fn` makes the second step overflow on one
+    replica only. What every replica holds afterwards."""
+    import keras
+
+    from cxrlt import config
+    from cxrlt.model import optim
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            inputs = keras.Input((SIZE, SIZE, 3))
+            x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+            x = keras.layers.GlobalAveragePooling2D()(x)
+            model = keras.Model(inputs, keras.layers.Dense(CLASSES, dtype="float32")(x))
+            optimizer = optim.make_optimizer(config.load(overrides={"optim": {"lr": 1e-2}}), 2)
+            loss = losses.get_loss("bce")
+        initial = [np.asarray(w) for w in model.get_weights()]
+        trainer = engine.Trainer(strategy, model, optimizer, loss, ema=0.5)
+        history = trainer.fit(trainer.distributed_input(dataset_fn), epochs=1, steps_per_epoch=2, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    copies = [[np.asarray(c) for c in strategy.experimental_local_results(v.value)] for v in model.trainable_variables]
+    final = [c[0] for c in copies]
+    averages = [np.asarray(strategy.experimental_local_results(a)[0]) for a in trainer.ema.averages]
+    return {"loss": history["loss"], "updates": int(optimizer.iterations.numpy()),
+            "loss_scale": float(np.asarray(optimizer.dynamic_scale.value)),
+            "weights_finite": all(bool(np.isfinite(c).all()) for cs in copies for c in cs),
+            "copies_differ": max(float(np.abs(c - cs[0]).max()) for cs in copies for c in cs),
+            "moved": max(float(np.abs(a - b).max()) for a, b in zip(final, initial)),
+            # train.ema 0.5: a skipped second step leaves ema = (w0 + w1) / 2, w1 = the weights after step 1
+            "ema_error": max(float(np.abs(a - 0.5 * (b + c)).max()) for a, b, c in zip(averages, initial, final))}
+
+
+def _overflowing(seed: int, overflow: bool):
+    """4 images of one replica's batch: values in [0, 1], or 3000 times that (float16 gradients overflow)."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 1, (4, SIZE, SIZE, 3)).astype(np.float32) * (3000.0 if overflow else 1.0)
+    return images, (rng.random((4, CLASSES)) < 0.4).astype(np.float32)
+
+
+def replicas() -> dict:
+    """MirroredStrategy over two logical CPUs. float16: replica 1's half of the second step overflows; every
+    replica must skip that step. Dropout: the same input on both replicas must get different masks."""
+    import keras
+
+    distribute.split_cpu(2)
+    strategy = distribute.get_strategy("mirrored")
+    # one input pipeline; the per-replica batches go to replica 0, 1, 0, 1: the 4th is replica 1's of step 2
+    parts = [_overflowing(i, overflow=i == 3) for i in range(4)]
+    images, labels = (np.concatenate(p) for p in zip(*parts))
+    result = {"replicas": strategy.num_replicas_in_sync,
+              "fp16": _fp16_run(strategy, lambda ctx: tf.data.Dataset.from_tensor_slices((images, labels)).batch(
+                  ctx.get_per_replica_batch_size(GLOBAL_BATCH)))}
+    with strategy.scope():
+        inputs = keras.Input((256,))
+        dropped = keras.layers.Dropout(0.5, name="dropout")(inputs)
+        model = keras.Model(inputs, keras.layers.Dense(CLASSES)(dropped))
+        masks_of = keras.Model(inputs, dropped)
+        optimizer = keras.optimizers.Adam()
+    engine.Trainer(strategy, model, optimizer, losses.get_loss("bce"))  # as train_fold makes it
+    same_input = strategy.experimental_distribute_values_from_function(lambda ctx: tf.ones((4, 256)))
+    masks = [np.asarray(m) != 0 for m in strategy.experimental_local_results(
+        tf.function(lambda x: strategy.run(lambda v: masks_of(v, training=True), args=(x,)))(same_input))]
+    state = model.get_layer("dropout").seed_generator.state
+    result["dropout"] = {"same_masks": bool(np.array_equal(masks[0], masks[1])),
+                         "kept": [float(m.mean()) for m in masks],
+                         "state_copies_equal": bool(np.array_equal(*[np.asarray(c) for c in
+                                                                      strategy.experimental_local_results(state.value)]))}
+    return result
+
+
+def workers(folder: str) -> None:
+    """Two worker processes (TF_CONFIG). 1: float16 with worker 1's half of the second step overflowing: both skip
+    it (no hang). 2: worker 1 waits for DIR/go (the test stops it with SIGSTOP for 15 s meanwhile) while the chief
+    waits in a barrier: TensorFlow's 10 s heartbeat timeout ended both; distribute.heartbeat_timeout_s keeps them.
+    Prints its JSON, then 3: worker 1's input hangs in the third step: each worker's watchdog
+    (train.step_timeout_s 3) must end it with exit status 2 and a message."""
+    import time
+    from pathlib import Path
+
+    import keras
+
+    from cxrlt.runtime.watchdog import StepWatchdog
+
+    strategy = distribute.get_strategy("multiworker")
+    index = distribute.worker_position(strategy)[0]
+    parts = [_overflowing(10 * index + i, overflow=index == 1 and i == 1) for i in range(2)]
+    images, labels = (np.concatenate(p) for p in zip(*parts))
+    result = {"worker": index, "fp16": _fp16_run(strategy, lambda ctx: tf.data.Dataset.from_tensor_slices(
+        (images, labels)).batch(ctx.get_per_replica_batch_size(GLOBAL_BATCH)))}
+    Path(folder, f"ready{index}").write_text("")
+    while index == 1 and not Path(folder, "go").exists():
+        time.sleep(0.1)
+    distribute.barrier(strategy)
+    result["after_silence"] = True
+    print(json.dumps(result), flush=True)
+
+    with strategy.scope():
+        inputs = keras.Input((SIZE, SIZE, 3))
+        x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, strides=4)(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
+        optimizer, loss = keras.optimizers.Adam(1e-3), losses.get_loss("bce")
+
+    def hang_from_the_third(i, batch):
+        x, y = batch
+        if index == 1:
+            x = tf.py_function(lambda i, x: (time.sleep(600) if int(i) >= 2 else None) or x, [i, x], tf.float32)
+            x.set_shape([4, SIZE, SIZE, 3])
+        return x, y
+
+    def dataset_fn(ctx):
+        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(4).repeat().enumerate().map(hang_from_the_third)
+
+    watchdog = StepWatchdog(3, label="stuck test", worker=distribute.worker_id(strategy))
+    trainer = engine.Trainer(strategy, model, optimizer, loss, watchdog=watchdog)
+    from cxrlt.utils import cli
+
+    with cli.errors(), distribute.failures_end_every_worker(strategy):  # as python -m cxrlt.train runs a fold
+        trainer.fit(trainer.distributed_input(dataset_fn), epochs=1, steps_per_epoch=100, verbose=0)
+    print("the watchdog did not end this worker", flush=True)
+
+
+def service_stall(address: str, folder: str) -> None:
+    """Train from the tf.data service at ADDRESS (two sub-streams) on the PNGs in DIR, printing each finished
+    step; the test stops a service worker: input.data_service_timeout_s 3 must end this process (status 2)."""
+    from pathlib import Path
+
+    import keras
+
+    from cxrlt import config
+    from cxrlt.data import pipeline, service
+    from cxrlt.runtime.watchdog import StepWatchdog
+
+    paths = np.array(sorted(str(p) for p in Path(folder).glob("*.png")))
+    labels = (np.random.default_rng(0).random((len(paths), CLASSES)) < 0.4).astype(np.float32)
+    cfg = config.load(overrides={"input": {"size": SIZE, "data_service": address, "data_service_streams": 2,
+                                           "data_service_timeout_s": 3}, "mix": {"mosaic": 0.0}})
+    dataset = pipeline.train_dataset(paths, labels, cfg, seed=0, batch_size=4)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, strides=4)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
+    watchdog = StepWatchdog(0, service=address, service_timeout_s=cfg["input"]["data_service_timeout_s"],
+                            last_delivery=service.DELIVERIES.last_delivery, label="service test")
+    trainer = engine.Trainer(tf.distribute.get_strategy(), model, keras.optimizers.Adam(1e-3), losses.get_loss("bce"),
+                             watchdog=watchdog)
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            print(f"step {batch + 1}", flush=True)
+
+    trainer.fit(dataset, epochs=1, steps_per_epoch=100_000, verbose=0, callbacks=[Steps()])
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "audited":
         sys.exit(audited(sys.argv[2:]))
+    if sys.argv[1] == "workers":
+        sys.exit(workers(sys.argv[2]))
+    if sys.argv[1] == "service_stall":
+        sys.exit(service_stall(sys.argv[2], sys.argv[3]))
     result = {"mirrored": mirrored, "bfloat16": bfloat16, "jit": jit, "masked": masked, "ema": ema, "accel": accel,
-              "validation": validation, "agree": agree, "parts": parts}[sys.argv[1]]()
+              "validation": validation, "agree": agree, "parts": parts, "replicas": replicas,
+              "global_mix": global_mix}[sys.argv[1]]()
     print(json.dumps(result))

@@ -219,20 +219,36 @@ def test_numeric_settings_have_ranges(key, value, match):
         config.load(None, {key: value})
 
 
-def test_a_replica_batch_too_small_for_its_mixer_is_refused(tmp_path, capsys):
-    """Mixing runs on each replica's batch: Mosaic with 2 images per replica would tile images with themselves."""
+def test_mixing_draws_from_the_whole_update_so_the_readme_recipes_mix_and_too_few_images_are_refused(tmp_path, capsys):
+    """The mix partners come from every replica's micro-batches of an update: the README's small-batch recipes
+    (batch 2 x accumulate 4 on one GPU; 4 x accumulate 2 on two GPUs; seed 002's batch 8 on 8 GPUs, one image
+    each) mix 8 images, where each replica's own 1-2 images were refused. Fewer than Mosaic's 4 in the whole
+    update is refused on the product path, naming the fix; in host mode each worker mixes its own share."""
     from cxrlt.data import mix
     from cxrlt.train import kfold as train
 
     assert mix.images_needed({"mosaic": 0.5, "mixup": 0.3}) == (4, "mix.mosaic")
     assert mix.images_needed({"mosaic": 0.0, "cutmix": 0.3}) == (2, "mix.cutmix")
     assert mix.images_needed({"mosaic": 0.0, "mixup": 0.0, "cutmix": 0.0}) == (1, None)
+
+    def recipe(batch, accumulate):
+        return config.load(overrides={"train": {"batch_size": batch, "accumulate": accumulate}})
+
+    for on_device in (False, True):
+        assert train.check_mix_group(recipe(2, 4), 1, 1, on_device) == 8  # one GPU
+        assert train.check_mix_group(recipe(4, 2), 2, 2, on_device) == 8  # two GPUs, 2 images each
+        assert train.check_mix_group(recipe(8, 1), 8, 8, on_device) == 8  # seed 002 on 8 GPUs
+    assert train.check_mix_group(recipe(8, 1), 8, 1, True) == 8  # 8 hosts x 1 GPU: gathered over the workers
+    with pytest.raises(config.ConfigError, match="gives 1 on each of the 8 workers"):
+        train.check_mix_group(recipe(8, 1), 8, 1, False)  # on the host each worker mixes its own image
     argv = ["--demo", "--set", f"data.demo_dir={tmp_path / 'd'}", "--set", "data.demo_patients=20", "--out",
             str(tmp_path / "runs"), "--batch-size", "2", "--weights", "none", "--size", "32", "--folds", "2"]
     with pytest.raises(SystemExit) as exc:
         train.main(argv)
     assert exc.value.code == 2
-    assert "mix.mosaic combines 4 images of each replica's batch" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "mix.mosaic combines 4 images of one update, but train.batch_size 2 x train.accumulate 1 gives 2" in err
+    assert "raise --batch-size or train.accumulate, or set mix.mosaic=0" in err
 
 
 def test_the_new_settings_parse_with_their_types():

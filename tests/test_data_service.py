@@ -69,6 +69,16 @@ def test_training_batches_come_from_the_service_workers_exactly_and_resume(clust
     np.testing.assert_allclose(x3.numpy(), served[3][0].numpy(), atol=1e-3)
     np.testing.assert_array_equal(y3.numpy(), served[3][1].numpy())
 
+    # the batches of one update mixed together (mix_group 2): each sub-stream mixes whole groups of 2 batches,
+    # and the groups (not the batches) go round-robin, so an update's batches come from one sub-stream
+    grouped = list(stream(cfg, mix_group=2).take(4))
+    subs = [list(stream(local, shard=(STREAMS, s), mix_group=2).take(2)) for s in range(STREAMS)]
+    for i, (x, y) in enumerate(grouped):
+        group, k = divmod(i, 2)
+        rx, ry = subs[group % STREAMS][2 * (group // STREAMS) + k]
+        np.testing.assert_allclose(x.numpy(), rx.numpy(), atol=1e-3)
+        np.testing.assert_array_equal(y.numpy(), ry.numpy())
+
     # two train steps of cxrlt's engine on the service's batches (a new iteration: new service jobs)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((SIZE, SIZE, 3))
@@ -86,3 +96,55 @@ def test_the_config_refuses_what_a_service_worker_cannot_run():
         config.load(overrides={"input": {"data_service": "grpc://host:5050"}, "sampling": {"sampler": "ros"}})
     with pytest.raises(service.ServiceError, match="HOST:PORT"):
         service.start_worker("nohostport", 5051)
+
+
+def test_a_lost_service_worker_ends_training_with_the_service_named(tmp_path):
+    """A dispatcher and two workers here on 127.0.0.1; a trainer process (tests/distributed_worker.py
+    service_stall: cxrlt's pipeline on the service, two sub-streams, cxrlt's engine) trains; after its third step
+    a service worker that serves a sub-stream is stopped. Its sub-stream is not moved to the other worker, so the read stalled forever
+    (>= 150 s measured, no error); now input.data_service_timeout_s (3 s here) ends the trainer with exit status 2
+    and a message naming the service and what to do."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import REPO
+
+    rng = np.random.default_rng(1)
+    for i in range(24):
+        write_png(tmp_path / "img" / f"{i}.png", rng.integers(0, 255, (40, 36), dtype=np.uint8))
+    dispatcher = service.start_dispatcher(_free_port())
+    address = f"127.0.0.1:{dispatcher.target.rsplit(':', 1)[1]}"
+    workers = []
+    for _ in range(2):
+        port = _free_port()
+        workers.append(service.start_worker(address, port, worker_address=f"127.0.0.1:{port}", heartbeat_interval_ms=100))
+    worker_script = REPO / "tests" / "distributed_worker.py"
+    trainer = subprocess.Popen([sys.executable, str(worker_script), "service_stall", f"grpc://{address}",
+                                str(tmp_path / "img")], env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lost = None
+    try:
+        steps = 0
+        for line in trainer.stdout:  # the trainer prints each finished step
+            steps += line.startswith("step ")
+            if steps == 3:
+                break
+        assert steps == 3, trainer.stderr.read()[-3000:]
+        # a worker that serves a sub-stream (the dispatcher may hand both to one worker; TF's test hook says which)
+        serving = [w for w in workers if w._num_tasks() > 0]
+        assert serving
+        lost = serving[-1]
+        lost.stop()
+        stopped = time.monotonic()
+        _, err = trainer.communicate(timeout=90)
+        print(f"the trainer ended {time.monotonic() - stopped:.1f} s after the service worker stopped")
+    finally:
+        trainer.kill()
+        for server in (*[w for w in workers if w is not lost], dispatcher):
+            server.stop()
+    assert trainer.returncode == 2, err[-3000:]
+    message = [line for line in err.splitlines() if line.startswith("error:")]
+    assert message and f"the tf.data service at grpc://{address} delivered no batch" in message[0], err[-3000:]
+    assert "input.data_service_timeout_s 3" in message[0] and "python -m cxrlt.data_service --worker" in message[0]

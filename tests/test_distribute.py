@@ -111,6 +111,51 @@ def test_accumulated_steps_under_mirrored_strategy_train_like_one_device_on_the_
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
+def test_cpu_replicas_make_auto_mirrored_and_cannot_change_a_started_process():
+    """distribute.cpu_replicas: `auto` without a GPU picks MirroredStrategy over the split CPU (a dry run of a
+    multi-GPU config); a process whose TensorFlow already started keeps its devices, so asking for another
+    count is a DistributeError that says to start a fresh process (the same count is fine)."""
+    import tensorflow as tf
+
+    from cxrlt import config
+
+    assert distribute.resolve_name("auto", 8) == "mirrored" and distribute.resolve_name("auto", None) == "one"
+    have = len(tf.config.list_logical_devices("CPU"))  # TensorFlow runs in this process: its devices are fixed
+    distribute.split_cpu(have)
+    with pytest.raises(distribute.DistributeError, match="already runs with .* fresh process"):
+        distribute.split_cpu(have + 7)
+    with pytest.raises(config.ConfigError, match="distribute.cpu_replicas must be a whole number"):
+        config.load(overrides={"distribute": {"cpu_replicas": 2.5}})
+    with pytest.raises(config.ConfigError, match="distribute.cpu_replicas must be"):
+        config.load(overrides={"distribute": {"cpu_replicas": 0}})
+
+
+def test_mix_partners_come_from_the_global_batch_at_eight_replicas():
+    """Mosaic at 8 replicas (logical CPUs) x 4 images, and x 2 images x train.accumulate 2: each replica's rows
+    are those of one device's batch of 32 with the same seed (the same labels; the same images on the host,
+    to float rounding in accelerator mode), not Mosaics of the replica's own 4 images (which gave all 4 rows
+    one label vector). Every image has its own label, so each mixed label names the 4 sources of its row.
+    The accelerator step traced at 8 replicas runs no host-only op and no loop."""
+    result = _run_worker("global_mix")
+    assert result["replicas"] == 8
+    labels = {key: np.asarray(value) for key, value in result["labels"].items()}
+    runs = ("one", "eight", "eight_accumulate")
+    assert set(labels) == {f"{mode}_{run}" for mode in ("host", "device") for run in runs} - {"device_one"}
+    reference = labels["host_one"]
+    assert reference.shape == (2, 32, 64) and (reference.sum(axis=-1) == 4).all()  # 4 distinct sources per row
+    for key, value in labels.items():
+        np.testing.assert_array_equal(value, reference, err_msg=key)
+    rows = {"one": 32, "eight": 4, "eight_accumulate": 2}  # rows of one replica's micro-batch
+    for key, distinct in result["rows_distinct"].items():
+        assert distinct == rows[key.split("_", 1)[1]], key  # no two rows of a replica share their sources
+    for key, difference in result["image_difference"].items():
+        assert difference == 0.0 if key.startswith("host") else difference < 2e-3, (key, difference)
+    for key in ("ops_device_eight", "ops_device_eight_accumulate"):
+        report = result[key]
+        assert report["host_only"] == [] and report["strings"] == [] and report["loops"] == [], report
+        assert "ImageProjectiveTransformV3" in report["types"] and "GatherV2" in report["types"]
+
+
 def test_per_part_rates_clipping_head_warm_up_and_ema_warm_up_under_mirrored_strategy_equal_one_device():
     """The 2026 winner's training knobs on 2 replicas whose halves of the batch differ: per-part rates and decays,
     clip_norm (always clipping: the norm is taken after the cross-replica sum), a head warm-up epoch with its own
@@ -139,18 +184,57 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def test_two_workers_train_only_the_chief_writes_and_a_failure_on_the_chief_ends_both(tmp_path):
+def _start_workers(argv, logs, audit_dir=None) -> list:
+    """Two `python -m cxrlt.train` worker processes on 127.0.0.1 (with audit_dir: recording their file changes,
+    tests/distributed_worker.py audited), output to `logs`."""
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CONFIG": json.dumps(tf_config)}
+        command = [sys.executable, "-m", "cxrlt.train", *argv]
+        if audit_dir is not None:
+            env.update(CXRLT_AUDIT_ROOTS=os.pathsep.join([str(audit_dir / "runs"), str(audit_dir / "data")]),
+                       CXRLT_AUDIT_OUT=str(audit_dir / f"writes{index}.json"))
+            command = [sys.executable, str(WORKER), "audited", *argv]
+        with open(logs[index], "w") as out:
+            procs.append(subprocess.Popen(command, env=env, text=True, stdout=out, stderr=subprocess.STDOUT))
+    return procs
+
+
+def _wait_all(procs, logs, timeout: float = 900) -> list[str]:
+    try:
+        for p in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [log.read_text() for log in logs]
+
+
+def test_two_workers_train_only_the_chief_writes_a_chief_failure_ends_both_and_preemption_resumes_bit_identical(tmp_path):
     """Two worker processes of `python -m cxrlt.train` on 127.0.0.1, folds 0 and 1.
 
-    Fold 0 trains: one bad image (--skip-bad) is left out by the chief's decision on both workers, each
+    Fold 0 trains 2 epochs: one bad image (--skip-bad) is left out by the chief's decision on both workers, each
     worker predicts its share of the validation and OOF images, and only the chief writes (every file
     change of each process under the run and data folders is recorded with Python's audit hooks).
     Fold 1: the chief's model selection cannot write its model (a folder stands at fold1/model.keras), so
     the chief fails after the first epoch's validation; both processes must then exit non-zero, the worker
-    within 60 s of the chief and with the chief's message, not hang in its next collective."""
+    within 60 s of the chief and with the chief's message, not hang in its next collective.
+
+    Preemption: the run directory as it stood after fold 0's epoch 1 (both workers paused with SIGSTOP while it
+    is copied: what a kill of both then leaves) is rerun on both workers (--fold 0): they resume after epoch 1,
+    and worker 1 gets SIGTERM. Both must save the same mid-epoch checkpoint at the next step boundary and exit
+    75 (before: worker 1 died, epoch 2 was lost and worker 0 waited for it); rerun again, both resume at that step,
+    and fold 0 ends with the uninterrupted run's history.csv, model selection and weights, to the bit."""
+    import re
+    import shutil
+    import signal
     import time
 
     from cxrlt.data.synthetic import make_demo
+    from cxrlt.model import models
 
     demo = make_demo(tmp_path / "data", n_patients=40, image_size=64)
     bad = pd.read_csv(demo.train_csv)["path"].iloc[3]
@@ -158,23 +242,22 @@ def test_two_workers_train_only_the_chief_writes_and_a_failure_on_the_chief_ends
     run = tmp_path / "runs" / "mw"
     (run / "fold1" / "model.keras").mkdir(parents=True)  # the save target of fold 1 cannot be written
     (run / "fold1" / "model.keras" / "keep").write_text("a folder, not a model")
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     argv = ["--demo", "--set", f"data.demo_dir={tmp_path / 'data'}", "--set", "data.demo_patients=40",
-            "--set", "data.demo_image_size=64", "--out", str(tmp_path / "runs"), "--name", "mw", "--epochs", "1",
-            *TINY, "--batch-size", "8", "--set", "train.steps_per_epoch=2", "--strategy", "multiworker", "--skip-bad"]
-    procs, logs = [], [tmp_path / f"worker{i}.log" for i in range(2)]
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CONFIG": json.dumps(tf_config),
-               "CXRLT_AUDIT_ROOTS": os.pathsep.join([str(tmp_path / "runs"), str(tmp_path / "data")]),
-               "CXRLT_AUDIT_OUT": str(tmp_path / f"writes{index}.json")}
-        with open(logs[index], "w") as out:
-            procs.append(subprocess.Popen([sys.executable, str(WORKER), "audited", *argv], env=env, text=True,
-                                          stdout=out, stderr=subprocess.STDOUT))
+            "--set", "data.demo_image_size=64", "--out", str(tmp_path / "runs"), "--name", "mw", "--epochs", "2",
+            *TINY, "--batch-size", "8", "--set", "train.steps_per_epoch=3", "--strategy", "multiworker", "--skip-bad"]
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    procs = _start_workers(argv, logs, audit_dir=tmp_path)
+    snapshot = tmp_path / "snapshot"
     try:
         deadline = time.monotonic() + 900
         while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
-            time.sleep(0.5)
+            if not snapshot.exists() and (run / "fold0" / "backup" / "checkpoint").exists():
+                for p in procs:
+                    p.send_signal(signal.SIGSTOP)
+                shutil.copytree(tmp_path / "runs", snapshot)  # fold 0 killed after epoch 1, on both workers
+                for p in procs:
+                    p.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
         first_end = time.monotonic()
         for p in procs:  # the first one ended (or 900 s passed); the other must follow within a minute
             p.wait(timeout=60)
@@ -202,7 +285,7 @@ def test_two_workers_train_only_the_chief_writes_and_a_failure_on_the_chief_ends
     assert n_train + n_val == len(pd.read_csv(demo.train_csv)) - 1
     assert text[0].count("epoch 1 state saved") == 1 and "state saved" not in text[1]  # fold 1 failed before it
     assert (run / "fold0" / "done.json").is_file() and not (run / "fold1" / "done.json").exists()
-    assert list(pd.read_csv(run / "fold0" / "history.csv").epoch) == [1]
+    assert list(pd.read_csv(run / "fold0" / "history.csv").epoch) == [1, 2]
     assert len(pd.read_csv(run / "fold0" / "oof.csv")) == n_val
     assert sorted(p.name for p in run.rglob("*.keras") if p.is_file()) == ["model.keras"]
     assert not [p for p in run.rglob("*") if "worker1" in p.name or p.name.startswith(".backup-")]
@@ -213,6 +296,39 @@ def test_two_workers_train_only_the_chief_writes_and_a_failure_on_the_chief_ends
     written = {Path(path).name for _, path in writes[0]}
     assert {"config.yaml", "classes.json", "folds.csv", "image_check.csv", "excluded_images.csv", "best.json",
             "history.csv", "oof.csv", "done.json"} <= written, sorted(written)
+
+    # preemption: the snapshot (killed after epoch 1) back in place, rerun on both, SIGTERM to worker 1
+    (tmp_path / "runs").rename(tmp_path / "straight")
+    snapshot.rename(tmp_path / "runs")
+    assert list(pd.read_csv(run / "fold0" / "history.csv").epoch) == [1] and not (run / "fold0" / "done.json").exists()
+    argv += ["--fold", "0"]
+    procs = _start_workers(argv, logs)
+    try:
+        deadline = time.monotonic() + 900
+        while "fold 0: resuming after epoch 1 of 2" not in logs[1].read_text():
+            assert all(p.poll() is None for p in procs), "".join(log.read_text()[-3000:] for log in logs)
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGTERM)
+    finally:
+        text = _wait_all(procs, logs, timeout=300)
+    assert [p.returncode for p in procs] == [75, 75], text[0][-3000:] + text[1][-3000:]
+    stops = [re.findall(r"fold 0: preempted \(SIGTERM to (this|another) worker\): the state after step (\d) of 3 in "
+                        r"epoch 2 is saved", log) for log in text]
+    assert stops[0] and stops[1] and stops[0][0][1] == stops[1][0][1], text[0][-3000:] + text[1][-3000:]
+    assert (stops[0][0][0], stops[1][0][0]) == ("another", "this") and stops[0][0][1] in ("1", "2")
+    assert "rerun the same command on every worker" in text[0]
+    # ... and rerun: both resume at that step and end fold 0 as the uninterrupted run did
+    text = _wait_all(_start_workers(argv, logs), logs)
+    for log in text:
+        assert f"fold 0: resuming in epoch 2 of 2 after step {stops[0][0][1]} of 3" in log, log[-3000:]
+    straight, resumed = tmp_path / "straight" / "mw" / "fold0", run / "fold0"
+    assert (resumed / "done.json").is_file(), text[0][-3000:] + text[1][-3000:]
+    assert (resumed / "history.csv").read_bytes() == (straight / "history.csv").read_bytes()
+    assert json.loads((resumed / "best.json").read_text()) == json.loads((straight / "best.json").read_text())
+    a, b = (models.load(d / "model.keras") for d in (resumed, straight))
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
 
 
 def test_two_workers_follow_the_chief_refuse_to_diverge_and_a_failing_worker_stops_the_chief(tmp_path):
@@ -281,3 +397,98 @@ def test_weight_ema_under_mirrored_strategy_matches_one_device():
     np.testing.assert_allclose(two["seen"]["weights"], one["ema"], rtol=1e-5)  # the callbacks saw the averages
     assert max(abs(a - b) for a, b in zip(one["ema"], one["weights"])) > 1e-3
     assert two["ema_copies_differ"] == 0.0 and two["seen"]["copies_differ"] == 0.0
+
+
+def test_mixed_precision_policy_follows_the_gpus_compute_capability():
+    """bfloat16 where the GPUs compute it at full speed (compute capability >= 8.0) and on the CPU: no loss
+    scaling; float16 with loss scaling as soon as one GPU is older (or of unknown capability)."""
+    policy = distribute.precision_policy
+    assert policy(False, "auto", [(7, 0)])[0] == "float32"
+    assert policy(True, "auto", [])[0] == "mixed_bfloat16"  # no GPU
+    for capabilities in ([(8, 0)], [(9, 0)] * 8, [(8, 9), (8, 6)]):  # A100, 8 x H100, L4 + A10
+        name, why = policy(True, "auto", capabilities)
+        assert name == "mixed_bfloat16" and ">= 8.0" in why and "no loss scaling" in why
+    for capabilities in ([(7, 0)], [(7, 5)], [(8, 0), (7, 5)], [None]):  # V100, T4, a mixed host, unknown
+        name, why = policy(True, "auto", capabilities)
+        assert name == "mixed_float16" and "loss scaling" in why
+    assert policy(True, "float16", [(9, 0)])[0] == "mixed_float16"  # distribute.mixed_precision_dtype overrides
+    assert policy(True, "bfloat16", [(7, 0)])[0] == "mixed_bfloat16"
+    assert distribute.workers_on_this_host({"worker": ["127.0.0.1:1", "127.0.0.1:2", "h2:1"]}, "worker", 1) == 2
+    assert distribute.workers_on_this_host({"chief": ["h1:1"], "worker": ["h2:1"]}, "worker", 0) == 1
+
+
+def test_float16_overflow_on_one_replica_skips_the_step_on_every_replica_and_dropout_differs_by_replica():
+    """MirroredStrategy over two logical CPUs, the product's mixed_float16 optimizer. Only replica 1's half of the
+    second step overflows in float16: Keras' LossScaleOptimizer took replica 0's word, applied the summed
+    (infinite) gradient and the weights became NaN; now every replica skips it (one update, the loss scale
+    halved, weights finite and equal everywhere) and the weight EMA does not count the skipped step.
+    Dropout: the same input on both replicas drew the same mask (Keras' seed state is mirrored); now each
+    replica folds its id into the seed, and the state stays one value."""
+    result = _run_worker("replicas")
+    assert result["replicas"] == 2
+    fp16 = result["fp16"]
+    assert fp16["weights_finite"] and fp16["copies_differ"] == 0.0
+    assert fp16["updates"] == 1 and fp16["loss_scale"] == 2.0 ** 14  # step 2 skipped, 2^15 halved
+    assert fp16["moved"] > 1e-4  # step 1 was applied
+    assert fp16["ema_error"] < 1e-6  # ema = (w0 + w1) / 2: the skipped step is not averaged in
+    dropout = result["dropout"]
+    assert not dropout["same_masks"] and dropout["state_copies_equal"]
+    assert all(0.4 < kept < 0.6 for kept in dropout["kept"])  # still dropout at rate 0.5 on each replica
+
+
+def test_two_workers_skip_a_float16_overflow_together_outlast_a_silent_worker_and_a_stuck_one_ends_both(tmp_path):
+    """Two worker processes on 127.0.0.1 (tests/distributed_worker.py workers), one cluster for three cases.
+
+    1. mixed_float16, worker 1's half of the second step overflows: Keras' LossScaleOptimizer let worker 1 skip and
+       worker 0 apply, and both hung in the gradient all-reduce; now both skip it (the same update count, loss
+       scale and weights on both) and go on.
+    2. Worker 1 is stopped (SIGSTOP) for 16 s while worker 0 waits in a collective, as on a host too busy to run
+       it: TensorFlow's 10 s coordination heartbeat timeout ended both; distribute.heartbeat_timeout_s (300 s by
+       default) keeps the run alive.
+    3. Worker 1's input hangs in the third step (alive, stuck): each worker's watchdog (train.step_timeout_s 3,
+       from the second call on) ends it with exit status 2 and a message naming the setting, within a minute,
+       not never."""
+    import signal
+    import time
+
+    addresses = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    procs, outs, errs = [], [tmp_path / f"out{i}.txt" for i in range(2)], [tmp_path / f"err{i}.txt" for i in range(2)]
+    for index in range(2):
+        tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": json.dumps(tf_config)}
+        with open(outs[index], "w") as out, open(errs[index], "w") as err:
+            procs.append(subprocess.Popen([sys.executable, str(WORKER), "workers", str(tmp_path)], env=env,
+                                          stdout=out, stderr=err))
+    text = lambda: "".join(f"\n--- worker {i}:\n{errs[i].read_text()[-2500:]}" for i in range(2))  # noqa: E731
+    try:
+        deadline = time.monotonic() + 600
+        while not (tmp_path / "ready1").exists():  # worker 1 finished case 1 and waits for the go
+            assert all(p.poll() is None for p in procs), text()
+            assert time.monotonic() < deadline, "case 1 did not finish within 10 minutes (a hang?)" + text()
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGSTOP)
+        time.sleep(16)
+        procs[1].send_signal(signal.SIGCONT)
+        (tmp_path / "go").write_text("")
+        went = time.monotonic()
+        for p in procs:
+            p.wait(timeout=180)
+        print(f"both workers ended {time.monotonic() - went:.1f} s after the silence")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    results = []
+    for i in range(2):
+        lines = [line for line in outs[i].read_text().splitlines() if line.startswith("{")]
+        assert lines, f"worker {i} printed no result" + text()
+        results.append(json.loads(lines[-1]))
+    for result in results:
+        fp16 = result["fp16"]
+        assert fp16["updates"] == 1 and fp16["loss_scale"] == 2.0 ** 14 and fp16["weights_finite"], fp16
+        assert result["after_silence"]
+    assert results[0]["fp16"]["moved"] == results[1]["fp16"]["moved"] > 1e-4  # the same update on both
+    assert results[0]["fp16"]["ema_error"] < 1e-6
+    assert [p.returncode for p in procs] == [2, 2], text()
+    for i in range(2):
+        assert "no train step finished within train.step_timeout_s (3 s)" in errs[i].read_text(), text()

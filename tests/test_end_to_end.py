@@ -86,8 +86,9 @@ def test_accelerator_mode_killed_after_epoch_1_resumes_bit_identical(tmp_path, c
     tf.data, augmentation and Mosaic in the train step). One training serves as both runs: it is paused
     (SIGSTOP) once epoch 1's checkpoint exists, its run directory copied (what a SIGKILL at that moment
     leaves on disk: every file is written atomically), and then let finish uninterrupted; the copy is
-    resumed and must end with the same bits. With train.accumulate 2, so that the resumed stream's offset
-    (epochs x steps x micro-batches) is the product path's too."""
+    resumed and must end with the same bits. With the README's one-GPU recipe for seed 002's batch 8 (batch 2 x
+    train.accumulate 4, refused before issue 28: Mosaic now mixes the update's 8 images), so that the resumed
+    stream's offset (epochs x steps x micro-batches) and the mix groups are the product path's too."""
     import shutil
     import signal
     import subprocess
@@ -100,8 +101,8 @@ def test_accelerator_mode_killed_after_epoch_1_resumes_bit_identical(tmp_path, c
 
     argv = ["--demo", "--name", "acc", "--epochs", "2", "--fold", "0", "--set", f"data.demo_dir={tmp_path / 'data'}",
             "--set", "data.demo_patients=20", "--set", "augment.device=accelerator", "--backbone", "efficientnetv2-b0",
-            "--weights", "none", "--size", "32", "--folds", "2", "--batch-size", "8", "--set", "train.steps_per_epoch=3",
-            "--set", "train.accumulate=2", "--set", "predict.batch_size=64", "--set", "train.verbose=0"]
+            "--weights", "none", "--size", "32", "--folds", "2", "--batch-size", "2", "--set", "train.steps_per_epoch=3",
+            "--set", "train.accumulate=4", "--set", "predict.batch_size=64", "--set", "train.verbose=0"]
     runs, snapshot, straight = tmp_path / "runs", tmp_path / "snapshot", tmp_path / "straight"
     argv += ["--out", str(runs)]  # the resumed run must sit where it was trained (--out is part of its config)
     first = subprocess.Popen([sys.executable, "-m", "cxrlt.train", *argv], env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -131,6 +132,31 @@ def test_accelerator_mode_killed_after_epoch_1_resumes_bit_identical(tmp_path, c
     a, b = (models.load(d / "model.keras") for d in (resumed, fold))
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(wa, wb)
+
+
+def test_eight_cpu_replicas_train_seed002s_batch_of_8_on_the_product_path(tmp_path):
+    """distribute.cpu_replicas 8: `python -m cxrlt.train --strategy mirrored` on a CPU trains 8 replicas (a dry
+    run of an 8-GPU config), with seed 002's batch 8 (one image per replica, refused before issue 28) and the
+    default Mosaic, in accelerator mode: the step gathers the 8 uint8 images and mixes them, each replica
+    keeping its own row. It finishes the fold: training, validation and the OOF prediction on 8 replicas."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    argv = ["--demo", "--name", "r8", "--out", str(tmp_path / "runs"), "--set", f"data.demo_dir={tmp_path / 'data'}",
+            "--set", "data.demo_patients=20", "--strategy", "mirrored", "--set", "distribute.cpu_replicas=8",
+            "--set", "augment.device=accelerator", "--batch-size", "8", "--fold", "0", "--epochs", "1",
+            "--set", "train.steps_per_epoch=1", "--backbone", "efficientnetv2-b0", "--weights", "none", "--size", "32",
+            "--folds", "2", "--set", "predict.batch_size=64", "--set", "predict.tta=[identity]",
+            "--set", "train.verbose=0"]
+    done = subprocess.run([sys.executable, "-m", "cxrlt.train", *argv], capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "8 replica(s)" in done.stderr and "mix partners from 8 images per update" in done.stderr
+    assert "augmentation and mixing on the accelerator" in done.stderr
+    fold = tmp_path / "runs" / "r8" / "fold0"
+    assert (fold / "done.json").exists() and list(pd.read_csv(fold / "history.csv").epoch) == [1]
 
 
 def test_rerun_skips_finished_folds_and_refuses_another_config(demo_run, caplog):

@@ -60,7 +60,8 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert int(resumed.optimizer.iterations.numpy()) == 12
-    assert sorted(p.name for p in (tmp_path / "b").glob("ckpt-*.index")) == ["ckpt-2.index", "ckpt-3.index"]  # last two kept
+    # the last two kept, numbered by the updates done (epochs 2 and 3 of 4 steps)
+    assert {p.name for p in (tmp_path / "b").glob("ckpt-*.index")} == {"ckpt-8.index", "ckpt-12.index"}
     again = _trainer()
     assert again.restore(tmp_path / "b") == 3 and again.fit(_epoch_datasets(3, 4), epochs=3, steps_per_epoch=4, verbose=0) == {}
 
@@ -156,6 +157,41 @@ def test_augmentation_and_mixing_in_the_train_step_train_like_the_host_pipeline(
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-4)
     for a, b in zip(results[0][1], results[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_the_device_step_runs_no_host_only_op_and_no_loop_over_the_batch(tmp_path):
+    """augment.device accelerator: the train step's graph (nested functions included: the mixer's branches, the
+    steps loop's body) holds no op without an accelerator kernel (ScaleAndTranslate, Python/NumPy functions,
+    decoders, string ops: each a device -> host -> device copy), and the augmentation and mixing alone run no
+    loop (map_fn / while) over the batch: the step's only loop is its loop over steps_per_execution."""
+    from cxrlt import config
+    from cxrlt.data import mix
+
+    from .conftest import write_png
+    from .device_ops import op_report
+
+    rng = np.random.default_rng(3)
+    paths = np.array([str(write_png(tmp_path / f"{i}.png", rng.integers(0, 255, (32, 32), dtype=np.uint8)))
+                      for i in range(8)])
+    labels = (rng.random((8, CLASSES)) < 0.4).astype(np.float32)
+    cfg = config.load(overrides={"input": {"size": 32, "resize": "stretch"},
+                                 "mix": {"mosaic": 0.4, "mixup": 0.3, "cutmix": 0.3, "cutout": 0.5}})
+    preprocess = pipeline.device_preprocess(cfg["augment"], mix.mixer_from_config(cfg, 2), CLASSES)
+    raw = pipeline.train_dataset(paths, labels, cfg, seed=2, batch_size=2, on_device=True, mix_group=2)
+    alone = op_report(tf.function(preprocess).get_concrete_function(tuple(raw.element_spec for _ in range(2))))
+    assert alone["host_only"] == [] and alone["strings"] == [] and alone["loops"] == [], alone
+    assert {"ImageProjectiveTransformV3", "GatherV2"} <= set(alone["types"])
+    assert {"Case", "StatelessCase"} & set(alone["types"])  # the mixer's choice of op: a branch, not a loop
+    trainer = engine.Trainer(tf.distribute.get_strategy(), _model(size=32), keras.optimizers.Adam(1e-2),
+                             losses.get_loss("bce"), preprocess=preprocess, accumulate=2)
+    iterator = iter(trainer.strategy.experimental_distribute_dataset(raw))
+    step = trainer._phases["train"].steps.get_concrete_function(iterator, tf.constant(1, tf.int32))
+    whole = op_report(step)
+    assert whole["host_only"] == [] and whole["strings"] == [], whole
+    loops = [node.op for function in step.graph.as_graph_def().library.function for node in function.node_def
+             if node.op in ("While", "StatelessWhile")] + [node.op for node in step.graph.as_graph_def().node
+                                                           if node.op in ("While", "StatelessWhile")]
+    assert len(loops) == 1  # `for _ in tf.range(n)`: the steps of one call
 
 
 def test_callbacks_get_fits_hooks_and_can_add_logs():
@@ -300,6 +336,98 @@ def test_accumulated_micro_batches_train_like_one_batch_of_their_size(tmp_path):
     assert abs(other[0] - loss1[0]) > 1e-4
     with pytest.raises(ValueError, match="accumulate"):
         engine.Trainer(tf.distribute.get_strategy(), _model(), keras.optimizers.Adam(), losses.get_loss("bce"), accumulate=0)
+
+
+def test_sigterm_saves_mid_epoch_and_the_rerun_ends_bit_identical(tmp_path):
+    """A real SIGTERM to this process after the first call (k = 2 steps per call, 6 steps per epoch, train.ema):
+    the next call carries the flag, the trainer saves after step 4 of epoch 1 and raises Preempted (exit status 75).
+    A fresh trainer resumes at that step (the stream positioned there) and ends with the uninterrupted run's
+    epoch losses, weights and averages, to the bit. (Nothing was saved mid-epoch before: a SIGTERM killed the
+    process and the epoch was lost.)"""
+    import os
+    import signal
+
+    from cxrlt.runtime import preemption
+
+    def trainer(folder):
+        t = engine.Trainer(tf.distribute.get_strategy(), _model(), keras.optimizers.Adam(1e-2), losses.get_loss("bce"),
+                           steps_per_execution=2, ema=0.5)
+        t.restore(tmp_path / folder)
+        return t
+
+    def stream(skip):
+        images, labels = _data()
+        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(8).repeat().skip(skip)
+
+    straight = trainer("straight")
+    expected = straight.fit(stream(0), epochs=2, steps_per_epoch=6, verbose=0)
+
+    class TermAfterFirstCall(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    preemption.install()
+    try:
+        first = trainer("preempted")
+        with pytest.raises(preemption.Preempted) as stopped:
+            first.fit(stream(0), epochs=2, steps_per_epoch=6, verbose=0, callbacks=[TermAfterFirstCall()])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        preemption.clear()
+    assert stopped.value.code == preemption.EXIT_STATUS == 75
+    assert "after step 4 of 6 in epoch 1" in str(stopped.value) and "rerun the same command" in str(stopped.value)
+    resumed = trainer("preempted")
+    assert (resumed.finished_epochs, resumed.resume_step) == (0, 4)
+    history = resumed.fit(stream(4), epochs=2, steps_per_epoch=6, verbose=0)
+    assert history["loss"] == expected["loss"]
+    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(straight.ema.averages, resumed.ema.averages):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_fold_resumes_across_a_change_of_mixed_precision(tmp_path):
+    """distribute.mixed_precision is a resumable change, but mixed_float16 wraps the optimizer in a loss-scale
+    optimizer: the checkpoint's structure differed and the restore failed deep in TensorFlow. The checkpoint now
+    holds the inner optimizer and the loss scale apart: float32 -> float16 -> float32 resumes each time with the
+    weights and optimizer state it left, and a checkpoint in the earlier layout (the loss-scale optimizer whole)
+    still restores."""
+    from cxrlt import config
+    from cxrlt.model import optim
+
+    cfg = config.load(overrides={"optim": {"lr": 1e-2}})
+
+    def trainer(policy, folder="run"):
+        keras.mixed_precision.set_global_policy(policy)
+        t = engine.Trainer(tf.distribute.get_strategy(), _model(), optim.make_optimizer(cfg, 4), losses.get_loss("bce"))
+        return t, t.restore(tmp_path / folder)
+
+    try:
+        plain, done = trainer("float32")
+        assert done == 0
+        plain.fit(_epoch_datasets(0, 4), epochs=1, steps_per_epoch=4, verbose=0)
+        half, done = trainer("mixed_float16")
+        assert done == 1 and half.loss_scaled and int(half.optimizer.iterations.numpy()) == 4
+        for a, b in zip(plain.model.get_weights(), half.model.get_weights()):
+            np.testing.assert_array_equal(a, b)
+        history = half.fit(_epoch_datasets(1, 4), epochs=2, steps_per_epoch=4, verbose=0)
+        assert np.isfinite(history["loss"]).all()
+        back, done = trainer("float32")
+        assert done == 2 and not back.loss_scaled and int(back.optimizer.iterations.numpy()) == 8
+        for a, b in zip(half.model.get_weights(), back.model.get_weights()):
+            np.testing.assert_array_equal(a, b)
+        # the layout cxrlt wrote before: the loss-scale optimizer as one object
+        legacy = tf.train.Checkpoint(model=half.model, optimizer=half.optimizer, epoch=tf.Variable(2, dtype=tf.int64),
+                                     rng={})
+        legacy.save(str(tmp_path / "legacy" / "ckpt"))
+        again, done = trainer("mixed_float16", "legacy")
+        assert done == 2 and float(again.optimizer.dynamic_scale.numpy()) == float(half.optimizer.dynamic_scale.numpy())
+        for a, b in zip(half.model.get_weights(), again.model.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 # ----------------------------------------------------------------------------- head warm-up, EMA warm-up

@@ -147,13 +147,17 @@ def test_mosaic_crop_quadrants_are_crops_of_their_sources():
                                           images[src[k, i], oy:oy + h[k], ox:ox + w[k]])
 
 
-@pytest.mark.parametrize("random_split", [False, True])
-def test_mosaic_resize_holds_each_whole_source_downscaled(random_split):
+@pytest.mark.parametrize("random_split, center_range", [(False, (0.25, 0.75)), (True, (0.25, 0.75)),
+                                                        (True, (0.02, 0.98))])  # tiles down to 1 px: dense weights
+def test_mosaic_resize_holds_each_whole_source_downscaled(random_split, center_range):
+    """Each quadrant is its source resized by TensorFlow's own antialiased resize (ScaleAndTranslate), which
+    the batched form reproduces without calling it."""
     rng = np.random.default_rng(4)
     images = tf.constant(rng.uniform(0, 255, (B, S, S, 3)).astype(np.float32))
-    out, _, info = mix.mosaic_resize(images, _multi_hot(), SEED, random_split=random_split, return_info=True)
+    out, _, info = mix.mosaic_resize(images, _multi_hot(), SEED, random_split=random_split, center_range=center_range,
+                                     return_info=True)
     src, centers = info["sources"].numpy(), info["center"].numpy()
-    for i in (0, 5):
+    for i in range(B):
         cy, cx = centers[i]
         if not random_split:
             assert (cy, cx) == (S // 2, S // 2)
@@ -251,3 +255,27 @@ def test_bad_settings_are_refused_by_name():
     with pytest.raises(ValueError, match="mosaic variant"):
         mix.BatchMixer(mosaic=0.5, mosaic_variant={"tile": 1.0})
     assert mix.BatchMixer.from_config({"mosaic": 0.5}, seed=9).seed == 9
+
+
+@pytest.mark.parametrize("exclusive", [True, False])
+def test_some_rows_read_through_a_source_are_those_rows_of_the_whole_batch(exclusive):
+    """How each replica mixes the global batch in the train step: the outputs of its own rows, the images read
+    through a function (the step augments them on demand), are those rows of the whole batch's result; for
+    stacked ops too (exclusive=False: Mosaic, then MixUp and CutMix over its outputs)."""
+    rng = np.random.default_rng(7)
+    images = tf.constant(rng.uniform(0, 255, (B, S, S, 1)).astype(np.float32))
+    labels = _multi_hot()
+    mixer = mix.BatchMixer({"mosaic": 0.5, "mixup": 0.3, "cutmix": 0.2, "cutout": 0.5, "mosaic_variant": "both",
+                            "exclusive": exclusive}, seed=4)
+    reads = []
+    source = mix.Source(lambda i: reads.append(i) or tf.gather(images, i), B, images.shape[1:])
+    rows = [6, 1, 3]
+    for step in range(8):
+        seed = mix.step_seed(4, step)
+        full_x, full_y = mixer.apply(images, labels, seed)
+        x, y = mixer.apply(None, labels, seed, rows=tf.constant(rows), source=source)
+        assert x.shape == (3, S, S, 1) and y.shape == (3, C)
+        np.testing.assert_allclose(x.numpy(), full_x.numpy()[rows], atol=1e-3)
+        np.testing.assert_array_equal(y.numpy(), full_y.numpy()[rows])
+    if exclusive:  # one op per batch: it reads only the sources of the rows asked for (Mosaic: 4 per row)
+        assert reads and max(int(tf.size(i)) for i in reads) <= 4 * len(rows)

@@ -139,7 +139,7 @@ def test_accelerator_mode_gives_the_host_batches(tmp_path):
     assert not np.allclose(host[0][0].numpy()[0], host[1][0].numpy()[0])  # augmentation did something
     later = pipeline.train_dataset(paths, labels, cfg, seed=5, batch_size=4, mask=mask, on_device=True, start_batch=3)
     for a, b in zip(raw[3:], later.take(3)):  # a resumed stream: the same images, labels, seeds and mixer steps
-        for key in ("images", "labels", "seeds", "step"):
+        for key in ("images", "labels", "seeds", "draws", "update"):
             np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
     with pytest.raises(ValueError, match="device_preprocess"):
         pipeline.train_dataset(paths, labels, cfg, seed=5, batch_size=4, mixer=mixer, on_device=True)

@@ -291,7 +291,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo", action="store_true", help="use the embedded synthetic CXR-LT-format data")
     parser.add_argument("--demo-edition", choices=sorted(schema.DEMO_EDITIONS),
                         help="the demo in that edition's layout (implies --demo; 2026: 16-bit PNGs, a removal list)")
-    parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 on GPU, mixed_bfloat16 on CPU")
+    parser.add_argument("--mixed-precision", action="store_true", help="16-bit compute: bfloat16 on CPUs and GPUs of compute capability >= 8.0, float16 with loss scaling on older GPUs (distribute.mixed_precision_dtype)")
     parser.add_argument("--jit-compile", action="store_true", help="XLA-compile the train step (GPU; 3-5x slower on CPU)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="train without the images the pre-flight check finds bad (listed in the run directory)")

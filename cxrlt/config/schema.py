@@ -76,6 +76,7 @@ TTA_VIEWS = ("identity", "hflip")  # no vertical flips or rotations: anatomicall
 STUDY_AGGREGATIONS = ("none", "mean", "max", "view_mean", "view_groups")
 ENSEMBLE_METHODS = ("mean", "rank", "logit")
 STRATEGY_NAMES = ("auto", "one", "mirrored", "multiworker")  # distribute.strategy
+MIXED_PRECISION_DTYPES = ("auto", "float16", "bfloat16")  # distribute.mixed_precision_dtype
 OPTIMIZERS = ("adam", "adamw", "sgd")
 HEADS = ("gap", "csra", "ml_decoder")  # model.head (cxrlt.model.models / heads)
 PREPARED_READERS = ("auto", "files", "tfrecord")
@@ -125,6 +126,7 @@ CHOICES: dict[str, tuple] = {
     "ensemble.method": ENSEMBLE_METHODS,
     "fuse.checkpoint": ("best", "last"),
     "distribute.strategy": STRATEGY_NAMES,
+    "distribute.mixed_precision_dtype": MIXED_PRECISION_DTYPES,
 }
 
 
@@ -176,6 +178,7 @@ RANGES: dict[str, Range] = {
     "input.size": Range(32, MAX_SIZE, cap=True),
     "input.shuffle_buffer": Range(1, 10**7, cap=True),
     "input.data_service_streams": Range(1, 1024, cap=True),
+    "input.data_service_timeout_s": Range(0, 10**7, cap=True),
     "augment.tail_quantile": UNIT,
     "augment.minority_share": SHARE,
     "augment.scale": Range(0, 1, hi_open=True),
@@ -225,6 +228,9 @@ RANGES: dict[str, Range] = {
     "train.steps_per_epoch": Range(1, MAX_COUNT, cap=True, null="one pass"),
     "train.accumulate": Range(1, 1024, cap=True),
     "train.steps_per_execution": Range(1, 10_000, cap=True, null="1 without a GPU, 16 with one"),
+    "train.step_timeout_s": Range(0, 10**7, cap=True),
+    "distribute.heartbeat_timeout_s": Range(1, 10**6, cap=True),
+    "distribute.cpu_replicas": Range(1, 1024, cap=True, null="the CPU as one device"),
     "predict.batch_size": Range(1, MAX_BATCH, cap=True),
     "ensemble.fit_rounds": Range(1, 100_000, cap=True),
     "ensemble.normal_gating": UNIT,
@@ -278,6 +284,9 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"input.size must be an integer >= 32, got {size!r}")
     for key, rule in RANGES.items():
         check_range(key, get(cfg, key))
+    replicas = cfg["distribute"]["cpu_replicas"]
+    if replicas is not None and (isinstance(replicas, bool) or not float(replicas).is_integer()):
+        raise ConfigError(f"distribute.cpu_replicas must be a whole number of logical CPU devices, got {replicas!r}")
     frozen = t["freeze_backbone_epochs"]
     if frozen and frozen >= t["epochs"]:
         raise ConfigError(f"train.freeze_backbone_epochs ({frozen}) must be below train.epochs ({t['epochs']}): "

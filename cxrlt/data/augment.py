@@ -167,15 +167,27 @@ def _basic(image, seed, cfg: dict) -> tf.Tensor:
     return tf.ensure_shape(tf.cast(image, dtype), static)
 
 
-def batch_basic(images, seeds, cfg: dict) -> tf.Tensor:
-    """Seed 002's basic set on a batch float [B, H, W, C] with one stateless seed [2] per image (seeds
-    [B, 2]): the same draws as `_basic`, but the flip, zoom and rotation are one projective transform
-    per image applied to the whole batch in one op, and brightness and contrast are batch arithmetic:
-    the form that runs inside the train step on an accelerator."""
+DRAWS = ("flip", "zoom", "angle", "shift", "factor")  # the columns of `batch_draws`
+
+
+def batch_draws(seeds, cfg: Mapping | None = None) -> tf.Tensor:
+    """float32 [B, 5]: each image's random numbers (`DRAWS`, flip as 0/1) from its stateless seed [B, 2], the
+    same numbers the per-image form draws. Drawn where the seeds are made, in tf.data on the host: TensorFlow
+    draws one stateless stream per op call, so B seeds take a loop of B draws, which the train step on an
+    accelerator should not run (a few scalars per image; the images stay on the device)."""
+    checked = _basic_config(cfg)
+    draws = tf.map_fn(lambda seed: tf.stack([tf.cast(d, tf.float32) for d in _draws(seed, checked)]),
+                      tf.cast(seeds, tf.int64), fn_output_signature=tf.TensorSpec([len(DRAWS)], tf.float32))
+    return tf.ensure_shape(draws, [seeds.shape[0], len(DRAWS)])
+
+
+def batch_basic(images, draws, cfg: dict) -> tf.Tensor:
+    """Seed 002's basic set on a batch float [B, H, W, C] with each image's draws [B, 5] (`batch_draws`): the
+    result of the per-image form for the same seeds, but the flip, zoom and rotation are one projective
+    transform per image applied to the whole batch in one op, and brightness and contrast are batch
+    arithmetic: the form that runs inside the train step on an accelerator (no loop, no host round trip)."""
     images = tf.cast(images, tf.float32)
-    flip, zoom, angle, shift, factor = tf.map_fn(
-        lambda seed: _draws(seed, cfg), tf.cast(seeds, tf.int64),
-        fn_output_signature=(tf.bool, tf.float32, tf.float32, tf.float32, tf.float32))
+    flip, zoom, angle, shift, factor = tf.unstack(tf.cast(draws, tf.float32), axis=1)
     shape = tf.shape(images)
     h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
     cy, cx = (h - 1.0) / 2.0, (w - 1.0) / 2.0
@@ -183,7 +195,7 @@ def batch_basic(images, seeds, cfg: dict) -> tf.Tensor:
     # the output pixel (x, y) samples the rotated/zoomed point (x', y') of the flipped image, i.e. the
     # input at (w - 1 - x', y') when flipped: compose the flip into the transform's x row
     x_row = tf.stack([a, -b, cx - a * cx + b * cy], axis=1)
-    x_row = tf.where(flip[:, None], tf.constant([0.0, 0.0, 1.0])[None] * (w - 1.0) - x_row, x_row)
+    x_row = tf.where(flip[:, None] > 0.5, tf.constant([0.0, 0.0, 1.0])[None] * (w - 1.0) - x_row, x_row)
     y_row = tf.stack([b, a, cy - b * cx - a * cy], axis=1)
     transforms = tf.concat([x_row, y_row, tf.zeros_like(x_row[:, :2])], axis=1)
     images = tf.raw_ops.ImageProjectiveTransformV3(
@@ -196,9 +208,9 @@ def batch_basic(images, seeds, cfg: dict) -> tf.Tensor:
 
 
 def make_batch_augment(cfg: Mapping | None = None):
-    """(images [B, H, W, C], seeds [B, 2]) -> images, the settings checked once (see `batch_basic`)."""
+    """(images [B, H, W, C], draws [B, 5]) -> images, the settings checked once (see `batch_basic`)."""
     checked = _basic_config(cfg)
-    return lambda images, seeds: batch_basic(images, seeds, checked)
+    return lambda images, draws: batch_basic(images, draws, checked)
 
 
 def basic_augment(image, seed, cfg: Mapping | None = None) -> tf.Tensor:

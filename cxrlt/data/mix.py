@@ -2,7 +2,7 @@
 Balanced-MixUp, and the per-batch policy `BatchMixer` that chooses among them.
 
 Conventions (the contract with `cxrlt.pipeline`):
-- `images` float32 [B, H, W, 3] in 0..255, `labels` float32 [B, C] multi-hot; B static
+- `images` float32 [B, H, W, C] in 0..255 (C = 1 in the pipeline, grey), `labels` float32 [B, C'] multi-hot; B static
   (drop_remainder=True). Every op returns tensors of the same shapes and dtypes, with the static
   shapes kept, so the ops run inside `tf.data` `map` in graph mode, at 32..768 px.
 - Randomness is stateless: every op takes a `seed`, an int tensor of shape [2] (or a Python int).
@@ -12,6 +12,12 @@ Conventions (the contract with `cxrlt.pipeline`):
   images after i in a random cyclic order of the batch (`_partner_indices`). So the sources of one
   output are distinct (for B >= 2, or B >= 4 for Mosaic), and every image of the batch is used
   exactly once in each source slot (each Mosaic quadrant, each MixUp/CutMix role).
+- The batch mixed is an optimizer update's whole batch, not one replica's share: the pipeline mixes
+  every local replica's micro-batches of an update together (`pipeline.train_dataset(mix_group=...)`),
+  and in accelerator mode every replica gathers the update's batch from all replicas and workers and
+  computes its own rows (`BatchMixer.apply(rows=..., source=...)`, `pipeline.device_preprocess`). An op
+  is a plan (its draws for the whole batch) and the pixels of the rows asked for, read through a
+  `Source`, so a row of the full result is computed the same way whichever rows are asked for.
 - Every op accepts `return_info=True` and then also returns a dict with the partner indices it used
   (`sources`, int32 [k, B]), the share of each source in each output (`weights`, float32 [k, B]) and
   its geometry, so tests and previews can recompute the labels.
@@ -34,17 +40,19 @@ class-sampled batch per step, so `cxrlt.pipeline` runs it where both streams exi
 `BatchMixer`: the two stack (Balanced-MixUp forms the batch, then Mosaic/MixUp/CutMix and CutOut
 may mix it further, their label rule applied to the blended labels).
 
-Speed (768 px, batch 8, float32, 2 shared CPU cores, graph mode, images/s): Mosaic crop 86-93,
-Mosaic resize 46-59 (four antialiased resizes per image), MixUp 77-102, CutMix 67-92, CutOut 65-114.
-MixUp is at the memory-bandwidth floor here (a plain a*0.5 + b*0.5 of the batch runs as fast).
-Mosaic runs one sample at a time in tf.map_fn (tile sizes differ per sample), which measured faster
-than four batched resizes even for the fixed grid.
+No per-image loop and no host-only kernel, so the ops run inside the train step on an accelerator:
+Mosaic crop is one gather (every output pixel is one source pixel), Mosaic resize gathers a few source
+rows, then columns, per output row and column and adds them with the weights of
+tf.image.resize(antialias=True) (`resize_taps`; ScaleAndTranslate itself has a CPU kernel only, and the
+tile sizes differ per sample). MixUp is at the memory-bandwidth floor on a CPU (a plain a*0.5 + b*0.5 of
+the batch runs as fast). Speed before and after: BENCHMARKS.md, `python -m cxrlt.bench device`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -193,6 +201,74 @@ def combine_labels(labels_list, weights, mode: str = "clip_sum") -> tf.Tensor:
     return tf.add_n([wt * y for y, wt in zip(ys, ws)]) / total
 
 
+# --- sources: the images an op reads ----------------------------------------------------------------
+
+class Source:
+    """The `count` images a mix op takes its pixels from, read by index: `source(indices)` is float
+    [*indices.shape, H, W, C].
+
+    `Source.of(batch)` reads a batch tensor (the host path, library callers). In the train step
+    (`pipeline.device_preprocess`) the images are the uint8 batch gathered from every replica, augmented
+    as they are read: a replica computes only its own output rows, so it augments only the images those
+    rows show. Ops ask for the images of their output rows only (`rows`), so they compose: the next op
+    of a stack reads the previous op's outputs through a Source."""
+
+    def __init__(self, read, count: int, shape, dtype=tf.float32, batch: tf.Tensor | None = None):
+        self.read, self.count = read, int(count)
+        self.shape, self.dtype, self.batch = tf.TensorShape(shape), tf.as_dtype(dtype), batch
+        if self.shape.rank != 3 or not self.shape[:2].is_fully_defined():
+            raise ValueError(f"the mixers need images of a static size [H, W, C], got {self.shape}")
+
+    @classmethod
+    def of(cls, images) -> "Source":
+        images = tf.convert_to_tensor(images)
+        if images.shape.rank != 4 or images.shape[0] is None:
+            raise ValueError(f"expected a batch [B, H, W, C] with a static B, got {images.shape}")
+        return cls(lambda i: tf.gather(images, i), images.shape[0], images.shape[1:], images.dtype, batch=images)
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return int(self.shape[0]), int(self.shape[1])
+
+    def __call__(self, indices=None) -> tf.Tensor:
+        """The images at `indices` (any shape of int indices); None: all of them, in order."""
+        if indices is None:
+            if self.batch is not None:
+                return self.batch
+            indices = tf.range(self.count)
+        indices = tf.convert_to_tensor(indices)
+        images = self.read(tf.reshape(indices, [-1]))
+        return tf.reshape(images, [*indices.shape, *self.shape]) if indices.shape.is_fully_defined() else \
+            tf.reshape(images, tf.concat([tf.shape(indices), tf.shape(images)[1:]], 0))
+
+
+def _at(values: tf.Tensor, rows, axis: int = 0) -> tf.Tensor:
+    """values for the output rows `rows` along `axis` (a plan is drawn for every image of the batch)."""
+    return values if rows is None else tf.gather(values, rows, axis=axis)
+
+
+def _plan_labels(plan: dict, labels: tf.Tensor, label_mode: str) -> tf.Tensor:
+    """The mixed labels of every output of the batch: the rule applied to the sources of the plan."""
+    sources, weights = plan["sources"], plan["weights"]
+    ys = [labels if k == 0 else tf.gather(labels, sources[k]) for k in range(sources.shape[0])]
+    return combine_labels(ys, tf.unstack(weights), label_mode)
+
+
+class _Op(NamedTuple):
+    """A mix op in two halves: the draws for a whole batch, and the pixels of some of its outputs."""
+    plan: Callable    # (batch, h, w, seed) -> dict: sources int32 [k, B], weights float32 [k, B], geometry
+    pixels: Callable  # (plan, source, rows or None) -> float [n, h, w, c]
+
+
+def _run_op(op: _Op, images, labels, seed, label_mode: str, return_info: bool):
+    images, labels = _prepare(images, labels)
+    h, w = _hw(images)
+    plan = op.plan(_batch_size(images), h, w, seed)
+    out = tf.ensure_shape(op.pixels(plan, Source.of(images), None), images.shape)
+    mixed = tf.ensure_shape(_plan_labels(plan, labels, label_mode), labels.shape)
+    return _result(out, mixed, plan, return_info)
+
+
 # --- Mosaic -----------------------------------------------------------------------------------------
 
 def _mosaic_geometry(batch, h: int, w: int, center_range, random_split: bool, seed):
@@ -207,10 +283,186 @@ def _mosaic_geometry(batch, h: int, w: int, center_range, random_split: bool, se
     return cy, cx, tile_h, tile_w
 
 
-def _assemble(tiles):
-    top = tf.concat([tiles[0], tiles[1]], axis=-2)
-    bottom = tf.concat([tiles[2], tiles[3]], axis=-2)
-    return tf.concat([top, bottom], axis=-3)
+def _mosaic_plan(variant: str, center_range, random_split: bool = True):
+    def plan(batch, h, w, seed):
+        if variant == "crop":
+            s_src, s_geo, s_oy, s_ox = _split(seed, 4)
+        else:
+            s_src, s_geo = _split(seed, 2)
+        sources = _partner_indices(batch, 4, s_src)
+        cy, cx, tile_h, tile_w = _mosaic_geometry(batch, h, w, center_range, random_split or variant == "crop", s_geo)
+        out = {"sources": sources, "weights": tf.cast(tile_h * tile_w, tf.float32) / float(h * w),
+               "center": tf.stack([cy, cx], axis=1)}
+        if variant == "crop":
+            out["offsets"] = tf.stack([_random_offsets(h - tile_h, s_oy), _random_offsets(w - tile_w, s_ox)], axis=-1)
+        return out
+    return plan
+
+
+def _quadrants(center: tf.Tensor, h: int, w: int):
+    """Per output pixel of n Mosaics: (bottom [n, h, 1], right [n, 1, w]), from the split points [n, 2]."""
+    ys, xs = tf.reshape(tf.range(h), [1, h, 1]), tf.reshape(tf.range(w), [1, 1, w])
+    # explicit reshapes: a strided slice with new axes after an index (center[:, 0, None, None]) gave [B] in graphs
+    return ys >= tf.reshape(center[:, 0], [-1, 1, 1]), xs >= tf.reshape(center[:, 1], [-1, 1, 1])
+
+
+class _Separable:
+    """What both Mosaics share: output row y of side s (left: quadrants 0/2, right: 1/3) is a (weighted sum of)
+    whole source rows, then, transposed, output column x of a half (top: quadrants 0/1, bottom: 2/3) a
+    (weighted sum of) whole columns of the left or right side. Only whole rows are gathered (contiguous
+    memory: a gather per pixel costs about 30 times more on a CPU), and nothing loops over the batch.
+
+    The source rows are read straight from the batch when the Source is a tensor (no copy of the 4 x n
+    sources), else from the 4 x n images the Source returns (augmented on demand in the train step)."""
+
+    def __init__(self, plan, source: Source, rows):
+        self.h, self.w = source.hw
+        self.sources = _at(plan["sources"], rows, axis=1)  # [4, n]
+        self.n, self.c = self.sources.shape[1], source.shape[2]
+        self.dtype = source.dtype
+        h, w = self.h, self.w
+        center = _at(plan["center"], rows)
+        self.cy, self.cx = tf.reshape(center[:, 0], [-1, 1]), tf.reshape(center[:, 1], [-1, 1])
+        self.ys, self.xs = tf.reshape(tf.range(h), [1, h]), tf.reshape(tf.range(w), [1, w])
+        self.bottom, self.right = self.ys >= self.cy, self.xs >= self.cx  # [n, h], [n, w]
+        self.direct = source.batch is not None  # rows read from the batch itself, by its image indices
+        images = source.batch if self.direct else source(self.sources)
+        self.table = tf.reshape(tf.cast(images, tf.float32), [-1, w, self.c])  # every source row
+
+    def first_row(self, side: int, source_row) -> tf.Tensor:
+        """Flat index [n, h] of `source_row` [n, h] of the source of each output row's quadrant on `side`."""
+        quadrant = tf.where(self.bottom, 2, 0) + side  # [n, h]
+        sample = tf.reshape(tf.range(self.n), [-1, 1])
+        if not self.direct:  # the 4 x n images source(sources) returned
+            image = quadrant * self.n + sample
+        else:  # the batch index of the source: sources[quadrant, sample]
+            image = tf.where(self.bottom, tf.reshape(self.sources[2 + side], [-1, 1]),
+                             tf.reshape(self.sources[side], [-1, 1]))
+        return image * self.h + source_row
+
+    def sides(self, row_taps) -> tf.Tensor:
+        """[2, n, h, w, c]: `row_taps` = [(flat row index [2, n, h], weight [2, n, h] or None)] summed."""
+        out = 0.0
+        for index, weight in row_taps:
+            rows = tf.gather(self.table, index)
+            out = out + (rows if weight is None else tf.reshape(weight, [2, self.n, self.h, 1, 1]) * rows)
+        return out
+
+    def columns(self, sides: tf.Tensor, column_taps) -> tf.Tensor:
+        """[k, n, w, h, c] (transposed): `column_taps` = [(column index [k, n, w] into [left | right], weight
+        [k, n, w] or None)] summed over taps, for k halves."""
+        n, h, w = self.n, self.h, self.w
+        flat = tf.reshape(tf.transpose(sides, [0, 1, 3, 2, 4]), [2 * n * w, h, self.c])  # columns as rows
+        sample = tf.reshape(tf.range(n), [-1, 1])
+        base = (tf.cast(self.right, tf.int32) * n + sample) * w
+        out = 0.0
+        for index, weight in column_taps:
+            columns = tf.gather(flat, base + index)
+            out = out + (columns if weight is None else tf.reshape(weight, [-1, n, w, 1, 1]) * columns)
+        return out
+
+    def finish(self, transposed: tf.Tensor) -> tf.Tensor:
+        return tf.cast(tf.transpose(transposed, [0, 2, 1, 3]), self.dtype)
+
+
+def _mosaic_crop_pixels(plan, source: Source, rows):
+    """Every output pixel is one source pixel: each output row the right stretch of one source row."""
+    g = _Separable(plan, source, rows)
+    offsets = _at(plan["offsets"], rows, axis=1)  # [4, n, 2]
+    offset = lambda quadrant, axis: tf.reshape(offsets[quadrant, :, axis], [-1, 1])  # noqa: E731
+    rows_index = tf.stack([g.first_row(side, tf.where(g.bottom, offset(2 + side, 0) - g.cy, offset(side, 0)) + g.ys)
+                           for side in (0, 1)])
+    columns_index = tf.stack([tf.where(g.right, offset(2 * half + 1, 1) - g.cx, offset(2 * half, 1)) + g.xs
+                              for half in (0, 1)])
+    both = g.columns(g.sides([(rows_index, None)]), [(columns_index, None)])  # [2 halves, n, w, h, c]
+    return g.finish(tf.where(tf.reshape(g.bottom, [g.n, 1, g.h, 1]), both[1], both[0]))
+
+
+def resize_taps(size: int, tile, position, taps: int | None):
+    """The weights of tf.image.resize(bilinear, antialias=True) (ScaleAndTranslate's triangle kernel, widened
+    by the shrink factor, normalised) as `taps` taps: output pixel `position` of a resize of `size` input
+    pixels to `tile` pixels (int tensors of one shape) reads inputs first..first+taps-1 with these weights.
+    Returns (first int32, weights float32 [..., taps]); taps past the kernel's span weigh 0. taps=None: one
+    weight per input pixel (first = 0, weights [..., size]), the dense form for strong shrinks."""
+    scale = tf.cast(tile, tf.float32) / float(size)
+    inverse = 1.0 / scale
+    kernel_scale = tf.maximum(inverse, 1.0)
+    sample = (tf.cast(position, tf.float32) + 0.5) * inverse
+    first = tf.clip_by_value(tf.math.ceil(sample - kernel_scale - 0.5), 0.0, size - 1.0)
+    end = tf.clip_by_value(tf.floor(sample + kernel_scale - 0.5), 0.0, size - 1.0) + 1.0
+    offset = first[..., None] if taps is not None else 0.0
+    source = offset + tf.range(taps if taps is not None else size, dtype=tf.float32)
+    weights = tf.maximum(0.0, 1.0 - tf.abs((source + 0.5 - sample[..., None]) * (1.0 / kernel_scale)[..., None]))
+    weights = tf.where((source >= first[..., None]) & (source < end[..., None]), weights, 0.0)
+    total = tf.reduce_sum(weights, axis=-1, keepdims=True)
+    weights = tf.where(total >= 1000.0 * 1.1754944e-38, weights / tf.where(total > 0, total, 1.0), weights)
+    return tf.cast(first if taps is not None else tf.zeros_like(first), tf.int32), weights
+
+
+MAX_TAPS = 16  # beyond (tiles under 1/7.5 of the side, from a wide mix.mosaic_center): dense weights, matmuls
+
+
+def _taps_needed(size: int, smallest_tile: int) -> int:
+    """Taps that cover the antialiasing kernel of the strongest shrink (size -> smallest_tile): 2 x shrink + 1."""
+    return int(min(size, math.floor(2.0 * size / max(1, smallest_tile) + 1e-3) + 1))
+
+
+def _smallest_tile(size: int, center_range, random_split: bool) -> int:
+    if not random_split:
+        return size // 2
+    low, high = center_range
+    lo, hi = max(1, math.ceil(low * size)), min(size - 1, math.floor(high * size))
+    if lo > hi:
+        lo = hi = max(1, size // 2)
+    return min(lo, size - hi)
+
+
+def _mosaic_resize_pixels(center_range, random_split: bool):
+    """Each source resized whole into its quadrant, separably: every output row is a weighted sum of a few
+    rows of its source (the taps of `resize_taps`), then every output column of a few columns."""
+    def pixels(plan, source: Source, rows):
+        g = _Separable(plan, source, rows)
+        h, w = g.h, g.w
+        row_taps, column_taps = (_taps_needed(size, _smallest_tile(size, center_range, random_split))
+                                 for size in (h, w))
+        if max(row_taps, column_taps) > MAX_TAPS:
+            return _dense_resize(g)
+        first, weights = resize_taps(h, tf.where(g.bottom, h - g.cy, g.cy), tf.where(g.bottom, g.ys - g.cy, g.ys),
+                                     row_taps)
+        row_taps = [(tf.stack([g.first_row(side, tf.minimum(first + t, h - 1)) for side in (0, 1)]),
+                     tf.stack([weights[..., t]] * 2)) for t in range(weights.shape[-1])]
+        first, weights = resize_taps(w, tf.where(g.right, w - g.cx, g.cx), tf.where(g.right, g.xs - g.cx, g.xs),
+                                     column_taps)
+        # top and bottom tiles share their widths: one pass over the columns serves both halves
+        column_taps = [(tf.minimum(first + t, w - 1)[None], weights[None, ..., t]) for t in range(weights.shape[-1])]
+        return g.finish(g.columns(g.sides(row_taps), column_taps)[0])
+    return pixels
+
+
+def _dense_resize(g: _Separable) -> tf.Tensor:
+    """Mosaic resize with one weight per source row and column (`resize_taps(taps=None)`): batched matmuls,
+    for splits so uneven that a tile shrinks more than MAX_TAPS / 2 times."""
+    h, w, n = g.h, g.w, g.n
+    images = tf.reshape(g.table, [-1, h, w, g.c])
+    if g.direct:  # the sources in the batch
+        pick = lambda q: tf.gather(images, g.sources[q])  # noqa: E731
+    else:  # the 4 x n images the Source returned, quadrant-major
+        pick = lambda q: images[q * n:(q + 1) * n]  # noqa: E731
+    _, rows = resize_taps(h, tf.where(g.bottom, h - g.cy, g.cy), tf.where(g.bottom, g.ys - g.cy, g.ys), None)
+    _, columns = resize_taps(w, tf.where(g.right, w - g.cx, g.cx), tf.where(g.right, g.xs - g.cx, g.xs), None)
+    bottom, right = tf.cast(g.bottom, tf.float32)[..., None], tf.cast(g.right, tf.float32)[..., None]
+    sides = [tf.einsum("nyj,njwc->nywc", rows * (1.0 - bottom), pick(side))
+             + tf.einsum("nyj,njwc->nywc", rows * bottom, pick(2 + side)) for side in (0, 1)]
+    out = (tf.einsum("nyjc,nxj->nyxc", sides[0], columns * (1.0 - right))
+           + tf.einsum("nyjc,nxj->nyxc", sides[1], columns * right))
+    return tf.cast(out, g.dtype)
+
+
+def _mosaic_op(variant: str, center_range=(0.25, 0.75), random_split: bool = True) -> _Op:
+    center_range = tuple(float(v) for v in center_range)
+    if variant == "crop":
+        return _Op(_mosaic_plan("crop", center_range), _mosaic_crop_pixels)
+    return _Op(_mosaic_plan("resize", center_range, random_split), _mosaic_resize_pixels(center_range, random_split))
 
 
 def mosaic_crop(images, labels, seed, center_range=(0.25, 0.75), label_mode="clip_sum", return_info=False):
@@ -220,108 +472,88 @@ def mosaic_crop(images, labels, seed, center_range=(0.25, 0.75), label_mode="cli
     times the size; each of the 4 quadrants is filled with a random crop, of exactly the quadrant's
     size, of one source (image i and the 3 next in a random cyclic order of the batch). Sources are
     already at the output size, so no quadrant has a blank gap. Convex weights = quadrant areas.
+    The whole batch in one gather (every output pixel is one source pixel), no per-sample loop.
     """
-    images, labels = _prepare(images, labels)
-    h, w = _hw(images)
-    channels = images.shape[3]
-    batch = _batch_size(images)
-    s_src, s_geo, s_oy, s_ox = _split(seed, 4)
-    sources = _partner_indices(batch, 4, s_src)
-    cy, cx, tile_h, tile_w = _mosaic_geometry(batch, h, w, center_range, True, s_geo)
-    off_y, off_x = _random_offsets(h - tile_h, s_oy), _random_offsets(w - tile_w, s_ox)
-    depth = tf.shape(images, out_type=tf.int64)[3]
-
-    def one(args):
-        src, th, tw, oy, ox = args  # each [4], int64
-        tiles = [tf.slice(images, tf.stack([src[k], oy[k], ox[k], 0]), tf.stack([1, th[k], tw[k], depth]))[0]
-                 for k in range(4)]
-        return tf.ensure_shape(_assemble(tiles), [h, w, channels])
-
-    # int64 indices: oneDNN's int32 kernels log an error line on CPUs without AVX-512
-    elems = tuple(tf.transpose(tf.cast(t, tf.int64)) for t in (sources, tile_h, tile_w, off_y, off_x))
-    out = tf.map_fn(one, elems, fn_output_signature=tf.TensorSpec([h, w, channels], images.dtype))
-    out = tf.ensure_shape(out, images.shape)
-    areas = tf.cast(tile_h * tile_w, tf.float32) / float(h * w)
-    ys = [tf.gather(labels, sources[k]) for k in range(4)]
-    mixed = tf.ensure_shape(combine_labels(ys, tf.unstack(areas), label_mode), labels.shape)
-    info = {"sources": sources, "weights": areas, "center": tf.stack([cy, cx], axis=1),
-            "offsets": tf.stack([off_y, off_x], axis=-1)}
-    return _result(out, mixed, info, return_info)
+    return _run_op(_mosaic_op("crop", center_range), images, labels, seed, label_mode, return_info)
 
 
 def mosaic_resize(images, labels, seed, random_split=True, center_range=(0.25, 0.75), label_mode="clip_sum",
                   return_info=False):
     """Mosaic, full-resize variant (seed 002 Fig. 3 bottom): each of the 4 sources is resized whole
-    (bilinear, antialiased) into its quadrant, so no finding is cropped away.
+    (bilinear, antialiased: the weights of tf.image.resize(antialias=True), see `resize_taps`) into its
+    quadrant, so no finding is cropped away.
 
     random_split=True: the split point is drawn per sample in `center_range` (quadrants of different
     sizes, aspect ratios change); False: a fixed 2 x 2 grid of (H/2, W/2) tiles. Convex weights =
-    quadrant areas.
+    quadrant areas. The whole batch at once in gathers and multiply-adds: ScaleAndTranslate (the op behind
+    an antialiased tf.image.resize) has a CPU kernel only, and its tile sizes differ per sample.
     """
-    images, labels = _prepare(images, labels)
-    h, w = _hw(images)
-    channels = images.shape[3]
-    batch = _batch_size(images)
-    s_src, s_geo = _split(seed, 2)
-    sources = _partner_indices(batch, 4, s_src)
-    cy, cx, tile_h, tile_w = _mosaic_geometry(batch, h, w, center_range, random_split, s_geo)
-
-    # One sample at a time (tf.map_fn runs up to 10 in parallel): measured faster on CPU than four
-    # batched resizes even for the fixed grid, and the tile sizes may differ per sample.
-    def one(args):
-        src, th, tw = (tf.cast(a, tf.int32) for a in args)
-        tiles = [tf.image.resize(images[src[k]], tf.stack([th[k], tw[k]]), antialias=True) for k in range(4)]
-        return tf.ensure_shape(tf.cast(_assemble(tiles), images.dtype), [h, w, channels])
-
-    elems = tuple(tf.transpose(tf.cast(t, tf.int64)) for t in (sources, tile_h, tile_w))  # int64: see mosaic_crop
-    out = tf.map_fn(one, elems, fn_output_signature=tf.TensorSpec([h, w, channels], images.dtype))
-    out = tf.ensure_shape(out, images.shape)
-    areas = tf.cast(tile_h * tile_w, tf.float32) / float(h * w)
-    ys = [tf.gather(labels, sources[k]) for k in range(4)]
-    mixed = tf.ensure_shape(combine_labels(ys, tf.unstack(areas), label_mode), labels.shape)
-    info = {"sources": sources, "weights": areas, "center": tf.stack([cy, cx], axis=1)}
-    return _result(out, mixed, info, return_info)
+    return _run_op(_mosaic_op("resize", center_range, random_split), images, labels, seed, label_mode, return_info)
 
 
 # --- MixUp, CutMix, CutOut, Balanced-MixUp ----------------------------------------------------------
+
+def _mixup_op(alpha: float, per_sample: bool = True) -> _Op:
+    def plan(batch, h, w, seed):
+        s_src, s_lam = _split(seed, 2)
+        sources = _partner_indices(batch, 2, s_src)
+        lam = tf.broadcast_to(_beta([batch] if per_sample else [], alpha, alpha, s_lam), [batch])
+        return {"sources": sources, "weights": tf.stack([lam, 1.0 - lam])}
+
+    def pixels(plan, source: Source, rows):
+        sources = _at(plan["sources"], rows, axis=1)
+        x_a = source(None) if rows is None else source(sources[0])
+        x_b = source(sources[1])
+        lam = tf.cast(_at(plan["weights"][0], rows), source.dtype)[:, None, None, None]
+        return x_b + lam * (x_a - x_b)
+    return _Op(plan, pixels)
+
 
 def mixup(images, labels, seed, alpha=0.4, label_mode="clip_sum", per_sample=True, return_info=False):
     """MixUp: x = lam x_i + (1 - lam) x_j, lam ~ Beta(alpha, alpha), one lam per sample (per batch
     with per_sample=False). j = the next image after i in a random cyclic order of the batch.
     clip_sum labels = union of y_i and y_j (seed 002); convex = lam y_i + (1 - lam) y_j."""
-    images, labels = _prepare(images, labels)
-    batch = _batch_size(images)
-    s_src, s_lam = _split(seed, 2)
-    sources = _partner_indices(batch, 2, s_src)
-    lam = _beta([batch] if per_sample else [], alpha, alpha, s_lam)
-    lam = tf.broadcast_to(lam, [batch])
-    x_b = tf.gather(images, sources[1])
-    lam_x = tf.cast(lam, images.dtype)[:, None, None, None]
-    out = tf.ensure_shape(x_b + lam_x * (images - x_b), images.shape)
-    ys = [labels, tf.gather(labels, sources[1])]
-    mixed = tf.ensure_shape(combine_labels(ys, [lam, 1.0 - lam], label_mode), labels.shape)
-    return _result(out, mixed, {"sources": sources, "weights": tf.stack([lam, 1.0 - lam])}, return_info)
+    return _run_op(_mixup_op(alpha, per_sample), images, labels, seed, label_mode, return_info)
+
+
+def _cutmix_op(alpha: float) -> _Op:
+    def plan(batch, h, w, seed):
+        s_src, s_lam, s_box = _split(seed, 3)
+        sources = _partner_indices(batch, 2, s_src)
+        ratio = tf.sqrt(1.0 - _beta([batch], alpha, alpha, s_lam))
+        boxes = _boxes(batch, h, w, ratio * h, ratio * w, s_box)
+        pasted = _box_area(boxes, h, w)
+        return {"sources": sources, "weights": tf.stack([1.0 - pasted, pasted]), "boxes": boxes}
+
+    def pixels(plan, source: Source, rows):
+        h, w = source.hw
+        sources = _at(plan["sources"], rows, axis=1)
+        x_a = source(None) if rows is None else source(sources[0])
+        return tf.where(_box_mask(_at(plan["boxes"], rows), h, w), source(sources[1]), x_a)
+    return _Op(plan, pixels)
 
 
 def cutmix(images, labels, seed, alpha=1.0, label_mode="clip_sum", return_info=False):
     """CutMix: paste a box of x_j into x_i. lam ~ Beta(alpha, alpha) per sample; the box has the
     image's aspect ratio and area (1 - lam) before clipping to the image. The convex weights are the
     actual pasted area fraction (after clipping): w_i = 1 - area, w_j = area."""
-    images, labels = _prepare(images, labels)
-    h, w = _hw(images)
-    batch = _batch_size(images)
-    s_src, s_lam, s_box = _split(seed, 3)
-    sources = _partner_indices(batch, 2, s_src)
-    lam = _beta([batch], alpha, alpha, s_lam)
-    ratio = tf.sqrt(1.0 - lam)
-    boxes = _boxes(batch, h, w, ratio * h, ratio * w, s_box)
-    out = tf.where(_box_mask(boxes, h, w), tf.gather(images, sources[1]), images)
-    out = tf.ensure_shape(out, images.shape)
-    pasted = _box_area(boxes, h, w)
-    weights = tf.stack([1.0 - pasted, pasted])
-    ys = [labels, tf.gather(labels, sources[1])]
-    mixed = tf.ensure_shape(combine_labels(ys, tf.unstack(weights), label_mode), labels.shape)
-    return _result(out, mixed, {"sources": sources, "weights": weights, "boxes": boxes}, return_info)
+    return _run_op(_cutmix_op(alpha), images, labels, seed, label_mode, return_info)
+
+
+def _cutout_plan(batch, h: int, w: int, seed, size_frac: float, n_holes: int, p: float) -> dict:
+    s_boxes, s_p = _split(seed, 2)
+    hole_seeds = _split(s_boxes, n_holes)
+    boxes = tf.stack([_boxes(batch, h, w, round(size_frac * h), round(size_frac * w), s) for s in hole_seeds],
+                     axis=1)  # [B, holes, 4]
+    chosen = tf.random.stateless_uniform([batch], s_p) < p if p < 1.0 else tf.ones([batch], tf.bool)
+    return {"boxes": boxes, "applied": chosen}
+
+
+def _cutout_pixels(plan: dict, images: tf.Tensor, rows, fill: float) -> tf.Tensor:
+    h, w = int(images.shape[1]), int(images.shape[2])
+    boxes, chosen = _at(plan["boxes"], rows), _at(plan["applied"], rows)
+    mask = tf.reduce_any(tf.stack([_box_mask(boxes[:, k], h, w) for k in range(boxes.shape[1])]), axis=0)
+    return tf.where(mask & chosen[:, None, None, None], tf.cast(fill, images.dtype), images)
 
 
 def cutout(images, labels, seed, size_frac=0.25, n_holes=1, fill=0.0, p=1.0, return_info=False):
@@ -330,21 +562,9 @@ def cutout(images, labels, seed, size_frac=0.25, n_holes=1, fill=0.0, p=1.0, ret
     `p` (all of them by default). Labels unchanged."""
     images, labels = _prepare(images, labels)
     h, w = _hw(images)
-    batch = _batch_size(images)
-    s_boxes, s_p = _split(seed, 2)
-    hole_seeds = _split(s_boxes, n_holes)
-    boxes = tf.stack([_boxes(batch, h, w, round(size_frac * h), round(size_frac * w), s) for s in hole_seeds],
-                     axis=1)  # [B, holes, 4]
-    mask = tf.reduce_any(tf.stack([_box_mask(boxes[:, k], h, w) for k in range(n_holes)]), axis=0)
-    if p < 1.0:
-        chosen = tf.random.stateless_uniform([batch], s_p) < p
-        mask = mask & chosen[:, None, None, None]
-    else:
-        chosen = tf.ones([batch], tf.bool)
-    out = tf.where(mask, tf.cast(fill, images.dtype), images)
-    out = tf.ensure_shape(out, images.shape)
-    return _result(out, labels, {"boxes": boxes, "applied": chosen}, return_info)
-
+    plan = _cutout_plan(_batch_size(images), h, w, seed, size_frac, n_holes, p)
+    out = tf.ensure_shape(_cutout_pixels(plan, images, None, fill), images.shape)
+    return _result(out, labels, plan, return_info)
 
 def balanced_mixup(images_instance, labels_instance, images_class, labels_class, seed, alpha=0.2,
                    label_mode="convex", return_info=False):
@@ -455,15 +675,15 @@ class BatchMixer:
     def __repr__(self) -> str:
         return f"BatchMixer({self.config})"
 
-    # each op: (images, labels, seed) -> (images, labels)
-    def _ops(self) -> list[tuple[str, float, callable]]:
-        c, mode = self.config, self.config["label_mode"]
+    def _ops(self) -> list[tuple[str, float, _Op]]:
+        """(name, probability, op) of each op this mixer may run, in the policy's order."""
+        c = self.config
         center = tuple(float(v) for v in c["mosaic_center"])
         table = {
-            "mosaic_crop": lambda x, y, s: mosaic_crop(x, y, s, center, mode),
-            "mosaic_resize": lambda x, y, s: mosaic_resize(x, y, s, bool(c["mosaic_random_split"]), center, mode),
-            "mixup": lambda x, y, s: mixup(x, y, s, float(c["mixup_alpha"]), mode),
-            "cutmix": lambda x, y, s: cutmix(x, y, s, float(c["cutmix_alpha"]), mode),
+            "mosaic_crop": _mosaic_op("crop", center),
+            "mosaic_resize": _mosaic_op("resize", center, bool(c["mosaic_random_split"])),
+            "mixup": _mixup_op(float(c["mixup_alpha"])),
+            "cutmix": _cutmix_op(float(c["cutmix_alpha"])),
         }
         probs = {"mosaic_crop": self.p["mosaic"] * self.variants.get("crop", 0.0),
                  "mosaic_resize": self.p["mosaic"] * self.variants.get("resize", 0.0),
@@ -477,43 +697,74 @@ class BatchMixer:
         bounds = tf.constant(list(_cumsum([p for _, p, _ in ops])), tf.float32)
         return tf.where(u < bounds[-1], tf.reduce_sum(tf.cast(u >= bounds, tf.int32)) + 1, 0)
 
-    def apply(self, images, labels, seed):
-        """Mix one batch with an explicit stateless seed [2]."""
+    def apply(self, images, labels, seed, rows=None, source: Source | None = None):
+        """Mix one batch with an explicit stateless seed [2]: (images, labels) of the mixed batch.
+
+        rows (int [n], optional): compute only these outputs of the batch; the draws are the whole batch's,
+        so the rows are exactly those rows of the full result. source (optional, with images None): read
+        the batch's images through it (`Source`) instead of from a tensor. Both together are how every
+        replica mixes the global batch and keeps its own rows (`pipeline.device_preprocess`)."""
+        if source is None:
+            images, labels = _prepare(images, labels)
+            source = Source.of(images)
+        else:
+            labels = tf.convert_to_tensor(labels)
+            labels = labels if labels.dtype.is_floating else tf.cast(labels, tf.float32)
+        if labels.shape.rank != 2 or labels.shape[0] != source.count:
+            raise ValueError(f"expected labels [{source.count}, C] for the batch, got {labels.shape}")
+        rows = None if rows is None else tf.convert_to_tensor(rows)
+        n = source.count if rows is None else rows.shape[0]
+        out_shape, label_shape = [n, *source.shape], [n, labels.shape[1]]
         if not self.active:
-            return images, labels
-        images, labels = _prepare(images, labels)
-        image_shape, label_shape = images.shape, labels.shape
+            return source(rows), _at(labels, rows)
+        batch, (h, w) = source.count, source.hw
+        mode = self.config["label_mode"]
         s_choice, s_ops, s_cut = _split(seed, 3)
         ops = self._ops()
+
+        def mixed(op, seed, source, rows):
+            plan = op.plan(batch, h, w, seed)
+            return op.pixels(plan, source, rows), _plan_labels(plan, labels, mode)
+
         if ops and self.config["exclusive"]:
-            branches = [lambda: (images, labels)] + [
-                (lambda f=f: f(images, labels, s_ops)) for _, _, f in ops]
+            branches = [lambda: (source(rows), labels)] + [
+                (lambda op=op: mixed(op, s_ops, source, rows)) for _, _, op in ops]
             images, labels = tf.switch_case(self.choose(s_choice), branches)
         elif ops:
-            mosaic = [(n, p, f) for n, p, f in ops if n.startswith("mosaic")]
-            others = [(n, p, f) for n, p, f in ops if not n.startswith("mosaic")]
-            draws = _split(s_choice, 3)
-            op_seeds = _split(s_ops, 3)
-            if mosaic:
-                pick = tf.random.stateless_uniform([], draws[0])
-                if len(mosaic) == 1:
-                    run = lambda x, y, f=mosaic[0][2]: f(x, y, op_seeds[0])  # noqa: E731
-                else:
-                    run = lambda x, y: tf.cond(  # noqa: E731
-                        tf.random.stateless_uniform([], _split(draws[0], 1)[0]) < self.variants["crop"],
-                        lambda: mosaic[0][2](x, y, op_seeds[0]), lambda: mosaic[1][2](x, y, op_seeds[0]))
-                x0, y0 = images, labels
-                images, labels = tf.cond(pick < self.p["mosaic"], lambda: run(x0, y0), lambda: (x0, y0))
-            for k, (_, p, f) in enumerate(others, start=1):
-                x0, y0 = images, labels
-                images, labels = tf.cond(tf.random.stateless_uniform([], draws[k]) < p,
-                                         lambda f=f, x0=x0, y0=y0, k=k: f(x0, y0, op_seeds[k]),
-                                         lambda x0=x0, y0=y0: (x0, y0))
+            images, labels = self._stacked(ops, source, labels, s_choice, s_ops, rows)
+        else:
+            images = source(rows)
         c = self.config
         if float(c["cutout"]) > 0:
-            images, labels = cutout(images, labels, s_cut, float(c["cutout_size"]), int(c["cutout_holes"]),
-                                    float(c["cutout_fill"]), p=float(c["cutout"]))
-        return tf.ensure_shape(images, image_shape), tf.ensure_shape(labels, label_shape)
+            plan = _cutout_plan(batch, h, w, s_cut, float(c["cutout_size"]), int(c["cutout_holes"]), float(c["cutout"]))
+            images = _cutout_pixels(plan, images, rows, float(c["cutout_fill"]))
+        return tf.ensure_shape(images, out_shape), tf.ensure_shape(_at(labels, rows), label_shape)
+
+    def _stacked(self, ops, source: Source, labels, s_choice, s_ops, rows):
+        """exclusive=False: Mosaic, MixUp, CutMix each with its own probability, each mixing the previous one's
+        outputs (read through a Source, so only the outputs the next op uses are computed)."""
+        mode, batch, (h, w) = self.config["label_mode"], source.count, source.hw
+        draws, op_seeds = _split(s_choice, 3), _split(s_ops, 3)
+
+        def stage(take, op, seed, source, labels):
+            plan = op.plan(batch, h, w, seed)
+            labels = tf.cond(take, lambda: _plan_labels(plan, labels, mode), lambda: labels)
+            read = lambda i, s=source: tf.cond(take, lambda: op.pixels(plan, s, i), lambda: s(i))  # noqa: E731
+            return Source(read, batch, source.shape, source.dtype), labels
+
+        mosaic = [op for name, _, op in ops if name.startswith("mosaic")]
+        others = [(p, op) for name, p, op in ops if not name.startswith("mosaic")]
+        if mosaic:
+            take = tf.random.stateless_uniform([], draws[0]) < self.p["mosaic"]
+            if len(mosaic) == 1:
+                source, labels = stage(take, mosaic[0], op_seeds[0], source, labels)
+            else:  # one variant or the other: crop with its share of the probability
+                crop = tf.random.stateless_uniform([], _split(draws[0], 1)[0]) < self.variants["crop"]
+                source, labels = stage(take & crop, mosaic[0], op_seeds[0], source, labels)
+                source, labels = stage(take & ~crop, mosaic[1], op_seeds[0], source, labels)
+        for k, (p, op) in enumerate(others, start=1):
+            source, labels = stage(tf.random.stateless_uniform([], draws[k]) < p, op, op_seeds[k], source, labels)
+        return source(rows), labels
 
     def __call__(self, step, images, labels):
         """Mix batch number `step` (from `Dataset.enumerate()`); the seed is step_seed(seed, step)."""
@@ -596,10 +847,10 @@ def mixer_from_config(cfg: dict, seed: int) -> BatchMixer | None:
 
 
 def images_needed(mix_cfg: Mapping) -> tuple[int, str | None]:
-    """The fewest images a batch needs for the configured mixers to combine different images, and the
-    mixer that needs them. Mixing runs on each replica's own batch: Mosaic tiles four images of it, MixUp
-    and CutMix pair two, so with fewer a mixer combines an image with itself (seed 002's batch 8 on 8
-    GPUs gives each replica one image)."""
+    """The fewest images a mixed batch needs for the configured mixers to combine different images, and the
+    mixer that needs them: Mosaic tiles four images, MixUp and CutMix pair two, so with fewer a mixer
+    combines an image with itself. The batch mixed is the whole update (every replica's micro-batches,
+    `kfold.check_mix_group`), so seed 002's batch 8 on 8 GPUs (one image per replica) mixes 8."""
     if mix_cfg.get("mosaic", 0) > 0:
         return 4, "mix.mosaic"
     for key in ("mixup", "cutmix"):

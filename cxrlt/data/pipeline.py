@@ -439,7 +439,7 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
                   augment_fn=None, mixer=None, minority: np.ndarray | None = None,
                   minority_share: float | None = None, strategy_fn=None, mask: np.ndarray | None = None,
                   shard: tuple[int, int] | None = None, start_batch: int = 0,
-                  on_device: bool = False) -> tf.data.Dataset:
+                  on_device: bool = False, mix_group: int = 1) -> tf.data.Dataset:
     """Infinite, sampled, augmented and mixed batches of (images, labels) for `fit`.
 
     `augment_fn(image, seed) -> image` runs per image; `mixer(step, images, labels)` per batch.
@@ -470,10 +470,17 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     would anyway), and the per-element and per-batch seeds count on from b.
     With data.prepared set, the images come from the prepared folder (`source_files`).
 
+    `mix_group=g`: g consecutive batches form one optimizer update's share of this pipeline (its local
+    replicas x train.accumulate, in the order the strategy hands them out), and the mixer's partners come
+    from all g x batch_size images: the group is augmented, batched and mixed as one batch (seed: the
+    group's index) and then split into g batches. So 8 replicas x 4 images train on the batches one device
+    makes from 32. `start_batch` must then be a multiple of g (an update is never split).
+
     `on_device=True` (augment.device accelerator): tf.data only reads, decodes, resizes and batches; the
     batches are dicts of uint8 grey images [B, H, W, 1] (4x less host-to-device traffic than float grey),
-    the labels (+ mask columns), each image's augmentation seed [B, 2] and the batch's mixer step, and
-    `device_preprocess` turns them into what the host path yields, inside the train step. Pass no
+    the labels (+ mask columns), each image's augmentation seed [B, 2] and the random numbers drawn from it
+    [B, 5] (`augment.batch_draws`), and the update's index (the group's), and `device_preprocess` turns them
+    into what the host path yields, inside the train step, mixing over the whole update. Pass no
     augment_fn / mixer then.
 
     With `input.data_service` set (grpc://HOST:PORT), the stream is `service_streams`' round-robin of
@@ -481,7 +488,17 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     Accelerator mode decodes straight to uint8 (`decode_uint8`; input.cache then holds uint8, 4x less
     RAM), and the decoding map is its only per-image stage (`_raw_batches`).
     """
+    group = int(mix_group)
+    if group < 1 or int(start_batch) % group:
+        raise ValueError(f"mix_group must be >= 1 and divide start_batch, got {mix_group} and {start_batch}")
+    if on_device and (augment_fn is not None or mixer is not None or strategy_fn is not None):
+        raise ValueError("on_device batches carry the raw images: give the augmentation and the mixer to "
+                         "device_preprocess, not to train_dataset")
+    args = dict(paths=paths, labels=labels, seed=seed, batch_size=batch_size * group, augment_fn=augment_fn,
+                mixer=mixer, minority=minority, minority_share=minority_share, strategy_fn=strategy_fn, mask=mask,
+                on_device=on_device)
     service = (cfg.get("input") or {}).get("data_service")
+    start = int(start_batch) // group
     if service:
         if not (cfg.get("data") or {}).get("prepared") and dicom_setting(paths, cfg) is not None:
             from .dicom import DicomError
@@ -492,22 +509,26 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
                 "(python -m cxrlt.prepare --labels ... --out DIR: the same JPEG shards as from JPEG/PNG) and train "
                 "with --prepared DIR, or leave input.data_service unset")
         local = {**cfg, "input": {**cfg["input"], "data_service": None}}
+        ds = service_streams(lambda sub_shard, sub_start: _groups(cfg=local, shard=sub_shard, start=sub_start, **args),
+                             int(cfg["input"].get("data_service_streams", 4)), shard, start, service)
+    else:
+        ds = _groups(cfg=cfg, shard=shard, start=start, **args)
+    if on_device:  # every replica of every worker mixes update g with the same seed (device_preprocess)
+        ds = ds.enumerate(start=start).map(lambda g, b: {**b, "update": tf.fill([batch_size * group], g)})
+    return (ds.rebatch(batch_size) if group > 1 else ds).prefetch(AUTOTUNE)
 
-        def build(sub_shard, sub_start):
-            return train_dataset(paths, labels, local, seed=seed, batch_size=batch_size, augment_fn=augment_fn,
-                                 mixer=mixer, minority=minority, minority_share=minority_share, strategy_fn=strategy_fn,
-                                 mask=mask, shard=sub_shard, start_batch=sub_start, on_device=on_device)
-        return service_streams(build, int(cfg["input"].get("data_service_streams", 4)), shard, start_batch, service)
-    if on_device and (augment_fn is not None or mixer is not None or strategy_fn is not None):
-        raise ValueError("on_device batches carry the raw images: give the augmentation and the mixer to "
-                         "device_preprocess, not to train_dataset")
+
+def _groups(paths, labels, cfg: dict, *, seed: int, batch_size: int, augment_fn, mixer, minority, minority_share,
+            strategy_fn, mask, shard, start: int, on_device: bool) -> tf.data.Dataset:
+    """`train_dataset`'s stream of this input pipeline (or tf.data service sub-stream) in batches of
+    `batch_size` = one mix group, from its `start`-th batch on: mixed on the host, or (on_device) raw."""
     paths, labels = np.asarray(paths, dtype=str), np.asarray(labels, dtype=np.float32)
     n_classes = labels.shape[1]
     if mask is not None:
         labels = np.concatenate([labels, 1.0 - np.asarray(mask, dtype=np.float32)], axis=1)
     flags = np.zeros(len(paths), bool) if minority is None else np.asarray(minority, bool)
     _check_shard(shard)
-    skip = int(start_batch) * int(batch_size)
+    skip = int(start) * int(batch_size)
     from_shards = _use_shards(cfg, minority_share)
     if from_shards:
         ds = _shard_stream(paths, labels, flags, cfg, seed, shard, skip, uint8=on_device)
@@ -544,21 +565,19 @@ def train_dataset(paths: np.ndarray, labels: np.ndarray, cfg: dict, *, seed: int
     if on_device:
         if (cfg.get("mix") or {}).get("balanced_mixup", 0):
             raise ValueError("mix.balanced_mixup runs on the host only: set augment.device host")
-        return _raw_batches(ds, seed, shard, batch_size, start_batch).prefetch(AUTOTUNE)
+        return _raw_batches(ds, seed, shard, batch_size, start, cfg.get("augment"))
     augment = lambda d, s: _augmented(d, s, augment_fn, strategy_fn, shard, start=skip)  # noqa: E731
     ds = augment(ds, seed).batch(batch_size, drop_remainder=True)
     if not from_shards:
         pipeline_seed = seed + PIPELINE_SEED_OFFSET * (shard[1] if shard else 0)
-        ds = balanced_batches(ds, *whole, cfg, pipeline_seed, batch_size, augment, n_classes, start_batch)
+        ds = balanced_batches(ds, *whole, cfg, pipeline_seed, batch_size, augment, n_classes, start)
     if mixer is not None:
-        ds = ds.enumerate(start=start_batch).map(lambda i, xy: mixer(_global_index(i, shard), xy[0], xy[1]),
-                                                 num_parallel_calls=AUTOTUNE)
+        ds = ds.enumerate(start=start).map(lambda i, xy: mixer(_global_index(i, shard), xy[0], xy[1]),
+                                           num_parallel_calls=AUTOTUNE)
     if mask is not None:
-        ds = ds.map(lambda x, y: (to_rgb(x), y[:, :n_classes], tf.cast(y[:, n_classes:] <= 0.0, tf.float32)),
-                    num_parallel_calls=AUTOTUNE)
-    else:
-        ds = ds.map(lambda x, y: (to_rgb(x), y), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+        return ds.map(lambda x, y: (to_rgb(x), y[:, :n_classes], tf.cast(y[:, n_classes:] <= 0.0, tf.float32)),
+                      num_parallel_calls=AUTOTUNE)
+    return ds.map(lambda x, y: (to_rgb(x), y), num_parallel_calls=AUTOTUNE)
 
 
 def service_streams(build, streams: int, shard=None, start_batch: int = 0, service: str | None = None) -> tf.data.Dataset:
@@ -581,7 +600,8 @@ def service_streams(build, streams: int, shard=None, start_batch: int = 0, servi
     workers doing useful work (more streams than workers is fine, a worker runs several), the slowest
     sub-stream sets the pace (round-robin waits for it), and a lost worker's sub-streams are not moved
     to another worker (DYNAMIC visits a split at most once): reading stalls (seen with 2 workers on
-    127.0.0.1), the trainer is stopped and rerun, and resumes after its last finished epoch.
+    127.0.0.1) until input.data_service_timeout_s ends the run with a message saying so (cxrlt.runtime.watchdog);
+    the rerun resumes from its last checkpoint.
     """
     if int(streams) < 1:
         raise ValueError(f"input.data_service_streams must be >= 1, got {streams}")
@@ -595,45 +615,118 @@ def service_streams(build, streams: int, shard=None, start_batch: int = 0, servi
                 processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=service))
         subs.append(ds)
     if streams == 1:
-        return subs[0]
+        return service_probe(subs[0], service)
     order = tf.data.Dataset.range(int(start_batch), 2 ** 62).map(lambda g: g % streams)
-    return tf.data.Dataset.choose_from_datasets(subs, order).prefetch(AUTOTUNE)
+    return service_probe(tf.data.Dataset.choose_from_datasets(subs, order), service).prefetch(AUTOTUNE)
 
 
-def _raw_batches(ds: tf.data.Dataset, seed: int, shard, batch_size: int, start_batch: int) -> tf.data.Dataset:
-    """(uint8 grey image, label, flag) -> dicts of batches with the seeds the host path would use.
+def service_probe(ds: tf.data.Dataset, service: str | None) -> tf.data.Dataset:
+    """Batches read from the service tick this process's delivery clock (the step watchdog's evidence of a
+    lost service worker, input.data_service_timeout_s); a local stream is left as it is."""
+    if not service:
+        return ds
+    from . import service as service_lib
+
+    return service_lib.probe_deliveries(ds)
+
+
+def _raw_batches(ds: tf.data.Dataset, seed: int, shard, batch_size: int, start_batch: int,
+                 augment_cfg=None) -> tf.data.Dataset:
+    """(uint8 grey image, label, flag) -> dicts of batches with the seeds the host path would use and the
+    augmentation's random numbers drawn from them (`augment.batch_draws`: a few scalars per image, drawn here
+    on the host so that the train step runs no per-image loop).
 
     The decoding map is the only per-image stage (as in a bare read-decode-resize pipeline): element j
     of batch i is this pipeline's element i x batch_size + j, so its seed (`_element_seed`, what the host
     path's per-image enumerate gives) is computed per batch, not by a second map over every image."""
+    from . import augment
+
     def as_dict(i, b):
         index = _global_index(i * batch_size + tf.range(batch_size, dtype=tf.int64), shard)
-        return {"images": b[0], "labels": b[1], "seeds": _element_seed(seed, index), "step": _global_index(i, shard)}
+        seeds = _element_seed(seed, index)
+        return {"images": b[0], "labels": b[1], "seeds": seeds, "draws": augment.batch_draws(seeds, augment_cfg)}
 
-    return ds.batch(batch_size, drop_remainder=True).enumerate(start=start_batch).map(as_dict)
+    return ds.batch(batch_size, drop_remainder=True).enumerate(start=start_batch).map(as_dict,
+                                                                                       num_parallel_calls=AUTOTUNE)
 
 
 def device_preprocess(augment_cfg, mixer, n_classes: int, masked: bool = False):
-    """The accelerator half of `train_dataset(on_device=True)`: batch dict -> (images, labels[, mask]),
-    the basic augmentation (`augment.batch_basic`: the same draws as the host path's per-image form),
-    the batch mixer with the same step seed, grey -> RGB, run by the train step on each replica.
+    """The accelerator half of `train_dataset(on_device=True)`, run by the train step on each replica: the
+    replica's micro-batches of one update (batch dicts; one dict alone is fine too) -> (images, labels[, mask])
+    for each, augmented (`augment.batch_basic` with the draws made on the host) and mixed, grey -> RGB.
+
+    The mixer's partners come from the global batch of the update, as on one device: the uint8 grey images,
+    their draws and labels are all-gathered over the replicas (and the micro-batches put one after the
+    other), every replica mixes that batch with the update's seed and keeps its own rows. Beyond two
+    replicas it augments only the images its rows show (Mosaic: up to 4 per row), and nothing is copied to
+    the host: gathers, multiply-adds and ImageProjectiveTransformV3, no per-image loop.
     For the same seed it gives the host path's batch (to float rounding; the decoded image is rounded to
     uint8 for the trip, which the host path does not do: at most half a grey level before augmentation)."""
-    from . import augment
+    from . import augment, mix
 
     batch_augment = augment.make_batch_augment(augment_cfg)
+    mixing = mixer is not None and mixer.active
 
-    def preprocess(batch):
-        images = batch_augment(tf.cast(batch["images"], tf.float32), batch["seeds"])
-        labels = batch["labels"]
-        if mixer is not None:
-            images, labels = mixer(batch["step"], images, labels)
+    def finish(images, labels):
         images = to_rgb(images)
         if masked:
             return images, labels[:, :n_classes], tf.cast(labels[:, n_classes:] <= 0.0, tf.float32)
         return images, labels
 
+    def preprocess(batches):
+        one = isinstance(batches, dict)
+        batches = [batches] if one else list(batches)
+        if not mixing:
+            out = [finish(batch_augment(b["images"], b["draws"]), b["labels"]) for b in batches]
+            return out[0] if one else out
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        size = batches[0]["images"].shape[0]
+        images, draws, labels = _gather_update(context if replicas > 1 else None, batches)
+        rows = None  # one replica: every row is its own; else micro-batch a of replica r: rows a*R*b + r*b + 0..b-1
+        if replicas > 1:
+            first = tf.range(len(batches))[:, None] * (replicas * size) + context.replica_id_in_sync_group * size
+            rows = tf.reshape(first + tf.range(size)[None, :], [-1])
+        if replicas <= 2:  # augment the whole update once: no more images than a Mosaic of the own rows reads
+            source = mix.Source.of(batch_augment(images, draws))
+        else:  # augment only the images the own rows show (Mosaic: 4 per row, whatever the number of replicas)
+            source = mix.Source(lambda i: batch_augment(tf.gather(images, i), tf.gather(draws, i)), images.shape[0],
+                                images.shape[1:])
+        x, y = mixer.apply(None, labels, mix.step_seed(mixer.seed, batches[0]["update"][0]), rows=rows, source=source)
+        out = [finish(x[a * size:(a + 1) * size], y[a * size:(a + 1) * size]) for a in range(len(batches))]
+        return out[0] if one else out
+
     return preprocess
+
+
+def _gather_update(context, batches) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(uint8 images, draws, labels) of the whole update: micro-batch a of replica r at rows a*R*b + r*b + j,
+    the order one device would see them in. One all-gather per update (context None: this replica's own):
+    everything travels as one int32 tensor, the images packed four bytes to an int32 (the collectives take
+    no 8-bit types, and the images should cross the links as bytes), the floats bit for bit."""
+    images = tf.concat([b["images"] for b in batches], 0)
+    draws = tf.concat([b["draws"] for b in batches], 0)
+    labels = tf.concat([b["labels"] for b in batches], 0)
+    if context is None:
+        return images, draws, labels
+    local, shape = images.shape[0], images.shape[1:]
+    count = shape.num_elements()
+    pad = -count % 4
+    flat = tf.pad(tf.reshape(images, [local, count]), [[0, 0], [0, pad]])
+    packed = tf.concat([tf.bitcast(tf.reshape(flat, [local, -1, 4]), tf.int32),
+                        tf.bitcast(tf.cast(draws, tf.float32), tf.int32), tf.bitcast(labels, tf.int32)], axis=1)
+    replicas, micro = context.num_replicas_in_sync, len(batches)
+    gathered = tf.ensure_shape(context.all_gather(packed, axis=0), [replicas * local, packed.shape[1]])
+    # all_gather puts replica r's rows (its micro-batches one after the other) at r*N*b + a*b + j
+    b = local // micro
+    order = [r * local + a * b + j for a in range(micro) for r in range(replicas) for j in range(b)]
+    gathered = tf.gather(gathered, order)
+    width = (count + pad) // 4
+    images = tf.reshape(tf.reshape(tf.bitcast(gathered[:, :width], tf.uint8), [-1, count + pad])[:, :count],
+                        [-1, *shape])
+    draws = tf.bitcast(gathered[:, width:width + draws.shape[1]], tf.float32)
+    labels = tf.bitcast(gathered[:, width + draws.shape[1]:], labels.dtype)
+    return images, draws, labels
 
 
 def _augmented(ds: tf.data.Dataset, seed: int, augment_fn, strategy_fn, shard=None, start: int = 0) -> tf.data.Dataset:

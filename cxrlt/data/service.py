@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+import threading
+import time
 
 from ..utils import cli
 from ..utils.errors import UserError
@@ -25,6 +27,44 @@ log = logging.getLogger("cxrlt.data_service")
 
 class ServiceError(UserError):
     """A server that cannot start; the message says why."""
+
+
+class DeliveryClock:
+    """When this process last received a batch from the tf.data service (time.monotonic()); the train step
+    watchdog reads it to tell a lost service worker from a slow step (cxrlt.runtime.watchdog)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.last, self.count = time.monotonic(), 0
+
+    def tick(self) -> None:
+        with self._lock:
+            self.last, self.count = time.monotonic(), self.count + 1
+
+    def last_delivery(self) -> float:
+        with self._lock:
+            return self.last
+
+
+DELIVERIES = DeliveryClock()
+
+
+def probe_deliveries(dataset):
+    """`dataset` (read from the service) with a tick of DELIVERIES for every element it yields: one Python call
+    per batch, in this process (after the service's read: the workers never run it)."""
+    import tensorflow as tf
+
+    def tick():
+        DELIVERIES.tick()
+        return 0
+
+    def with_tick(*element):
+        done = tf.py_function(tick, [], tf.int32)
+        with tf.control_dependencies([done]):
+            element = tf.nest.map_structure(tf.identity, element)
+        return element[0] if len(element) == 1 else element
+
+    return dataset.map(with_tick)
 
 
 def start_dispatcher(port: int, work_dir: str | None = None, **options):

@@ -17,6 +17,8 @@ Beyond one learning rate for every weight, what the CXR-LT recipes need:
 
 from __future__ import annotations
 
+import functools
+
 from ..config import ConfigError
 
 
@@ -149,13 +151,46 @@ def decays_weight(variable) -> bool:
     return len(variable.shape) > 1
 
 
+def loss_scale_optimizer(inner):
+    """`inner` wrapped for mixed_float16: dynamic loss scaling with one finite-or-skip decision everywhere."""
+    return _agreed_loss_scale_class()(inner)
+
+
+@functools.lru_cache(maxsize=None)
+def _agreed_loss_scale_class():
+    """Keras' LossScaleOptimizer, with one finite-or-skip decision for every replica and worker.
+
+    Keras 3.15 decides from the gradients one replica holds before the all-reduce: under MirroredStrategy
+    it takes the first replica's word (measured on two CPUs, replica 1's half overflowing: the first
+    replica said finite, the summed gradient held inf, the weights became NaN); under
+    MultiWorkerMirroredStrategy each worker decides alone, and a worker that skips leaves the other waiting
+    in the gradient all-reduce forever. Here each replica's "all my gradients are finite" is all-reduced
+    (a count of replicas with a non-finite gradient) before the decision, so all take the same branch: all
+    apply the update, or all skip it and halve the loss scale. The rest (scale growth, unscaling, the
+    variables and their checkpoint) is Keras' own."""
+    import keras
+    import tensorflow as tf
+
+    class AgreedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+        def check_finite(self, grads):
+            finite = super().check_finite(grads)
+            context = tf.distribute.get_replica_context()
+            if context is None or context.num_replicas_in_sync == 1:
+                return finite
+            overflowing = context.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+            return overflowing < 0.5
+
+    return AgreedLossScaleOptimizer
+
+
 def make_optimizer(cfg: dict, steps_per_epoch: int, *, head_variables=None, warmup: bool = False):
     """The optimizer of the config; the learning rate scaled with the global batch if optim.lr_scaling asks.
 
     `head_variables` (cxrlt.model.models.head_variables) split the model into head and backbone for the per-part
     rates and decays (read when the optimizer is built); None: every variable is treated as the head.
     `warmup`: the optimizer of train.freeze_backbone_epochs (head only, optim.head_warmup_lr, constant).
-    Under mixed_float16 it is wrapped in a LossScaleOptimizer: float16 gradients underflow without it."""
+    Under mixed_float16 it is wrapped in a loss-scale optimizer that decides once for all replicas whether
+    a step's gradients are finite (`loss_scale_optimizer`): float16 gradients underflow without one."""
     import keras
 
     o, t = cfg["optim"], cfg["train"]
@@ -187,5 +222,5 @@ def make_optimizer(cfg: dict, steps_per_epoch: int, *, head_variables=None, warm
 
     optimizer.part_rule = part_rule
     if keras.mixed_precision.global_policy().name == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = loss_scale_optimizer(optimizer)
     return optimizer

@@ -4,7 +4,7 @@
                  MirroredStrategy when more than one GPU is visible, else the default (one device).
     one          the default strategy: one device.
     mirrored     MirroredStrategy over every visible GPU of this host, or over the logical CPU devices
-                 of a CPU-only host (tests split the CPU in two with `split_cpu`).
+                 of a CPU-only host (`distribute.cpu_replicas: N` splits the CPU into N, `split_cpu`).
     multiworker  MultiWorkerMirroredStrategy over the hosts TF_CONFIG names (one process per host, each
                  with its GPUs); every worker runs the same command.
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 from ..config.schema import STRATEGY_NAMES as STRATEGIES
 from ..utils.errors import UserError
+from . import preemption
 
 
 class DistributeError(UserError):
@@ -37,9 +38,19 @@ class DistributeError(UserError):
 
 
 def split_cpu(n: int = 2) -> None:
-    """Expose the CPU as `n` logical devices (call before any TensorFlow op runs)."""
+    """Expose the CPU as `n` logical devices (distribute.cpu_replicas; must happen before TensorFlow's first op).
+
+    A process whose devices already exist keeps them: fine when it already has `n` CPU devices, else a
+    DistributeError that says to start a fresh process."""
     cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * int(n))
+    except RuntimeError:  # "Virtual devices cannot be modified after being initialized"
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have != int(n):
+            raise DistributeError(
+                f"distribute.cpu_replicas {n}: TensorFlow already runs with {have} CPU device(s) in this process, and "
+                "the devices are fixed at its first op. Run python -m cxrlt.train in a fresh process") from None
 
 
 def tf_config_workers() -> int:
@@ -54,19 +65,28 @@ def tf_config_workers() -> int:
     return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
 
 
-def resolve_name(name: str) -> str:
-    """'auto' -> the strategy this host and TF_CONFIG call for; other names are checked and kept."""
+def resolve_name(name: str, cpu_replicas: int | None = None) -> str:
+    """'auto' -> the strategy this host and TF_CONFIG call for (several GPUs, or no GPU and the CPU split into
+    several devices by distribute.cpu_replicas: mirrored); other names are checked and kept."""
     if name not in STRATEGIES:
         raise DistributeError(f"distribute.strategy must be one of {STRATEGIES}, got {name!r}")
     if name != "auto":
         return name
     if tf_config_workers() > 1:
         return "multiworker"
-    return "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "one"
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    return "mirrored" if gpus > 1 or (not gpus and (cpu_replicas or 1) > 1) else "one"
 
 
-def get_strategy(name: str = "auto") -> tf.distribute.Strategy:
-    name = resolve_name(name)
+def get_strategy(name: str = "auto", heartbeat_timeout_s: float = 300.0,
+                 cpu_replicas: int | None = None) -> tf.distribute.Strategy:
+    """The strategy `name` (distribute.strategy). Under MultiWorkerMirroredStrategy `heartbeat_timeout_s`
+    (distribute.heartbeat_timeout_s) is how long the coordination service waits for a silent worker before it
+    ends the run (see `configure_workers`). With `cpu_replicas` N the CPU is first split into N logical
+    devices, which `mirrored` uses where no GPU is visible: 8 replicas of a multi-GPU config on a laptop."""
+    if cpu_replicas is not None and int(cpu_replicas) > 1:
+        split_cpu(int(cpu_replicas))
+    name = resolve_name(name, cpu_replicas)
     if name == "one":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -78,11 +98,75 @@ def get_strategy(name: str = "auto") -> tf.distribute.Strategy:
     if tf_config_workers() < 1:
         raise DistributeError("--strategy multiworker needs TF_CONFIG naming the workers, e.g. "
                               '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}')
+    configure_workers(heartbeat_timeout_s)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     resolver = strategy.cluster_resolver
     log.info("MultiWorkerMirroredStrategy: task %s/%s, %d replicas in sync", resolver.task_type, resolver.task_id,
              strategy.num_replicas_in_sync)
     return strategy
+
+
+# TensorFlow's coordination service ends every worker when one has not sent a heartbeat for this long; TF's own
+# default is 10 s (heartbeats every 5 s), which a busy host misses (two workers on one host, another job).
+_heartbeat_timeout_s = 10.0
+
+
+def configure_workers(heartbeat_timeout_s: float) -> None:
+    """Before MultiWorkerMirroredStrategy exists: the coordination service's heartbeat timeout, and CPU threads
+    shared out between the workers of this host.
+
+    Issue 28 measured two workers on one 2-core host dying together of "heartbeat timeout" while another process
+    used the CPU (not reproduced here). What is known: TensorFlow's default timeout is 10 s; the heartbeats
+    are sent by a C++ thread of each worker (no GIL), so cxrlt's own Python between steps (the agreement
+    helpers: tiny all-reduces) cannot hold them up, while CPU starvation of that thread and of the service's
+    gRPC threads can: every TensorFlow process makes one intra-op thread per core, so several workers on one
+    host oversubscribe it. So: a generous timeout (its cost: a worker that dies without a word is noticed that
+    much later; a vanished chief is noticed at once, its sockets close; an error is reported at once), and
+    when TF_CONFIG puts several workers on this host, each gets its share of the cores as intra-op threads.
+    A worker stopped for 16 s (SIGSTOP) no longer ends the run (tests/test_distribute.py)."""
+    global _heartbeat_timeout_s
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.distribute.cluster_resolver import TFConfigClusterResolver
+    from tensorflow.python.eager import context
+
+    resolver = TFConfigClusterResolver()
+    spec = resolver.cluster_spec()
+    if context.context().coordination_service is None:  # the first strategy of this process
+        jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+                for job in ("chief", "worker") if job in spec.jobs]
+        context.context().configure_coordination_service(
+            service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
+            coordinated_jobs=jobs, heartbeat_timeout_in_ms=int(float(heartbeat_timeout_s) * 1000))
+        _heartbeat_timeout_s = float(heartbeat_timeout_s)
+    local = workers_on_this_host(spec.as_dict(), resolver.task_type, resolver.task_id)
+    if local > 1:
+        threads = max(1, (os.cpu_count() or 1) // local)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            log.info("%d workers share this host: %d intra-op CPU thread(s) each", local, threads)
+        except RuntimeError:  # TensorFlow already started: its pools are fixed
+            log.warning("%d workers share this host and TensorFlow's thread pools are already made: each uses "
+                        "every core", local)
+
+
+def workers_on_this_host(cluster: dict, task_type: str | None, task_id: int | None) -> int:
+    """How many chief/worker tasks of the cluster share this task's host (by the host part of the address)."""
+    tasks = [address for job in ("chief", "worker") for address in cluster.get(job, [])]
+    mine = cluster.get(task_type, [None] * ((task_id or 0) + 1))[task_id or 0] if task_type else None
+    if mine is None:
+        return 1
+    host = str(mine).rsplit(":", 1)[0]
+    return sum(str(address).rsplit(":", 1)[0] == host for address in tasks)
+
+
+def heartbeat_hint(text: str) -> str:
+    """What to add to a peer failure TensorFlow reports as a missed heartbeat."""
+    if "heartbeat" not in text.lower():
+        return ""
+    return (f" (the coordination service heard nothing from that worker for {_heartbeat_timeout_s:g} s: it died, "
+            "or its host was too busy to answer; if it is alive, raise distribute.heartbeat_timeout_s and do not "
+            "share its cores with other jobs)")
 
 
 def steps_per_execution(setting: int | None) -> int:
@@ -117,7 +201,10 @@ def is_multiworker(strategy: tf.distribute.Strategy) -> bool:
 
 def local_replicas(strategy: tf.distribute.Strategy) -> int:
     """Replicas (devices) of this process; the same on every worker (MultiWorkerMirroredStrategy requires it)."""
-    return max(1, len(strategy.extended.worker_devices))
+    try:
+        return max(1, len(strategy.extended.worker_devices))
+    except RuntimeError:  # the default strategy (one device) does not list its devices
+        return 1
 
 
 def worker_position(strategy: tf.distribute.Strategy) -> tuple[int, int]:
@@ -215,7 +302,9 @@ def _peer_message(err: BaseException) -> str | None:
                                             tf.errors.CancelledError, tf.errors.AbortedError)):
         return None
     text = text.rsplit(_PEER_ABORT, 1)[-1]  # TensorFlow may repeat its own prefix
-    for end in ("\nThe error could be from a previous", "\nAdditional GRPC error", "\n\t [[", "\n\t[["):
+    # (the same cuts where gRPC's status text carries the message with its line breaks escaped)
+    for end in ("\nThe error could be from a previous", "\\nThe error could be from a previous",
+                "\nAdditional GRPC error", "\n\t [[", "\n\t[["):
         text = text.split(end, 1)[0]
     return re.sub(r"^Error reported from /job:\w+/(replica:\d+/)?task:\d+: ", "", text.strip())
 
@@ -240,9 +329,9 @@ def failures_end_every_worker(strategy: tf.distribute.Strategy):
     except BaseException as err:
         peer = _peer_message(err)
         if peer is not None:
-            raise WorkerFailed(f"{me} stopped because another worker failed: {peer}") from None
-        if isinstance(err, SystemExit) and not err.code:
-            raise
+            raise WorkerFailed(f"{me} stopped because another worker failed: {peer}{heartbeat_hint(peer)}") from None
+        if isinstance(err, SystemExit) and (not err.code or isinstance(err, preemption.Preempted)):
+            raise  # a clean end, or a preemption every worker agreed on (each saved, each exits): nothing to report
         message = f"{me}{' (the chief)' if is_chief(strategy) else ''} failed: {type(err).__name__}: {err}"
         try:
             from tensorflow.python.eager import context
@@ -273,12 +362,54 @@ def check_batch(strategy: tf.distribute.Strategy, global_batch: int) -> int:
     return global_batch // replicas
 
 
-def set_precision(mixed: bool) -> str:
-    """mixed_float16 on GPU, mixed_bfloat16 on CPU; the head's logits, the loss and the outputs stay float32."""
-    policy = "float32"
-    if mixed:
-        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+def precision_policy(mixed: bool, dtype: str = "auto", capabilities=()) -> tuple[str, str]:
+    """(Keras policy, why) for distribute.mixed_precision / mixed_precision_dtype and the GPUs' compute
+    capabilities ((major, minor) each, None when unknown; none: no GPU).
+
+    bfloat16 has float32's exponent range, so it needs no loss scaling (no skipped steps, no scale to agree on
+    between replicas); GPUs of compute capability 8.0 and later (A100, H100, L4, RTX 30xx/40xx) compute it at
+    full speed. Older GPUs (V100 7.0, T4 7.5) only have fast float16, which needs dynamic loss scaling
+    (cxrlt.model.optim.AgreedLossScaleOptimizer). Without a GPU: bfloat16 (what the CPU supports)."""
+    if not mixed:
+        return "float32", "distribute.mixed_precision off"
+    if dtype in ("float16", "bfloat16"):
+        return f"mixed_{dtype}", f"distribute.mixed_precision_dtype {dtype}"
+    if dtype != "auto":
+        raise DistributeError(f"distribute.mixed_precision_dtype must be auto, float16 or bfloat16, got {dtype!r}")
+    capabilities = list(capabilities)
+    if not capabilities:
+        return "mixed_bfloat16", "no GPU: bfloat16 on the CPU"
+    old = [c for c in capabilities if c is None or tuple(c) < (8, 0)]
+    if old:
+        shown = "unknown" if old[0] is None else ".".join(map(str, old[0]))
+        return "mixed_float16", (f"a GPU of compute capability {shown} (< 8.0: no fast bfloat16): float16 with "
+                                 "dynamic loss scaling")
+    shown = ", ".join(sorted({".".join(map(str, c)) for c in capabilities}))
+    return "mixed_bfloat16", f"GPUs of compute capability {shown} (>= 8.0): bfloat16, no loss scaling needed"
+
+
+def gpu_capabilities() -> list:
+    """(major, minor) compute capability of each visible GPU (None where TensorFlow does not say)."""
+    found = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            found.append(tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability")))
+        except (TypeError, ValueError, RuntimeError):
+            found.append(None)
+    return found
+
+
+def set_precision(mixed: bool, dtype: str = "auto", strategy: tf.distribute.Strategy | None = None) -> str:
+    """Set Keras' global policy (see `precision_policy`) and log which and why; the head's logits, the loss and
+    the outputs stay float32. Across workers the choice is one: if any worker's GPUs call for float16, all use it
+    (the loss-scale state and the skipped steps must be the same everywhere)."""
     import keras
 
+    policy, why = precision_policy(mixed, dtype, gpu_capabilities())
+    if mixed and dtype == "auto" and strategy is not None and is_multiworker(strategy):
+        if sum_over_workers(strategy, [1.0 if policy == "mixed_float16" else 0.0])[0] > 0 and policy != "mixed_float16":
+            policy, why = "mixed_float16", "another worker's GPU has compute capability < 8.0: float16 with loss scaling everywhere"
     keras.mixed_precision.set_global_policy(policy)
+    if mixed:
+        log.info("mixed precision: %s (%s)", policy, why)
     return policy

@@ -7,6 +7,8 @@
     python -m cxrlt.bench cpu      [--sizes 224 512 768] [--rates 145 400] [--json out.json]
     python -m cxrlt.bench step     [--backbones efficientnetv2-b0] [--size 224] [--json out.json]   (cxrlt/bench_step.py)
     python -m cxrlt.bench loop     [--ks 1 16] [--size 32] [--backbone NAME] [--json out.json]  (k steps per call)
+    python -m cxrlt.bench device   [--size 768] [--batch-size 8] [--json out.json]  (the train step's augmentation
+                                   and mixing, before issue 28 vs now, and its share of a B0 step: bench_device.py)
     python -m cxrlt.bench export   --run runs/X [--labels LIST.csv] [--batch-size 16] [--json out.json]
 
 pipeline: images/s of the training input pipeline on full-resolution radiographs, for
@@ -50,7 +52,7 @@ import tensorflow as tf
 
 from ..utils import atomic, cli
 from ..data import augment, mix, pipeline
-from . import bench_step
+from . import bench_device, bench_step
 from .. import config
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "cxr_fullres" / "images.csv"
@@ -688,6 +690,7 @@ def main(argv=None) -> int:
     bench_step.add_parser(sub, DEFAULT_IMAGES)
     bench_step.add_loop_parser(sub)
     bench_step.add_heads_parser(sub)
+    bench_device.add_parser(sub, DEFAULT_IMAGES)
     args = parser.parse_args(argv)
     if args.command == "ops" or (args.command == "cpu" and args.threads == 1):  # before TF starts its thread pools
         with contextlib.suppress(RuntimeError):  # already started (called in-process): cpu's tf.data options suffice
@@ -757,6 +760,10 @@ def main(argv=None) -> int:
         results.update(size=args.size, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup)
         results["backbones"] = bench_step.step_bench(paths, args.backbones, args.size, args.batch_size, args.steps,
                                                      args.warmup, str(args.prepared) if args.prepared else None)
+    elif args.command == "device":
+        results.update(size=args.size, batch_size=args.batch_size, calls=args.calls, rounds=args.rounds)
+        results.update(bench_device.device_bench(paths, args.size, args.batch_size, args.calls, args.rounds,
+                                                 args.step_steps, args.step_warmup))
     elif args.command == "predict":
         results.update(size=args.size, batch_size=args.batch_size, n=args.n)
         results["backbones"] = predict_bench(paths, args.backbones, args.size, args.batch_size, args.n)

@@ -37,6 +37,22 @@ variables only, with an optimizer of their own (`warmup_optimizer`: constant rat
 backbone frozen (no gradient, no optimizer state: its moments start at the first full epoch, as torch's fresh
 optimizer of phase 2) and no EMA; from epoch F on the main optimizer trains every variable (its schedule starts
 at its own step 0) and the EMA starts from the weights the warm-up left. Both optimizers are checkpointed.
+Checkpoints are numbered by the updates done (epochs x steps_per_epoch + steps).
+
+Preemption (cxrlt.runtime.preemption): a SIGTERM raises a flag that travels with the call's loss all-reduce, so
+every worker sees it after the same call; each then saves a mid-epoch checkpoint (also the step within the
+epoch and the epoch's loss so far) and raises `Preempted` (exit status 75). The rerun continues from that
+step: the input stream is positioned there (`resume_step`) and the epoch's logs come out as if uninterrupted.
+
+Mixed precision: under mixed_float16 the optimizers are cxrlt's loss-scale optimizer (every replica takes the
+same finite-or-skip decision, cxrlt.model.optim); a skipped step leaves the weight EMA alone. The
+checkpoint holds each inner optimizer and its loss scale apart, so a fold resumes across a change of
+distribute.mixed_precision (float32 <-> bfloat16 <-> float16: the loss scale starts afresh or is dropped).
+
+Replicas: every SeedGenerator of the model folds the replica id into its seeds (cxrlt.model.seeds), so dropout
+and stochastic depth draw other masks on every replica; at each epoch's end every replica takes replica 0's
+BatchNorm statistics (`_agree_statistics`). A watchdog (cxrlt.runtime.watchdog) bounds a call that never
+returns (train.step_timeout_s, input.data_service_timeout_s).
 """
 
 from __future__ import annotations
@@ -53,7 +69,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from ..runtime import distribute
+from ..runtime import distribute, preemption
 from ..utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -74,7 +90,7 @@ class Trainer:
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, optimizer, loss, *,
                  jit_compile: bool = False, steps_per_execution: int = 1, preprocess=None, ema: float = 0.0,
                  accumulate: int = 1, ema_warmup: tuple[float, float] | None = None, freeze_epochs: int = 0,
-                 warmup_optimizer=None, head_variables=None):
+                 warmup_optimizer=None, head_variables=None, watchdog=None):
         if int(steps_per_execution) < 1:
             raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
         if not 0.0 <= float(ema) < 1.0:
@@ -86,13 +102,19 @@ class Trainer:
         self.strategy, self.model, self.optimizer, self.loss = strategy, model, optimizer, loss
         self.steps_per_execution, self.jit_compile = int(steps_per_execution), bool(jit_compile)
         self.accumulate = int(accumulate)  # micro-batches per optimizer update
-        self.preprocess = preprocess  # batch -> (images, labels[, mask]) on the replica (augment.device accelerator)
+        self.preprocess = preprocess  # the replica's micro-batches -> [(images, labels[, mask])] (augment.device accelerator)
         self.chief = distribute.is_chief(strategy)
         self.freeze_epochs, self.warmup_optimizer = int(freeze_epochs), warmup_optimizer
+        self.watchdog = watchdog  # a cxrlt.runtime.watchdog.StepWatchdog, or None
         with strategy.scope():
             optimizer.build(model.trainable_variables)
             if self.freeze_epochs:
                 warmup_optimizer.build(list(head_variables))
+            if strategy.num_replicas_in_sync > 1:
+                from ..model import seeds
+
+                seeds.fold_replica_into_seeds(model)  # each replica its own dropout / stochastic-depth masks
+        self.loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         self.ema = WeightEMA(strategy, model, float(ema), warmup=ema_warmup) if ema else None
         # XLA compiles the forward and backward pass only: the iterator (IteratorGetNext has no XLA
         # kernel) and the optimizer update (a cross-replica merge under MirroredStrategy) stay outside.
@@ -108,12 +130,21 @@ class Trainer:
         if self.freeze_epochs:
             self._phases["warmup"] = _Phase(self, list(head_variables), warmup_optimizer, ema=False, inline=inline)
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="finished_epochs")
+        # where a preempted epoch stopped: updates done in it, and the sum of its calls' losses (float64: the
+        # epoch's logged loss comes out to the bit); both 0 at an epoch's end
+        self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_in_epoch")
+        self._loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_loss_sum")
         self._manager: tf.train.CheckpointManager | None = None
         self._backup_dir: Path | None = None
 
     @property
     def finished_epochs(self) -> int:
         return int(self._epoch.numpy())
+
+    @property
+    def resume_step(self) -> int:
+        """Updates already done in the first unfinished epoch (a preempted fold's checkpoint), else 0."""
+        return int(self._step.numpy())
 
     def restore(self, backup_dir: str | Path) -> int:
         """Load the last finished epoch's state from `backup_dir` if there is one; later epochs are saved there.
@@ -126,12 +157,38 @@ class Trainer:
         rng = {f"rng{i}": v.value for i, v in enumerate(v for v in self.model.variables
                                                        if v.path.endswith("seed_generator_state"))}
         extra = {"ema": self.ema.tracked()} if self.ema is not None else {}
-        if self.freeze_epochs:
-            extra["warmup_optimizer"] = self.warmup_optimizer
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, epoch=self._epoch, rng=rng, **extra)
+        parts = dict(model=self.model, epoch=self._epoch, rng=rng, **extra)
+        # each optimizer without its float16 loss scale, the scale beside it: the same layout with and without
+        # mixed_float16, so a fold resumes across a change of distribute.mixed_precision
+        optimizers = {"optimizer": self.optimizer, **({"warmup_optimizer": self.warmup_optimizer}
+                                                       if self.freeze_epochs else {})}
+        layout = {}
+        for name, optimizer in optimizers.items():
+            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                layout[name] = optimizer.inner_optimizer
+                layout[name.replace("optimizer", "loss_scale")] = {"scale": optimizer.dynamic_scale.value,
+                                                                   "finite_steps": optimizer.step_counter.value}
+            else:
+                layout[name] = optimizer
+        position = {"step": self._step, "loss_sum": self._loss_sum}
+        checkpoint = tf.train.Checkpoint(**parts, **layout, position=position)
         latest = tf.train.latest_checkpoint(str(self._backup_dir))
         if latest:
-            checkpoint.restore(latest).assert_existing_objects_matched()
+            saved = {name.split("/", 1)[0] + ("/inner" if name.startswith("optimizer/inner_optimizer/") else "")
+                     for name, _ in tf.train.list_variables(latest)}
+            reading = {k: v for k, v in layout.items() if "loss_scale" not in k or k in saved}
+            if "optimizer/inner" in saved:  # written by cxrlt before this layout: the loss-scale optimizer whole
+                reading["optimizer"] = (self.optimizer if self.loss_scaled
+                                        else tf.train.Checkpoint(inner_optimizer=self.optimizer))
+                reading.pop("loss_scale", None)
+            reader = tf.train.Checkpoint(**parts, **reading, **({"position": position} if "position" in saved else {}))
+            reader.restore(latest).assert_existing_objects_matched()
+            had_scale = "loss_scale" in saved or "optimizer/inner" in saved
+            if had_scale != self.loss_scaled:
+                log.info("resuming %s float16 loss scaling (distribute.mixed_precision changed)%s",
+                         "with" if self.loss_scaled else "without",
+                         f": the loss scale starts at {float(self.optimizer.initial_scale):g}" if self.loss_scaled
+                         else ": the saved loss scale is not used")
         # Saving is collective under MultiWorkerMirroredStrategy: the other workers save too, into a scratch
         # folder of their own host (outside the run directory), deleted after each save.
         directory = (self._backup_dir if self.chief
@@ -148,7 +205,9 @@ class Trainer:
 
     def _replica_step(self, phase: "_Phase", *batches):
         """One optimizer update from the replica's `accumulate` micro-batches (one without accumulation)."""
-        batches = [self.preprocess(b) if self.preprocess is not None else b for b in batches]
+        # accelerator mode: the micro-batches are augmented and mixed together (their mix partners come from the
+        # global batch of the update, see pipeline.device_preprocess)
+        batches = list(self.preprocess(batches) if self.preprocess is not None else batches)
         masks = [b[2] if len(b) > 2 else None for b in batches]
         factors = self._global_mean_factors(masks)
         total, summed = None, None
@@ -186,18 +245,25 @@ class Trainer:
             total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, total)
         return [tf.math.divide_no_nan(c * replicas, total) for c in local]
 
-    def _distributed_steps(self, phase: "_Phase", iterator, n):
+    def _distributed_steps(self, phase: "_Phase", iterator, n, stop):
         """`n` train steps (optimizer updates) in one call (a loop inside the graph: one host round trip per
-        call, not per step); returns the sum of their losses (each step's loss summed over replicas)."""
-        total = tf.constant(0.0, tf.float32)
+        call, not per step); returns [the sum of their losses (each step's loss summed over replicas), the sum
+        of the replicas' `stop` flags (this worker's SIGTERM), summed in the same all-reduce as the loss]."""
+        total, stops = tf.constant(0.0, tf.float32), tf.constant(0.0, tf.float32)
+        scaled = isinstance(phase.optimizer, keras.optimizers.LossScaleOptimizer)
         for _ in tf.range(n):
             batches = tuple(next(iterator) for _ in range(self.accumulate))
+            done = phase.optimizer.iterations.value + 0 if scaled else None  # before this step's update
             per_replica = self.strategy.run(functools.partial(self._replica_step, phase), args=batches)
-            total += tf.cast(self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None), tf.float32)
+            packed = self.strategy.run(lambda loss: tf.stack([tf.cast(loss, tf.float32), stop]), args=(per_replica,))
+            reduced = self.strategy.reduce(tf.distribute.ReduceOp.SUM, packed, axis=None)
+            total += reduced[0]
+            stops = tf.maximum(stops, reduced[1])
             if self.ema is not None and phase.ema:
                 with tf.control_dependencies([total]):  # after this step's update of the weights
-                    self.ema.update()
-        return total
+                    # a step skipped by the loss scale (non-finite gradients) does not count
+                    self.ema.update(None if done is None else tf.not_equal(phase.optimizer.iterations.value, done))
+        return tf.stack([total, stops])
 
     def distributed_input(self, dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset]):
         """Per-worker input pipelines: `dataset_fn(ctx)` builds batches of ctx.get_per_replica_batch_size(global)
@@ -221,7 +287,11 @@ class Trainer:
         if initial_epoch >= epochs:
             log.info("%s: all %d epochs already finished (restored from %s)", label, epochs, self._backup_dir)
             return history
-        if initial_epoch:
+        resume_step = self.resume_step
+        if resume_step:
+            log.info("%s: resuming in epoch %d of %d after step %d of %d (restored from %s)", label, initial_epoch + 1,
+                     epochs, resume_step, steps_per_epoch, self._backup_dir)
+        elif initial_epoch:
             log.info("%s: resuming after epoch %d of %d (restored from %s)", label, initial_epoch, epochs, self._backup_dir)
         recorder = _EpochLogs()  # after the others: sees what they added to `logs` (CallbackList passes a copy)
         # Keras' bar first: it ends its line at the epoch's end before the callbacks log their epoch line
@@ -233,17 +303,21 @@ class Trainer:
         iterator = iter(dataset)
         cbs.on_train_begin()
         for epoch in range(initial_epoch, epochs):
-            if self.ema is not None and self.freeze_epochs and epoch == self.freeze_epochs:
+            midway = epoch == initial_epoch and resume_step  # a preempted epoch goes on where it stopped
+            if self.ema is not None and self.freeze_epochs and epoch == self.freeze_epochs and not midway:
                 self.ema.reset()  # the average starts where the head warm-up left the weights (winner's phase 2)
             cbs.on_epoch_begin(epoch)
-            total, step = 0.0, 0
+            total, step = (float(self._loss_sum.numpy()), resume_step) if midway else (0.0, 0)
             while step < steps_per_epoch:  # chunks of k steps; the last one ends exactly at the epoch's end
                 n = min(self.steps_per_execution, steps_per_epoch - step)
                 cbs.on_train_batch_begin(step)
-                value = self._run_steps(iterator, n, epoch, step, label)
+                value, stop = self._run_steps(iterator, n, epoch, step, label)
                 total += value
                 step += n
                 cbs.on_train_batch_end(step - 1, {"loss": total / step})
+                if stop:
+                    self._preempted(epoch, step, total, steps_per_epoch, label)
+            self._agree_statistics()
             averaged = self.ema is not None and epoch >= self.freeze_epochs  # no average during the head warm-up
             if averaged:  # the callbacks validate and save the averaged weights
                 self.ema.swap()
@@ -255,7 +329,9 @@ class Trainer:
             for key, value in recorder.logs.items():
                 history.setdefault(key, []).append(value)
             self._epoch.assign(epoch + 1)
-            self._save()
+            self._step.assign(0)
+            self._loss_sum.assign(0.0)
+            self._save((epoch + 1) * steps_per_epoch, f"epoch {epoch + 1}")
             # A callback's stop (the chief's callbacks select and stop) is decided once and followed by every
             # worker: a worker that trained on alone would wait forever in the next step's all-reduce.
             self.model.stop_training = distribute.chief_decides(self.strategy, bool(self.model.stop_training))
@@ -264,13 +340,58 @@ class Trainer:
         cbs.on_train_end()
         return history
 
-    def _run_steps(self, iterator, n: int, epoch: int, step: int, label: str) -> float:
-        """Steps step+1..step+n of `epoch`; the sum of their losses. An error is called an input error only
-        when the input pipeline raised it (the op that failed is the iterator's or a decoder's)."""
+    def _agree_statistics(self) -> None:
+        """Every replica takes replica 0's non-trainable float state (BatchNorm's moving statistics, and their
+        averages under train.ema), at each epoch's end, before the callbacks.
+
+        Each replica updates its own copy of the moving statistics from its own micro-batches, so the copies
+        drift apart, while the checkpoint and model.keras hold replica 0's (the chief's first device). Without
+        this, validation scored every replica's share with its own statistics (not the model that is saved),
+        and a resumed run differed: its other replicas restart from replica 0's copy (measured with two
+        workers: the same epoch losses and saved weights, another val_mAP). One all-reduce per epoch."""
+        if self.strategy.num_replicas_in_sync == 1:
+            return
+        trainable = {id(v) for v in self.model.trainable_variables}
+        floats = ("float16", "bfloat16", "float32", "float64")
+        state = [v.value for v in self.model.variables if id(v) not in trainable and v.dtype in floats]
+        if self.ema is not None:
+            state += [a for v, a in zip(self.ema.variables, self.ema.averages) if id(v) not in trainable]
+        if not state:
+            return
+        import numpy as np
+
+        values = [np.asarray(v.numpy()) for v in state]  # this worker's replica 0
+        flat = distribute.from_chief(self.strategy, np.concatenate([x.ravel() for x in values]).astype(np.float32))
+        offset = 0
+        with self.strategy.scope():
+            for variable, value in zip(state, values):
+                variable.assign(flat[offset:offset + value.size].reshape(value.shape).astype(value.dtype))
+                offset += value.size
+
+    def _preempted(self, epoch: int, step: int, total: float, steps_per_epoch: int, label: str) -> None:
+        """Every worker got here after the same call (the flag was all-reduced): save where the epoch stands, stop."""
+        self._step.assign(step)
+        self._loss_sum.assign(total)
+        self._save(epoch * steps_per_epoch + step, f"epoch {epoch + 1}, step {step} of {steps_per_epoch}")
+        who = "this worker" if preemption.requested() else "another worker"
+        message = (f"{label}: preempted (SIGTERM to {who}): the state after step {step} of {steps_per_epoch} in epoch "
+                   f"{epoch + 1} is saved in {self._backup_dir}; rerun the same command"
+                   f"{' on every worker' if distribute.is_multiworker(self.strategy) else ''} to go on from there "
+                   f"(exit status {preemption.EXIT_STATUS})")
+        log.warning("%s", message)
+        raise preemption.Preempted(message)
+
+    def _run_steps(self, iterator, n: int, epoch: int, step: int, label: str) -> tuple[float, bool]:
+        """Steps step+1..step+n of `epoch`: (the sum of their losses, whether a worker was preempted). An error is
+        called an input error only when the input pipeline raised it (the op that failed is the iterator's or a
+        decoder's)."""
         where = f"epoch {epoch + 1}, batch {step + 1}" + (f"-{step + n}" if n > 1 else "")
+        stop = tf.constant(1.0 if preemption.requested() else 0.0, tf.float32)
+        if self.watchdog is not None:
+            self.watchdog.call_started(where)
         try:
             phase = self._phases["warmup" if epoch < self.freeze_epochs else "train"]
-            value = float(phase.steps(iterator, tf.constant(n, tf.int32)))
+            value, stops = (float(v) for v in phase.steps(iterator, tf.constant(n, tf.int32), stop))
         except tf.errors.OutOfRangeError:
             raise TrainingError(
                 f"{label}: the input stream ended in {where}; training streams never end on their own, so a tf.data "
@@ -284,18 +405,21 @@ class Trainer:
             raise TrainingError(
                 f"{label}: the input pipeline failed in {where}: {first}. Find the file with python -m cxrlt.check "
                 "--deep --labels <your CSV>, then fix it or train with --skip-bad") from None
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.call_finished()
         if not math.isfinite(value):
             raise TrainingError(
                 f"{label}: the loss became {value} in {where}; training stopped (the best model so far and the last "
                 "finished epoch are kept). Lower --lr, check the labels, or turn off mixed precision")
-        return value
+        return value, stops > 0
 
-    def _save(self) -> None:
+    def _save(self, number: int, what: str) -> None:
         if self._manager is None:
             return
-        path = self._manager.save(checkpoint_number=self.finished_epochs)
+        path = self._manager.save(checkpoint_number=number)
         if self.chief:
-            log.info("epoch %d state saved: %s", self.finished_epochs, path)
+            log.info("%s state saved: %s", what, path)
         else:  # saving is collective under MultiWorkerMirroredStrategy; only the chief keeps it
             shutil.rmtree(Path(self._manager.directory).parent, ignore_errors=True)
 
@@ -311,8 +435,8 @@ class _Phase:
         def gradients(images, labels, mask, rescale):
             return trainer._replica_gradients(images, labels, mask, rescale, variables, optimizer)
 
-        def steps(iterator, n):
-            return trainer._distributed_steps(self, iterator, n)
+        def steps(iterator, n, stop):
+            return trainer._distributed_steps(self, iterator, n, stop)
 
         self.gradients = gradients if inline else tf.function(gradients, jit_compile=trainer.jit_compile,
                                                               reduce_retracing=True)
@@ -367,13 +491,16 @@ class WeightEMA:
         warm = 1.0 - tf.pow(1.0 + step / gamma, -power)
         return tf.where(step > 0, tf.minimum(tf.constant(self.decay, tf.float32), warm), 0.0)
 
-    def update(self) -> None:
-        self.updates.assign_add(1)
+    def update(self, applied=None) -> None:
+        """One step of averaging; with `applied` (a bool tensor: did this step update the weights?) a skipped
+        step leaves the averages and the update count as they are."""
+        self.updates.assign_add(1 if applied is None else tf.cast(applied, tf.int64))
         decay = self._decay_now()
 
         def step(average, value):
-            return average.assign(tf.cast(decay, average.dtype) * average
-                                  + tf.cast(1.0 - decay, average.dtype) * tf.cast(value, average.dtype))
+            new = (tf.cast(decay, average.dtype) * average
+                   + tf.cast(1.0 - decay, average.dtype) * tf.cast(value, average.dtype))
+            return average.assign(new if applied is None else tf.where(applied, new, average))
 
         for average, variable in zip(self.averages, self.variables):
             self.strategy.extended.update(average, step, args=(variable.value,))

@@ -32,7 +32,7 @@ NO_DATA = (
     "(or set data.labels in a config). " + dataset.CXRLT_HELP
 )
 # Settings that may change between invocations of one run without making it another run.
-RESUMABLE_CHANGES = ("train.fold", "train.verbose", "distribute.", "predict.batch_size", "predict.study_aggregation",
+RESUMABLE_CHANGES = ("train.fold", "train.verbose", "train.step_timeout_s", "input.data_service_timeout_s", "distribute.", "predict.batch_size", "predict.study_aggregation",
                      "predict.view_weights", "ensemble.", "data.demo_dir", "data.check_images",
                      "data.prepared",  # prepared data: the same images, pre-resized
                      "fuse.")  # python -m cxrlt.fuse's settings: a fused run's, never the backbone's
@@ -230,6 +230,13 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
 
     fold_dir = run.fold_dir(k)
     chief = distribute.is_chief(strategy)
+    from ..runtime import preemption
+
+    if distribute.sum_over_workers(strategy, [1.0 if preemption.requested() else 0.0])[0] > 0:  # all stop here
+        message = (f"fold {k}: preempted (SIGTERM) before it started; the finished folds are kept: rerun the same "
+                   f"command to go on (exit status {preemption.EXIT_STATUS})")
+        log.warning("%s", message)
+        raise preemption.Preempted(message)
     if chief:
         fold_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg["seed"] + k)
@@ -237,16 +244,14 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     classes = list(table.classes)
     groups = editions.class_groups(table.edition, table.classes, table.class_counts())  # what open_run wrote
     global_batch = cfg["train"]["batch_size"]
-    per_replica = distribute.check_batch(strategy, global_batch)
-    needed, mixer = mix.images_needed(cfg["mix"])
-    if per_replica < needed:
-        raise config.ConfigError(
-            f"{mixer} combines {needed} images of each replica's batch, but train.batch_size {global_batch} over "
-            f"{strategy.num_replicas_in_sync} replicas gives {per_replica}: raise --batch-size to at least "
-            f"{needed * strategy.num_replicas_in_sync} or set {mixer}=0")
+    distribute.check_batch(strategy, global_batch)  # the global batch splits evenly over the replicas
     # train.accumulate: a step is one optimizer update of `accumulate` micro-batches of global_batch images each;
     # steps_per_epoch counts updates, so an epoch always ends between updates (nothing accumulated is lost)
     accumulate = cfg["train"]["accumulate"]
+    device_mode, device_why = augment.resolve_device(cfg)
+    on_device = device_mode == "accelerator"
+    mixed_together = check_mix_group(cfg, strategy.num_replicas_in_sync, distribute.local_replicas(strategy),
+                                     on_device)
     from ..data import sampling
 
     # one pass over the fold's images; sampling.sampler repeat_factor: over its repeated list (the 2026 winner's epoch)
@@ -287,29 +292,38 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     # A resumed fold continues the stream it was on: the batches are a function of (seed, position), and
     # the first `start_epoch * steps` steps are skipped before anything is decoded.
     seed = cfg["seed"] + k
-    device_mode, device_why = augment.resolve_device(cfg)
-    on_device = device_mode == "accelerator"
     preprocess = (pipeline.device_preprocess(cfg["augment"], mix.mixer_from_config(cfg, seed), len(classes),
                                              masked=train.mask is not None) if on_device else None)
+    from ..data import service
+    from ..runtime.watchdog import StepWatchdog
+
+    watchdog = StepWatchdog(cfg["train"]["step_timeout_s"], service=cfg["input"]["data_service"],
+                            service_timeout_s=cfg["input"]["data_service_timeout_s"],
+                            last_delivery=service.DELIVERIES.last_delivery, label=f"fold {k}",
+                            worker=distribute.worker_id(strategy))
     trainer = engine.Trainer(strategy, built.train_model, optimizer, loss, jit_compile=cfg["distribute"]["jit_compile"],
                              steps_per_execution=distribute.steps_per_execution(cfg["train"]["steps_per_execution"]),
                              preprocess=preprocess, ema=cfg["train"]["ema"], accumulate=accumulate,
                              ema_warmup=((cfg["train"]["ema_warmup_gamma"], cfg["train"]["ema_warmup_power"])
                                          if cfg["train"]["ema_warmup"] else None),
-                             freeze_epochs=frozen, warmup_optimizer=warmup_optimizer, head_variables=head_variables)
+                             freeze_epochs=frozen, warmup_optimizer=warmup_optimizer, head_variables=head_variables,
+                             watchdog=watchdog)
     start_epoch = trainer.restore(fold_dir / "backup")
+    start_step = trainer.resume_step  # > 0: a preempted epoch, resumed at that update
     # Every worker runs these loops and their collectives: the counts must be the same everywhere (a worker
     # that cannot see the chief's checkpoint would start at another epoch and wait in another collective).
-    distribute.agree(strategy, f"fold {k}: the image counts, steps per epoch and the epoch to resume at",
-                     [len(train), len(val), steps, start_epoch, global_batch])
+    distribute.agree(strategy, f"fold {k}: the image counts, steps per epoch and the epoch and step to resume at",
+                     [len(train), len(val), steps, start_epoch, start_step, global_batch])
 
     def dataset_fn(ctx: "tf.distribute.InputContext"):
         # Input pipeline i of n reads every n-th image (or shard file) only: no worker decodes another's images.
+        # Its batches of one update (one per local replica and micro-batch) are mixed together (mix_group).
+        group = accumulate * (strategy.num_replicas_in_sync // ctx.num_input_pipelines)
         return pipeline.train_dataset(train.paths, train.labels, cfg, seed=seed, mask=train.mask,
                                       batch_size=ctx.get_per_replica_batch_size(global_batch),
                                       shard=(ctx.num_input_pipelines, ctx.input_pipeline_id),
-                                      start_batch=start_epoch * steps * accumulate * (strategy.num_replicas_in_sync // ctx.num_input_pipelines),
-                                      on_device=on_device,
+                                      start_batch=(start_epoch * steps + start_step) * group, on_device=on_device,
+                                      mix_group=group,
                                       **({} if on_device else {"mixer": mix.mixer_from_config(cfg, seed),
                                                                **augment.options_from_config(cfg, train, seed)}))
 
@@ -334,15 +348,41 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     if hasattr(loss, "set_epoch"):  # every worker: each has its own copy of the loss's epoch switch
         fold_callbacks.insert(0, callbacks.LossEpoch(loss))
     log.info("fold %d (of folds 0-%d): %d training, %d validation images, %d steps/epoch of %d%s, %s at %d px, "
-             "%d replica(s), %d step(s) per call%s, augmentation and mixing on the %s (%s)", k, cfg["train"]["folds"] - 1, len(train), len(val), steps, global_batch,
+             "%d replica(s), %d step(s) per call%s, augmentation and mixing on the %s (%s), mix partners from %d images "
+             "per update", k, cfg["train"]["folds"] - 1, len(train), len(val), steps, global_batch,
              f" x {accumulate} accumulated micro-batches" if accumulate > 1 else "",
              cfg["model"]["backbone"], cfg["input"]["size"], strategy.num_replicas_in_sync, trainer.steps_per_execution,
-             ", XLA" if trainer.jit_compile else "", device_mode, device_why)
+             ", XLA" if trainer.jit_compile else "", device_mode, device_why, mixed_together)
     started = time.time()
-    trainer.fit(trainer.distributed_input(dataset_fn), epochs=cfg["train"]["epochs"], steps_per_epoch=steps,
-                callbacks=fold_callbacks, verbose=verbose, label=f"fold {k}")
+    try:
+        trainer.fit(trainer.distributed_input(dataset_fn), epochs=cfg["train"]["epochs"], steps_per_epoch=steps,
+                    callbacks=fold_callbacks, verbose=verbose, label=f"fold {k}")
+    finally:
+        watchdog.close()
     finish_fold(cfg, run, k, val, classes, groups, started, model=built.model, strategy=strategy)
     distribute.barrier(strategy)
+
+
+def check_mix_group(cfg: dict, replicas: int, local_replicas: int, on_device: bool) -> int:
+    """How many images one update's mixing draws its partners from (returned), checked against what the
+    configured mixers need (Mosaic 4, MixUp/CutMix 2).
+
+    The partners come from the whole update, not from one replica's micro-batch: the batches of every
+    replica and micro-batch of the update are mixed together (in accelerator mode gathered over every
+    worker, on the host over this worker's replicas), so 8 GPUs x 1 image, or 2 images x train.accumulate 4,
+    mix like a batch of 8 on one device."""
+    from ..data import mix
+
+    global_batch, accumulate = cfg["train"]["batch_size"], cfg["train"]["accumulate"]
+    workers = max(1, replicas // max(1, local_replicas))
+    together = accumulate * (global_batch if on_device else global_batch // workers)
+    needed, mixer = mix.images_needed(cfg["mix"])
+    if together < needed:
+        share = "" if on_device or workers == 1 else f" on each of the {workers} workers (each mixes its own share)"
+        raise config.ConfigError(
+            f"{mixer} combines {needed} images of one update, but train.batch_size {global_batch} x train.accumulate "
+            f"{accumulate} gives {together}{share}: raise --batch-size or train.accumulate, or set {mixer}=0")
+    return together
 
 
 def sample_batch(cfg: dict, train: dataset.LabelTable, seed: int, batch_size: int):
@@ -511,9 +551,15 @@ def main(argv=None) -> int:
         note_input_size(cfg)
         from ..runtime import distribute
 
-        strategy = distribute.get_strategy(cfg["distribute"]["strategy"])  # before TensorFlow runs any op
+        from ..runtime import preemption
+
+        strategy = distribute.get_strategy(cfg["distribute"]["strategy"],  # before TensorFlow runs any op
+                                           cfg["distribute"]["heartbeat_timeout_s"],
+                                           cpu_replicas=cfg["distribute"].get("cpu_replicas"))
+        preemption.install()  # SIGTERM: save at the next step boundary, exit 75 (after the strategy: see install)
         with distribute.failures_end_every_worker(strategy):  # one worker's error ends them all, with its message
-            distribute.set_precision(cfg["distribute"]["mixed_precision"])
+            distribute.set_precision(cfg["distribute"]["mixed_precision"], cfg["distribute"]["mixed_precision_dtype"],
+                                     strategy)
             table = resolve_data(cfg, strategy)
             run = open_run(cfg, table, args.force, strategy, command=command)
             fold_of = load_folds(run, table, cfg, strategy)
