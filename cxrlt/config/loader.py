@@ -34,7 +34,7 @@ FREEFORM = {"loss.params", "predict.view_weights"}
 NULLABLE = {"name": str, "data.labels": str, "data.image_root": str, "data.test_labels": str,
             "data.test_image_root": str, "train.steps_per_epoch": int,
             "train.steps_per_execution": int, "model.init": str, "model.csra_temperatures": list,
-            "optim.head_weight_decay": float, "optim.head_warmup_lr": float}
+            "optim.head_weight_decay": float, "optim.head_warmup_lr": float, "data.label_column": str}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -209,6 +209,13 @@ def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
         given |= set(flatten(user))
     if cfg["loss"]["name"] != defaults()["loss"]["name"] and not any(k.split(".")[:2] == ["loss", "params"] for k in given):
         cfg["loss"]["params"] = {}  # another loss: its own defaults, not focal's arguments
+    d = cfg["data"]
+    if d["demo"] and d["demo_task"] != "multilabel" and d["task"] == "auto":
+        d["task"] = d["demo_task"]  # the single-label demo's own task (auto would read an ordinal demo as multiclass)
+    if cfg["data"]["task"] not in ("auto", "multilabel"):  # auto is resolved once the CSV is read (data.single_label)
+        from . import tasks
+
+        tasks.apply_task_defaults(cfg, cfg["data"]["task"], given)
     validate(cfg)
     return cfg
 
@@ -258,6 +265,9 @@ FLAGS = {
     "--check-images": "data.check_images",
     "--edition": "data.edition",
     "--exclude": "data.exclude",
+    "--task": "data.task",
+    "--label-column": "data.label_column",
+    "--demo-task": "data.demo_task",
 }
 
 
@@ -302,8 +312,8 @@ def from_args(args: argparse.Namespace) -> dict:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         overrides[key.strip()] = value
-    if getattr(args, "demo", False):
-        overrides["data.demo"] = True
+    if getattr(args, "demo", False) or getattr(args, "data.demo_task", None) not in (None, "multilabel"):
+        overrides["data.demo"] = True  # --demo-task multiclass|ordinal implies --demo
     if getattr(args, "demo_edition", None):
         overrides["data.demo"] = True
         overrides["data.demo_edition"] = schema.DEMO_EDITIONS[args.demo_edition]

@@ -30,7 +30,13 @@ BACKBONES = {
     "convnext-small": "ConvNeXtSmall",
     "convnext-base": "ConvNeXtBase",
     "convnext-large": "ConvNeXtLarge",
+    # seed 003's two capacities: MobileNetV2, and ResNet50V2 as the nearest Keras ships to its BiT ResNeXt-50
+    # (BiT's models are pre-activation ResNet-v2s; Keras has no ResNeXt). Neither has built-in preprocessing:
+    # cxrlt.model.models scales their input to -1..1 (MINUS_ONE_TO_ONE)
+    "mobilenetv2": "MobileNetV2",
+    "resnet50v2": "ResNet50V2",
 }
+MINUS_ONE_TO_ONE = ("mobilenetv2", "resnet50v2")  # backbones that expect -1..1 ("tf" mode of keras.applications)
 # model.backbone -> family module in cxrlt.model.backbones: cxrlt's own Keras 3 ports of timm models, pretrained
 # weights from a timm checkpoint (python -m cxrlt weights --from-timm); the sizes are the family module's VARIANTS
 OWN_BACKBONES = {
@@ -40,6 +46,19 @@ OWN_BACKBONES = {
 # loss.name (cxrlt.model.losses.LOSSES holds each one's defaults and builder; a test keeps the two in step)
 LOSSES = ("asl", "bce", "class_balanced", "cxrlt2026_db", "distribution_balanced", "focal", "ldam", "logit_adjusted",
           "weighted_bce")
+# loss.name for single-label tasks (softmax over the classes; cxrlt.model.losses_single.LOSSES, kept in step by a test);
+# corn (ordinal regression over K-1 conditional binary tasks) is for ordinal tasks only
+SINGLE_LABEL_LOSSES = ("ce", "softmax_focal", "class_balanced_ce", "logit_adjusted_ce", "corn")
+ORDINAL_LOSSES = ("corn",)
+TASKS = ("multilabel", "multiclass", "ordinal")  # data.task (also "auto": detected from the CSV)
+SINGLE_LABEL_TASKS = ("multiclass", "ordinal")
+# train.monitor: the validation metric that selects a fold's best epoch (val_<name> in history.csv)
+MULTILABEL_MONITORS = ("map", "mauc", "mf1")
+SINGLE_LABEL_MONITORS = ("map", "mauc", "accuracy", "balanced_accuracy", "macro_f1", "mcc", "kappa", "kendall_tau",
+                         "auc_ovo", "auc_ovr", "log_loss")  # log_loss: validation cross-entropy, selected at its minimum
+LOWER_IS_BETTER = ("log_loss",)
+ORDINAL_ONLY_MONITORS = ("kappa", "kendall_tau")
+ORDINAL_DECISIONS = ("auto", "argmax", "median", "expected")
 # augment.strategy of seed 000 -> (minority pipeline, majority pipeline, oversample minority images?)
 STRATEGIES = {
     "baseline": ("weak", "weak", False),
@@ -78,6 +97,8 @@ CHOICES: dict[str, tuple] = {
     "data.uncertain": UNCERTAIN_POLICIES,
     "data.check_images": ("header", "deep", "off"),
     "data.prepared_reader": PREPARED_READERS,
+    "data.task": ("auto", *TASKS),
+    "data.demo_task": TASKS,
     "input.resize": ("stretch", "letterbox"),
     "input.antialias": ("auto", "always"),
     "input.intensity": INTENSITIES,
@@ -94,11 +115,13 @@ CHOICES: dict[str, tuple] = {
     "model.csra_variant": ("official", "cxrlt2026_winner"),
     "model.classifier": ("auto", "dense", "cosine"),
     "model.head_norm": ("none", "batchnorm"),
-    "loss.name": LOSSES,
+    "loss.name": LOSSES + SINGLE_LABEL_LOSSES,
     "optim.name": OPTIMIZERS,
-    "optim.schedule": ("constant", "cosine"),
+    "optim.schedule": ("constant", "cosine", "cyclic"),
     "optim.lr_scaling": ("none", "linear", "sqrt"),
     "train.checkpoint": ("best", "last"),
+    "train.monitor": ("auto", *dict.fromkeys(MULTILABEL_MONITORS + SINGLE_LABEL_MONITORS)),
+    "predict.ordinal_decision": ORDINAL_DECISIONS,
     "predict.study_aggregation": STUDY_AGGREGATIONS,
     "ensemble.method": ENSEMBLE_METHODS,
     "fuse.checkpoint": ("best", "last"),
@@ -188,6 +211,8 @@ RANGES: dict[str, Range] = {
     "optim.weight_decay": Range(0, 10, cap=True),
     "optim.reference_batch": Range(1, MAX_BATCH, cap=True),
     "optim.warmup_epochs": Range(0, 100_000, cap=True),
+    "optim.cycle_epochs": Range(1, 100_000, cap=True),
+    "optim.momentum": Range(0, 1, hi_open=True),
     "optim.min_lr_ratio": UNIT,
     "optim.backbone_lr_mult": Range(0, 1000, cap=True),
     "optim.head_weight_decay": Range(0, 10, cap=True, null="optim.weight_decay"),
@@ -271,7 +296,9 @@ def validate(cfg: dict) -> None:
                           f"({t['epochs']})" + (f" minus train.freeze_backbone_epochs ({frozen})" if frozen else "")
                           + ": the warm-up comes before the schedule")
     _check_head(cfg)
-    choice("loss.name", cfg["loss"]["name"], LOSSES)
+    if cfg["optim"]["schedule"] == "cyclic" and cfg["optim"]["warmup_epochs"]:
+        raise ConfigError("optim.schedule cyclic has no warm-up: set optim.warmup_epochs 0 (every cycle starts at lr)")
+    choice("loss.name", cfg["loss"]["name"], LOSSES + SINGLE_LABEL_LOSSES)
     _check_loss_params(cfg["loss"])
     e = cfg["ensemble"]
     if e["normal_gating"] and e["normal_gating_power"]:
@@ -294,6 +321,10 @@ def validate(cfg: dict) -> None:
             raise ConfigError(problem)
     _check_data(cfg)
     _check_data_service(cfg)
+    if cfg["data"]["task"] != "auto":
+        problem = task_problem(cfg, cfg["data"]["task"])
+        if problem:
+            raise ConfigError(problem)
     weights = cfg["model"]["weights"]
     if weights not in ("none", "imagenet") and not Path(str(weights)).expanduser().exists():
         raise ConfigError(f"model.weights must be none, imagenet or an existing weights file (or a folder from "
@@ -367,6 +398,14 @@ LOSS_PARAMS = {
                      "label_smoothing"),
     "logit_adjusted": ("tau", "label_smoothing"),
 }
+# the single-label losses' parameters (cxrlt.model.losses_single.LOSSES; kept in step by a test)
+SINGLE_LABEL_LOSS_PARAMS = {
+    "ce": ("label_smoothing",),
+    "softmax_focal": ("gamma", "alpha", "label_smoothing"),
+    "class_balanced_ce": ("beta", "gamma", "label_smoothing"),
+    "logit_adjusted_ce": ("tau", "label_smoothing"),
+    "corn": (),
+}
 LOSS_COMMON_PARAMS = ("reduction", "name")
 
 
@@ -376,7 +415,7 @@ def _check_loss_params(loss: dict) -> None:
     params = loss.get("params") or {}
     if not isinstance(params, dict):
         raise ConfigError(f"loss.params must be a mapping of the loss's arguments, got {params!r}")
-    known = LOSS_PARAMS.get(loss["name"])
+    known = LOSS_PARAMS.get(loss["name"], SINGLE_LABEL_LOSS_PARAMS.get(loss["name"]))
     if known is None:
         return  # an unknown loss name is choice()'s error
     for key in params:
@@ -435,6 +474,38 @@ def _check_data_service(cfg: dict) -> None:
         raise ConfigError(f"input.data_service cannot run {what}: it uses Python code (a numpy epoch generator or "
                           "albumentations) that tf.data service workers cannot run; train without input.data_service "
                           "or use a TensorFlow-only sampler/augmentation (instance/class/sqrt/q, augment.strategy none)")
+
+
+def task_problem(cfg: dict, task: str) -> str | None:
+    """What in `cfg` cannot run for `task` (a message naming the setting), or None. Checked when the config is
+    loaded with an explicit data.task, and again once data.task auto is resolved from the CSV
+    (cxrlt.data.single_label.resolve_task_settings, which first moves untouched multi-label defaults aside)."""
+    loss, monitor = cfg["loss"]["name"], cfg["train"]["monitor"]
+    single = task in SINGLE_LABEL_TASKS
+    if single and loss not in SINGLE_LABEL_LOSSES:
+        return (f"loss.name {loss} is a multi-label (sigmoid) loss; a {task} task trains with a softmax loss: "
+                f"{', '.join(n for n in SINGLE_LABEL_LOSSES if task == 'ordinal' or n not in ORDINAL_LOSSES)}")
+    if not single and loss in SINGLE_LABEL_LOSSES:
+        return (f"loss.name {loss} is a single-label loss; a multilabel task trains with {', '.join(LOSSES)} "
+                "(or set data.task multiclass / ordinal)")
+    if task == "multiclass" and loss in ORDINAL_LOSSES:
+        return f"loss.name {loss} is an ordinal loss: set data.task ordinal (grades in order), or use ce"
+    if monitor != "auto":
+        allowed = SINGLE_LABEL_MONITORS if single else MULTILABEL_MONITORS
+        if monitor not in allowed or (task == "multiclass" and monitor in ORDINAL_ONLY_MONITORS):
+            ok = [m for m in allowed if task != "multiclass" or m not in ORDINAL_ONLY_MONITORS]
+            return f"train.monitor {monitor} is not a {task} metric; use auto or one of {', '.join(ok)}"
+    if single and cfg["data"]["uncertain"] == "ignore":
+        return ("data.uncertain ignore masks single labels out of a multi-label loss; a single-label task needs one "
+                "known class per image (uncertain error, or drop those rows)")
+    majority = cfg["augment"]["majority_classes"]
+    if majority is not None and (not isinstance(majority, list) or not majority
+                                 or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in majority)):
+        return f"augment.majority_classes must be null or a non-empty list of class names, got {majority!r}"
+    if majority is not None and not single:
+        return ("augment.majority_classes routes single-label classes; a multilabel task picks its minority images "
+                "by augment.tail_quantile")
+    return None
 
 
 def oversampling_conflict(sampler: str, strategy: str) -> str | None:

@@ -81,7 +81,7 @@ log = logging.getLogger(__name__)
 
 # Called without a config, the basic set does nothing but flip: the per-image keys of the `augment:` section of
 # defaults.yaml (the one copy of the settings) at strength 0, plus two a library caller may set.
-_STRATEGY_KEYS = {"strategy", "tail_quantile", "minority_share", "device"}  # same config section, not ours
+_STRATEGY_KEYS = {"strategy", "tail_quantile", "minority_share", "device", "majority_classes"}  # same section, not ours
 BASIC_DEFAULTS = {
     **{k: (v if isinstance(v, bool) else 0.0) for k, v in defaults()["augment"].items() if k not in _STRATEGY_KEYS},
     "fill_mode": "reflect",
@@ -400,8 +400,17 @@ def options_from_config(cfg: dict, train, seed: int) -> dict:
     a = cfg["augment"]
     if a["strategy"] == "none":
         return {"augment_fn": make_basic_augment(a)}
-    minority = minority_mask(train.labels, train.class_counts(), a["tail_quantile"], train.classes)
     oversample = STRATEGIES[a["strategy"]][2] if a["strategy"] in STRATEGIES else False
+    if getattr(train, "task", "multilabel") != "multilabel":  # one class per image: routed by class (seed 000)
+        from . import single_label
+
+        minority, majority = single_label.majority_flags(train, a.get("majority_classes"))
+        log.info("augment strategy %s: majority class(es) %s take the majority pipeline, %d of %d training images "
+                 "the minority one%s", a["strategy"], ", ".join(majority), int(minority.sum()), len(minority),
+                 ", every class drawn equally often (the COVID-19 severity paper's inverse class weights)" if oversample else "")
+        return {"strategy_fn": make_strategy_augment(a["strategy"], seed), "minority": minority,
+                "minority_share": a["minority_share"] if oversample else None}
+    minority = minority_mask(train.labels, train.class_counts(), a["tail_quantile"], train.classes)
     log.info("augment strategy %s: %d of %d training images are minority%s", a["strategy"], int(minority.sum()),
              len(minority), f", oversampled to {a['minority_share']:.0%}" if oversample else "")
     return {"strategy_fn": make_strategy_augment(a["strategy"], seed), "minority": minority,

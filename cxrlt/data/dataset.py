@@ -84,6 +84,7 @@ class LabelTable:
     mask: np.ndarray | None = field(default=None)  # float32 [N, C], 0 where a label is ignored
     edition: str = "generic"   # editions.NAMES: what the file was read as
     id_column: str = "dicom_id"  # the column `ids` came from (a submission's first column)
+    task: str = "multilabel"   # multilabel | multiclass | ordinal (single-label rows are one-hot; data/single_label.py)
 
     def __len__(self) -> int:
         return len(self.ids)

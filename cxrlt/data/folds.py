@@ -29,6 +29,8 @@ def make_folds(table: LabelTable, k: int = 5, seed: int = 42) -> np.ndarray:
         raise FoldError(f"K-fold needs k >= 2, got {k}")
     if table.labels is None:
         raise FoldError(f"{table.source}: folds need labels")
+    if table.task != "multilabel":
+        return make_single_label_folds(table, k, seed)
     patients, inverse = np.unique(table.patients, return_inverse=True)
     if len(patients) < k:
         raise FoldError(f"{table.source}: {len(patients)} patients cannot fill {k} folds")
@@ -39,6 +41,33 @@ def make_folds(table: LabelTable, k: int = 5, seed: int = 42) -> np.ndarray:
     for fold, (_, val) in enumerate(splitter.split(np.zeros(len(patients)), per_patient)):
         patient_fold[val] = fold
     return patient_fold[inverse]
+
+
+def make_single_label_folds(table: LabelTable, k: int = 5, seed: int = 42) -> np.ndarray:
+    """Fold per image for one class per image: scikit-learn's StratifiedGroupKFold, stratified by the class and
+    grouped by patient (a file without a patient column: every image its own group, i.e. plain stratified
+    K-fold, as seed 000's and seed 003's cross-validation). A class with fewer images (or patients) than k
+    cannot be in every fold; the folds are still made, and the log says so."""
+    import logging
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    y = np.argmax(table.labels, axis=1)
+    groups = np.unique(table.patients, return_inverse=True)[1]
+    if groups.max() + 1 < k:
+        raise FoldError(f"{table.source}: {groups.max() + 1} patients cannot fill {k} folds")
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    fold = np.full(len(y), -1, dtype=np.int64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for f, (_, val) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
+            fold[val] = f
+    for w in caught:
+        logging.getLogger(__name__).warning("%s: %s", table.source, w.message)
+    if (fold < 0).any() or len(np.unique(fold)) != k:
+        raise FoldError(f"{table.source}: could not fill {k} folds from {len(y)} images")
+    return fold
 
 
 def load_or_make_folds(path: str | Path, table: LabelTable, k: int, seed: int) -> np.ndarray:

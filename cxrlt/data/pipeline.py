@@ -553,8 +553,13 @@ def _groups(paths, labels, cfg: dict, *, seed: int, batch_size: int, augment_fn,
             # Seed 000's oversampling (G28: len(train) draws with replacement, the minority share of them
             # minority images) is the `ros` sampler's epoch, so there is one oversampler.
             ros = {"name": "ros", "target_share": minority_share, "epoch_size": len(paths)}
-            ds = images_at(sampling.make_index_dataset(labels, ros, sample_seed, minority_mask=flags), paths, labels,
-                           flags, cfg, skip, uint8=on_device)
+            if _single_label(cfg):  # seed 000 itself: every class equally often (inverse class weights)
+                from . import sampling_single
+
+                index = sampling_single.index_dataset("ros", labels[:, :n_classes], sample_seed, epoch_size=len(paths))
+            else:
+                index = sampling.make_index_dataset(labels, ros, sample_seed, minority_mask=flags)
+            ds = images_at(index, paths, labels, flags, cfg, skip, uint8=on_device)
         else:
             ds = sampled_images(paths, labels, flags, cfg, sample_seed, n_classes, skip, uint8=on_device)
     if on_device:
@@ -760,6 +765,11 @@ def _samples_by_statistics(cfg: dict, minority_share) -> bool:
     return minority_share is not None or _sampling_section(cfg)["sampler"] != "instance"
 
 
+def _single_label(cfg: dict) -> bool:
+    """One class per image (data.task multiclass / ordinal, one-hot label rows)."""
+    return (cfg.get("data") or {}).get("task", "multilabel") in ("multiclass", "ordinal")
+
+
 def _check_single_sampler(cfg: dict) -> None:
     problem = sampling.oversampling_conflict(_sampling_section(cfg)["sampler"], (cfg.get("augment") or {}).get("strategy"))
     if problem:
@@ -778,6 +788,10 @@ def sampled_index_stream(labels: np.ndarray, cfg: dict, seed: int) -> tf.data.Da
         return None
     labels = np.asarray(labels)
     masks = {}
+    if spec["name"] in ("ros", "rus") and _single_label(cfg):  # resampled by class: no tail quantile, no share
+        from . import sampling_single
+
+        return sampling_single.index_dataset(spec["name"], labels, seed, epoch_size=spec.get("epoch_size"))
     if spec["name"] in ("ros", "rus"):
         minority = augment.minority_mask(labels, labels.sum(axis=0), section["tail_quantile"])
         if minority.all() or not minority.any():

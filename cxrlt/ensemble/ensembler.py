@@ -233,6 +233,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="official sample submission: its header order and id list are used and checked")
     parser.add_argument("--edition", help="with --check and no --runs: the edition whose layout to check "
                                           "(default cxrlt2023)")
+    parser.add_argument("--decision", choices=("argmax", "median", "expected"),
+                        help="single-label ordinal runs: how the predicted grade is read from the averaged probabilities "
+                             "(default: the runs' predict.ordinal_decision)")
     parser.add_argument("--no-zip", action="store_true", help="write the CSV only")
     parser.add_argument("--allow-partial", action="store_true",
                         help="zip a submission from runs whose folds are not all finished (their finished folds)")
@@ -310,6 +313,12 @@ def main(argv=None) -> int:
         run_list = [runs.Run(Path(p)) for p in s["runs"]] if s["runs"] else find_runs(args.runs_root)
         for run in run_list:
             run.config()  # fails clearly on a directory that is not a run
+        if run_list and run_list[0].task() != "multilabel":  # one class per image: probabilities + the predicted class
+            from . import single_label
+
+            check_same_classes(run_list)
+            pooling, view_weights = study_settings(run_list, s["study_aggregation"], s["view_weights"])
+            return single_label.run(run_list, s, args, pooling, view_weights, ensemble=ensemble, load_oof=load_oof)
         partial = [p for p in (run.partial() for run in run_list) if p]
         if partial and not args.no_zip and not args.allow_partial:
             raise runs.RunError(f"unfinished run(s): {'; '.join(partial)} finished. A submission zip from them "

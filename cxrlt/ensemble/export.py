@@ -428,6 +428,9 @@ def main(argv=None) -> int:
         run_list = [runs.Run(Path(p)) for p in s["runs"]]
         for run in run_list:
             run.config()  # a folder that is not a run fails here, clearly
+            if run.task() != "multilabel":
+                raise runs.RunError(f"{run.root} is a {run.task()} run; export builds multi-label (sigmoid) ensembles. "
+                                    "Its fold models (fold<k>/model.keras) already output the class probabilities")
         plan = make_plan(run_list, s)
         info = save(plan, args.out)
         folds = sum(len(r["folds"]) for r in info["runs"])

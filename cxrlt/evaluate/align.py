@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..utils import atomic, cli
 from ..data import dataset
-from . import metrics
+from . import metrics, single_label
 from ..utils.errors import UserError
 
 
@@ -97,6 +97,23 @@ def align(pred_csv: Path, table: dataset.LabelTable, id_column: str | None = Non
         raise MismatchError(f"{pred_csv}: {err}") from None
 
 
+def read_truth(args) -> dataset.LabelTable:
+    """The label CSV for --task (auto: detected and logged). A single-label file's classes are the prediction
+    CSV's class columns (every column but the id and the predicted class), so names and grades are checked
+    against what was predicted and a class missing from a small test list still scores in its place."""
+    from ..data import single_label as single_label_data
+
+    found = single_label_data.detect(args.labels, args.task, label_column=args.label_column, edition=args.edition)
+    classes = args.classes
+    if found.form == "column" and args.classes == "edition" and args.pred.is_file():
+        header = pd.read_csv(args.pred, nrows=0).columns.tolist()
+        id_column = args.id_column or header[0]
+        classes = [c for c in header if c != id_column and c not in single_label_data.RESERVED + ("expected_grade",)]
+    table, _ = single_label_data.read_table(args.labels, task=args.task, label_column=args.label_column,
+                                            classes=classes, allow_outside_root=True, edition=args.edition)
+    return table
+
+
 def main(argv=None) -> int:
     parser = cli.parser("python -m cxrlt.evaluate", __doc__)
     parser.add_argument("--pred", required=True, type=Path, help="prediction CSV: id column then class columns")
@@ -108,20 +125,31 @@ def main(argv=None) -> int:
                         "cxrlt2026-task1 | generic")
     parser.add_argument("--id-column", help="id column of the prediction CSV (default: its first column)")
     parser.add_argument("--json", type=Path, help="also write the metrics as JSON (keys mAP, mAUC, mF1, per_class)")
+    parser.add_argument("--task", default="auto", choices=("auto", "multilabel", "multiclass", "ordinal"),
+                        help="auto: multiclass for a label column (label / grade / level, or --label-column) or one-hot "
+                             "rows of a generic file, multilabel otherwise; ordinal grades must be named")
+    parser.add_argument("--label-column", help="single-label: the label CSV's column of class names or indices")
+    parser.add_argument("--decision", default="argmax", choices=single_label.DECISIONS,
+                        help="single-label: how the predicted class is read from the probabilities (ordinal: "
+                             "argmax | median | expected)")
     cli.add_common(parser)
     args = parser.parse_args(argv)
     cli.setup(args)
     try:
-        table = dataset.read_labels(args.labels, classes=args.classes, allow_outside_root=True, edition=args.edition)
+        table = read_truth(args)
         probs = align(args.pred, table, args.id_column)
         from ..data import editions
 
         groups = editions.class_groups(table.edition, table.classes, table.class_counts())
-        result = metrics.evaluate(table.labels, probs, list(table.classes), groups=groups)
+        if table.task != "multilabel" and args.decision != "argmax" and table.task != "ordinal":
+            raise ValueError(f"--decision {args.decision} is for ordinal grades (--task ordinal)")
+        result = single_label.score(table.task, table.labels, probs, list(table.classes), groups=groups,
+                                    decision=args.decision)
     except (MismatchError, dataset.LabelFileError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(metrics.format_report(result, title=f"{args.pred.name} vs {args.labels.name}"))
+    report = single_label.format_report if table.task != "multilabel" else metrics.format_report
+    print(report(result, title=f"{args.pred.name} vs {args.labels.name}"))
     if args.json:
         atomic.write_json(args.json, result)
         print(f"wrote {args.json}")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import keras
 
-from ..config.schema import BACKBONES, HEADS, OWN_BACKBONES  # keras.applications constructors; model.head; cxrlt's own
+from ..config.schema import BACKBONES, HEADS, MINUS_ONE_TO_ONE, OWN_BACKBONES  # constructors; heads; own
 from ..utils.errors import UserError
-from . import backbones as backbones_mod, fusion as fusion_mod, heads as heads_mod
+from . import backbones as backbones_mod, fusion as fusion_mod, heads as heads_mod, outputs as outputs_mod
 from .weights_files import WeightsError, resolve as resolve_weights_file  # WeightsError is models.WeightsError too
 
 # The last feature map before pooling (G26), as Keras 3.15 names it. ConvNeXt(include_top=False) ends in an
@@ -89,7 +89,8 @@ def head_options(cfg: dict) -> HeadOptions:
 
 def build(backbone: str, num_classes: int, image_size: int, *, weights: str | None = "none",
           dropout: float = 0.3, pixel_range: str = "0_255", head: str = "gap", csra_lambda: float | None = None,
-          sync_batchnorm: bool = False, head_options: HeadOptions | None = None, drop_path: float = 0.0) -> Built:
+          sync_batchnorm: bool = False, head_options: HeadOptions | None = None, drop_path: float = 0.0,
+          output: str = "sigmoid") -> Built:
     """Build the classifier. `weights`: none | imagenet | path to a backbone weights file.
     `head`: gap (seed 002) | csra | ml_decoder (cxrlt.model.heads), on the backbone's last feature map;
     `head_options` (HeadOptions, default the authors' forms) say how; `csra_lambda` overrides its lambda.
@@ -97,6 +98,8 @@ def build(backbone: str, num_classes: int, image_size: int, *, weights: str | No
     or, for cxrlt's own backbones, the <backbone>.safetensors converted from a timm checkpoint).
     `sync_batchnorm`: every BatchNormalization normalises over the global batch (`synchronize_batchnorm`).
     `drop_path`: stochastic depth of cxrlt's own backbones (timm's drop_path_rate; cxrlt.model.backbones).
+    `output`: sigmoid (multi-label) | softmax (one class per image) | corn (ordinal: K-1 logits, K grade
+    probabilities; cxrlt.model.outputs).
 
     cxrlt's own backbones keep timm's pre-classifier head: with `gap` the pooled features pass timm's head
     norm (and MaxViT's pre-logits Linear + tanh) before dropout and the logits, as timm's
@@ -121,6 +124,9 @@ def build(backbone: str, num_classes: int, image_size: int, *, weights: str | No
     include_preprocessing = pixel_range == "0_255"
     if not include_preprocessing:
         x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit_range")(x)
+    if backbone in MINUS_ONE_TO_ONE:  # no built-in preprocessing: ImageNet weights expect -1..1 ("tf" mode)
+        x = keras.layers.Rescaling(2.0 / (255.0 if include_preprocessing else 1.0), offset=-1.0, name="to_minus_one_one")(x)
+        include_preprocessing = None
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; use one of {', '.join(HEADS)}")
     if options.classifier == "cosine" and head != "gap":
@@ -137,19 +143,20 @@ def build(backbone: str, num_classes: int, image_size: int, *, weights: str | No
         feature_map = keras.layers.BatchNormalization(name="head_batchnorm")(feature_map)
     elif options.head_norm != "none":
         raise ValueError(f"head_norm must be one of {HEAD_NORMS}, got {options.head_norm!r}")
+    n_logits = num_classes - 1 if output == "corn" else num_classes  # CORN: one logit per grade threshold
     if head == "gap":
         features = feature_map if own else keras.layers.GlobalAveragePooling2D(name="gap")(feature_map)
         features = keras.layers.Dropout(dropout, name="head_dropout")(features)
         if options.classifier == "cosine":
-            logits = heads_mod.CosineDense(num_classes, name="logits", dtype="float32")(features)
+            logits = heads_mod.CosineDense(n_logits, name="logits", dtype="float32")(features)
         else:
-            logits = keras.layers.Dense(num_classes, name="logits", dtype="float32")(features)
+            logits = keras.layers.Dense(n_logits, name="logits", dtype="float32")(features)
     else:
-        logits = attach_head(feature_map, num_classes, head, dropout=dropout, options=options)
+        logits = attach_head(feature_map, n_logits, head, dropout=dropout, options=options)
     scaled = logits
     if options.logit_scale != 1.0:  # what the loss scored: sigmoid(s x cosine) (LDAM), so the probabilities are its
         scaled = keras.layers.Rescaling(options.logit_scale, name="logit_scale", dtype="float32")(logits)
-    probs = keras.layers.Activation("sigmoid", name="probabilities", dtype="float32")(scaled)
+    probs = outputs_mod.probabilities(scaled, output, num_classes)  # sigmoid, softmax or CORN's grade probabilities
     name = backbone.replace("-", "_")
     built = Built(train_model=keras.Model(inputs, logits, name=f"{name}_logits"), model=keras.Model(inputs, probs, name=name))
     if sync_batchnorm:  # backbone and head: the two models share their layers
@@ -203,6 +210,8 @@ def attach_head(feature_map, num_classes: int, head: str, *, dropout: float = 0.
 def _make_backbone(constructor, backbone: str, x, weights, include_preprocessing: bool) -> keras.Model:
     weights = "none" if weights in (None, "", "none", "None") else weights
     kwargs = dict(include_top=False, input_tensor=x, include_preprocessing=include_preprocessing)
+    if include_preprocessing is None:  # a constructor without the argument (MobileNetV2, ResNet50V2)
+        del kwargs["include_preprocessing"]
     if weights == "none":
         return constructor(weights=None, **kwargs)
     if weights == "imagenet":

@@ -35,12 +35,19 @@ def scaled_lr(lr: float, rule: str, global_batch: int, reference_batch: int) -> 
 
 
 def schedule(lr: float, name: str, steps_per_epoch: int, epochs: int, warmup_epochs: int = 0,
-             min_lr_ratio: float = 0.0):
-    """The learning rate (a float) or its schedule: constant | cosine (to `min_lr_ratio` x lr at the last step),
+             min_lr_ratio: float = 0.0, cycle_epochs: int = 1):
+    """The learning rate (a float) or its schedule: constant | cosine (to `min_lr_ratio` x lr at the last step) |
+    cyclic (cosine to 0 over every `cycle_epochs`, then back to `lr`: the Balanced-MixUp paper's "cyclically
+    annealed towards 0"),
     after `warmup_epochs` of linear warm-up (from 0 at step 0 to `lr` at step warmup_epochs * steps_per_epoch;
     with the constant schedule the rate then stays at `lr`)."""
     import keras
 
+    if name == "cyclic":
+        if warmup_epochs:
+            raise ConfigError("optim.schedule cyclic has no warm-up (optim.warmup_epochs 0): every cycle starts at lr")
+        return keras.optimizers.schedules.CosineDecayRestarts(lr, first_decay_steps=steps_per_epoch * cycle_epochs,
+                                                              t_mul=1.0, m_mul=1.0, alpha=0.0)
     if not warmup_epochs:
         if name == "cosine":
             return keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps_per_epoch * epochs, alpha=min_lr_ratio)
@@ -196,9 +203,9 @@ def make_optimizer(cfg: dict, steps_per_epoch: int, *, head_variables=None, warm
     else:
         lr = scaled_lr(o["lr"], o["lr_scaling"], effective, o["reference_batch"])
         lr = schedule(lr, o["schedule"], steps_per_epoch, t["epochs"] - frozen, o.get("warmup_epochs", 0),
-                      o.get("min_lr_ratio", 0.0))
+                      o.get("min_lr_ratio", 0.0), o.get("cycle_epochs", 1))
     kind = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[o["name"]]
-    kwargs = {"momentum": 0.9} if o["name"] == "sgd" else {"beta_1": o["beta_1"], "beta_2": o["beta_2"]}
+    kwargs = {"momentum": o.get("momentum", 0.9)} if o["name"] == "sgd" else {"beta_1": o["beta_1"], "beta_2": o["beta_2"]}
     optimizer = _partwise(kind)(lr, **kwargs)  # decay and clipping: PartwiseMixin's (Keras' are off)
     optimizer.clip_norm = o.get("clip_norm") or None
     head = {id(v) for v in (head_variables or [])}

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import tasks
 from ..data import dataset, pipeline
 from ..model import models
 from ..runtime import runs
@@ -92,9 +93,17 @@ def read_image_list(run: runs.Run, path, image_root=None) -> dataset.LabelTable:
     if image_root is None and d.get("test_labels") and Path(path) == Path(d["test_labels"]):
         image_root = d.get("test_image_root")
     edition = run.edition()  # the training file's edition: a test list has its id and path columns
-    table = dataset.read_labels(path, image_root=image_root, classes=list(run.classes()), require_labels=False,
-                                uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
-                                edition=edition, index_dir=run.root)
+    if run.task() == "multilabel":
+        table = dataset.read_labels(path, image_root=image_root, classes=list(run.classes()), require_labels=False,
+                                    uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
+                                    edition=edition, index_dir=run.root)
+    else:  # one class per image: a label column (or one-hot columns) if the list is labelled
+        from ..data import single_label
+
+        table, _ = single_label.read_table(path, task=run.task(), label_column=d.get("label_column"),
+                                           image_root=image_root, classes=list(run.classes()), require_labels=False,
+                                           uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
+                                           edition=edition, index_dir=run.root)
     mode = d.get("check_images", "header")
     if mode != "off":
         # Every listed image needs a prediction: a bad one is named now (never skipped), not as a
@@ -139,11 +148,19 @@ def main(argv=None) -> int:
         name = f"{table.source.stem}{suffix}.csv"
         out = args.out or run.root / "predictions" / name
         out = out / name if out.is_dir() or str(args.out or "").endswith(("/", os.sep)) else out
-        runs.write_predictions(out, table.ids, probs, table.classes)
+        task = run.task()
+        decision = tasks.ordinal_decision(cfg, task)
+        runs.write_predictions(out, table.ids, probs, table.classes,
+                               extra=runs.predicted_column(task, probs, table.classes, decision))
         folds = f"{len(run.finished_folds())} of {cfg['train']['folds']} folds"
         print(f"wrote {out} ({len(table)} images x {len(table.classes)} classes from {folds}"
               + (" -- PARTIAL: the run is unfinished" if run.partial() else "") + f", study aggregation {pooling})")
-        if table.has_labels:
+        if table.has_labels and task != "multilabel":
+            from ..evaluate import single_label
+
+            print(single_label.format_report(single_label.evaluate(table.labels, probs, list(table.classes), task=task,
+                                                                   decision=decision), title=f"{table.source.name}"))
+        elif table.has_labels:
             print(metrics.format_report(metrics.evaluate(table.labels, probs, list(table.classes),
                                                           groups=run.groups()), title=f"{table.source.name}"))
             t, source = runs.thresholds_for(run)

@@ -35,7 +35,8 @@ import pandas as pd
 from .. import __version__
 from ..utils import atomic, cli
 from ..data import classes as cls, dataset
-from ..evaluate import metrics
+from ..config import tasks
+from ..evaluate import single_label
 from ..runtime import runs
 
 log = logging.getLogger("cxrlt.report")
@@ -72,6 +73,7 @@ class ReportData:
     histories: list = field(default_factory=list)
     cfg: dict | None = None
     notes: list = field(default_factory=list)
+    task: str = "multilabel"       # multiclass / ordinal: the page adds the confusion matrix and per-class table
 
     @property
     def result(self) -> dict:
@@ -112,7 +114,9 @@ def load_run(run: runs.Run, labels: str | None = None) -> ReportData:
         summary = json.loads(run.metrics_json.read_text())
     else:
         groups = info["groups"]
-        summary = {"oof": metrics.evaluate(table.labels[rows], y_prob, classes, groups=groups)}
+        decision = tasks.ordinal_decision(cfg, run.task())
+        summary = {"oof": single_label.score(run.task(), table.labels[rows], y_prob, classes, groups=groups,
+                                             decision=decision)}
         notes.append(f"Partial run: folds {folds} of {cfg['train']['folds']} are finished; the numbers cover "
                      "their validation images and were computed by this report (no metrics.json yet).")
     fold_metrics = {k: json.loads((run.fold_dir(k) / "metrics.json").read_text()) for k in folds
@@ -128,7 +132,7 @@ def load_run(run: runs.Run, labels: str | None = None) -> ReportData:
                       counts=np.asarray(info["train_counts"], dtype=np.float64), metrics=summary,
                       y_true=table.labels[rows].astype(np.float64), y_prob=y_prob, ids=oof["id"].to_numpy(),
                       paths=table.paths[rows], fold_of=oof["fold"].to_numpy(), fold_metrics=fold_metrics,
-                      histories=histories, cfg=cfg, notes=notes)
+                      histories=histories, cfg=cfg, notes=notes, task=run.task())
 
 
 def _training_labels(run: runs.Run, cfg: dict, classes, labels) -> dataset.LabelTable:
@@ -142,6 +146,12 @@ def _training_labels(run: runs.Run, cfg: dict, classes, labels) -> dataset.Label
     same_file = not labels or Path(labels) == Path(d.get("labels") or "")
     # The report scores 0/1 labels: labels the run ignored (masked) are read as absent.
     uncertain = "zero" if d.get("uncertain") == "ignore" else d.get("uncertain", "error")
+    if run.task() != "multilabel":
+        from ..data import single_label as single_label_data
+
+        return single_label_data.read_table(csv, task=run.task(), label_column=d.get("label_column"),
+                                            image_root=d.get("image_root") if same_file else None,
+                                            classes=list(classes), allow_outside_root=True)[0]
     return dataset.read_labels(csv, image_root=d.get("image_root") if same_file else None, classes=list(classes),
                                uncertain=uncertain, allow_outside_root=True,
                                **(dataset.training_rows(d) if same_file else {}))
@@ -154,15 +164,23 @@ def load_submission(pred_csv: Path, labels: str | None) -> ReportData:
         raise ReportError(f"{pred_csv} is a prediction CSV: pass --labels LABELS.csv with the true findings to score it")
     if not Path(pred_csv).is_file():
         raise ReportError(f"prediction file {pred_csv} does not exist")
+    from ..data import single_label as single_label_data
+
     header = pd.read_csv(pred_csv, nrows=0).columns.tolist()
-    table = dataset.read_labels(labels, classes=header[1:], allow_outside_root=True)
+    found = single_label_data.detect(labels)
+    if found.form == "column" or "predicted" in header:  # a single-label prediction file: classes, then predicted
+        classes = [c for c in header[1:] if c not in single_label_data.RESERVED + ("expected_grade",)]
+        task = "ordinal" if "expected_grade" in header else "auto"
+        table, _ = single_label_data.read_table(labels, task=task, classes=classes, allow_outside_root=True)
+    else:
+        table = dataset.read_labels(labels, classes=header[1:], allow_outside_root=True)
     y_prob = evaluate.align(Path(pred_csv), table)
     counts = table.class_counts()
     groups = cls.class_groups(table.classes, counts)
-    result = metrics.evaluate(table.labels, y_prob, list(table.classes), groups=groups)
+    result = single_label.score(table.task, table.labels, y_prob, list(table.classes), groups=groups)
     return ReportData(kind="submission", name=Path(pred_csv).stem, source=Path(pred_csv), classes=list(table.classes),
                       groups=groups, counts=counts, metrics=result, y_true=table.labels.astype(np.float64),
-                      y_prob=y_prob, ids=table.ids)
+                      y_prob=y_prob, ids=table.ids, task=table.task)
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -401,8 +419,9 @@ def render_html(data: ReportData, figures: list[Figure], extra: dict, threshold:
              f"<h1>{html.escape(title)}</h1>", f'<p class="meta">{meta} Generated {stamp} by cxrlt {__version__}.</p>']
     for note in data.notes:
         parts.append(f'<p class="note">{html.escape(note)}</p>')
+    f1_title = "mF1 at 0.5" if data.task == "multilabel" else "macro-F1"
     parts += ["<h2>Summary</h2>", '<table class="cards">',
-              "<tr><th>scope</th><th>mAP</th><th>mAUC</th><th>mF1 at 0.5</th><th>findings scored</th></tr>",
+              f"<tr><th>scope</th><th>mAP</th><th>mAUC</th><th>{f1_title}</th><th>findings scored</th></tr>",
               f'<tr><td class="name">{"out-of-fold (all folds pooled)" if data.kind == "run" else "all findings"}</td>'
               + _num(result["mAP"], p + "mAP") + _num(result["mAUC"], p + "mAUC") + _num(result["mF1"], p + "mF1")
               + _num(result["n_scored"], p + "n_scored") + "</tr>"]
@@ -429,6 +448,10 @@ def render_html(data: ReportData, figures: list[Figure], extra: dict, threshold:
         parts.append(f"<p>Expected calibration error: {_span(ece['pooled'], 'ece/pooled')} over all (image, finding) "
                      f"pairs, {_span(ece['classwise'], 'ece/classwise')} averaged per finding (0 = probabilities "
                      "are frequencies).</p>")
+    if data.task != "multilabel":  # the task's own scores, the confusion matrix and the per-class table
+        from . import single_label as single_label_report
+
+        parts += single_label_report.sections(result, p, folds if data.kind == "run" else None)
     if result.get("undefined"):
         parts.append('<p class="note">Not scored: ' + html.escape(", ".join(
             f"{u['class']} ({u['reason']})" for u in result["undefined"])) + ".</p>")

@@ -94,6 +94,10 @@ class Run:
 
         return "dicom_id", tuple(editions.submission_order(editions.EDITIONS["cxrlt2023"], info["classes"]))
 
+    def task(self) -> str:
+        """multilabel | multiclass | ordinal (runs made before single-label tasks existed: multilabel)."""
+        return self._class_info().get("task", "multilabel")
+
     def edition(self) -> str:
         return self._class_info().get("edition", "auto")
 
@@ -149,12 +153,30 @@ def record_command(run: Run, program: str, argv: list[str]) -> None:
     atomic.write_text(run.command_txt, before + line)
 
 
+TRAILING = ("predicted", "expected_grade")  # columns written after the class probabilities
+
+
 def write_predictions(path: Path, ids: np.ndarray, probs: np.ndarray, classes, extra: dict | None = None) -> None:
     frame = pd.DataFrame(probs, columns=list(classes))
     frame.insert(0, "id", ids)
-    for i, (key, values) in enumerate((extra or {}).items()):
+    leading = {k: v for k, v in (extra or {}).items() if k not in TRAILING}
+    for i, (key, values) in enumerate(leading.items()):
         frame.insert(1 + i, key, values)
+    for key in TRAILING:  # a single-label file: the class probabilities, then the predicted class
+        if key in (extra or {}):
+            frame[key] = extra[key]
     atomic.write_csv(path, frame, float_format="%.6g")
+
+
+def predicted_column(task: str, probs: np.ndarray, classes, decision: str = "argmax") -> dict:
+    """{"predicted": each image's class name} for a single-label task (the argmax, or an ordinal decision rule:
+    cxrlt.evaluate.single_label.decide); {} for multi-label, whose files stay one probability column per class."""
+    if task not in ("multiclass", "ordinal"):
+        return {}
+    from ..evaluate import single_label
+
+    names = np.asarray(list(classes), dtype=object)
+    return {"predicted": names[single_label.decide(probs, decision)]}
 
 
 def read_predictions(path: Path, classes) -> tuple[np.ndarray, np.ndarray]:
@@ -188,10 +210,18 @@ def oof_with_labels(run: Run):
     if not run.oof_csv.exists():
         done, k = len(run.finished_folds()), run.config()["train"]["folds"]
         raise RunError(f"{run.root}: no oof.csv ({done} of {k} folds finished; it is assembled when all are)")
+    from ..data import single_label
+
     d = run.config()["data"]
-    table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=list(run.classes()),
-                                uncertain=d["uncertain"], allow_outside_root=True, index_dir=run.root,
-                                **dataset.training_rows(d))
+    if run.task() == "multilabel":
+        table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=list(run.classes()),
+                                    uncertain=d["uncertain"], allow_outside_root=True, index_dir=run.root,
+                                    **dataset.training_rows(d))
+    else:
+        table, _ = single_label.read_table(d["labels"], task=run.task(), label_column=d.get("label_column"),
+                                           image_root=d["image_root"], classes=list(run.classes()),
+                                           uncertain=d["uncertain"], allow_outside_root=True, index_dir=run.root,
+                                           **dataset.training_rows(d))
     ids, probs = read_predictions(run.oof_csv, run.classes())
     position = {image_id: i for i, image_id in enumerate(table.ids)}
     missing = [i for i in ids if i not in position]

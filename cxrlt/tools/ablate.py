@@ -57,7 +57,26 @@ METRICS = {  # column -> (title, how it is read from metrics.evaluate)
     "mMCC": ("MCC @0.5", lambda r: r["mMCC"]),
     "mBACC": ("B-ACC @0.5", lambda r: r["mBACC"]),
 }
+# single-label runs (data.task multiclass / ordinal): seed 003's own columns (Table 1: quad-kappa, MCC, Kendall tau;
+# Table 3: MCC, B-ACC, macro-F1), from cxrlt.evaluate.single_label
+SINGLE_LABEL_METRICS = {
+    "kappa": ("quad-kappa", lambda r: r["kappa"]),
+    "mcc": ("MCC", lambda r: r["mcc"]),
+    "kendall_tau": ("Kendall tau", lambda r: r["kendall_tau"]),
+    "balanced_accuracy": ("B-ACC", lambda r: r["balanced_accuracy"]),
+    "macro_f1": ("macro-F1", lambda r: r["macro_f1"]),
+    "accuracy": ("accuracy", lambda r: r["accuracy"]),
+    "auc_ovo": ("AUC ovo", lambda r: r["auc_ovo"]),
+}
 CHANCE = "(constant score)"
+
+
+def metric_table(task: str) -> dict:
+    """The table's columns for a task: the multi-label ones, or seed 003's single-label ones (kappa and tau for
+    ordinal grades only)."""
+    if task == "multilabel":
+        return METRICS
+    return {k: v for k, v in SINGLE_LABEL_METRICS.items() if task == "ordinal" or k not in ("kappa", "kendall_tau")}
 # What variants may not change: the images and the folds they are compared on.
 SHARED_KEYS = ("data.", "train.folds", "name", "out")
 GRID_KEYS = {"config", "base", "variants", "notes", "description"}
@@ -231,6 +250,11 @@ def finished(run: runs.Run, cfg: dict) -> bool:
     # The data was checked to be the same for every variant (and the folds file pins the images); the run
     # folder, not its recorded name/out, identifies the variant, so a run copied into the grid counts.
     ignore = (*train.RESUMABLE_CHANGES, "data.", "name", "out")
+    saved_task = run.config()["data"].get("task", "multilabel")
+    if cfg["data"]["task"] == "auto" and saved_task not in ("auto", "multilabel"):
+        from ..config import tasks  # the run saved its config with data.task auto settled (single_label.resolve_task)
+
+        cfg, _ = tasks.resolved(cfg, saved_task)
     changed = config.diff(run.config(), cfg, ignore=ignore)
     wanted = range(cfg["train"]["folds"]) if cfg["train"]["fold"] == "all" else [cfg["train"]["fold"]]
     done = all(run.is_done(k) for k in wanted)
@@ -268,7 +292,12 @@ def train_variant(argv: list[str], name: str, in_process: bool = False) -> None:
 
 def fold_scores(run: runs.Run, table, fold_of: np.ndarray) -> list[dict]:
     """Per finished fold: the table's metrics recomputed from the fold's out-of-fold predictions."""
+    from ..config import tasks
+    from ..evaluate import single_label
+
     classes, groups = list(run.classes()), run.groups()
+    task, columns = table.task, metric_table(table.task)
+    decision = tasks.ordinal_decision(run.config(), task)
     position = {image_id: i for i, image_id in enumerate(table.ids)}
     rows = []
     for k in run.finished_folds():
@@ -276,29 +305,32 @@ def fold_scores(run: runs.Run, table, fold_of: np.ndarray) -> list[dict]:
         index = np.array([position[i] for i in ids])
         if set(index) != set(np.flatnonzero(fold_of == k)):
             raise GridError(f"{run.fold_dir(k) / 'oof.csv'} does not hold exactly the images of fold {k}")
-        result = metrics.evaluate(table.labels[index], probs, classes, groups=groups)
-        chance = metrics.evaluate(table.labels[index], np.zeros_like(probs), classes, groups=groups)
-        rows.append({"fold": k, **{key: get(result) for key, (_, get) in METRICS.items()},
-                     "chance": {key: get(chance) for key, (_, get) in METRICS.items()}})
+        # chance: the same score for every class (multi-label: every score 0; single-label: uniform probabilities)
+        constant = np.zeros_like(probs) if task == "multilabel" else np.full_like(probs, 1.0 / probs.shape[1])
+        result = single_label.score(task, table.labels[index], probs, classes, groups=groups, decision=decision)
+        chance = single_label.score(task, table.labels[index], constant, classes, groups=groups, decision=decision)
+        rows.append({"fold": k, **{key: get(result) for key, (_, get) in columns.items()},
+                     "chance": {key: get(chance) for key, (_, get) in columns.items()}})
     return rows
 
 
-def summary_rows(scores: dict[str, list[dict]]) -> pd.DataFrame:
+def summary_rows(scores: dict[str, list[dict]], columns: dict | None = None) -> pd.DataFrame:
     """One row per variant (+ the constant-score reference): n_folds and mean/std/median of each metric."""
+    columns = columns or METRICS  # the table's columns (metric_table)
     out = []
     for name, rows in scores.items():
-        stats = metrics.summarize_folds(rows, keys=tuple(METRICS)) if rows else {}
+        stats = metrics.summarize_folds(rows, keys=tuple(columns)) if rows else {}
         row = {"variant": name, "n_folds": len(rows)}
-        for key in METRICS:
+        for key in columns:
             for stat in ("mean", "std", "median"):
                 row[f"{key}_{stat}"] = (stats.get(key) or {}).get(stat, np.nan)
         out.append(row)
     chance = [r["chance"] for rows in scores.values() for r in rows]
     if chance:
         folds = {r["fold"]: r["chance"] for rows in scores.values() for r in rows}  # the same for every variant
-        stats = metrics.summarize_folds(list(folds.values()), keys=tuple(METRICS))
+        stats = metrics.summarize_folds(list(folds.values()), keys=tuple(columns))
         row = {"variant": CHANCE, "n_folds": len(folds)}
-        for key in METRICS:
+        for key in columns:
             for stat in ("mean", "std", "median"):
                 row[f"{key}_{stat}"] = (stats.get(key) or {}).get(stat, np.nan)
         out.append(row)
@@ -313,22 +345,30 @@ def _cell(row, key: str, best: bool) -> str:
     return f"**{text}**" if best else text
 
 
-def markdown(grid: dict, summary: pd.DataFrame, settings: dict[str, dict], context: str) -> str:
+def markdown(grid: dict, summary: pd.DataFrame, settings: dict[str, dict], context: str, task: str = "multilabel") -> str:
+    columns = metric_table(task)
     lines = [f"### Ablation `{grid['name']}`", ""]
     if grid["description"]:
         lines += [grid["description"], ""]
     if context:
         lines += [context, ""]
-    header = ["variant", "folds"] + [title for title, _ in METRICS.values()]
+    header = ["variant", "folds"] + [title for title, _ in columns.values()]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     real = summary[summary.variant != CHANCE]
-    best = {key: real[f"{key}_mean"].max() for key in METRICS}
+    best = {key: real[f"{key}_mean"].max() for key in columns}
     for _, row in summary.iterrows():
         is_variant = row.variant != CHANCE
         cells = [f"`{row.variant}`" if is_variant else row.variant, str(int(row.n_folds))]
-        cells += [_cell(row, key, is_variant and len(real) > 1 and row[f"{key}_mean"] == best[key]) for key in METRICS]
+        cells += [_cell(row, key, is_variant and len(real) > 1 and row[f"{key}_mean"] == best[key]) for key in columns]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Cells: mean ± population std (ddof 0) (median) over the validation folds; bold = best mean. "
+    if task != "multilabel":
+        lines += ["", "Cells: mean ± population std (ddof 0) (median) over the validation folds (the Balanced-MixUp paper reports "
+                  "the median); bold = best mean. Single-label scores of the predicted class (" + task + "): MCC is the "
+                  "multi-class R_K, B-ACC the mean recall, macro-F1 the mean F1 over the classes, quad-kappa and "
+                  f"Kendall tau (ordinal grades) between the true and predicted grades. `{CHANCE}`: uniform "
+                  "probabilities (every image the first class).", ""]
+    else:
+        lines += ["", "Cells: mean ± population std (ddof 0) (median) over the validation folds; bold = best mean. "
               "mF1, MCC and B-ACC binarise at p >= 0.5 per class; MCC and B-ACC are per-class binary scores, "
               "macro-averaged (G14). Quadratic kappa and Kendall tau are not reported: they need one ordinal "
               "label per image, and these labels are multi-label and unordered. Tail = the tail group of "
@@ -356,13 +396,14 @@ def _settings_text(settings: dict) -> str:
     return ", ".join(flat) if flat else "base"
 
 
-def write_tables(root: Path, grid: dict, scores: dict[str, list[dict]], context: str) -> pd.DataFrame:
-    summary = summary_rows(scores)
+def write_tables(root: Path, grid: dict, scores: dict[str, list[dict]], context: str,
+                 task: str = "multilabel") -> pd.DataFrame:
+    summary = summary_rows(scores, metric_table(task))
     per_fold = pd.DataFrame([{"variant": name, **{k: v for k, v in r.items() if k != "chance"}}
                              for name, rows in scores.items() for r in rows])
     atomic.write_csv(root / "table.csv", summary, float_format="%.6g")
     atomic.write_csv(root / "per_fold.csv", per_fold, float_format="%.6g")
-    atomic.write_text(root / "table.md", markdown(grid, summary, grid["variants"], context))
+    atomic.write_text(root / "table.md", markdown(grid, summary, grid["variants"], context, task))
     return summary
 
 
@@ -416,7 +457,7 @@ def run_grid(args: argparse.Namespace) -> Path:
                f"{c['train']['epochs']} epochs, batch {c['train']['batch_size']}"
                + (f", {c['train']['steps_per_epoch']} steps/epoch" if c["train"]["steps_per_epoch"] else "")
                + f", seed {c['seed']}.")
-    summary = write_tables(root, grid, scores, context)
+    summary = write_tables(root, grid, scores, context, table.task)
     print((root / "table.md").read_text())
     log.info("wrote %s, %s, %s (%d variants)", root / "table.md", root / "table.csv", root / "per_fold.csv",
              len(summary) - 1)

@@ -257,6 +257,9 @@ def fuse(source_root, *, name: str | None = None, out=None, overrides: dict | No
 
     source = runs.Run(Path(source_root))
     source.config()  # a clear error for a folder that is not a run
+    if source.task() != "multilabel":
+        raise runs.RunError(f"{source.root} is a {source.task()} run; study fusion (python -m cxrlt.fuse) fuses "
+                            "multi-label findings over a study's images and takes multi-label runs only")
     if source.is_fused:
         raise runs.RunError(f"{source.root} is itself a fused run; fuse the run it was made from")
     k_folds = source.config()["train"]["folds"]

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from ..utils import atomic, cli
-from ..data import dataset, editions, folds as folds_mod
+from ..data import dataset, editions, folds as folds_mod, single_label
 from .. import config
-from ..evaluate import metrics
+from ..config import tasks
+from ..evaluate import metrics, single_label as single_label_metrics
 from ..runtime import runs
 
 log = logging.getLogger("cxrlt.train")
@@ -46,7 +47,9 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
     """
     chief, multi = _roles(strategy)
     d = cfg["data"]
-    if d["demo"]:
+    if d["demo"] and d.get("demo_task", "multilabel") != "multilabel":
+        _single_label_demo(cfg, chief, strategy)
+    elif d["demo"]:
         from ..data import synthetic
 
         edition = d.get("demo_edition", "cxrlt2023")
@@ -77,12 +80,13 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
     if cfg["model"]["init"]:  # a rerun from another folder finds the same source
         cfg["model"]["init"] = str(Path(cfg["model"]["init"]).expanduser().resolve())
     # the exclusion list and the split are applied while reading, so a removed (e.g. broken) image is never
-    # screened; an image root of sub-folders is indexed once, the index cached in the run directory
+    # screened; an image root of sub-folders is indexed once, the index cached in the run directory.
+    # data.task auto is settled here (one log line says what the file is and why); the config the run saves is explicit
     record = Path(cfg["out"]) / cfg["name"]
-    table = dataset.read_labels(d["labels"], image_root=d["image_root"], classes=d["classes"],
-                                uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
-                                check_files=d["check_images"] == "off", index_dir=record if chief else None,
-                                **dataset.training_rows(d))
+    table, _ = single_label.resolve_task(cfg, d["labels"], image_root=d["image_root"], classes=d["classes"],
+                                         uncertain=d["uncertain"], allow_outside_root=d["allow_outside_root"],
+                                         check_files=d["check_images"] == "off", index_dir=record if chief else None,
+                                         **dataset.training_rows(d))
     if multi:
         from ..runtime import distribute
 
@@ -101,10 +105,10 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
             screened = check.screen_table(table, deep=deep, skip_bad=d["skip_bad"], record_dir=record,
                                           input_size=cfg["input"]["size"], dicom_window=window)
             if d["test_labels"]:  # the submission needs every test image: bad ones stop the run, never skipped
-                test = dataset.read_labels(d["test_labels"], image_root=d["test_image_root"],
-                                           classes=list(table.classes), require_labels=False,
-                                           uncertain=d["uncertain"], edition=table.edition,
-                                           allow_outside_root=d["allow_outside_root"], index_dir=record)
+                test, _ = single_label.read_table(d["test_labels"], task=table.task, image_root=d["test_image_root"],
+                                                  label_column=d.get("label_column"), classes=list(table.classes),
+                                                  require_labels=False, uncertain=d["uncertain"], edition=table.edition,
+                                                  allow_outside_root=d["allow_outside_root"], index_dir=record)
                 check.screen_table(test, deep=deep, record_dir=record / "test_images", what="test", can_skip=False,
                                    dicom_window=window)
         if multi:
@@ -112,6 +116,25 @@ def resolve_data(cfg: dict, strategy=None) -> dataset.LabelTable:
             screened = screened if chief else table.subset(np.flatnonzero(kept > 0.5))
         table = screened
     return table
+
+
+def _single_label_demo(cfg: dict, chief: bool, strategy) -> None:
+    """--demo-task multiclass|ordinal: the synthetic single-label set (made by the chief), as the data."""
+    from ..data import synthetic_single
+
+    d = cfg["data"]
+    folder = synthetic_single.folder_for(d["demo_dir"], d["demo_task"])
+    if chief:
+        synthetic_single.make_single_label_demo(folder, d["demo_task"], n_patients=d["demo_patients"],
+                                                image_size=d["demo_image_size"])
+    if _roles(strategy)[1]:
+        from ..runtime import distribute
+
+        distribute.barrier(strategy)
+    d.update(labels=str(folder / "train.csv"), image_root=str(folder), test_labels=str(folder / "test.csv"),
+             test_image_root=str(folder))
+    if d["classes"] in ("edition", "auto"):  # every class of the demo, also one a small training split lacks
+        d["classes"] = synthetic_single.class_names(d["demo_task"])
 
 
 def _roles(strategy) -> tuple[bool, bool]:
@@ -144,7 +167,9 @@ def open_run(cfg: dict, table: dataset.LabelTable, force: bool, strategy=None, c
     if not _roles(strategy)[0]:
         return run
     if run.config_path.exists():
-        changed = config.diff(run.config(), cfg, ignore=RESUMABLE_CHANGES)
+        saved = run.config()
+        saved.setdefault("data", {}).setdefault("task", "multilabel")  # runs made before data.task: multi-label
+        changed = config.diff(saved, cfg, ignore=RESUMABLE_CHANGES)
         if changed and not force and not run.trained_anything():
             log.warning("%s: replacing the config of a run that finished no epoch (%s%s)", run.root,
                         "; ".join(changed[:4]), "; ..." if len(changed) > 4 else "")
@@ -166,6 +191,7 @@ def open_run(cfg: dict, table: dataset.LabelTable, force: bool, strategy=None, c
         "groups": editions.class_groups(table.edition, table.classes, counts),
         # what a submission of this run looks like: the edition's id column and column order
         "edition": table.edition,
+        "task": table.task,  # multilabel | multiclass | ordinal (single-label prediction files add a predicted column)
         "id_column": table.id_column,
         "submission_classes": editions.submission_order(edition, table.classes),
     })
@@ -184,6 +210,13 @@ def load_folds(run: runs.Run, table: dataset.LabelTable, cfg: dict, strategy=Non
     return fold_of
 
 
+def model_output(cfg: dict, task: str) -> str:
+    """The probability layer of a task's model: sigmoid (multilabel), softmax, or corn (the corn loss's K-1 logits)."""
+    if not tasks.is_single_label(task):
+        return "sigmoid"
+    return "corn" if cfg["loss"]["name"] == "corn" else "softmax"
+
+
 def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray, k: int, strategy) -> None:
     """Train fold k (resuming it if a checkpoint exists), then predict its validation split (every worker a
     share; the chief scores and writes)."""
@@ -192,7 +225,7 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
     from . import callbacks, engine, tensorboard_log
     from ..runtime import distribute
     from ..data import augment, mix, pipeline
-    from ..model import losses, models, optim
+    from ..model import losses, losses_single, models, optim
     from ..predict.step import Predictor
 
     fold_dir = run.fold_dir(k)
@@ -239,13 +272,17 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
                              dropout=cfg["model"]["dropout"],
                              pixel_range=cfg["input"]["pixel_range"], head=cfg["model"]["head"],
                              head_options=models.head_options(cfg), sync_batchnorm=cfg["model"]["sync_batchnorm"],
-                             drop_path=cfg["model"]["drop_path"])
+                             drop_path=cfg["model"]["drop_path"], output=model_output(cfg, table.task))
         if init:
             from . import init_from
 
             init_from.initialise(init, run, k, built.model, classes)
-        loss = losses.get_loss(cfg["loss"]["name"], class_counts=train.class_counts(), n_images=len(train),
-                               epochs=cfg["train"]["epochs"], **cfg["loss"]["params"])
+        if single_label.is_single_label_table(table):  # softmax / CORN losses (model.losses_single)
+            loss = losses_single.get_loss(cfg["loss"]["name"], class_counts=train.class_counts(), n_images=len(train),
+                                          **cfg["loss"]["params"])
+        else:
+            loss = losses.get_loss(cfg["loss"]["name"], class_counts=train.class_counts(), n_images=len(train),
+                                   epochs=cfg["train"]["epochs"], **cfg["loss"]["params"])
         # the head's variables: their own rate and decay (optim.backbone_lr_mult, head_weight_decay), and what the
         # head warm-up (train.freeze_backbone_epochs) trains with an optimizer of its own
         head_variables = models.head_variables(built.train_model)
@@ -301,7 +338,9 @@ def train_fold(cfg: dict, run: runs.Run, table: dataset.LabelTable, fold_of: np.
                                batch_size=cfg["predict"]["batch_size"], label=f"fold {k} validation")
 
     fold_callbacks = callbacks.fold_callbacks(fold_dir, built.model, validate, val.labels, classes, groups,
-                                              cfg["train"]["checkpoint"], optimizer, chief=chief)
+                                              cfg["train"]["checkpoint"], optimizer, chief=chief, task=table.task,
+                                              monitor=tasks.monitor(cfg, table.task),
+                                              decision=tasks.ordinal_decision(cfg, table.task))
     if chief:
         fold_callbacks.insert(1, tensorboard_log.TensorBoardLogger(
             fold_dir / "tensorboard", images=lambda: sample_batch(cfg, train, seed, global_batch),
@@ -398,14 +437,23 @@ def finish_fold(cfg: dict, run: runs.Run, k: int, val: dataset.LabelTable, class
             bar.close()
     if not chief:
         return
-    runs.write_predictions(fold_dir / "oof.csv", val.ids, probs, classes)
-    result = metrics.evaluate(val.labels, probs, classes, groups=groups)
+    task, decision = val.task, tasks.ordinal_decision(cfg, val.task)
+    runs.write_predictions(fold_dir / "oof.csv", val.ids, probs, classes,
+                           extra=runs.predicted_column(task, probs, classes, decision))
+    result = single_label_metrics.score(task, val.labels, probs, classes, groups=groups, decision=decision)
     atomic.write_json(fold_dir / "metrics.json", result)
     best = json.loads((fold_dir / "best.json").read_text())
+    monitored = tasks.monitor(cfg, task)
     runs.mark_done(run, k, {"seconds": round(time.time() - started, 1), "selected_epoch": best["epoch"],
-                            "val_mAP": result["mAP"], "val_mAUC": result["mAUC"], "val_mF1": result["mF1"]})
+                            "val_mAP": result["mAP"], "val_mAUC": result["mAUC"], "val_mF1": result["mF1"],
+                            **({f"val_{monitored}": result[tasks.MONITOR_KEYS[monitored]]}
+                               if single_label.is_single_label_table(val) else {})})
     shutil.rmtree(fold_dir / "backup", ignore_errors=True)  # the finished fold needs no resume state
-    log.info("fold %d done: OOF mAP %.4f (TTA, epoch %d of %d)", k, result["mAP"], best["epoch"], cfg["train"]["epochs"])
+    if single_label.is_single_label_table(val):
+        log.info("fold %d done: OOF %s (TTA, epoch %d of %d)", k, single_label_metrics.headline(result), best["epoch"],
+                 cfg["train"]["epochs"])
+    else:
+        log.info("fold %d done: OOF mAP %.4f (TTA, epoch %d of %d)", k, result["mAP"], best["epoch"], cfg["train"]["epochs"])
 
 
 def summarize(run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray) -> dict | None:
@@ -425,6 +473,8 @@ def summarize(run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray) -> 
         fold_results.append(json.loads((run.fold_dir(fold) / "metrics.json").read_text()))
     if np.isnan(oof).any():
         raise runs.RunError(f"{run.root}: out-of-fold predictions do not cover every training image")
+    if single_label.is_single_label_table(table):
+        return summarize_single_label(run, table, fold_of, oof, fold_results)
     runs.write_predictions(run.oof_csv, table.ids, oof, classes, extra={"fold": fold_of})
     result = metrics.evaluate(table.labels, oof, classes, groups=run.groups())
     tuned = thresholds.tune(table.labels, oof, classes)  # per-class F1 thresholds (issue 4, G34)
@@ -437,7 +487,32 @@ def summarize(run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray) -> 
     return summary
 
 
+def summarize_single_label(run: runs.Run, table: dataset.LabelTable, fold_of: np.ndarray, oof: np.ndarray,
+                           fold_results: list[dict]) -> dict:
+    """summarize for one class per image: the OOF file with its predicted class, the task's scores, the per-fold
+    mean / std / median of each (seed 000 reports mean +- std over folds, seed 003 the median); no thresholds."""
+    cfg = run.config()
+    decision = tasks.ordinal_decision(cfg, table.task)
+    classes = list(table.classes)
+    runs.write_predictions(run.oof_csv, table.ids, oof, classes,
+                           extra={"fold": fold_of, **runs.predicted_column(table.task, oof, classes, decision)})
+    result = single_label_metrics.score(table.task, table.labels, oof, classes, groups=run.groups(), decision=decision)
+    keys = single_label_metrics.summary_keys(table.task)
+    summary = {"task": table.task, "oof": result, "folds": metrics.summarize_folds(fold_results, keys=keys),
+               "per_fold": [{key: r.get(key) for key in keys} for r in fold_results]}
+    atomic.write_json(run.metrics_json, summary)
+    return summary
+
+
 def print_summary(run: runs.Run, summary: dict) -> None:
+    if summary.get("task") in ("multiclass", "ordinal"):
+        print(single_label_metrics.format_report(summary["oof"], title=f"{run.root.name}: out-of-fold (every training "
+                                                                        "image, TTA)"))
+        for key, stats in summary["folds"].items():
+            if stats:
+                print(f"  per-fold {key}: mean {stats['mean']:.4f}  std {stats['std']:.4f}  median {stats['median']:.4f}")
+        print(f"OOF  {single_label_metrics.headline(summary['oof'])}")
+        return
     oof = summary["oof"]
     print(metrics.format_report(oof, title=f"{run.root.name}: out-of-fold (every training image, TTA)"))
     for key, stats in summary["folds"].items():
