@@ -55,6 +55,27 @@ def test_demo_run_directory_describes_itself(demo_run):
     assert set(metrics["folds"]) >= {"mAP", "mAUC", "mF1"} and 0 <= metrics["oof"]["mAP"] <= 1
 
 
+def test_from_python_train_returns_the_run_and_bad_input_raises_not_exits(demo_run, tmp_path):
+    """The README's "Use from Python": kfold.train(cfg) is the command without the process around it. On the
+    finished demo run it resumes (nothing left to train) and returns the Run that the ensembler takes; a missing
+    label file raises the LabelFileError the command prints, not SystemExit."""
+    from cxrlt import config
+    from cxrlt.data.dataset import LabelFileError
+    from cxrlt.ensemble import ensembler
+    from cxrlt.utils.errors import UserError
+
+    root, _, out = demo_run
+    run = train.train(config.load(root / "runs" / "demo" / "config.yaml"))
+    assert run.root == root / "runs" / "demo" and run.finished_folds() == [0, 1]
+    test, probs = ensembler.ensemble([run], None)  # the run's own test list; the cached fold predictions
+    written = pd.read_csv(out, dtype={"dicom_id": str}).set_index("dicom_id")
+    np.testing.assert_allclose(probs, written.loc[[str(i) for i in test.ids], list(test.classes)].to_numpy(), atol=1e-6)
+    with pytest.raises(LabelFileError, match="missing.csv") as raised:
+        train.train(config.load(overrides={"data": {"labels": str(tmp_path / "missing.csv")},
+                                           "out": str(tmp_path / "runs")}))
+    assert isinstance(raised.value, UserError)
+
+
 def test_a_fold_killed_mid_epoch_resumes_after_its_last_finished_epoch(demo_run):
     root, _, _ = demo_run
     log = (root / "resume.log").read_text()

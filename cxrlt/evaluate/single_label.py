@@ -27,6 +27,7 @@ import math
 import numpy as np
 
 from . import metrics
+from .metrics import _fmt  # one number format for both reports
 
 DECISIONS = ("argmax", "median", "expected")
 # per-fold summaries (mean / std / median over folds, seed 000's and seed 003's aggregates)
@@ -257,10 +258,6 @@ def summary_keys(task: str) -> tuple[str, ...]:
     if task == "multiclass":
         return tuple(k for k in SUMMARY_KEYS if k not in ("kappa", "kendall_tau"))
     return ("mAP", "mAUC", "mF1")
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def format_report(result: dict, title: str = "") -> str:

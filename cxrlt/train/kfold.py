@@ -537,6 +537,46 @@ def refuse_ensemble_config(path) -> None:
                                      f"python -m cxrlt.ensemble --config {path}")
 
 
+def train(cfg: dict, *, force: bool = False, strategy=None, command: list[str] | None = None) -> runs.Run:
+    """Train the folds `cfg` asks for (what `python -m cxrlt.train` does) and return the run.
+
+    For notebooks and scripts: bad input raises a `UserError` subclass (a `LabelFileError`, `ConfigError`, ...)
+    instead of ending the process, and a rerun resumes as the command does. `cfg` comes from `config.load`
+    (validated there); `strategy` defaults to the one `distribute.strategy` names, which has to be made before
+    TensorFlow runs its first op in this process."""
+    from ..runtime import distribute
+
+    cfg = dict(cfg)
+    if cfg.get("name") is None:
+        cfg["name"] = "demo" if cfg["data"]["demo"] else "run"
+    note_input_size(cfg)
+    if strategy is None:
+        strategy = distribute.get_strategy(cfg["distribute"]["strategy"],  # before TensorFlow runs any op
+                                           cfg["distribute"]["heartbeat_timeout_s"],
+                                           cpu_replicas=cfg["distribute"].get("cpu_replicas"))
+    with distribute.failures_end_every_worker(strategy):  # one worker's error ends them all, with its message
+        distribute.set_precision(cfg["distribute"]["mixed_precision"], cfg["distribute"]["mixed_precision_dtype"],
+                                 strategy)
+        table = resolve_data(cfg, strategy)
+        run = open_run(cfg, table, force, strategy, command=command)
+        fold_of = load_folds(run, table, cfg, strategy)
+        todo = range(cfg["train"]["folds"]) if cfg["train"]["fold"] == "all" else [cfg["train"]["fold"]]
+        done = distribute.from_chief(strategy, [run.is_done(k) for k in todo])  # the chief's view of the files
+        for k, finished in zip(todo, done):
+            if finished:
+                log.info("fold %d already finished; skipping (delete %s to retrain it)", k, run.fold_dir(k))
+                continue
+            train_fold(cfg, run, table, fold_of, k, strategy)
+        if not distribute.is_chief(strategy):
+            return run  # the chief assembles and reports the out-of-fold results
+        summary = summarize(run, table, fold_of)
+        if summary:
+            print_summary(run, summary)
+        else:
+            log.info("folds finished so far: %s of %d", run.finished_folds(), cfg["train"]["folds"])
+    return run
+
+
 def main(argv=None) -> int:
     parser = cli.parser("python -m cxrlt.train", __doc__)
     config.add_arguments(parser)
@@ -548,35 +588,13 @@ def main(argv=None) -> int:
     with cli.errors():
         refuse_ensemble_config(args.config)
         cfg = config.from_args(args)
-        note_input_size(cfg)
-        from ..runtime import distribute
-
-        from ..runtime import preemption
+        from ..runtime import distribute, preemption
 
         strategy = distribute.get_strategy(cfg["distribute"]["strategy"],  # before TensorFlow runs any op
                                            cfg["distribute"]["heartbeat_timeout_s"],
                                            cpu_replicas=cfg["distribute"].get("cpu_replicas"))
         preemption.install()  # SIGTERM: save at the next step boundary, exit 75 (after the strategy: see install)
-        with distribute.failures_end_every_worker(strategy):  # one worker's error ends them all, with its message
-            distribute.set_precision(cfg["distribute"]["mixed_precision"], cfg["distribute"]["mixed_precision_dtype"],
-                                     strategy)
-            table = resolve_data(cfg, strategy)
-            run = open_run(cfg, table, args.force, strategy, command=command)
-            fold_of = load_folds(run, table, cfg, strategy)
-            todo = range(cfg["train"]["folds"]) if cfg["train"]["fold"] == "all" else [cfg["train"]["fold"]]
-            done = distribute.from_chief(strategy, [run.is_done(k) for k in todo])  # the chief's view of the files
-            for k, finished in zip(todo, done):
-                if finished:
-                    log.info("fold %d already finished; skipping (delete %s to retrain it)", k, run.fold_dir(k))
-                    continue
-                train_fold(cfg, run, table, fold_of, k, strategy)
-            if not distribute.is_chief(strategy):
-                return 0  # the chief assembles and reports the out-of-fold results
-            summary = summarize(run, table, fold_of)
-            if summary:
-                print_summary(run, summary)
-            else:
-                log.info("folds finished so far: %s of %d", run.finished_folds(), cfg["train"]["folds"])
+        train(cfg, force=args.force, strategy=strategy, command=command)
     return 0
 
 
