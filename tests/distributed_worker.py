@@ -104,8 +104,8 @@ def bfloat16() -> dict:
         optimizer = keras.optimizers.Adam(1e-2)  # a high rate on purpose: overflow would show as NaN
         loss = losses.get_loss("focal")
     mixer = mix.BatchMixer.from_config({"mosaic": 0.4, "mixup": 0.3, "cutmix": 0.3, "cutout": 0.5}, seed=0)
-    dataset = (tf.data.Dataset.from_tensor_slices((images * 1.0, labels)).repeat().batch(GLOBAL_BATCH).enumerate()
-               .map(lambda i, xy: mixer(i, xy[0], xy[1])))
+    dataset = (tf.data.Dataset.from_tensor_slices((images * 1.0, labels)).repeat().batch(GLOBAL_BATCH, drop_remainder=True)
+               .enumerate().map(lambda i, xy: mixer(i, xy[0], xy[1])))  # the mixers need a static batch
     trainer = engine.Trainer(strategy, built.train_model, optimizer, loss)
     history = trainer.fit(dataset, epochs=3, steps_per_epoch=2, verbose=0)
     logits = built.train_model(images[:GLOBAL_BATCH], training=False)

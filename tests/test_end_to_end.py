@@ -178,7 +178,7 @@ def test_eight_cpu_replicas_train_seed002s_batch_of_8_on_the_product_path(tmp_pa
     argv = ["--demo", "--name", "r8", "--out", str(tmp_path / "runs"), "--set", f"data.demo_dir={tmp_path / 'data'}",
             "--set", "data.demo_patients=20", "--strategy", "mirrored", "--set", "distribute.cpu_replicas=8",
             "--set", "augment.device=accelerator", "--batch-size", "8", "--fold", "0", "--epochs", "1",
-            "--set", "train.steps_per_epoch=1", "--backbone", "efficientnetv2-b0", "--weights", "none", "--size", "32",
+            "--set", "train.steps_per_epoch=1", "--backbone", "mobilenetv2", "--weights", "none", "--size", "32",
             "--folds", "2", "--set", "predict.batch_size=64", "--set", "predict.tta=[identity]",
             "--set", "train.verbose=0"]
     done = subprocess.run([sys.executable, "-m", "cxrlt.train", *argv], capture_output=True, text=True, timeout=1800,
