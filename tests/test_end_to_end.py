@@ -131,7 +131,7 @@ def test_accelerator_mode_killed_after_epoch_1_resumes_bit_identical(tmp_path, c
     from .conftest import REPO
 
     argv = ["--demo", "--name", "acc", "--epochs", "2", "--fold", "0", "--set", f"data.demo_dir={tmp_path / 'data'}",
-            "--set", "data.demo_patients=20", "--set", "augment.device=accelerator", "--backbone", "efficientnetv2-b0",
+            "--set", "data.demo_patients=20", "--set", "augment.device=accelerator", "--backbone", "mobilenetv2",
             "--weights", "none", "--size", "32", "--folds", "2", "--batch-size", "2", "--set", "train.steps_per_epoch=3",
             "--set", "train.accumulate=4", "--set", "predict.batch_size=64", "--set", "train.verbose=0"]
     runs, snapshot, straight = tmp_path / "runs", tmp_path / "snapshot", tmp_path / "straight"
