@@ -22,14 +22,26 @@ NIH1000 = SHARED_DATA / "nih1000"
 FULLRES = SHARED_DATA / "cxr_fullres"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks into the node ids
 def pytest_collection_modifyitems(config, items):
     """Under `pytest -n 2 --dist loadgroup` (make test) every test of one trained run goes to one worker,
-    so each session fixture below is trained once, not once per worker."""
+    so each session fixture (below, and test_single_label.py's) is trained once, not once per worker."""
     for item in items:
-        for name in ("demo_run", "nih_run"):
+        for name in ("demo_run", "nih_run", "single_label_run"):
             if name in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(name))
                 break
+
+
+def pytest_collection_finish(session):
+    """On an xdist worker under --dist loadgroup, each grouped test's node id must carry its group (xdist's
+    side channel to the scheduler); pytest 9.2 broke that silently (pytest-dev/pytest-xdist#1386)."""
+    if getattr(session.config.option, "loadgroup", False):
+        lost = [item.nodeid for item in session.items
+                if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+        if lost:
+            raise pytest.UsageError(f"--dist loadgroup would not group {lost[0]} (and {len(lost) - 1} more): this "
+                                    "pytest / pytest-xdist pair ignores xdist_group marks; install setup.cfg's pins")
 
 
 def need(path: Path) -> Path:
