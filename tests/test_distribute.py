@@ -202,14 +202,19 @@ def _start_workers(argv, logs, audit_dir=None) -> list:
     return procs
 
 
+def _kill_left(procs) -> None:
+    """Whatever a test leaves running (it failed, or a bound passed) is killed, not left to hold the ports."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+
+
 def _wait_all(procs, logs, timeout: float = 900) -> list[str]:
     try:
         for p in procs:
             p.wait(timeout=timeout)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        _kill_left(procs)
     return [log.read_text() for log in logs]
 
 
@@ -228,7 +233,6 @@ def test_two_workers_train_only_the_chief_writes_a_chief_failure_ends_both_and_p
     and worker 1 gets SIGTERM. Both must save the same mid-epoch checkpoint at the next step boundary and exit
     75 (before: worker 1 died, epoch 2 was lost and worker 0 waited for it); rerun again, both resume at that step,
     and fold 0 ends with the uninterrupted run's history.csv, model selection and weights, to the bit."""
-    import re
     import shutil
     import signal
     import time
@@ -264,9 +268,7 @@ def test_two_workers_train_only_the_chief_writes_a_chief_failure_ends_both_and_p
             p.wait(timeout=60)
         print(f"the second worker ended {time.monotonic() - first_end:.1f} s after the first")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        _kill_left(procs)
     text = [log.read_text() for log in logs]
     assert [p.returncode for p in procs] == [1, 2], text[0][-3000:] + text[1][-3000:]
     # the chief's own error, and the worker's: stopped because of it, with its message
@@ -476,9 +478,7 @@ def test_two_workers_skip_a_float16_overflow_together_outlast_a_silent_worker_an
             p.wait(timeout=180)
         print(f"both workers ended {time.monotonic() - went:.1f} s after the silence")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        _kill_left(procs)
     results = []
     for i in range(2):
         lines = [line for line in outs[i].read_text().splitlines() if line.startswith("{")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import sys
+from functools import partial
 
 import keras
 import numpy as np
@@ -251,6 +252,16 @@ def _bn_model() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
 
 
+def _assert_same_weights_and_averages(x: engine.Trainer, y: engine.Trainer, exact: bool = False) -> None:
+    """Two trainers' weights and EMA averages (a killed-and-resumed one against straight): bit for bit, or to
+    float32 rounding."""
+    same = np.testing.assert_array_equal if exact else partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
+    for a, b in zip(x.model.get_weights(), y.model.get_weights()):
+        same(a, b)
+    for a, b in zip(x.ema.averages, y.ema.averages):
+        same(a.numpy(), b.numpy())
+
+
 def _ema_trainer(decay: float = 0.8) -> engine.Trainer:
     return engine.Trainer(tf.distribute.get_strategy(), _bn_model(), keras.optimizers.Adam(1e-2),
                           losses.get_loss("bce"), ema=decay)
@@ -297,10 +308,7 @@ def test_a_resumed_ema_run_ends_where_an_uninterrupted_one_does(tmp_path):
         average.assign(tf.zeros_like(average))
     assert resumed.restore(tmp_path / "b") == 1
     resumed.fit(_epoch_datasets(1, 3), epochs=2, steps_per_epoch=3, verbose=0)
-    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    for a, b in zip(straight.ema.averages, resumed.ema.averages):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    _assert_same_weights_and_averages(straight, resumed)
     with pytest.raises(ValueError, match="ema must be in"):
         engine.Trainer(tf.distribute.get_strategy(), _model(), keras.optimizers.Adam(), losses.get_loss("bce"), ema=1.0)
 
@@ -383,10 +391,7 @@ def test_sigterm_saves_mid_epoch_and_the_rerun_ends_bit_identical(tmp_path):
     assert (resumed.finished_epochs, resumed.resume_step) == (0, 4)
     history = resumed.fit(stream(4), epochs=2, steps_per_epoch=6, verbose=0)
     assert history["loss"] == expected["loss"]
-    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(straight.ema.averages, resumed.ema.averages):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    _assert_same_weights_and_averages(straight, resumed, exact=True)
 
 
 def test_a_fold_resumes_across_a_change_of_mixed_precision(tmp_path):
@@ -490,10 +495,7 @@ def test_head_warm_up_trains_only_the_head_then_everything_from_a_fresh_optimize
     resumed = _warmup_trainer()
     assert resumed.restore(tmp_path / "b") == 1
     resumed.fit(_epoch_datasets(1, 2), epochs=3, steps_per_epoch=2, verbose=0)
-    for a, b in zip(trainer.model.get_weights(), resumed.model.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    for a, b in zip(trainer.ema.averages, resumed.ema.averages):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    _assert_same_weights_and_averages(trainer, resumed)
     with pytest.raises(ValueError, match="warmup_optimizer"):
         engine.Trainer(tf.distribute.get_strategy(), _named_model(), keras.optimizers.Adam(), losses.get_loss("bce"),
                        freeze_epochs=1)

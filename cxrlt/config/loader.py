@@ -335,6 +335,11 @@ def from_args(args: argparse.Namespace) -> dict:
     cfg = load(args.config, nested)
     if cfg["train"]["fold"] != "all" and isinstance(cfg["train"]["fold"], str):
         raise ConfigError(f"--fold must be an index or 'all', got {cfg['train']['fold']!r}")
+    return with_run_name(cfg)
+
+
+def with_run_name(cfg: dict) -> dict:
+    """`cfg` with its run name: the given one, the config file's stem (set by `load`), else demo / run."""
     if cfg.get("name") is None:
-        cfg["name"] = "demo" if cfg["data"]["demo"] else "run"
+        cfg = {**cfg, "name": "demo" if cfg["data"]["demo"] else "run"}
     return cfg

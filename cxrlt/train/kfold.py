@@ -537,6 +537,14 @@ def refuse_ensemble_config(path) -> None:
                                      f"python -m cxrlt.ensemble --config {path}")
 
 
+def make_strategy(cfg: dict):
+    """The strategy distribute.* asks for; made before TensorFlow runs its first op in this process."""
+    from ..runtime import distribute
+
+    d = cfg["distribute"]
+    return distribute.get_strategy(d["strategy"], d["heartbeat_timeout_s"], cpu_replicas=d.get("cpu_replicas"))
+
+
 def train(cfg: dict, *, force: bool = False, strategy=None, command: list[str] | None = None) -> runs.Run:
     """Train the folds `cfg` asks for (what `python -m cxrlt.train` does) and return the run.
 
@@ -546,14 +554,10 @@ def train(cfg: dict, *, force: bool = False, strategy=None, command: list[str] |
     TensorFlow runs its first op in this process."""
     from ..runtime import distribute
 
-    cfg = dict(cfg)
-    if cfg.get("name") is None:
-        cfg["name"] = "demo" if cfg["data"]["demo"] else "run"
+    cfg = config.with_run_name(cfg)
     note_input_size(cfg)
     if strategy is None:
-        strategy = distribute.get_strategy(cfg["distribute"]["strategy"],  # before TensorFlow runs any op
-                                           cfg["distribute"]["heartbeat_timeout_s"],
-                                           cpu_replicas=cfg["distribute"].get("cpu_replicas"))
+        strategy = make_strategy(cfg)
     with distribute.failures_end_every_worker(strategy):  # one worker's error ends them all, with its message
         distribute.set_precision(cfg["distribute"]["mixed_precision"], cfg["distribute"]["mixed_precision_dtype"],
                                  strategy)
@@ -588,11 +592,9 @@ def main(argv=None) -> int:
     with cli.errors():
         refuse_ensemble_config(args.config)
         cfg = config.from_args(args)
-        from ..runtime import distribute, preemption
+        from ..runtime import preemption
 
-        strategy = distribute.get_strategy(cfg["distribute"]["strategy"],  # before TensorFlow runs any op
-                                           cfg["distribute"]["heartbeat_timeout_s"],
-                                           cpu_replicas=cfg["distribute"].get("cpu_replicas"))
+        strategy = make_strategy(cfg)
         preemption.install()  # SIGTERM: save at the next step boundary, exit 75 (after the strategy: see install)
         train(cfg, force=args.force, strategy=strategy, command=command)
     return 0
